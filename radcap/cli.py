@@ -1,0 +1,133 @@
+"""The `radcap` command line: one subcommand per pipeline stage.
+
+Exit codes: 0 success, 1 finished but some inputs were rejected (see rejects.parquet), 2 usage error or
+an input the user must fix (the message names the file and the reason).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import radcap  # noqa: F401  (offline defaults before Prefect/MLflow are imported)
+from radcap.errors import RadcapError
+from radcap.logs import hide_user_error_tracebacks
+
+app = typer.Typer(
+    help="radcap: radiology report generation pipeline (Prefect flows, Keras models, MLflow registry).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+EXIT_OK, EXIT_REJECTS, EXIT_USAGE = 0, 1, 2
+
+
+class Format(str, Enum):
+    iu_xml = "iu-xml"
+    iu_csv = "iu-csv"
+    medpix2 = "medpix2"
+    manifest = "manifest"
+
+
+def _existing(path: Path | None, what: str) -> Path | None:
+    if path is not None and not path.exists():
+        raise RadcapError(f"{path}: {what} not found")
+    return path
+
+
+def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
+    table = Table(title=title, show_header=False)
+    for key in keys:
+        if key in summary:
+            table.add_row(key, str(summary[key]))
+    Console().print(table)
+
+
+@app.command()
+def ingest(
+    fmt: Annotated[Format, typer.Option("--format", help="Layout of the source collection.")],
+    source: Annotated[Path, typer.Option(help="Folder (iu-xml, medpix2, iu-csv) or file (iu-csv, manifest).")],
+    out: Annotated[Path, typer.Option(help="Data directory to write reports/images/rejects Parquet into.")],
+    images: Annotated[Optional[Path], typer.Option(help="Folder holding the image files.")] = None,
+    views: Annotated[
+        Optional[Path], typer.Option(help="IU projections CSV (uid, filename, projection) giving each image's view.")
+    ] = None,
+    split_file: Annotated[
+        Optional[Path], typer.Option(help="R2Gen annotation.json: use the published IU split.")
+    ] = None,
+) -> None:
+    """Parse a report collection into validated Parquet tables (reports, images, rejects)."""
+    _existing(source, "source")
+    _existing(images, "images folder")
+    _existing(views, "views CSV")
+    _existing(split_file, "split file")
+    from flows.ingest import ingest_reports
+
+    hide_user_error_tracebacks()
+    summary = ingest_reports(fmt.value, source, out, images=images, views=views, split_file=split_file)
+    _print_summary(
+        f"ingest {fmt.value} -> {out}",
+        summary,
+        ["report_inputs", "reports", "report_rejects", "images", "image_rejects", "images_found", "splits", "data_version"],
+    )
+    rejected = summary["report_rejects"] + summary["image_rejects"]
+    if rejected:
+        console.print(f"[yellow]{rejected} inputs rejected; reasons in {out / 'rejects.parquet'}[/yellow]")
+    raise typer.Exit(EXIT_REJECTS if rejected else EXIT_OK)
+
+
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Option(help="Folder to write the synthetic IU-layout sample into.")],
+    studies: Annotated[Optional[int], typer.Option(help="Number of studies (default from settings).")] = None,
+) -> None:
+    """Write the embedded default dataset: synthetic chest radiograph phantoms with IU-layout XML reports."""
+    from radcap.phantoms import write_sample
+    from radcap.settings import get_settings
+
+    cfg = get_settings().sample
+    if studies is not None:
+        cfg = cfg.model_copy(update={"studies": studies})
+    written = write_sample(out, cfg)
+    console.print(f"wrote {written['studies']} studies, {written['images']} images to {out}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the sample and every stage's outputs go.")] = Path("out/demo"),
+) -> None:
+    """The main job end to end on the embedded default sample (no data, no server needed)."""
+    from flows.demo import demo_pipeline
+
+    hide_user_error_tracebacks()
+    summary = demo_pipeline(workdir)
+    _print_summary(f"demo -> {workdir}", summary, list(summary))
+
+
+@app.command()
+def contracts() -> None:
+    """Print every table contract (columns, types, meaning) as Markdown."""
+    import data_contracts
+
+    print("\n\n".join(c.describe() for c in data_contracts.ALL))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Typer handles usage errors itself (exit 2); a RadcapError is the user's to fix: one line, exit 2."""
+    try:
+        app(args=argv)
+    except RadcapError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}")
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

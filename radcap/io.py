@@ -1,0 +1,59 @@
+"""Atomic, contract-checked reads and writes. A reader never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_contracts import Contract, ContractError
+from radcap.errors import RadcapError
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success fsync it and rename it over `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_table(data: pd.DataFrame | pa.Table, path: Path, contract: Contract) -> int:
+    """Validate against `contract` and write Parquet atomically; return the row count."""
+    table = contract.validate(data)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return table.num_rows
+
+
+def read_table(path: Path, contract: Contract) -> pd.DataFrame:
+    """Read a Parquet table and check it still satisfies its contract."""
+    if not path.exists():
+        raise RadcapError(f"{path}: not found (run the stage that writes it first)")
+    try:
+        table = pq.read_table(path)
+        return contract.validate(table).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        raise RadcapError(f"{path}: not a readable Parquet file: {exc}") from exc
+    except ContractError as exc:
+        raise RadcapError(f"{path}: {exc}") from exc
+
+
+def write_json(payload: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")

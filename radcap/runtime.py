@@ -1,0 +1,41 @@
+"""Process-wide defaults that make radcap run offline with no server started by hand."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def workspace_dir() -> Path:
+    """Where radcap keeps its state (Prefect home, MLflow store, Keras home).
+
+    `RADCAP_WORKSPACE` wins; otherwise `.radcap/` in the current directory, like `mlruns/` or `.git/`.
+    """
+    return Path(os.environ.get("RADCAP_WORKSPACE", ".radcap")).resolve()
+
+
+def offline_defaults(workspace: Path) -> dict[str, str]:
+    return {
+        # Prefect: ephemeral API server backed by SQLite in the workspace; no analytics.
+        "PREFECT_HOME": str(workspace / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DO_NOT_TRACK": "true",
+        # MLflow: local SQLite tracking store and registry, artifacts beside it; no telemetry.
+        "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # Keras would otherwise write to ~/.keras; nothing is ever downloaded (weights=None everywhere).
+        "KERAS_HOME": str(workspace / "keras"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def apply_offline_defaults() -> Path:
+    """Set each default only where the user has not set the variable; return the workspace."""
+    workspace = workspace_dir()
+    for key, value in offline_defaults(workspace).items():
+        os.environ.setdefault(key, value)
+    # Prefect creates its home without parents and fails when the workspace does not exist yet.
+    for key in ("PREFECT_HOME", "KERAS_HOME"):
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    return workspace

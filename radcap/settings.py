@@ -1,0 +1,115 @@
+"""The one typed place for radcap's configuration.
+
+Values come from, in order of precedence: explicit CLI options, `RADCAP_*` environment variables
+(nested with `__`, e.g. `RADCAP_TEXT__TARGET=findings`), a TOML file named by `RADCAP_CONFIG`, and the
+defaults below. Every stage receives a `Settings` (or a section of it) instead of reading globals.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from radcap.errors import RadcapError
+
+TargetSection = Literal["impression", "findings", "findings+impression"]
+
+
+class TextRules(BaseModel):
+    """How raw report text becomes the normalized training target. Raw text is always kept too."""
+
+    target: TargetSection = Field(
+        "impression",
+        description="Which IU section is the caption target. When it is empty the other section is used "
+        "(if `fallback_to_other_section`), so a study with only findings still has a target.",
+    )
+    fallback_to_other_section: bool = True
+    lowercase: bool = True
+    anonymized_pattern: str = Field(
+        r"X{2,}", description="IU de-identification placeholders ('XXXX', also inside 'x-XXXX')."
+    )
+    anonymized: Literal["keep", "drop"] = Field(
+        "keep",
+        description="keep: replace each placeholder by `anonymized_token` (R2Gen-style, keeps published "
+        "metrics comparable and sentences grammatical); drop: delete it.",
+    )
+    anonymized_token: str = "xxxx"
+    strip_list_numbering: bool = Field(True, description="'1. No effusion. 2. ...' -> 'No effusion. ...'")
+    empty_values: tuple[str, ...] = Field(
+        ("", "none", "none.", "n/a", "na"),
+        description="Section values treated as absent (compared after stripping and lowercasing).",
+    )
+
+
+class SplitRules(BaseModel):
+    """Deterministic group-level split used when a dataset has no official split."""
+
+    train: float = 0.7
+    val: float = 0.1
+    test: float = 0.2
+    salt: str = "radcap-split-v1"
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> "SplitRules":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6 or min(self.train, self.val, self.test) < 0:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {total:.3f}")
+        return self
+
+
+class SampleSettings(BaseModel):
+    """The embedded default dataset: synthetic chest radiograph phantoms with IU-layout reports."""
+
+    studies: int = 60
+    image_size: int = 256
+    seed: int = 7
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RADCAP_", env_nested_delimiter="__", extra="forbid")
+
+    text: TextRules = TextRules()
+    split: SplitRules = SplitRules()
+    sample: SampleSettings = SampleSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = os.environ.get("RADCAP_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from `RADCAP_*` variables over the optional TOML file named by `RADCAP_CONFIG`."""
+    config_file = os.environ.get("RADCAP_CONFIG")
+    if config_file:
+        path = Path(config_file)
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise RadcapError(f"{path}: cannot read the configuration file: {exc}") from exc
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise RadcapError(f"invalid configuration: {exc}") from exc

@@ -1,0 +1,120 @@
+"""Ingestion tasks: read a report collection, assign splits, build and write the contract tables."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from data_contracts import IMAGES, REJECTS, REPORTS
+from radcap.catalog import DataCatalog
+from radcap.io import write_json, write_table
+from radcap.settings import Settings
+from radcap.sources import Parsed, read_iu_csv, read_iu_xml, read_manifest, read_medpix
+from radcap.splits import apply_hash_split, apply_r2gen, enforce_no_leakage, read_r2gen_split
+
+# These tasks pass in-memory rows and tables: hashing them for a cache key would cost more than
+# re-reading the files, and a cache keyed on paths would miss edits to the files.
+uncached = task(cache_policy=NO_CACHE)
+
+
+@uncached
+def read_source(
+    fmt: str, source: Path, settings: Settings, images: Path | None = None, views: Path | None = None
+) -> Parsed:
+    """Parse one collection into rows and rejects (no split yet, except official ones)."""
+    rules = settings.text
+    if fmt == "iu-xml":
+        return read_iu_xml(source, rules, images, views)
+    if fmt == "iu-csv":
+        return read_iu_csv(source, rules, images, views)
+    if fmt == "medpix2":
+        return read_medpix(source, rules, images)
+    if fmt == "manifest":
+        return read_manifest(source, rules, images)
+    raise ValueError(f"unknown format {fmt}")
+
+
+@uncached
+def assign_splits(parsed: Parsed, settings: Settings, split_file: Path | None = None) -> Parsed:
+    """R2Gen split when a file is given (IU), else official/manifest splits, else the hash split."""
+    if split_file is not None:
+        apply_r2gen(parsed, read_r2gen_split(split_file))
+    else:
+        apply_hash_split(parsed, settings.split)
+    enforce_no_leakage(parsed)
+    return parsed
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: [] for c in columns})
+
+
+@uncached
+def build_tables(parsed: Parsed) -> dict[str, pa.Table]:
+    """Contract-checked tables; images follow their report (split, existence), counts are derived."""
+    reports = _frame(parsed.reports, REPORTS.column_names)
+    images = _frame(parsed.images, IMAGES.column_names)
+    # Images of a report rejected after parsing (split conflict, leakage) go with it, as rejects.
+    orphan = ~images["report_id"].isin(reports["report_id"])
+    for row in images[orphan].itertuples():
+        parsed.reject(row.report_id, "its report was rejected", item=row.image_id, kind="image")
+    images = images[~orphan].copy()
+    split_of = dict(zip(reports["report_id"], reports["split"]))
+    images["split"] = images["report_id"].map(split_of)
+    counts = images.groupby("report_id").size()
+    reports["n_images"] = reports["report_id"].map(counts).fillna(0).astype("int32")
+    rejects = _frame(parsed.rejects, REJECTS.column_names)
+    return {
+        "reports": REPORTS.validate(reports),
+        "images": IMAGES.validate(images),
+        "rejects": REJECTS.validate(rejects),
+    }
+
+
+def data_version(tables: dict[str, pa.Table]) -> str:
+    """Content hash of the reports and images tables: the version training runs are tagged with."""
+    digest = hashlib.sha256()
+    for name in ("reports", "images"):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, tables[name].schema) as writer:
+            writer.write_table(tables[name])
+        digest.update(sink.getvalue().to_pybytes())
+    return digest.hexdigest()[:16]
+
+
+@uncached
+def write_ingest_outputs(tables: dict[str, pa.Table], parsed: Parsed, out: Path, meta: dict) -> dict:
+    """Write the three tables atomically, then `ingest.json` last (its presence marks a complete run)."""
+    catalog = DataCatalog(out)
+    catalog.ingest_summary.unlink(missing_ok=True)
+    write_table(tables["reports"], catalog.reports, REPORTS)
+    write_table(tables["images"], catalog.images, IMAGES)
+    write_table(tables["rejects"], catalog.rejects, REJECTS)
+    reports, images = tables["reports"].to_pandas(), tables["images"].to_pandas()
+    rejects = tables["rejects"].to_pandas()
+    summary = {
+        **meta,
+        "data_version": data_version(tables),
+        "report_inputs": parsed.inputs,
+        "reports": len(reports),
+        "report_rejects": int((rejects["kind"] == "report").sum()),
+        "images": len(images),
+        "image_inputs": parsed.image_inputs,
+        "image_rejects": int((rejects["kind"] == "image").sum()),
+        "images_found": int(images["path"].notna().sum()),
+        "splits": reports["split"].value_counts().sort_index().to_dict(),
+    }
+    write_json(summary, catalog.ingest_summary)
+    logger = get_run_logger()
+    logger.info(
+        "%d of %d report inputs ingested, %d rejected; %d images (%d files found); splits %s",
+        summary["reports"], summary["report_inputs"], summary["report_rejects"],
+        summary["images"], summary["images_found"], summary["splits"],
+    )
+    return summary

@@ -1,0 +1,21 @@
+"""The embedded default dataset as a task: written once, reused while its settings do not change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from radcap.phantoms import write_sample
+from radcap.settings import SampleSettings
+
+
+@task
+def make_sample(out: Path, cfg: SampleSettings) -> Path:
+    """Write the phantom sample unless this exact one is already there (the settings are its identity)."""
+    stamp = out / "sample.json"
+    wanted = cfg.model_dump_json()
+    if not (stamp.exists() and stamp.read_text(encoding="utf-8") == wanted):
+        write_sample(out, cfg)
+        stamp.write_text(wanted, encoding="utf-8")
+    return out

@@ -1,0 +1,46 @@
+"""Shared fixtures. The workspace is a temporary folder so tests never touch a user's `.radcap/`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Before radcap (and so Prefect/MLflow) is imported anywhere.
+os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-"))
+
+import pytest  # noqa: E402
+
+import radcap  # noqa: E402,F401
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RADCAP_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data in ../shared/data; tests that need it skip, saying why, where it is absent."""
+    if not (SHARED_DATA / "README.md").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set RADCAP_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One throwaway Prefect API (SQLite) for the whole session, instead of one ephemeral server per flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `radcap ...` as a user would, in a child process, against the session's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    child_env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "radcap.cli", *args], capture_output=True, text=True, env=child_env, timeout=600
+    )

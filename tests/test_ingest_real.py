@@ -1,0 +1,84 @@
+"""Ingestion on the real collections in ../shared/data (IU X-Ray XML and CSV, R2Gen split, MedPix 2.0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.realdata
+
+
+def _ingest(tmp_path_factory, name: str, *args, **kwargs) -> tuple[dict, dict[str, pd.DataFrame]]:
+    from flows.ingest import ingest_reports
+
+    out = tmp_path_factory.mktemp(name)
+    summary = ingest_reports(*args, out=out, **kwargs)
+    tables = {t: pd.read_parquet(out / f"{t}.parquet") for t in ("reports", "images", "rejects")}
+    return summary, tables
+
+
+@pytest.fixture(scope="module")
+def iu_xml(shared_data: Path, tmp_path_factory, prefect_api):
+    iu = shared_data / "iu_xray"
+    return _ingest(
+        tmp_path_factory, "iu_xml", "iu-xml", iu / "ecgen-radiology",
+        images=iu / "images", views=iu / "indiana_projections.csv", split_file=iu / "r2gen_annotation.json",
+    )
+
+
+@pytest.fixture(scope="module")
+def iu_csv(shared_data: Path, tmp_path_factory, prefect_api):
+    iu = shared_data / "iu_xray"
+    return _ingest(tmp_path_factory, "iu_csv", "iu-csv", iu, images=iu / "images")
+
+
+@pytest.fixture(scope="module")
+def medpix(shared_data: Path, tmp_path_factory, prefect_api):
+    return _ingest(tmp_path_factory, "medpix", "medpix2", shared_data / "medpix2")
+
+
+def test_every_iu_xml_report_is_accounted_for(iu_xml, shared_data: Path):
+    summary, t = iu_xml
+    assert summary["report_inputs"] == 3851 == len(list((shared_data / "iu_xray/ecgen-radiology").glob("*.xml")))
+    assert len(t["reports"]) + len(t["rejects"]) == 3851
+    # The only rejects are reports with no text at all, and they are exactly the CSV's empty rows.
+    assert set(t["rejects"]["reason"]) == {"report has neither findings nor impression"}
+    csv = pd.read_csv(shared_data / "iu_xray/indiana_reports.csv")
+    empty = csv[csv["findings"].isna() & csv["impression"].isna()]
+    assert set(t["rejects"]["item"]) == {f"CXR{u}" for u in empty["uid"]}
+
+
+def test_xml_and_csv_give_the_same_studies_and_text(iu_xml, iu_csv):
+    xml = iu_xml[1]["reports"].set_index("report_id").sort_index()
+    csv = iu_csv[1]["reports"].set_index("report_id").sort_index()
+    assert list(xml.index) == list(csv.index)
+    for column in ("findings", "impression", "target", "indication", "comparison"):
+        pd.testing.assert_series_equal(xml[column], csv[column], check_names=False)
+    assert (xml["mesh"].map(list) == csv["mesh"].map(list)).all()
+
+
+def test_r2gen_split_is_reproduced(iu_xml):
+    summary, t = iu_xml
+    r2gen = t["reports"][t["reports"]["split_source"] == "r2gen"]
+    assert r2gen["split"].value_counts().to_dict() == {"train": 2069, "test": 590, "val": 296}
+    assert set(t["reports"].loc[t["reports"]["split_source"] != "r2gen", "split"]) == {"unassigned"}
+    assert (t["images"].groupby("report_id")["split"].nunique() == 1).all()
+
+
+def test_iu_views_and_image_files(iu_xml, iu_csv):
+    images = iu_xml[1]["images"]
+    views = images["view"].value_counts().to_dict()
+    assert views["frontal"] > 3700 and views["lateral"] > 3600 and views.get("unknown", 0) < 10
+    assert images["path"].notna().sum() == 4  # only 4 real IU images are available here
+    summary, t = iu_csv
+    assert summary["image_inputs"] == 7466 == len(t["images"]) + (t["rejects"]["kind"] == "image").sum()
+
+
+def test_medpix_official_split(medpix):
+    summary, t = medpix
+    assert t["reports"]["split"].value_counts().to_dict() == {"train": 1653, "val": 197}
+    assert summary["images_found"] == 1850 and len(t["rejects"]) == 0
+    assert (t["reports"].groupby("group_id")["split"].nunique() == 1).all()  # a case never spans splits
+    assert t["images"]["location_category"].notna().all() and set(t["images"]["modality"]) == {"CT", "MR"}
