@@ -1,8 +1,9 @@
 """The single source of truth for every table's columns and types."""
 
 from data_contracts.base import Column, Contract, ContractError
+from data_contracts.features import FEATURES, LABELLED_IMAGES
 from data_contracts.ingest import IMAGES, REJECTS, REPORTS
 
-ALL = (REPORTS, IMAGES, REJECTS)
+ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES)
 
-__all__ = ["ALL", "Column", "Contract", "ContractError", "IMAGES", "REJECTS", "REPORTS"]
+__all__ = ["ALL", "Column", "Contract", "ContractError", "FEATURES", "IMAGES", "LABELLED_IMAGES", "REJECTS", "REPORTS"]

@@ -44,6 +44,11 @@ class Contract:
         fields = [pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns]
         return pa.schema(fields, metadata={"radcap.contract": self.name})
 
+    @property
+    def vector_columns(self) -> list[str]:
+        """Fixed-size vectors (features): Arrow checks their type and length; pandera skips them."""
+        return [c.name for c in self.columns if pa.types.is_fixed_size_list(c.type)]
+
     @cached_property
     def _pandera(self) -> pda.DataFrameSchema:
         columns = {
@@ -53,6 +58,7 @@ class Contract:
                 checks=[pda.Check.isin(list(c.isin))] if c.isin else [],
             )
             for c in self.columns
+            if c.name not in self.vector_columns
         }
         return pda.DataFrameSchema(
             columns, strict=True, ordered=True, unique=list(self.unique) or None, name=self.name
@@ -80,9 +86,11 @@ class Contract:
         """Type-check through Arrow, then value-check with pandera; return the Arrow table."""
         table = data if isinstance(data, pa.Table) else self.to_arrow(data)
         if not table.schema.remove_metadata().equals(self.arrow_schema.remove_metadata()):
+            if self.vector_columns:  # no pandas round trip for vectors: the types must already match
+                raise ContractError(f"table '{self.name}': schema {table.schema} != contract {self.arrow_schema}")
             table = self.to_arrow(table.to_pandas())
         try:
-            self._pandera.validate(table.to_pandas(), lazy=True)
+            self._pandera.validate(table.drop_columns(self.vector_columns).to_pandas(), lazy=True)
         except pda.errors.SchemaErrors as exc:
             cases = exc.failure_cases[["column", "check", "failure_case"]].head(10)
             raise ContractError(

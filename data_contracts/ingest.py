@@ -52,6 +52,11 @@ IMAGES = Contract(
         Column("plane", pa.string(), doc="Axial, coronal, PA... where known (MedPix)."),
         Column("location", pa.string(), doc="Body location (MedPix `Location`)."),
         Column("location_category", pa.string(), doc="Body region (MedPix `Location Category`)."),
+        Column(
+            "labels", pa.list_(pa.string()), nullable=False,
+            doc="Image labels given by the source as 'namespace:value' (a manifest's `labels` column); "
+            "labels derived from reports and metadata are added by `radcap.labels`.",
+        ),
     ),
 )
 
@@ -61,7 +66,7 @@ REJECTS = Contract(
     columns=(
         Column("source", pa.string(), nullable=False, doc="File (and line/row) that was rejected."),
         Column("item", pa.string(), doc="Id inside the file, where one could be read."),
-        Column("kind", pa.string(), nullable=False, isin=("report", "image", "view")),
+        Column("kind", pa.string(), nullable=False, isin=("report", "image")),
         Column("stage", pa.string(), nullable=False),
         Column("reason", pa.string(), nullable=False),
     ),

@@ -1,4 +1,4 @@
-"""The main job on the embedded default: phantom sample -> ingest -> (later stages as they land)."""
+"""The main job on the embedded default: phantom sample -> ingest -> pretrain encoder -> features -> (later stages)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.features import extract_features_flow
 from flows.ingest import ingest_reports
+from flows.pretrain import pretrain_encoder_flow
 from radcap.settings import get_settings
 from tasks.sample import make_sample
 
@@ -15,19 +17,28 @@ from tasks.sample import make_sample
 def demo_pipeline(workdir: Path) -> dict:
     settings = get_settings()
     sample = make_sample(workdir / "sample", settings.sample)
+    data = workdir / "data"
     ingest = ingest_reports(
         "iu-xml",
         sample / "ecgen-radiology",
-        workdir / "data",
+        data,
         images=sample / "images",
         views=sample / "indiana_projections.csv",
         settings=settings,
     )
+    demo_encoder = settings.encoder.model_copy(
+        update={"epochs": settings.sample.encoder_epochs, "pretrain_size": settings.sample.encoder_size, "min_label_count": 3}
+    )
+    encoder = pretrain_encoder_flow([data], workdir / "encoder", demo_encoder)
+    features = extract_features_flow(data, encoder["registered"], settings.encoder.batch_size)
     return {
         "reports": ingest["reports"],
         "images": ingest["images"],
-        "images_found": ingest["images_found"],
-        "rejects": ingest["report_rejects"] + ingest["image_rejects"],
+        "rejects": ingest["report_rejects"] + ingest["image_rejects"] + features["rejected"],
         "splits": ingest["splits"],
         "data_version": ingest["data_version"],
+        "encoder": encoder["registered"],
+        "encoder_val_loss": encoder["val_loss"],
+        "features_encoded": features["encoded"],
+        "features_already_stored": features["already_stored"],
     }

@@ -26,3 +26,16 @@ class DataCatalog:
     def ingest_summary(self) -> Path:
         """Written last by ingestion: counts and the data version; its presence means the tables are complete."""
         return self.root / "ingest.json"
+
+    @property
+    def features(self) -> Path:
+        """The feature store folder (Parquet parts)."""
+        return self.root / "features"
+
+    @property
+    def feature_rejects(self) -> Path:
+        return self.features / "rejects.parquet"
+
+    @property
+    def feature_summary(self) -> Path:
+        return self.features / "features.json"

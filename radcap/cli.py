@@ -85,6 +85,54 @@ def ingest(
 
 
 @app.command()
+def features(
+    data: Annotated[Path, typer.Option(help="Data directory written by `radcap ingest`.")],
+    encoder: Annotated[
+        Optional[str],
+        typer.Option(help="random[:SEED], a CheXNet .h5, a .keras file or models:/radcap-encoder/N (default: latest registered)."),
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Default from settings.")] = None,
+) -> None:
+    """Encode every image of DATA with the CheXNet encoder into DATA/features (resumable, skips stored images)."""
+    _existing(data / "images.parquet", "images table (run `radcap ingest` first)")
+    from flows.features import extract_features_flow
+    from radcap.settings import get_settings
+
+    hide_user_error_tracebacks()
+    summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size)
+    _print_summary(f"features -> {data / 'features'}", summary, list(summary))
+    if summary["rejected"]:
+        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {data / 'features/rejects.parquet'}[/yellow]")
+    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+
+
+@app.command("pretrain-encoder")
+def pretrain_encoder(
+    data: Annotated[list[Path], typer.Option(help="Data directory written by `radcap ingest` (repeatable).")],
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: FIRST_DATA/encoder).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default from settings).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(min=32, help="Training resolution (default from settings).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
+) -> None:
+    """Train the CheXNet encoder on labels derived from the data (MeSH, MedPix metadata, manifest labels),
+    log it to MLflow and register it as `radcap-encoder`."""
+    for d in data:
+        _existing(d / "images.parquet", "images table (run `radcap ingest` first)")
+    from flows.pretrain import pretrain_encoder_flow
+    from radcap.settings import get_settings
+
+    cfg = get_settings().encoder
+    overrides = {"epochs": epochs, "pretrain_size": image_size, "pretrain_batch_size": batch_size}
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    hide_user_error_tracebacks()
+    summary = pretrain_encoder_flow(list(data), out or data[0] / "encoder", cfg)
+    _print_summary("pretrain-encoder", summary, list(summary))
+    if summary["rejected"]:
+        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {(out or data[0] / 'encoder') / 'rejects.parquet'}[/yellow]")
+    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+
+
+@app.command()
 def sample(
     out: Annotated[Path, typer.Option(help="Folder to write the synthetic IU-layout sample into.")],
     studies: Annotated[Optional[int], typer.Option(help="Number of studies (default from settings).")] = None,

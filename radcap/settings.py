@@ -74,6 +74,30 @@ class SampleSettings(BaseModel):
     studies: int = 60
     image_size: int = 256
     seed: int = 7
+    encoder_epochs: int = Field(2, description="The demo pretrains a small encoder quickly: a smoke run, not a model.")
+    encoder_size: int = 96
+
+
+class EncoderSettings(BaseModel):
+    """The CheXNet encoder: feature extraction and `radcap pretrain-encoder` (CheXNet recipe, from scratch)."""
+
+    input_size: int = Field(224, description="Feature extraction size; 224 gives the 7x7 attention grid.")
+    batch_size: int = 32
+    pretrain_size: int = Field(
+        224, description="Training resolution. The network is fully convolutional, so a smaller size (e.g. 160) "
+        "trains ~2x faster on a CPU and the encoder still extracts at `input_size`.",
+    )
+    pretrain_batch_size: int = 16
+    epochs: int = 8
+    learning_rate: float = 1e-3
+    lr_decay_patience: int = Field(1, description="Epochs without a better val loss before the rate drops 10x.")
+    early_stop_patience: int = 3
+    min_label_count: int = Field(5, description="A label needs this many positive training images to be learnt.")
+    rotation_degrees: float = 10.0
+    zoom: float = 0.15
+    shift: float = 0.08
+    seed: int = 0
+    registered_name: str = "radcap-encoder"
 
 
 class Settings(BaseSettings):
@@ -82,6 +106,7 @@ class Settings(BaseSettings):
     text: TextRules = TextRules()
     split: SplitRules = SplitRules()
     sample: SampleSettings = SampleSettings()
+    encoder: EncoderSettings = EncoderSettings()
 
     @classmethod
     def settings_customise_sources(

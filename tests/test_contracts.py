@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 
+import data_contracts
 from data_contracts import IMAGES, REJECTS, REPORTS, ContractError
 from radcap.io import atomic_path, read_table, write_table
 
@@ -35,14 +36,14 @@ def test_contract_violations_are_named(frame, message):
 
 def test_unique_key_enforced():
     row = {c.name: None for c in IMAGES.columns} | {
-        "image_id": "x", "report_id": "r", "study_id": "s", "dataset": "manifest", "split": "train", "view": "unknown"
+        "image_id": "x", "report_id": "r", "study_id": "s", "dataset": "manifest", "split": "train", "view": "unknown", "labels": []
     }
     with pytest.raises(ContractError, match="image_id"):
         IMAGES.validate(pd.DataFrame([row, row]))
 
 
 def test_every_contract_documents_every_column():
-    for contract in (REPORTS, IMAGES, REJECTS):
+    for contract in data_contracts.ALL:
         text = contract.describe()
         assert all(f"`{name}`" in text for name in contract.column_names)
 

@@ -89,6 +89,7 @@ def image_row(image_id: str, report: dict, **extra: object) -> dict:
         "plane": None,
         "location": None,
         "location_category": None,
+        "labels": [],
     }
     row.update(extra)
     return row

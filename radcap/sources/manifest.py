@@ -2,7 +2,8 @@
 
 Required columns: `image` (path, relative to the manifest's folder or to --images) and `caption`.
 Optional: `split` (train/val/test; 'dev'/'valid'/'validation' mean val), `study_id`, `patient_id`,
-`view`, `modality`. Rows of one study with the same caption form one multi-image report; a study with
+`view`, `modality`, `labels` (image labels for encoder pretraining, ';'-separated 'namespace:value',
+e.g. 'finding:Pneumonia; view:AP'). Rows of one study with the same caption form one multi-image report; a study with
 several captions gives one report per caption. Splits are by patient, else study, else image.
 """
 
@@ -39,6 +40,17 @@ def _load(path: Path) -> pd.DataFrame:
 def _text(value: object) -> str | None:
     text = "" if value is None else str(value).strip()
     return text or None
+
+
+def parse_labels(value: object) -> list[str]:
+    """'finding:COVID-19; view:PA' -> ['finding:COVID-19', 'view:PA']; a bare value gets the 'label:' namespace."""
+    labels = []
+    for part in (_text(value) or "").split(";"):
+        part = part.strip()
+        if part:
+            namespace, _, label = part.rpartition(":")
+            labels.append(f"{namespace.strip() or 'label'}:{label.strip()}")
+    return sorted(set(labels))
 
 
 def read_manifest(source: Path, rules: TextRules, images_dir: Path | None = None) -> Parsed:
@@ -100,6 +112,7 @@ def read_manifest(source: Path, rules: TextRules, images_dir: Path | None = None
                 path=str(image_path) if image_path.is_file() else None,
                 view=view if view in ("frontal", "lateral") else "unknown",
                 modality=_text(row.get("modality")),
+                labels=parse_labels(row.get("labels")),
             )
         )
     return parsed

@@ -1,0 +1,40 @@
+"""The feature store written by `radcap features` and the labelled images used to pretrain the encoder."""
+
+import pyarrow as pa
+
+from data_contracts.base import Column, Contract
+
+POOLED_DIM = 1024
+GRID_SIDE = 7  # DenseNet-121 at 224 px
+GRID_SIZE = GRID_SIDE * GRID_SIDE * POOLED_DIM
+
+FEATURES = Contract(
+    name="features",
+    doc="One row per (image file content, encoder): CheXNet bottleneck features. Stored as Parquet parts in "
+    "`DIR/features/`; an image whose sha256 and encoder version are already stored is never recomputed.",
+    columns=(
+        Column("image_id", pa.string(), nullable=False),
+        Column("sha256", pa.string(), nullable=False, doc="SHA-256 of the image file's bytes."),
+        Column("encoder", pa.string(), nullable=False, doc="Encoder name, e.g. chexnet-densenet121."),
+        Column("encoder_version", pa.string(), nullable=False, doc="Registry version, h5 hash or 'random-seedN'."),
+        Column("pooled", pa.list_(pa.float32(), POOLED_DIM), nullable=False, doc="Global-average-pooled 1,024-d vector."),
+        Column(
+            "grid", pa.list_(pa.float16(), GRID_SIZE), nullable=False,
+            doc="7x7x1,024 spatial grid (row-major, channels last), float16, for attention decoders.",
+        ),
+    ),
+)
+
+LABELLED_IMAGES = Contract(
+    name="labelled_images",
+    doc="Images with the labels the encoder is pretrained on. `labels` are 'namespace:value' strings; "
+    "`namespaces` lists which label namespaces this image is annotated for (others are masked in the loss).",
+    unique=("image_id",),
+    columns=(
+        Column("image_id", pa.string(), nullable=False),
+        Column("path", pa.string(), nullable=False),
+        Column("split", pa.string(), nullable=False, isin=("train", "val", "test", "unassigned")),
+        Column("labels", pa.list_(pa.string()), nullable=False),
+        Column("namespaces", pa.list_(pa.string()), nullable=False),
+    ),
+)

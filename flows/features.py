@@ -1,0 +1,18 @@
+"""`radcap features`: every image of a data directory -> CheXNet features in `DIR/features/` (resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.utilities.annotations import quote
+
+from tasks.features import encode_images, load_encoder, plan_features, record_feature_run
+
+
+@flow(name="extract-features")
+def extract_features_flow(data_dir: Path, encoder: str | None = None, batch_size: int = 32) -> dict:
+    model = load_encoder(encoder)
+    todo, skipped, rejects = plan_features(data_dir, model.version)
+    result = encode_images(quote(todo), quote(model), data_dir, batch_size)
+    return record_feature_run(data_dir, quote(model), quote(result), skipped, quote(rejects))

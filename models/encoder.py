@@ -1,0 +1,109 @@
+"""CheXNet: DenseNet-121 with a multi-label sigmoid head, and its feature extractor.
+
+`weights=None` everywhere: nothing is downloaded. The encoder is either trained here
+(`radcap pretrain-encoder`) or loaded from the published CheXNet Keras weights file
+(brucechou1983_CheXNet_Keras_0.3.0_weights.h5), whose layout `load_chexnet_h5` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+
+from radcap.labels import CHESTXRAY14  # the order of the published CheXNet head
+
+FEATURE_LAYER = "relu"  # DenseNet-121's last BN+ReLU: 7x7x1024 at 224 px
+POOLED_DIM = 1024
+
+
+def build_chexnet(n_outputs: int = len(CHESTXRAY14), input_size: int | None = 224, seed: int = 0) -> keras.Model:
+    """DenseNet-121 -> global average pool -> Dense(n_outputs, sigmoid) named `predictions` (CheXNet layout)."""
+    keras.utils.set_random_seed(seed)
+    shape = (input_size, input_size, 3) if input_size else (None, None, 3)
+    base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    outputs = keras.layers.Dense(n_outputs, activation="sigmoid", name="predictions")(base.output)
+    return keras.Model(base.input, outputs, name="chexnet")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """(pooled 1024-d, spatial grid HxWx1024) from the encoder's last convolutional block."""
+    spatial = model.get_layer(FEATURE_LAYER).output
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(spatial)
+    return keras.Model(model.input, [pooled, spatial], name="chexnet_features")
+
+
+def standardize(images_uint8: tf.Tensor) -> tf.Tensor:
+    """uint8 letterboxed grayscale (N,H,W) -> ImageNet-standardized (N,H,W,3) float32, inside the graph."""
+    x = tf.cast(images_uint8, tf.float32)[..., None] / 255.0
+    mean = tf.constant([0.485, 0.456, 0.406])
+    std = tf.constant([0.229, 0.224, 0.225])
+    return (x - mean) / std
+
+
+def _h5_layer_weights(path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """(layer name, weights) in file order, from a Keras-2 `save_weights` or full-model `.h5` file."""
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
+        out = []
+        for name in names:
+            layer = group[name]
+            weight_names = [w.decode() if isinstance(w, bytes) else w for w in layer.attrs["weight_names"]]
+            if weight_names:
+                out.append((name, [np.asarray(layer[w]) for w in weight_names]))
+        return out
+
+
+def _norm(name: str) -> str:
+    return name.replace("/", "_")  # Keras 2 named DenseNet layers 'conv1/conv', Keras 3 'conv1_conv'
+
+
+def load_chexnet_h5(model: keras.Model, path: Path) -> int:
+    """Load a CheXNet Keras `.h5` into `model` by layer name (Keras 2 or 3 naming); return layers loaded.
+
+    Raises ValueError naming the first layer whose name or shapes do not match.
+    """
+    try:
+        stored = _h5_layer_weights(path)
+    except (OSError, KeyError) as exc:
+        raise ValueError(f"{path}: not a Keras HDF5 weights file ({exc})") from exc
+    by_name = {_norm(layer.name): layer for layer in model.layers if layer.weights}
+    if len(stored) != len(by_name):
+        raise ValueError(f"{path}: {len(stored)} weighted layers in the file, {len(by_name)} in the model")
+    for name, weights in stored:
+        layer = by_name.get(_norm(name))
+        if layer is None:
+            raise ValueError(f"{path}: layer '{name}' has no counterpart in the model")
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if expected != [w.shape for w in weights]:
+            raise ValueError(f"{path}: layer '{name}' shapes {[w.shape for w in weights]} != model {expected}")
+        layer.set_weights(weights)
+    return len(stored)
+
+
+def save_chexnet_h5_keras2_layout(model: keras.Model, path: Path) -> None:
+    """Write weights in the published file's layout (Keras 2 `save_weights`: `layer_names`, `weight_names`,
+    'conv1/conv'-style names). Used by the tests to prove `load_chexnet_h5` reads that structure."""
+
+    def keras2(name: str) -> str:
+        return {"conv1_conv": "conv1/conv", "conv1_bn": "conv1/bn"}.get(name, name)
+
+    with h5py.File(path, "w") as f:
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["keras_version"] = b"2.1.5"
+        layer_names = []
+        for layer in model.layers:
+            name = keras2(layer.name)
+            layer_names.append(name.encode())
+            group = f.create_group(name)
+            weight_names = []
+            for weight in layer.weights:
+                wname = f"{name}/{weight.name.split('/')[-1]}:0"
+                group.create_dataset(wname, data=weight.numpy())
+                weight_names.append(wname.encode())
+            group.attrs["weight_names"] = np.array(weight_names, dtype="S") if weight_names else np.array([], dtype="S1")
+        f.attrs["layer_names"] = np.array(layer_names, dtype="S")  # fixed-length bytes, as Keras 2 wrote them

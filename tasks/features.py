@@ -1,0 +1,82 @@
+"""Feature-store tasks: load an encoder, plan what is new, encode it, record rejects and the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from data_contracts import IMAGES, REJECTS
+from radcap.catalog import DataCatalog
+from radcap.encoders import Encoder, resolve_encoder
+from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
+from radcap.imaging import file_sha256
+from radcap.io import read_table, write_json, write_table
+
+uncached = task(cache_policy=NO_CACHE)  # models and in-memory lists: nothing worth hashing
+
+
+@uncached
+def load_encoder(spec: str | None) -> Encoder:
+    encoder = resolve_encoder(spec)
+    get_run_logger().info("encoder %s version %s", encoder.name, encoder.version)
+    return encoder
+
+
+def _reject(image_id: str, path: str | None, reason: str) -> dict:
+    return {"source": path or image_id, "item": image_id, "kind": "image", "stage": "features", "reason": reason}
+
+
+@uncached
+def plan_features(data_dir: Path, encoder_version: str) -> tuple[list[ImageItem], int, list[dict]]:
+    """Images of `images.parquet` not yet stored for this encoder (by file hash), and the missing files."""
+    images = read_table(DataCatalog(data_dir).images, IMAGES)
+    stored = FeatureStore(DataCatalog(data_dir).features).index()
+    mine = stored[stored["encoder_version"] == encoder_version]
+    done = set(zip(mine["image_id"], mine["sha256"]))
+    todo, rejects, skipped = [], [], 0
+    for image_id, path in zip(images["image_id"], images["path"]):
+        if path is None or pd.isna(path):
+            rejects.append(_reject(image_id, None, "image file not found when the data was ingested"))
+            continue
+        try:
+            sha = file_sha256(Path(path))
+        except OSError as exc:
+            rejects.append(_reject(image_id, path, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        if (image_id, sha) in done:
+            skipped += 1
+        else:
+            todo.append(ImageItem(image_id, path, sha))
+    return todo, skipped, rejects
+
+
+@uncached
+def encode_images(todo: list[ImageItem], encoder: Encoder, data_dir: Path, batch_size: int) -> ExtractResult:
+    return extract_features(
+        todo, encoder.forward_fn(), FeatureStore(DataCatalog(data_dir).features),
+        encoder.name, encoder.version, batch_size=batch_size, input_size=encoder.input_size,
+    )
+
+
+@uncached
+def record_feature_run(data_dir: Path, encoder: Encoder, result: ExtractResult, skipped: int, rejects: list[dict]) -> dict:
+    catalog = DataCatalog(data_dir)
+    all_rejects = rejects + result.rejects
+    columns = REJECTS.column_names
+    write_table(pd.DataFrame(all_rejects, columns=columns) if all_rejects else REJECTS.empty(), catalog.feature_rejects, REJECTS)
+    summary = {
+        "encoder": encoder.name,
+        "encoder_version": encoder.version,
+        "encoded": result.encoded,
+        "already_stored": skipped,
+        "rejected": len(all_rejects),
+        "seconds": round(result.seconds, 2),
+        "images_per_second": round(result.encoded / result.seconds, 2) if result.encoded else None,
+    }
+    write_json(summary, catalog.feature_summary)
+    get_run_logger().info("features: %s", summary)
+    return summary

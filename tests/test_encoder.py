@@ -1,0 +1,86 @@
+"""The CheXNet encoder: the published `.h5` layout, encoder resolution, and the pretraining loss."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from radcap.errors import RadcapError
+
+
+@pytest.fixture(scope="module")
+def chexnet_pair():
+    from models.encoder import build_chexnet
+
+    return build_chexnet(seed=1), build_chexnet(seed=2)
+
+
+def test_h5_in_published_layout_round_trips(tmp_path, chexnet_pair):
+    from models.encoder import load_chexnet_h5, save_chexnet_h5_keras2_layout
+
+    source, target = chexnet_pair
+    path = tmp_path / "brucechou1983_CheXNet_Keras_0.3.0_weights.h5"
+    save_chexnet_h5_keras2_layout(source, path)
+    with h5py.File(path) as f:  # the structure of the published file (Keras 2 save_weights)
+        names = [n.decode() for n in f.attrs["layer_names"]]
+        assert "conv1/conv" in names and "predictions" in names and "conv5_block16_2_conv" in names
+        assert f["predictions"].attrs["weight_names"][0].decode() == "predictions/kernel:0"
+    x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
+    assert not np.allclose(source(x, training=False), target(x, training=False))
+    loaded = load_chexnet_h5(target, path)
+    assert loaded == sum(1 for layer in source.layers if layer.weights)
+    np.testing.assert_allclose(source(x, training=False), target(x, training=False), atol=1e-5)
+
+
+def test_h5_with_another_head_names_the_layer(tmp_path, chexnet_pair):
+    from models.encoder import build_chexnet, load_chexnet_h5, save_chexnet_h5_keras2_layout
+
+    path = tmp_path / "other.h5"
+    save_chexnet_h5_keras2_layout(build_chexnet(n_outputs=3), path)
+    with pytest.raises(ValueError, match="layer 'predictions' shapes"):
+        load_chexnet_h5(chexnet_pair[1], path)
+
+
+def test_resolve_encoder_errors_are_user_errors(tmp_path):
+    from radcap.encoders import resolve_encoder
+
+    (tmp_path / "notes.h5").write_text("not hdf5")
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    with pytest.raises(RadcapError, match="not a Keras HDF5 weights file"):
+        resolve_encoder(str(tmp_path / "notes.h5"))
+    with pytest.raises(RadcapError, match="unsupported encoder file"):
+        resolve_encoder(str(tmp_path / "model.onnx"))
+    with pytest.raises(RadcapError, match="not found"):
+        resolve_encoder(str(tmp_path / "missing.h5"))
+
+
+def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair):
+    from models.encoder import save_chexnet_h5_keras2_layout
+    from radcap.encoders import resolve_encoder
+
+    path = tmp_path / "w.h5"
+    save_chexnet_h5_keras2_layout(chexnet_pair[0], path)
+    encoder = resolve_encoder(str(path))
+    assert encoder.version.startswith("h5-") and encoder.version == resolve_encoder(str(path)).version
+    pooled, grid = encoder.forward_fn()(np.zeros((2, 224, 224), np.uint8))
+    assert pooled.shape == (2, 1024) and grid.shape == (2, 7, 7, 1024)
+    np.testing.assert_allclose(pooled, grid.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+
+
+def test_masked_weighted_bce_ignores_unannotated_units():
+    import tensorflow as tf
+
+    from models.pretrain import masked_weighted_bce
+
+    targets = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    probs = tf.constant([[0.9, 0.2], [0.3, 0.6]])
+    ones = tf.ones(2)
+    mask = tf.constant([[1.0, 0.0], [1.0, 1.0]])
+    loss = float(masked_weighted_bce(targets, mask, probs, ones, ones))
+    expected = -(np.log(0.9) + np.log(0.7) + np.log(0.6)) / 3
+    assert loss == pytest.approx(expected, rel=1e-5)
+    wrong_where_masked = tf.constant([[0.9, 0.99], [0.3, 0.6]])  # unit 2 of image 1 is masked
+    assert float(masked_weighted_bce(targets, mask, wrong_where_masked, ones, ones)) == pytest.approx(loss)
+    heavier_positives = float(masked_weighted_bce(targets, mask, probs, tf.constant([2.0, 2.0]), ones))
+    assert heavier_positives > loss

@@ -1,0 +1,106 @@
+"""The feature store: streaming extraction, rejects, resumability after a crash, re-encoding edited files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from radcap.features import FeatureStore, ImageItem, extract_features
+from radcap.imaging import file_sha256
+
+pytestmark = pytest.mark.realdata
+
+
+def fake_forward(calls: list, fail_on_call: int | None = None):
+    """A stand-in for the network that is cheap and content-dependent: pooled[0] = mean pixel."""
+
+    def forward(batch: np.ndarray):
+        calls.append(len(batch))
+        if fail_on_call is not None and len(calls) == fail_on_call:
+            raise KeyboardInterrupt("killed mid-run")
+        pooled = np.zeros((len(batch), 1024), np.float32)
+        pooled[:, 0] = batch.reshape(len(batch), -1).mean(axis=1)
+        return pooled, np.zeros((len(batch), 7, 7, 1024), np.float32)
+
+    return forward
+
+
+@pytest.fixture()
+def images(tmp_path: Path, shared_data: Path) -> list[ImageItem]:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for source in sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[:10]:
+        shutil.copy(source, folder / source.name)
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "report.png").write_text("not an image")
+    return [ImageItem(p.stem, str(p), file_sha256(p)) for p in sorted(folder.iterdir())]
+
+
+def test_extract_streams_batches_and_rejects_bad_files(tmp_path, images):
+    store, calls = FeatureStore(tmp_path / "features"), []
+    result = extract_features(images, fake_forward(calls), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
+    assert result.encoded == 10 and len(result.rejects) == 2
+    reasons = {r["item"]: r["reason"] for r in result.rejects}
+    assert "0 bytes" in reasons["zero"] and "not a PNG, JPEG or DICOM" in reasons["report"]
+    assert calls == [4, 4, 4]  # every batch padded to one shape
+    loaded = store.load("v1")
+    assert sorted(loaded["image_id"]) == sorted(i.image_id for i in images if i.image_id not in ("zero", "report"))
+    assert loaded["pooled"].shape == (10, 1024) and np.all(loaded["pooled"][:, 0] > 0)
+    assert store.load("other-version")["pooled"].shape == (0, 1024)
+
+
+def test_a_crash_loses_at_most_the_batch_in_flight(tmp_path, images):
+    from tasks.features import plan_features
+
+    store = FeatureStore(tmp_path / "features")
+    good = [i for i in images if i.image_id not in ("zero", "report")]
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(good, fake_forward([], fail_on_call=3), store, "fake", "v1", batch_size=3, input_size=64, progress=False)
+    assert not list(store.root.glob("*.tmp")) and not list(store.root.glob(".*"))  # no half-written part
+    stored = store.index()
+    assert len(stored) == 6  # the two batches before the crash, each complete
+    # Re-running plans only what is missing, and ends with every image exactly once.
+    data = tmp_path
+    pd.DataFrame({"image_id": [i.image_id for i in good], "path": [i.path for i in good]}).pipe(
+        _write_images_table, data
+    )
+    todo, skipped, rejects = plan_features.fn(data, "v1")
+    assert skipped == 6 and len(todo) == 4 and not rejects
+    extract_features(todo, fake_forward([]), store, "fake", "v1", batch_size=3, input_size=64, progress=False)
+    index = store.index()
+    assert len(index) == 10 and index["image_id"].is_unique
+
+
+def test_an_edited_file_is_encoded_again_and_wins(tmp_path, images):
+    from tasks.features import plan_features
+
+    good = [i for i in images if i.image_id not in ("zero", "report")][:3]
+    store = FeatureStore(tmp_path / "features")
+    extract_features(good, fake_forward([]), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
+    before = dict(zip(*store.load("v1").values()))
+    edited = Path(good[0].path)
+    from PIL import Image
+
+    Image.new("L", (100, 100), 255).save(edited)  # a different picture under the same name
+    pd.DataFrame({"image_id": [i.image_id for i in good], "path": [i.path for i in good]}).pipe(_write_images_table, tmp_path)
+    todo, skipped, _ = plan_features.fn(tmp_path, "v1")
+    assert [t.image_id for t in todo] == [good[0].image_id] and skipped == 2
+    extract_features(todo, fake_forward([]), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
+    after = dict(zip(*store.load("v1").values()))
+    assert len(after) == 3 and after[good[0].image_id][0] > before[good[0].image_id][0]  # white image: brighter
+
+
+def _write_images_table(frame: pd.DataFrame, data_dir: Path) -> None:
+    from data_contracts import IMAGES
+    from radcap.io import write_table
+
+    n = len(frame)
+    full = frame.assign(
+        report_id=frame["image_id"], study_id=frame["image_id"], dataset="manifest", split="train", view="unknown",
+        modality=None, plane=None, location=None, location_category=None, labels=[[] for _ in range(n)],
+    )
+    write_table(full[IMAGES.column_names], data_dir / "images.parquet", IMAGES)

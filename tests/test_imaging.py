@@ -1,0 +1,155 @@
+"""Image loading: every supported kind from real pixels, and every unusable file as a clear rejection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+
+from radcap.imaging import ImageRejected, letterbox, load_image, prepare
+from tests.dicom_factory import make_dicom
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def real(shared_data: Path) -> np.ndarray:
+    """A real chest X-ray (8-bit grayscale) from ../shared/data."""
+    path = sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[0]
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def _expected(real: np.ndarray) -> np.ndarray:
+    return real.astype(np.float32) / 255.0
+
+
+def test_png_8bit_grayscale(tmp_path, real):
+    Image.fromarray(real).save(tmp_path / "a.png")
+    loaded = load_image(tmp_path / "a.png")
+    assert loaded.kind == "png" and loaded.pixels.shape == real.shape
+    np.testing.assert_allclose(loaded.pixels, _expected(real), atol=1e-6)
+
+
+def test_png_16bit_is_min_max_scaled(tmp_path, real):
+    wide = real.astype(np.uint16) * 257 + 1000  # 16-bit, offset: min-max must undo both
+    Image.fromarray(wide).save(tmp_path / "a16.png")
+    assert Image.open(tmp_path / "a16.png").mode.startswith("I")
+    pixels = load_image(tmp_path / "a16.png").pixels
+    span = (real.astype(np.float32) - real.min()) / (real.max() - real.min())
+    np.testing.assert_allclose(pixels, span, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA"])
+def test_colour_png_becomes_luminance(tmp_path, real, mode):
+    Image.fromarray(real).convert(mode).save(tmp_path / f"c.png")
+    pixels = load_image(tmp_path / "c.png").pixels
+    assert pixels.shape == real.shape
+    assert np.abs(pixels - _expected(real)).mean() < 0.01  # grey stays grey; alpha is ignored
+
+
+def test_jpeg_8bit_and_rgb(tmp_path, real):
+    Image.fromarray(real).save(tmp_path / "g.jpg", quality=95)
+    Image.fromarray(real).convert("RGB").save(tmp_path / "c.jpeg", quality=95)
+    for name in ("g.jpg", "c.jpeg"):
+        loaded = load_image(tmp_path / name)
+        assert loaded.kind == "jpeg" and np.abs(loaded.pixels - _expected(real)).mean() < 0.02
+
+
+def test_file_type_comes_from_content_not_extension(tmp_path, real):
+    Image.fromarray(real).save(tmp_path / "scan.png")
+    (tmp_path / "scan.png").rename(tmp_path / "IM00017")  # PACS exports often have no extension
+    make_dicom(tmp_path / "a.png", real)  # a DICOM named .png
+    assert load_image(tmp_path / "IM00017").kind == "png"
+    assert load_image(tmp_path / "a.png").kind == "dicom"
+
+
+def test_dicom_monochrome2_matches_png(tmp_path, real):
+    loaded = load_image(make_dicom(tmp_path / "m2.dcm", real))
+    span = (real.astype(np.float32) - real.min()) / (real.max() - real.min())
+    np.testing.assert_allclose(loaded.pixels, span, atol=1e-5)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path, real):
+    m2 = load_image(make_dicom(tmp_path / "m2.dcm", real)).pixels
+    m1 = load_image(make_dicom(tmp_path / "m1.dcm", 255 - real, photometric="MONOCHROME1")).pixels
+    np.testing.assert_allclose(m1, m2, atol=1e-5)  # stored inverted + MONOCHROME1 = the same picture
+
+
+def test_dicom_rescale_and_window(tmp_path, real):
+    raw = real.astype(np.uint16) * 4  # stored values 0..1020; slope 2, intercept -1000 -> -1000..1040 "HU"
+    hu = raw.astype(np.float32) * 2 - 1000
+    center, width = 0.0, 600.0
+    loaded = load_image(make_dicom(tmp_path / "ct.dcm", raw, slope=2, intercept=-1000, window=(center, width))).pixels
+    windowed = np.clip((hu - (center - 0.5)) / (width - 1) + 0.5, 0, 1)  # DICOM linear window (PS3.3 C.11.2.1.2)
+    np.testing.assert_allclose(loaded, windowed, atol=0.01)
+    assert (loaded == 0).mean() > 0.01 and (loaded == 1).mean() > 0.01  # the window clips both ends
+
+
+def test_dicom_without_window_is_min_max_after_rescale(tmp_path, real):
+    raw = real.astype(np.uint16) * 16 + 7
+    loaded = load_image(make_dicom(tmp_path / "nw.dcm", raw, slope=0.5, intercept=100)).pixels
+    span = (real.astype(np.float32) - real.min()) / (real.max() - real.min())
+    np.testing.assert_allclose(loaded, span, atol=1e-4)
+
+
+@pytest.mark.parametrize("syntax", [JPEG2000Lossless, RLELossless, JPEGBaseline8Bit], ids=lambda s: s.name)
+def test_compressed_dicom(tmp_path, real, syntax):
+    path = make_dicom(tmp_path / "c.dcm", real, transfer_syntax=syntax)
+    pixels = load_image(path).pixels
+    span = (real.astype(np.float32) - real.min()) / (real.max() - real.min())
+    tolerance = 0.02 if syntax == JPEGBaseline8Bit else 1e-5  # baseline JPEG is lossy
+    assert np.abs(pixels - span).mean() < tolerance
+
+
+def _rejected(path: Path) -> str:
+    with pytest.raises(ImageRejected) as info:
+        load_image(path)
+    return str(info.value)
+
+
+def test_unusable_files_are_rejected_with_reasons(tmp_path, real):
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert "0 bytes" in _rejected(tmp_path / "empty.png")
+    (tmp_path / "notes.png").write_text("this is a radiology report, not an image\n")
+    assert "not a PNG, JPEG or DICOM" in _rejected(tmp_path / "notes.png")
+    Image.fromarray(real).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    assert "cannot decode" in _rejected(tmp_path / "cut.png")
+    assert "not found" in _rejected(tmp_path / "missing.png")
+
+
+def test_unusable_dicoms_are_rejected(tmp_path, real):
+    assert "no pixel data" in _rejected(make_dicom(tmp_path / "np.dcm", real, with_pixels=False))
+    full = make_dicom(tmp_path / "full.dcm", real).read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(full[: len(full) - real.size // 2])  # pixel data cut in half
+    assert "DICOM" in _rejected(tmp_path / "cut.dcm")
+
+
+def test_absurd_dimensions_are_rejected(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "tiny.png")
+    Image.fromarray(np.zeros((40, 2000), np.uint8)).save(tmp_path / "strip.png")
+    assert "dimensions" in _rejected(tmp_path / "tiny.png")
+    assert "dimensions" in _rejected(tmp_path / "strip.png")
+
+
+def test_letterbox_keeps_aspect_and_pads_with_black(real):
+    tall = np.ones((300, 150), np.float32)
+    square = letterbox(tall, 224)
+    assert square.shape == (224, 224)
+    assert square[:, :50].max() == 0 and square[:, -50:].max() == 0  # padded sides
+    assert square[:, 60:160].min() > 0.99  # the image itself, not stretched
+    out = letterbox(_expected(real), 224)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_prepare_gives_the_same_pixels_for_png_and_dicom(tmp_path, real):
+    Image.fromarray(real).save(tmp_path / "a.png")
+    png = prepare(tmp_path / "a.png", 224).astype(int)
+    dcm = prepare(make_dicom(tmp_path / "a.dcm", real), 224).astype(int)
+    assert png.dtype == int and png.shape == (224, 224)
+    # PNG is /255, DICOM is min-max: equal when the image spans 0..255, close otherwise
+    assert np.abs(png - dcm).mean() < 255 * (1 - (real.max() - real.min()) / 255) + 2
