@@ -26,8 +26,14 @@ def demo_pipeline(workdir: Path) -> dict:
         views=sample / "indiana_projections.csv",
         settings=settings,
     )
+    # A smoke-run encoder, registered under its own name so it never becomes the "latest" real encoder.
     demo_encoder = settings.encoder.model_copy(
-        update={"epochs": settings.sample.encoder_epochs, "pretrain_size": settings.sample.encoder_size, "min_label_count": 3}
+        update={
+            "epochs": settings.sample.encoder_epochs,
+            "pretrain_size": settings.sample.encoder_size,
+            "min_label_count": 3,
+            "registered_name": f"{settings.encoder.registered_name}-demo",
+        }
     )
     encoder = pretrain_encoder_flow([data], workdir / "encoder", demo_encoder)
     features = extract_features_flow(data, encoder["registered"], settings.encoder.batch_size)
