@@ -135,8 +135,9 @@ def extract_features(
 
     result = ExtractResult()
     start = time.perf_counter()
-    # Unique per run, so that a second run (even in the same second and process) never replaces a part.
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:8]}"
+    # Nanosecond start time: part names sort in run order (the newest row of an image wins in `load`);
+    # the random suffix keeps two runs started in the same nanosecond from replacing each other's parts.
+    run_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     batches = [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(decode_workers) as decoders, ThreadPoolExecutor(1) as writer, tqdm(
         total=len(items), desc="features", unit="img", disable=not progress
