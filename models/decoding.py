@@ -1,0 +1,84 @@
+"""Batched greedy and beam-search decoding for the captioners in `models.captioner`."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class Decoder:
+    """Wraps a captioner's `start`/`step` in compiled functions; ids follow `radcap.vocab` (pad 0)."""
+
+    def __init__(self, model, start_id: int, end_id: int, max_length: int):
+        self.model, self.start_id, self.end_id, self.max_length = model, start_id, end_id, max_length
+        self._start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
+        self._step = tf.function(lambda tokens, state: model.step(tokens, state, training=False), reduce_retracing=True)
+
+    def greedy(self, features: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ids (B,T) without <start>, ending at <end> then pad 0; attention (B,T,L) or None)."""
+        state = self._start(features)
+        batch = int(tf.shape(next(iter(features.values())))[0])
+        tokens = np.full(batch, self.start_id, np.int32)
+        done = np.zeros(batch, bool)
+        out, attention = [], []
+        for _ in range(self.max_length - 1):
+            logits, state, weights = self._step(tf.constant(tokens), state)
+            tokens = np.where(done, 0, logits.numpy().argmax(-1)).astype(np.int32)
+            out.append(tokens)
+            if weights is not None:
+                attention.append(weights.numpy())
+            done |= tokens == self.end_id
+            if done.all():
+                break
+        return np.stack(out, 1), (np.stack(attention, 1) if attention else None)
+
+    def beam(self, features: dict, width: int = 3, length_penalty: float = 0.7, no_repeat_ngram: int = 0) -> np.ndarray:
+        """Beam search: scores are summed log-probabilities divided by length**length_penalty (0: none);
+        `no_repeat_ngram` > 0 forbids repeating any n-gram of that size in a caption. Returns ids (B,T)."""
+        state = self._start(features)
+        batch = int(tf.shape(next(iter(features.values())))[0])
+        order = np.repeat(np.arange(batch), width)  # beam b*width+k belongs to study b
+        state = tf.nest.map_structure(lambda s: tf.gather(s, order), state)
+        scores = np.tile(np.r_[0.0, np.full(width - 1, -np.inf)], batch).reshape(batch, width)
+        sequences = np.zeros((batch, width, 0), np.int32)
+        tokens = np.full(batch * width, self.start_id, np.int32)
+        finished = np.zeros((batch, width), bool)
+        for _ in range(self.max_length - 1):
+            logits, state, _ = self._step(tf.constant(tokens), state)
+            logp = tf.nn.log_softmax(logits).numpy().reshape(batch, width, -1)
+            vocab = logp.shape[-1]
+            logp[finished] = -np.inf
+            logp[finished, 0] = 0.0  # a finished beam only continues with pad, at no cost
+            if no_repeat_ngram:
+                _block_repeats(logp, sequences, no_repeat_ngram, finished)
+            total = (scores[..., None] + logp).reshape(batch, -1)
+            best = np.argsort(-total, axis=1, kind="stable")[:, :width]
+            beam_idx, token = best // vocab, (best % vocab).astype(np.int32)
+            scores = np.take_along_axis(total, best, axis=1)
+            sequences = np.concatenate(
+                [np.take_along_axis(sequences, beam_idx[..., None], axis=1), token[..., None]], axis=2)
+            finished = np.take_along_axis(finished, beam_idx, axis=1) | (token == self.end_id)
+            flat = (np.arange(batch)[:, None] * width + beam_idx).ravel()
+            state = tf.nest.map_structure(lambda s: tf.gather(s, flat), state)
+            tokens = token.ravel()
+            if finished.all():
+                break
+        lengths = np.maximum((sequences != 0).sum(-1), 1)
+        normalized = scores / (lengths ** length_penalty if length_penalty else 1.0)
+        return sequences[np.arange(batch), normalized.argmax(1)]
+
+
+def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np.ndarray) -> None:
+    """Set -inf on tokens that would complete an n-gram already present in the same beam."""
+    batch, width, length = sequences.shape
+    if length < n - 1:
+        return
+    for b in range(batch):
+        for k in range(width):
+            if finished[b, k]:
+                continue
+            seq = sequences[b, k].tolist()
+            prefix = tuple(seq[length - n + 1:]) if n > 1 else ()
+            for i in range(length - n + 1):
+                if tuple(seq[i: i + n - 1]) == prefix:
+                    logp[b, k, seq[i + n - 1]] = -np.inf
