@@ -132,6 +132,54 @@ def pretrain_encoder(
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
 
 
+class Architecture(str, Enum):
+    show_tell = "show-tell"
+    show_attend_tell = "show-attend-tell"
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="Data directory with features (`radcap features`).")],
+    architecture: Annotated[Optional[Architecture], typer.Option(help="Decoder (default from settings).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: DATA/captioner-ARCH).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    encoder_version: Annotated[Optional[str], typer.Option(help="Feature-store encoder version (default: last extracted).")] = None,
+) -> None:
+    """Train a report decoder (teacher forcing, early stopping on a val metric), log it to MLflow and
+    register it as `radcap-captioner`."""
+    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
+    from flows.train import train_flow
+    from radcap.settings import get_settings
+
+    cfg = get_settings().captioner
+    overrides = {"architecture": architecture.value if architecture else None, "epochs": epochs}
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    hide_user_error_tracebacks()
+    summary = train_flow(data, out or data / f"captioner-{cfg.architecture}", cfg, encoder_version)
+    _print_summary(f"train {cfg.architecture}", summary, list(summary))
+    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Data directory with features.")],
+    model: Annotated[str, typer.Option(help="models:/radcap-captioner/N, models:/radcap-captioner@champion or a bundle folder.")],
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, report.md, captions.csv (default: DATA/evaluation-SPLIT).")] = None,
+    meteor: Annotated[bool, typer.Option(help="METEOR needs Java; --no-meteor skips it.")] = True,
+) -> None:
+    """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr and clinical F1, beside baselines."""
+    if split not in ("train", "val", "test"):
+        raise RadcapError(f"--split must be train, val or test, not '{split}'")
+    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
+    from flows.evaluate import evaluate_flow
+
+    hide_user_error_tracebacks()
+    summary = evaluate_flow(data, model, split, out or data / f"evaluation-{split}", meteor)
+    _print_summary(f"evaluate {split}", summary, list(summary))
+    raise typer.Exit(EXIT_OK)
+
+
 @app.command()
 def sample(
     out: Annotated[Path, typer.Option(help="Folder to write the synthetic IU-layout sample into.")],

@@ -100,6 +100,30 @@ class EncoderSettings(BaseModel):
     registered_name: str = "radcap-encoder"
 
 
+class CaptionerSettings(BaseModel):
+    """The report decoders (`radcap train`) and decoding (`radcap evaluate`, `radcap caption`)."""
+
+    architecture: Literal["show-tell", "show-attend-tell"] = "show-attend-tell"
+    embed_dim: int = 256
+    units: int = 512
+    attention_units: int = 256
+    dropout: float = 0.3
+    max_views: int = Field(2, description="Images per study the decoder sees (IU: frontal + lateral).")
+    min_count: int = Field(3, description="Vocabulary: a token needs this many training occurrences.")
+    max_length: int = Field(60, description="Tokens per caption including <start> and <end>.")
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    clip_norm: float = 5.0
+    epochs: int = 30
+    patience: int = Field(5, description="Epochs without a better validation metric before stopping.")
+    selection_metric: Literal["CIDEr", "BLEU-4", "ROUGE-L", "val_loss"] = "CIDEr"
+    seed: int = 0
+    beam_width: int = 3
+    length_penalty: float = 0.7
+    no_repeat_ngram: int = 3
+    registered_name: str = "radcap-captioner"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RADCAP_", env_nested_delimiter="__", extra="forbid")
 
@@ -107,6 +131,7 @@ class Settings(BaseSettings):
     split: SplitRules = SplitRules()
     sample: SampleSettings = SampleSettings()
     encoder: EncoderSettings = EncoderSettings()
+    captioner: CaptionerSettings = CaptionerSettings()
 
     @classmethod
     def settings_customise_sources(

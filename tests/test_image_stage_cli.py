@@ -69,3 +69,51 @@ def test_pretrain_register_and_extract(data_dir: Path):
 def test_unknown_encoder_is_a_usage_error(data_dir: Path):
     done = run_cli("features", "--data", str(data_dir), "--encoder", str(data_dir / "nope.h5"))
     assert done.returncode == 2 and "encoder file not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
+    if not (data_dir / "features" / "features.json").exists():
+        run_cli("features", "--data", str(data_dir), "--encoder", "random:0", "--batch-size", "8")
+    env = {"RADCAP_CAPTIONER__UNITS": "32", "RADCAP_CAPTIONER__EMBED_DIM": "16", "RADCAP_CAPTIONER__ATTENTION_UNITS": "16",
+           "RADCAP_CAPTIONER__MIN_COUNT": "1", "RADCAP_CAPTIONER__BATCH_SIZE": "4"}
+    done = run_cli("train", "--data", str(data_dir), "--architecture", "show-attend-tell", "--epochs", "2", env=env)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    bundle_dir = data_dir / "captioner-show-attend-tell" / "captioner"
+    config = json.loads((bundle_dir / "config.json").read_text())
+    assert config["architecture"] == "show-attend-tell" and config["encoder_version"]
+    assert json.loads((bundle_dir / "vocab.json").read_text())["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
+
+    done = run_cli("evaluate", "--data", str(data_dir), "--model", "models:/no-such-model/1", "--split", "val")
+    assert done.returncode == 2 and "no-such-model" in done.stderr and "Traceback" not in done.stderr
+    import mlflow
+
+    version = max(int(v.version) for v in mlflow.MlflowClient().search_model_versions("name='radcap-captioner'"))
+    uri = f"models:/radcap-captioner/{version}"
+    done = run_cli("evaluate", "--data", str(data_dir), "--model", uri, "--split", "val")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((data_dir / "evaluation-val" / "metrics.json").read_text())
+    systems = metrics["systems"]
+    assert len(systems) == 4 and all(0 <= s["BLEU-4"] <= 1 and "METEOR" in s and "CIDEr" in s for s in systems.values())
+    assert "Cardiomegaly" in next(iter(systems.values()))["per_finding"]
+    captions = pd.read_csv(data_dir / "evaluation-val" / "captions.csv")
+    assert len(captions) == metrics["reports"] and "## Caption and clinical metrics" in (data_dir / "evaluation-val" / "report.md").read_text()
+
+    # The registered pyfunc model captions image files and agrees with the saved bundle.
+    from radcap.captioner_bundle import load_bundle
+
+    images = pd.read_parquet(data_dir / "images.parquet")
+    broken = images["path"].iloc[0]  # truncated by the test above
+    intact = [r for r in captions["report_id"] if broken not in set(images.loc[images["report_id"] == r, "path"])]
+    study = images[images["report_id"] == intact[0]]
+    model = mlflow.pyfunc.load_model(uri)
+    frame = pd.DataFrame({"image_path": study["path"], "study_id": study["study_id"], "view": study["view"]})
+    greedy = model.predict(frame, params={"beam_width": 1})
+    assert len(greedy) == 1 and greedy["caption"].iloc[0] == model.predict(frame, params={"beam_width": 1})["caption"].iloc[0]
+    bundle = load_bundle(bundle_dir)
+    from radcap.caption_data import build_caption_set
+    from radcap.features import FeatureStore
+
+    reports = pd.read_parquet(data_dir / "reports.parquet")
+    one = build_caption_set(reports[reports["report_id"] == study["report_id"].iloc[0]], images,
+                            FeatureStore(data_dir / "features"), config["encoder_version"], "val", grid=True)
+    assert bundle.caption(one.features(slice(None))) == greedy["caption"].tolist()

@@ -1,0 +1,34 @@
+"""`radcap train`: train a report decoder on a data directory's features, log to MLflow, register it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from prefect import flow
+from prefect.utilities.annotations import quote
+
+from radcap.catalog import DataCatalog
+from radcap.settings import CaptionerSettings, get_settings
+from tasks.train import build_vocabulary, caption_sets, encoder_spec, fit_captioner, log_and_register, stored_encoder_version
+
+
+@flow(name="train-captioner")
+def train_flow(data_dir: Path, out: Path, settings: CaptionerSettings | None = None,
+               encoder_version: str | None = None) -> dict:
+    cfg = settings or get_settings().captioner
+    version = stored_encoder_version(data_dir, encoder_version)
+    sets = caption_sets(data_dir, version, cfg, ("train", "val"))
+    vocab = build_vocabulary(quote(sets["train"]), cfg)
+    data_version = json.loads(DataCatalog(data_dir).ingest_summary.read_text())["data_version"]
+    extra = {"encoder_version": version, "encoder_spec": encoder_spec(version), "data_version": data_version,
+             "decoding": {"beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty,
+                          "no_repeat_ngram": cfg.no_repeat_ngram}}
+    mlflow.set_experiment("radcap-captioner")
+    with mlflow.start_run(run_name=f"train-{cfg.architecture}"):
+        mlflow.log_params({**cfg.model_dump(), "data_dir": str(data_dir), "encoder_version": version,
+                           "data_version": data_version, "vocabulary": len(vocab)})
+        result = fit_captioner(quote(sets["train"]), quote(sets["val"]), quote(vocab), cfg, extra)
+        tags = {"data_version": data_version, "encoder_version": version}
+        return log_and_register(quote(result), quote(sets), data_dir, out, cfg, tags)

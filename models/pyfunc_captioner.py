@@ -1,0 +1,82 @@
+"""The registered `radcap-captioner` as an MLflow pyfunc model, logged as code (MLflow "models from code"):
+nothing is pickled; the artifacts are the captioner bundle (JSON config, JSON vocabulary, HDF5 weights).
+
+Input: a DataFrame with `image_path` (one row per image; rows sharing a `study_id` make one report, in
+frontal-first order if a `view` column is given), or with `pooled` (and `grid` for attention models) feature
+vectors instead of paths. Output: a DataFrame with `study_id` and `caption`.
+Params: `beam_width`, `length_penalty`, `no_repeat_ngram` (defaults from the bundle's config).
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class RadcapCaptioner(PythonModel):
+    def load_context(self, context):
+        from pathlib import Path
+
+        from radcap.captioner_bundle import load_bundle
+
+        self.bundle = load_bundle(Path(context.artifacts["captioner"]))
+        self._encoder = None
+
+    def _forward(self):
+        if self._encoder is None:
+            from radcap.encoders import resolve_encoder
+
+            encoder = resolve_encoder(self.bundle.config["encoder_spec"])
+            self._encoder = (encoder, encoder.forward_fn())
+        return self._encoder
+
+    def _image_features(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        from pathlib import Path
+
+        from radcap.imaging import prepare
+
+        encoder, forward = self._forward()
+        pooled, grid = [], []
+        for i in range(0, len(paths), 16):
+            batch = np.stack([prepare(Path(p), encoder.input_size) for p in paths[i: i + 16]])
+            p, g = forward(batch)
+            pooled.append(p)
+            grid.append(g.reshape(len(batch), 49, -1).astype(np.float16))
+        return np.concatenate(pooled), np.concatenate(grid)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        frame = model_input.reset_index(drop=True)
+        if "study_id" not in frame:
+            frame = frame.assign(study_id=[str(i) for i in range(len(frame))])
+        if "image_path" in frame:
+            pooled, grid = self._image_features(frame["image_path"].astype(str).tolist())
+        else:
+            pooled = np.stack(frame["pooled"].map(np.asarray)).astype(np.float32)
+            grid = np.stack(frame["grid"].map(lambda g: np.asarray(g).reshape(49, -1))).astype(np.float16) if "grid" in frame else None
+        order = {"frontal": 0, "lateral": 1}
+        rank = frame["view"].map(order).fillna(2) if "view" in frame else pd.Series(0, index=frame.index)
+        views = self.bundle.config["max_views"]
+        studies = list(dict.fromkeys(frame["study_id"]))
+        features = {"pooled": np.zeros((len(studies), views, pooled.shape[-1]), np.float32),
+                    "view_mask": np.zeros((len(studies), views), np.float32)}
+        if grid is not None:
+            features["grid"] = np.zeros((len(studies), views, 49, pooled.shape[-1]), np.float16)
+        for s, study in enumerate(studies):
+            rows = frame.index[frame["study_id"] == study]
+            rows = sorted(rows, key=lambda r: (rank[r], r))[:views]
+            for v, r in enumerate(rows):
+                features["pooled"][s, v] = pooled[r]
+                features["view_mask"][s, v] = 1.0
+                if grid is not None:
+                    features["grid"][s, v] = grid[r]
+        cfg = {**self.bundle.config.get("decoding", {}), **(params or {})}
+        captions = self.bundle.caption(
+            features, beam_width=int(cfg.get("beam_width", 1)), length_penalty=float(cfg.get("length_penalty", 0.7)),
+            no_repeat_ngram=int(cfg.get("no_repeat_ngram", 0)),
+        )
+        return pd.DataFrame({"study_id": studies, "caption": captions})
+
+
+mlflow.models.set_model(RadcapCaptioner())

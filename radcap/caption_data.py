@@ -1,0 +1,82 @@
+"""Study-level training examples for the decoders: features of up to `max_views` images and token ids.
+
+A report (IU study, MedPix image caption) becomes one example. Its images are ordered frontal, lateral,
+then unknown views, and the first `max_views` are kept; a missing view is zeros with view_mask 0. Reports
+whose images have no stored features for the chosen encoder are listed as rejects, not dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from radcap.features import FeatureStore
+from radcap.vocab import Vocabulary
+
+VIEW_ORDER = {"frontal": 0, "lateral": 1, "unknown": 2}
+
+
+@dataclass
+class CaptionSet:
+    report_ids: list[str]
+    texts: list[str]
+    pooled: np.ndarray  # (N, V, 1024) float32
+    view_mask: np.ndarray  # (N, V) float32
+    grid: np.ndarray | None = None  # (N, V, 49, 1024) float16
+    image_ids: list[list[str]] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.report_ids)
+
+    def features(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
+        out = {"pooled": self.pooled[index], "view_mask": self.view_mask[index]}
+        if self.grid is not None:
+            out["grid"] = self.grid[index]
+        return out
+
+    def tokens(self, vocab: Vocabulary) -> np.ndarray:
+        return np.asarray(vocab.encode_padded(self.texts), np.int32)
+
+
+def build_caption_set(
+    reports: pd.DataFrame,
+    images: pd.DataFrame,
+    store: FeatureStore,
+    encoder_version: str,
+    split: str,
+    max_views: int = 2,
+    grid: bool = False,
+) -> CaptionSet:
+    """Examples of one split, in report_id order (deterministic)."""
+    chosen = reports[reports["split"] == split].sort_values("report_id")
+    imgs = images[images["report_id"].isin(chosen["report_id"])].copy()
+    imgs["_order"] = imgs["view"].map(VIEW_ORDER).fillna(2)
+    imgs = imgs.sort_values(["report_id", "_order", "image_id"])
+    stored = store.load(encoder_version, imgs["image_id"].tolist(), grid=grid)
+    row_of = {image_id: i for i, image_id in enumerate(stored["image_id"])}
+    by_report = imgs.groupby("report_id")["image_id"].apply(list).to_dict()
+
+    keep, rejects, views = [], [], []
+    for report_id in chosen["report_id"]:
+        present = [i for i in by_report.get(report_id, []) if i in row_of][:max_views]
+        if not present:
+            rejects.append({"source": report_id, "item": report_id, "kind": "report", "stage": "captioning",
+                            "reason": f"no image of this report has features for encoder {encoder_version}"})
+            continue
+        keep.append(report_id)
+        views.append(present)
+    n = len(keep)
+    pooled = np.zeros((n, max_views, stored["pooled"].shape[-1]), np.float32)
+    mask = np.zeros((n, max_views), np.float32)
+    grids = np.zeros((n, max_views, 49, stored["pooled"].shape[-1]), np.float16) if grid else None
+    for i, present in enumerate(views):
+        for v, image_id in enumerate(present):
+            pooled[i, v] = stored["pooled"][row_of[image_id]]
+            mask[i, v] = 1.0
+            if grid:
+                grids[i, v] = stored["grid"][row_of[image_id]].reshape(49, -1)
+    texts = chosen.set_index("report_id").loc[keep, "target"].tolist()
+    return CaptionSet(keep, texts, pooled, mask, grids, views, rejects)
