@@ -1,4 +1,4 @@
-"""The main job on the embedded default: phantom sample -> ingest -> pretrain encoder -> features -> (later stages)."""
+"""The main job on the embedded default: sample -> ingest -> pretrain encoder -> features -> train -> evaluate."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.evaluate import evaluate_flow
 from flows.features import extract_features_flow
 from flows.ingest import ingest_reports
 from flows.pretrain import pretrain_encoder_flow
+from flows.train import train_flow
 from radcap.settings import get_settings
 from tasks.sample import make_sample
 
@@ -37,6 +39,14 @@ def demo_pipeline(workdir: Path) -> dict:
     )
     encoder = pretrain_encoder_flow([data], workdir / "encoder", demo_encoder)
     features = extract_features_flow(data, encoder["registered"], settings.encoder.batch_size)
+    captioner_cfg = settings.captioner.model_copy(
+        # a few dozen studies: small batches, a higher rate and patience (val has only a handful of reports)
+        update={"epochs": settings.sample.captioner_epochs, "min_count": 1, "batch_size": 16,
+                "learning_rate": 2e-3, "patience": 20,
+                "registered_name": f"{settings.captioner.registered_name}-demo"}
+    )
+    trained = train_flow(data, workdir / "captioner", captioner_cfg, features["encoder_version"])
+    evaluation = evaluate_flow(data, trained["registered"], "test", workdir / "evaluation")
     return {
         "reports": ingest["reports"],
         "images": ingest["images"],
@@ -47,4 +57,9 @@ def demo_pipeline(workdir: Path) -> dict:
         "encoder_val_loss": encoder["val_loss"],
         "features_encoded": features["encoded"],
         "features_already_stored": features["already_stored"],
+        "captioner": trained["registered"],
+        "test_BLEU-4": evaluation["BLEU-4"],
+        "test_CIDEr": evaluation["CIDEr"],
+        "test_clinical_micro_f1": evaluation["clinical_micro_f1"],
+        "report": evaluation["report"],
     }

@@ -76,6 +76,7 @@ class SampleSettings(BaseModel):
     seed: int = 7
     encoder_epochs: int = Field(2, description="The demo pretrains a small encoder quickly: a smoke run, not a model.")
     encoder_size: int = 96
+    captioner_epochs: int = 60
 
 
 class EncoderSettings(BaseModel):

@@ -103,7 +103,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
 
     images = pd.read_parquet(data_dir / "images.parquet")
     broken = images["path"].iloc[0]  # truncated by the test above
-    intact = [r for r in captions["report_id"] if broken not in set(images.loc[images["report_id"] == r, "path"])]
+    intact = [r for r in images["report_id"].unique() if broken not in set(images.loc[images["report_id"] == r, "path"])]
     study = images[images["report_id"] == intact[0]]
     model = mlflow.pyfunc.load_model(uri)
     frame = pd.DataFrame({"image_path": study["path"], "study_id": study["study_id"], "view": study["view"]})
@@ -114,6 +114,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
     from radcap.features import FeatureStore
 
     reports = pd.read_parquet(data_dir / "reports.parquet")
-    one = build_caption_set(reports[reports["report_id"] == study["report_id"].iloc[0]], images,
-                            FeatureStore(data_dir / "features"), config["encoder_version"], "val", grid=True)
+    report = reports[reports["report_id"] == study["report_id"].iloc[0]]
+    one = build_caption_set(report, images, FeatureStore(data_dir / "features"), config["encoder_version"],
+                            report["split"].iloc[0], grid=True)
     assert bundle.caption(one.features(slice(None))) == greedy["caption"].tolist()
