@@ -42,7 +42,7 @@ def demo_pipeline(workdir: Path) -> dict:
     captioner_cfg = settings.captioner.model_copy(
         # a few dozen studies: small batches, a higher rate and patience (val has only a handful of reports)
         update={"epochs": settings.sample.captioner_epochs, "min_count": 1, "batch_size": 16,
-                "learning_rate": 2e-3, "patience": 20,
+                "learning_rate": 2e-3, "patience": 20, "min_epochs": 20,
                 "registered_name": f"{settings.captioner.registered_name}-demo"}
     )
     trained = train_flow(data, workdir / "captioner", captioner_cfg, features["encoder_version"])

@@ -91,7 +91,7 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
             best, best_weights, since_best, result.best_epoch = current, model.get_weights(), 0, epoch
         else:
             since_best += 1
-            if since_best >= cfg.patience:
+            if since_best >= cfg.patience and epoch >= cfg.min_epochs:
                 result.stopped_early = True
                 break
     if best_weights is not None:

@@ -117,6 +117,8 @@ class CaptionerSettings(BaseModel):
     clip_norm: float = 5.0
     epochs: int = 30
     patience: int = Field(5, description="Epochs without a better validation metric before stopping.")
+    min_epochs: int = Field(10, description="No early stop before this: greedy captions of an early model are "
+                            "degenerate, so caption metrics are noise for the first epochs.")
     selection_metric: Literal["CIDEr", "BLEU-4", "ROUGE-L", "val_loss"] = "CIDEr"
     seed: int = 0
     beam_width: int = 3
