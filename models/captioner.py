@@ -46,6 +46,13 @@ class Captioner(keras.Model):
         self.dropout = layers.Dropout(dropout)
         self.output_hidden = layers.Dense(embed_dim, name="deep_output")  # Xu et al.'s L_h
         self.logits = layers.Dense(vocab_size, name="logits")
+        # Per-channel statistics of the training features, saved with the weights: CNN activations have
+        # wildly different scales per channel, and unstandardized they let the LSTM ignore the image.
+        self.feature_mean = self.add_weight(shape=(1024,), initializer="zeros", trainable=False, name="feature_mean")
+        self.feature_std = self.add_weight(shape=(1024,), initializer="ones", trainable=False, name="feature_std")
+
+    def standardize(self, values):
+        return (ops.cast(values, "float32") - self.feature_mean) / self.feature_std
 
     def get_config(self):
         return {"vocab_size": self.vocab_size, "max_views": self.max_views, "embed_dim": self.embed_dim,
@@ -70,7 +77,7 @@ class ShowAndTell(Captioner):
 
     def start(self, features, training=False):
         pooled, view_mask = features["pooled"], features["view_mask"]  # (B,V,1024), (B,V)
-        flat = ops.reshape(pooled * view_mask[..., None], (-1, self.max_views * pooled.shape[-1]))
+        flat = ops.reshape(self.standardize(pooled) * view_mask[..., None], (-1, self.max_views * pooled.shape[-1]))
         image = self.dropout(self.image_embedding(flat), training=training)
         batch = ops.shape(flat)[0]
         zeros = ops.zeros((batch, self.units))
@@ -102,7 +109,7 @@ class ShowAttendTell(Captioner):
     def start(self, features, training=False):
         grid, view_mask = features["grid"], features["view_mask"]  # (B,V,49,1024), (B,V)
         cells = grid.shape[2]
-        memory = self.grid_projection(ops.reshape(ops.cast(grid, "float32"), (-1, self.max_views * cells, grid.shape[-1])))
+        memory = self.grid_projection(ops.reshape(self.standardize(grid), (-1, self.max_views * cells, grid.shape[-1])))
         mask = ops.reshape(ops.repeat(view_mask[:, :, None], cells, axis=2), (-1, self.max_views * cells))
         mean = ops.sum(memory * mask[..., None], axis=1) / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
         return {"h": self.init_h(mean), "c": self.init_c(mean), "memory": memory,

@@ -37,6 +37,17 @@ def model_config(cfg: CaptionerSettings, **extra) -> dict:
     return {**{k: getattr(cfg, k) for k in keys}, **extra}
 
 
+def feature_statistics(data: CaptionSet, attention: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over the training images (grid cells for attention, pooled vectors else)."""
+    present = data.view_mask.reshape(-1) > 0
+    if attention:
+        values = data.grid.reshape(-1, data.grid.shape[2], data.grid.shape[3])[present].astype(np.float32)
+        values = values.reshape(-1, values.shape[-1])
+    else:
+        values = data.pooled.reshape(-1, data.pooled.shape[-1])[present]
+    return values.mean(axis=0), np.maximum(values.std(axis=0), 1e-3)
+
+
 def _token_matrix(data: CaptionSet, vocab: Vocabulary) -> np.ndarray:
     tokens = data.tokens(vocab)
     longest = int((tokens != 0).sum(axis=1).max()) if len(tokens) else 2
@@ -61,6 +72,9 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     keras.utils.set_random_seed(cfg.seed)
     config = model_config(cfg, **(config_extra or {}))
     model = build_model(config, len(vocab))
+    mean, std = feature_statistics(train, model.attention)
+    model.feature_mean.assign(mean)
+    model.feature_std.assign(std)
     bundle = CaptionerBundle(model, vocab, config)
     train_step = make_train_step(model, keras.optimizers.Adam(cfg.learning_rate), cfg.clip_norm)
     eval_step = make_eval_step(model)
