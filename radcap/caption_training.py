@@ -22,6 +22,8 @@ class CaptionEpoch:
     val_loss: float
     val_scores: dict[str, float]
     seconds: float
+    train_seconds: float = 0.0  # the teacher-forced batches alone (benchmarks/train_speed.py)
+    batches: int = 0
 
 
 @dataclass
@@ -94,10 +96,12 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
         for i in tqdm(range(0, len(order) - bs + 1, bs), desc=f"epoch {epoch}", unit="batch", leave=False):
             index = np.sort(order[i: i + bs])
             losses.append(float(train_step(tensors(train, index), tf.constant(train_tokens[index]))))
+        train_seconds = time.perf_counter() - start
         val_losses = [float(eval_step(tensors(val, slice(i, i + bs)), tf.constant(val_tokens[i: i + bs])))
                       for i in range(0, len(val), bs)]
         scores = validation_scores(bundle, val)
-        stats = CaptionEpoch(epoch, float(np.mean(losses)), float(np.mean(val_losses)), scores, time.perf_counter() - start)
+        stats = CaptionEpoch(epoch, float(np.mean(losses)), float(np.mean(val_losses)), scores,
+                             time.perf_counter() - start, train_seconds, len(losses))
         result.history.append(stats)
         on_epoch(stats)
         current = -stats.val_loss if cfg.selection_metric == "val_loss" else scores[cfg.selection_metric]
