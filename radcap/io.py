@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_contracts import Contract, ContractError
+from data_contracts import REJECTS, Contract, ContractError
 from radcap.errors import RadcapError
 
 
@@ -39,6 +39,11 @@ def write_table(data: pd.DataFrame | pa.Table, path: Path, contract: Contract) -
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return table.num_rows
+
+
+def write_rejects(rows: list[dict], path: Path) -> int:
+    """A REJECTS table from reject rows (an empty, typed table when there are none)."""
+    return write_table(pd.DataFrame(rows, columns=REJECTS.column_names) if rows else REJECTS.empty(), path, REJECTS)
 
 
 def read_table(path: Path, contract: Contract) -> pd.DataFrame:

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from data_contracts import IMAGES, REPORTS
@@ -18,9 +16,8 @@ from radcap.errors import RadcapError
 from radcap.features import FeatureStore
 from radcap.io import read_table, write_json
 from radcap.metrics import CAPTION_METRICS, caption_metrics, clinical_metrics
+from tasks import uncached
 from tasks.train import markdown_table
-
-uncached = task(cache_policy=NO_CACHE)
 
 
 def resolve_captioner(uri: str) -> tuple[CaptionerBundle, str]:

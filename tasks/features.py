@@ -5,18 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from data_contracts import IMAGES, REJECTS
+from data_contracts import IMAGES
 from radcap.catalog import DataCatalog
 from radcap.encoders import Encoder, resolve_encoder
 from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
 from radcap.imaging import file_sha256
-from radcap.io import read_table, write_json, write_table
-
-uncached = task(cache_policy=NO_CACHE)  # models and in-memory lists: nothing worth hashing
+from radcap.io import read_table, write_json, write_rejects
+from tasks import uncached
 
 
 @uncached
@@ -66,8 +63,7 @@ def encode_images(todo: list[ImageItem], encoder: Encoder, data_dir: Path, batch
 def record_feature_run(data_dir: Path, encoder: Encoder, result: ExtractResult, skipped: int, rejects: list[dict]) -> dict:
     catalog = DataCatalog(data_dir)
     all_rejects = rejects + result.rejects
-    columns = REJECTS.column_names
-    write_table(pd.DataFrame(all_rejects, columns=columns) if all_rejects else REJECTS.empty(), catalog.feature_rejects, REJECTS)
+    write_rejects(all_rejects, catalog.feature_rejects)
     summary = {
         "encoder": encoder.name,
         "encoder_version": encoder.version,

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from data_contracts import IMAGES, REJECTS, REPORTS
@@ -17,10 +15,7 @@ from radcap.io import write_json, write_table
 from radcap.settings import Settings
 from radcap.sources import Parsed, read_iu_csv, read_iu_xml, read_manifest, read_medpix
 from radcap.splits import apply_hash_split, apply_r2gen, enforce_no_leakage, read_r2gen_split
-
-# These tasks pass in-memory rows and tables: hashing them for a cache key would cost more than
-# re-reading the files, and a cache keyed on paths would miss edits to the files.
-uncached = task(cache_policy=NO_CACHE)
+from tasks import uncached
 
 
 @uncached

@@ -7,19 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from data_contracts import IMAGES, LABELLED_IMAGES, REJECTS, REPORTS
+from data_contracts import IMAGES, LABELLED_IMAGES, REPORTS
 from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
-from radcap.io import read_table, write_json, write_table
+from radcap.io import read_table, write_json, write_rejects, write_table
 from radcap.labels import LabelSpace, labelled_images
 from radcap.pretraining import EpochStats, TrainResult, decode_images, train_encoder
 from radcap.settings import EncoderSettings
-
-uncached = task(cache_policy=NO_CACHE)
+from tasks import uncached
 
 
 @uncached
@@ -120,8 +117,7 @@ def register_encoder(model, space: LabelSpace, result: TrainResult, out: Path, c
     import matplotlib.pyplot as plt
     import mlflow
 
-    write_table(pd.DataFrame(rejects, columns=REJECTS.column_names) if rejects else REJECTS.empty(),
-                out / "rejects.parquet", REJECTS)
+    write_rejects(rejects, out / "rejects.parquet")
     model.save(out / "encoder.keras")
     write_json(space.to_json(), out / "labels.json")
     best = next(s for s in result.history if s.epoch == result.best_epoch)

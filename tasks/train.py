@@ -7,21 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from data_contracts import IMAGES, REJECTS, REPORTS
+from data_contracts import IMAGES, REPORTS
 from radcap.caption_data import CaptionSet, build_caption_set
 from radcap.caption_training import CaptionTraining, train_captioner
 from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
 from radcap.features import FeatureStore
-from radcap.io import read_table, write_table
+from radcap.io import read_table, write_rejects
 from radcap.settings import CaptionerSettings
 from radcap.vocab import Vocabulary
-
-uncached = task(cache_policy=NO_CACHE)
+from tasks import uncached
 
 
 def encoder_spec(version: str) -> str | None:
@@ -141,8 +138,7 @@ def log_and_register(result: CaptionTraining, sets: dict[str, CaptionSet], data_
     bundle = result.bundle
     bundle.save(out / "captioner")
     rejects = [r for s in sets.values() for r in s.rejects]
-    write_table(pd.DataFrame(rejects, columns=REJECTS.column_names) if rejects else REJECTS.empty(),
-                out / "rejects.parquet", REJECTS)
+    write_rejects(rejects, out / "rejects.parquet")
     fig = _loss_figure(result, cfg.selection_metric)
     mlflow.log_figure(fig, "loss_curve.png")
     plt.close(fig)
