@@ -47,27 +47,29 @@ def clinical_metrics(references: dict[str, str], hypotheses: dict[str, str], unc
     plus micro and macro averages over the observations present in the references."""
     labeler = BinaryLabels(uncertain_as)
     ids = sorted(hypotheses)
-    ref = np.array([[labeler(references[i])[o] for o in OBSERVATIONS] for i in ids], dtype=bool)
-    hyp = np.array([[labeler(hypotheses[i])[o] for o in OBSERVATIONS] for i in ids], dtype=bool)
-    per = {}
-    for k, obs in enumerate(OBSERVATIONS):
-        tp, fp, fn = int((ref[:, k] & hyp[:, k]).sum()), int((~ref[:, k] & hyp[:, k]).sum()), int((ref[:, k] & ~hyp[:, k]).sum())
+
+    def matrix(texts: dict[str, str]) -> np.ndarray:  # each text labelled once
+        return np.array([[row[o] for o in OBSERVATIONS] for row in (labeler(texts[i]) for i in ids)], dtype=bool)
+
+    ref, hyp = matrix(references), matrix(hypotheses)
+    tp, fp, fn = (ref & hyp).sum(0), (~ref & hyp).sum(0), (ref & ~hyp).sum(0)
+
+    def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return float(precision), float(recall), float(f1)
+
+    per = {}
+    for k, obs in enumerate(OBSERVATIONS):
+        precision, recall, f1 = prf(tp[k], fp[k], fn[k])
         per[obs] = {"precision": precision, "recall": recall, "f1": f1, "support": int(ref[:, k].sum())}
-    present = [o for o in OBSERVATIONS if per[o]["support"] > 0]
-    tp = sum((ref[:, k] & hyp[:, k]).sum() for k, o in enumerate(OBSERVATIONS) if o in present)
-    fp = sum((~ref[:, k] & hyp[:, k]).sum() for k, o in enumerate(OBSERVATIONS) if o in present)
-    fn = sum((ref[:, k] & ~hyp[:, k]).sum() for k, o in enumerate(OBSERVATIONS) if o in present)
-    micro_p = tp / (tp + fp) if tp + fp else 0.0
-    micro_r = tp / (tp + fn) if tp + fn else 0.0
+    present = np.array([per[o]["support"] > 0 for o in OBSERVATIONS])
+    micro = prf(tp[present].sum(), fp[present].sum(), fn[present].sum())
+    macro = [float(np.mean([per[o][m] for o, p in zip(OBSERVATIONS, present) if p])) if present.any() else 0.0
+             for m in ("precision", "recall", "f1")]
     return {
         "per_finding": per,
-        "micro_precision": float(micro_p),
-        "micro_recall": float(micro_r),
-        "micro_f1": float(2 * micro_p * micro_r / (micro_p + micro_r)) if micro_p + micro_r else 0.0,
-        "macro_precision": float(np.mean([per[o]["precision"] for o in present])) if present else 0.0,
-        "macro_recall": float(np.mean([per[o]["recall"] for o in present])) if present else 0.0,
-        "macro_f1": float(np.mean([per[o]["f1"] for o in present])) if present else 0.0,
+        "micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
+        "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
     }
