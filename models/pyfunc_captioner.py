@@ -47,6 +47,8 @@ class RadcapCaptioner(PythonModel):
         return np.concatenate(pooled), np.concatenate(grid)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from radcap.caption_data import VIEW_ORDER, pack_views
+
         frame = model_input.reset_index(drop=True)
         if "study_id" not in frame:
             frame = frame.assign(study_id=[str(i) for i in range(len(frame))])
@@ -55,22 +57,10 @@ class RadcapCaptioner(PythonModel):
         else:
             pooled = np.stack(frame["pooled"].map(np.asarray)).astype(np.float32)
             grid = np.stack(frame["grid"].map(lambda g: np.asarray(g).reshape(49, -1))).astype(np.float16) if "grid" in frame else None
-        order = {"frontal": 0, "lateral": 1}
-        rank = frame["view"].map(order).fillna(2) if "view" in frame else pd.Series(0, index=frame.index)
-        views = self.bundle.config["max_views"]
+        rank = frame["view"].map(VIEW_ORDER).fillna(2) if "view" in frame else pd.Series(0, index=frame.index)
         studies = list(dict.fromkeys(frame["study_id"]))
-        features = {"pooled": np.zeros((len(studies), views, pooled.shape[-1]), np.float32),
-                    "view_mask": np.zeros((len(studies), views), np.float32)}
-        if grid is not None:
-            features["grid"] = np.zeros((len(studies), views, 49, pooled.shape[-1]), np.float16)
-        for s, study in enumerate(studies):
-            rows = frame.index[frame["study_id"] == study]
-            rows = sorted(rows, key=lambda r: (rank[r], r))[:views]
-            for v, r in enumerate(rows):
-                features["pooled"][s, v] = pooled[r]
-                features["view_mask"][s, v] = 1.0
-                if grid is not None:
-                    features["grid"][s, v] = grid[r]
+        rows = [sorted(frame.index[frame["study_id"] == study], key=lambda r: (rank[r], r)) for study in studies]
+        features = pack_views(rows, pooled, grid, self.bundle.config["max_views"])
         cfg = {**self.bundle.config.get("decoding", {}), **(params or {})}
         captions = self.bundle.caption(
             features, beam_width=int(cfg.get("beam_width", 1)), length_penalty=float(cfg.get("length_penalty", 0.7)),

@@ -41,6 +41,23 @@ class CaptionSet:
         return np.asarray(vocab.encode_padded(self.texts), np.int32)
 
 
+def pack_views(studies: list[list[int]], pooled: np.ndarray, grid: np.ndarray | None, max_views: int) -> dict:
+    """Per-image features -> per-study arrays: `studies` lists each study's rows of `pooled`/`grid`, in view
+    order. Gives {'pooled' (S,V,D) float32, 'view_mask' (S,V)[, 'grid' (S,V,49,D) float16]}; missing views are 0."""
+    dim = pooled.shape[-1]
+    out = {"pooled": np.zeros((len(studies), max_views, dim), np.float32),
+           "view_mask": np.zeros((len(studies), max_views), np.float32)}
+    if grid is not None:
+        out["grid"] = np.zeros((len(studies), max_views, 49, dim), np.float16)
+    for s, rows in enumerate(studies):
+        for v, row in enumerate(rows[:max_views]):
+            out["pooled"][s, v] = pooled[row]
+            out["view_mask"][s, v] = 1.0
+            if grid is not None:
+                out["grid"][s, v] = grid[row].reshape(49, dim)
+    return out
+
+
 def build_caption_set(
     reports: pd.DataFrame,
     images: pd.DataFrame,
@@ -68,15 +85,7 @@ def build_caption_set(
             continue
         keep.append(report_id)
         views.append(present)
-    n = len(keep)
-    pooled = np.zeros((n, max_views, stored["pooled"].shape[-1]), np.float32)
-    mask = np.zeros((n, max_views), np.float32)
-    grids = np.zeros((n, max_views, 49, stored["pooled"].shape[-1]), np.float16) if grid else None
-    for i, present in enumerate(views):
-        for v, image_id in enumerate(present):
-            pooled[i, v] = stored["pooled"][row_of[image_id]]
-            mask[i, v] = 1.0
-            if grid:
-                grids[i, v] = stored["grid"][row_of[image_id]].reshape(49, -1)
+    packed = pack_views([[row_of[i] for i in present] for present in views], stored["pooled"],
+                        stored["grid"] if grid else None, max_views)
     texts = chosen.set_index("report_id").loc[keep, "target"].tolist()
-    return CaptionSet(keep, texts, pooled, mask, grids, views, rejects)
+    return CaptionSet(keep, texts, packed["pooled"], packed["view_mask"], packed.get("grid"), views, rejects)
