@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 import radcap  # noqa: F401  (offline defaults before Prefect/MLflow are imported)
+from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
 from radcap.logs import hide_user_error_tracebacks
 
@@ -41,6 +42,11 @@ def _existing(path: Path | None, what: str) -> Path | None:
     if path is not None and not path.exists():
         raise RadcapError(f"{path}: {what} not found")
     return path
+
+
+def _with_overrides(section, **options):
+    """A settings section with the CLI options the user gave (None means: keep the configured value)."""
+    return section.model_copy(update={k: v for k, v in options.items() if v is not None})
 
 
 def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
@@ -100,9 +106,10 @@ def features(
 
     hide_user_error_tracebacks()
     summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size)
-    _print_summary(f"features -> {data / 'features'}", summary, list(summary))
+    catalog = DataCatalog(data)
+    _print_summary(f"features -> {catalog.features}", summary, list(summary))
     if summary["rejected"]:
-        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {data / 'features/rejects.parquet'}[/yellow]")
+        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {catalog.feature_rejects}[/yellow]")
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
 
 
@@ -121,14 +128,13 @@ def pretrain_encoder(
     from flows.pretrain import pretrain_encoder_flow
     from radcap.settings import get_settings
 
-    cfg = get_settings().encoder
-    overrides = {"epochs": epochs, "pretrain_size": image_size, "pretrain_batch_size": batch_size}
-    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    cfg = _with_overrides(get_settings().encoder, epochs=epochs, pretrain_size=image_size, pretrain_batch_size=batch_size)
+    out = out or data[0] / "encoder"
     hide_user_error_tracebacks()
-    summary = pretrain_encoder_flow(list(data), out or data[0] / "encoder", cfg)
+    summary = pretrain_encoder_flow(list(data), out, cfg)
     _print_summary("pretrain-encoder", summary, list(summary))
     if summary["rejected"]:
-        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {(out or data[0] / 'encoder') / 'rejects.parquet'}[/yellow]")
+        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {out / 'rejects.parquet'}[/yellow]")
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
 
 
@@ -151,9 +157,7 @@ def train(
     from flows.train import train_flow
     from radcap.settings import get_settings
 
-    cfg = get_settings().captioner
-    overrides = {"architecture": architecture.value if architecture else None, "epochs": epochs}
-    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    cfg = _with_overrides(get_settings().captioner, architecture=architecture.value if architecture else None, epochs=epochs)
     hide_user_error_tracebacks()
     summary = train_flow(data, out or data / f"captioner-{cfg.architecture}", cfg, encoder_version)
     _print_summary(f"train {cfg.architecture}", summary, list(summary))
@@ -189,10 +193,7 @@ def sample(
     from radcap.phantoms import write_sample
     from radcap.settings import get_settings
 
-    cfg = get_settings().sample
-    if studies is not None:
-        cfg = cfg.model_copy(update={"studies": studies})
-    written = write_sample(out, cfg)
+    written = write_sample(out, _with_overrides(get_settings().sample, studies=studies))
     console.print(f"wrote {written['studies']} studies, {written['images']} images to {out}")
 
 
