@@ -1,9 +1,10 @@
 """The single source of truth for every table's columns and types."""
 
 from data_contracts.base import Column, Contract, ContractError
+from data_contracts.captions import CAPTION_REJECTS, CAPTIONS
 from data_contracts.features import FEATURES, LABELLED_IMAGES
 from data_contracts.ingest import IMAGES, REJECTS, REPORTS
 
-ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES)
+ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES, CAPTIONS, CAPTION_REJECTS)
 
-__all__ = ["ALL", "Column", "Contract", "ContractError", "FEATURES", "IMAGES", "LABELLED_IMAGES", "REJECTS", "REPORTS"]
+__all__ = ["ALL", "CAPTIONS", "CAPTION_REJECTS", "Column", "Contract", "ContractError", "FEATURES", "IMAGES", "LABELLED_IMAGES", "REJECTS", "REPORTS"]

@@ -1,4 +1,5 @@
-"""The main job on the embedded default: sample -> ingest -> pretrain encoder -> features -> train -> evaluate."""
+"""The main job on the embedded default: sample -> ingest -> pretrain encoder -> features -> train -> evaluate
+-> promote (gated; the first model becomes champion) -> caption a PACS-like DICOM batch with the champion."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.caption import caption_flow
 from flows.evaluate import evaluate_flow
 from flows.features import extract_features_flow
 from flows.ingest import ingest_reports
 from flows.pretrain import pretrain_encoder_flow
+from flows.promote import promote_flow
 from flows.train import train_flow
 from radcap.settings import get_settings
-from tasks.sample import make_sample
+from tasks.sample import make_pacs_export, make_sample
 
 
 @flow(name="radcap-demo")
@@ -47,6 +50,10 @@ def demo_pipeline(workdir: Path) -> dict:
     )
     trained = train_flow(data, workdir / "captioner", captioner_cfg, features["encoder_version"])
     evaluation = evaluate_flow(data, trained["registered"], "test", workdir / "evaluation")
+    name = captioner_cfg.registered_name
+    promotion = promote_flow(data, name, trained["registered"].rsplit("/", 1)[1], out=workdir)
+    export = make_pacs_export(sample, workdir / "pacs_export", settings.sample.export_studies)
+    captions = caption_flow(export, workdir / "captions", f"models:/{name}@{settings.promotion.alias}")
     return {
         "reports": ingest["reports"],
         "images": ingest["images"],
@@ -62,4 +69,7 @@ def demo_pipeline(workdir: Path) -> dict:
         "test_CIDEr": evaluation["CIDEr"],
         "test_clinical_micro_f1": evaluation["clinical_micro_f1"],
         "report": evaluation["report"],
+        "promotion": f"{promotion['outcome']}: {promotion['reason']}",
+        "captioned_images": captions["captioned_total"],
+        "captions": captions["captions"],
     }

@@ -11,14 +11,28 @@ from prefect.utilities.annotations import quote
 
 from radcap.catalog import DataCatalog
 from radcap.settings import CaptionerSettings, get_settings
-from tasks.train import build_vocabulary, caption_sets, encoder_spec, fit_captioner, log_and_register, stored_encoder_version
+from tasks.train import (
+    build_vocabulary,
+    caption_sets,
+    encoder_spec,
+    find_trained,
+    fit_captioner,
+    log_and_register,
+    stored_encoder_version,
+    training_key,
+)
 
 
 @flow(name="train-captioner")
 def train_flow(data_dir: Path, out: Path, settings: CaptionerSettings | None = None,
-               encoder_version: str | None = None) -> dict:
+               encoder_version: str | None = None, reuse: bool = False) -> dict:
+    """With `reuse`, a registered version trained on the same data version, encoder and settings is
+    returned instead of training again (the nightly run's cache)."""
     cfg = settings or get_settings().captioner
     version = stored_encoder_version(data_dir, encoder_version)
+    key = training_key(data_dir, version, cfg)
+    if reuse and (found := find_trained(cfg.registered_name, key)):
+        return found
     sets = caption_sets(data_dir, version, cfg, ("train", "val"))
     vocab = build_vocabulary(quote(sets["train"]), cfg)
     data_version = json.loads(DataCatalog(data_dir).ingest_summary.read_text())["data_version"]
@@ -30,5 +44,5 @@ def train_flow(data_dir: Path, out: Path, settings: CaptionerSettings | None = N
         mlflow.log_params({**cfg.model_dump(), "data_dir": str(data_dir), "encoder_version": version,
                            "data_version": data_version, "vocabulary": len(vocab)})
         result = fit_captioner(quote(sets["train"]), quote(sets["val"]), quote(vocab), cfg, extra)
-        tags = {"data_version": data_version, "encoder_version": version}
+        tags = {"data_version": data_version, "encoder_version": version, "training_key": key}
         return log_and_register(quote(result), quote(sets), data_dir, out, cfg, tags)

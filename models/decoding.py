@@ -9,8 +9,11 @@ import tensorflow as tf
 class Decoder:
     """Wraps a captioner's `start`/`step` in compiled functions; ids follow `radcap.vocab` (pad 0)."""
 
-    def __init__(self, model, start_id: int, end_id: int, max_length: int):
+    def __init__(self, model, start_id: int, end_id: int, max_length: int, banned: tuple[int, ...] = ()):
+        """`banned`: ids never generated besides pad and <start> (the bundle bans <unk>: a report saying
+        "<unk>" is useless to a reader, and the model's next-best word is usually right)."""
         self.model, self.start_id, self.end_id, self.max_length = model, start_id, end_id, max_length
+        self.banned = np.array(sorted({0, start_id, *banned}), np.int64)
         self._start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
         self._step = tf.function(lambda tokens, state: model.step(tokens, state, training=False), reduce_retracing=True)
 
@@ -23,7 +26,9 @@ class Decoder:
         out, attention = [], []
         for _ in range(self.max_length - 1):
             logits, state, weights = self._step(tf.constant(tokens), state)
-            tokens = np.where(done, 0, logits.numpy().argmax(-1)).astype(np.int32)
+            logits = logits.numpy()
+            logits[:, self.banned] = -np.inf
+            tokens = np.where(done, 0, logits.argmax(-1)).astype(np.int32)
             out.append(tokens)
             if weights is not None:
                 attention.append(weights.numpy())
@@ -47,6 +52,7 @@ class Decoder:
             logits, state, _ = self._step(tf.constant(tokens), state)
             logp = tf.nn.log_softmax(logits).numpy().reshape(batch, width, -1)
             vocab = logp.shape[-1]
+            logp[..., self.banned] = -np.inf
             logp[finished] = -np.inf
             logp[finished, 0] = 0.0  # a finished beam only continues with pad, at no cost
             if no_repeat_ngram:

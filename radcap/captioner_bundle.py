@@ -16,7 +16,7 @@ import numpy as np
 
 from radcap.errors import RadcapError
 from radcap.io import write_json
-from radcap.vocab import END, START, Vocabulary
+from radcap.vocab import END, START, UNK, Vocabulary
 
 FORMAT = "radcap-captioner/1"
 
@@ -32,7 +32,8 @@ class CaptionerBundle:
         """Built once: its compiled step functions are reused by every call."""
         from models.decoding import Decoder
 
-        return Decoder(self.model, self.vocab.index[START], self.vocab.index[END], self.vocab.max_length)
+        return Decoder(self.model, self.vocab.index[START], self.vocab.index[END], self.vocab.max_length,
+                       banned=(self.vocab.index[UNK],))
 
     def caption(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
                 batch_size: int = 64) -> list[str]:

@@ -57,6 +57,14 @@ def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
     Console().print(table)
 
 
+def _finish(title: str, summary: dict, what: str, rejects: Path | str) -> None:
+    """Print the run's summary and exit 1 when inputs were rejected (saying where the reasons are), else 0."""
+    _print_summary(title, summary, list(summary))
+    if summary["rejected"]:
+        console.print(f"[yellow]{summary['rejected']} {what} rejected; reasons in {rejects}[/yellow]")
+    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+
+
 @app.command()
 def ingest(
     fmt: Annotated[Format, typer.Option("--format", help="Layout of the source collection.")],
@@ -107,10 +115,7 @@ def features(
     hide_user_error_tracebacks()
     summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size)
     catalog = DataCatalog(data)
-    _print_summary(f"features -> {catalog.features}", summary, list(summary))
-    if summary["rejected"]:
-        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {catalog.feature_rejects}[/yellow]")
-    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+    _finish(f"features -> {catalog.features}", summary, "images", catalog.feature_rejects)
 
 
 @app.command("pretrain-encoder")
@@ -132,10 +137,7 @@ def pretrain_encoder(
     out = out or data[0] / "encoder"
     hide_user_error_tracebacks()
     summary = pretrain_encoder_flow(list(data), out, cfg)
-    _print_summary("pretrain-encoder", summary, list(summary))
-    if summary["rejected"]:
-        console.print(f"[yellow]{summary['rejected']} images rejected; reasons in {out / 'rejects.parquet'}[/yellow]")
-    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+    _finish("pretrain-encoder", summary, "images", out / "rejects.parquet")
 
 
 class Architecture(str, Enum):
@@ -182,6 +184,105 @@ def evaluate(
     summary = evaluate_flow(data, model, split, out or data / f"evaluation-{split}", meteor)
     _print_summary(f"evaluate {split}", summary, list(summary))
     raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def caption(
+    input: Annotated[Path, typer.Option("--input", help="A PACS export folder (DICOM, nested, any names) or PNG/JPEG files.")],
+    out: Annotated[Path, typer.Option(help="Folder for captions.parquet, captions.csv and rejects.parquet.")],
+    model: Annotated[Optional[str], typer.Option(help="models:/NAME@ALIAS, models:/NAME/N or a bundle folder (default from settings: models:/radcap-captioner@champion).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Images per forward pass (default from settings).")] = None,
+    identifiers: Annotated[Optional[str], typer.Option(help="uid (DICOM UIDs) or hash (salted; salt from RADCAP_CAPTION__ID_SALT).")] = None,
+) -> None:
+    """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
+    _existing(input, "input")
+    if identifiers not in (None, "uid", "hash"):
+        raise RadcapError(f"--identifiers must be uid or hash, not '{identifiers}'")
+    from flows.caption import caption_flow
+    from radcap.settings import get_settings
+
+    cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers)
+    hide_user_error_tracebacks()
+    summary = caption_flow(input, out, model, cfg)
+    _finish(f"caption -> {out}", summary, "files", summary["rejects"])
+
+
+@app.command("caption-inbox")
+def caption_inbox(
+    inbox: Annotated[Path, typer.Option(help="Folder whose sub-folders are batches (complete: marker file or settled).")],
+    out: Annotated[Path, typer.Option(help="Each batch is captioned into OUT/BATCH/.")],
+    model: Annotated[Optional[str], typer.Option(help="Captioner (default from settings).")] = None,
+    settle_seconds: Annotated[Optional[float], typer.Option(min=0, help="Default from settings.")] = None,
+) -> None:
+    """One run of the scheduled `caption_new_batches` flow: caption the complete batches nobody took yet."""
+    _existing(inbox, "inbox")
+    from flows.caption import caption_new_batches
+    from radcap.settings import get_settings
+
+    hide_user_error_tracebacks()
+    cfg = _with_overrides(get_settings().caption, settle_seconds=settle_seconds)
+    summary = caption_new_batches(inbox, out, model, cfg)
+    Console().print(f"captioned batches: {summary['captioned_batches'] or 'none ready'}")
+
+
+@app.command()
+def promote(
+    data: Annotated[Path, typer.Option(help="Data directory with the held-out split and features.")],
+    candidate: Annotated[Optional[str], typer.Option(help="Version number (default: the newest version).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Registered model (default: radcap-captioner).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="val or test (default from settings).")] = None,
+    metric: Annotated[Optional[str], typer.Option(help="Primary metric: CIDEr, BLEU-4, METEOR or ROUGE-L.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(min=0, help="Clinical F1 the candidate may lose.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Compare and report; change nothing.")] = False,
+) -> None:
+    """Move the `champion` alias to the candidate only if it beats the champion on the same held-out reports."""
+    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
+    from flows.promote import promote_flow
+    from radcap.settings import get_settings
+
+    try:
+        cfg = _with_overrides(get_settings().promotion, split=split, primary_metric=metric, clinical_tolerance=tolerance)
+        cfg = type(cfg).model_validate(cfg.model_dump())
+    except ValueError as exc:
+        raise RadcapError(f"invalid promotion option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+    hide_user_error_tracebacks()
+    record = promote_flow(data, name, candidate, cfg, dry_run)
+    _print_summary("promote", {**record, "metrics": ""}, ["outcome", "reason", "candidate", "champion", "split"])
+    for version, values in record["metrics"].items():
+        Console().print(f"version {version}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
+
+
+@app.command()
+def rollback(
+    name: Annotated[Optional[str], typer.Option(help="Registered model (default: radcap-captioner).")] = None,
+) -> None:
+    """Give the `champion` alias back to the previous champion."""
+    from flows.promote import rollback_flow
+
+    hide_user_error_tracebacks()
+    result = rollback_flow(name)
+    Console().print(f"{result['model']}: champion is version {result['champion']} again (was {result['replaced']})")
+
+
+@app.command()
+def nightly(
+    source: Annotated[Path, typer.Option(help="Report collection (as for `radcap ingest`).")],
+    workdir: Annotated[Path, typer.Option(help="Data, runs and evaluations go here.")],
+    fmt: Annotated[Format, typer.Option("--format")] = Format.iu_xml,
+    images: Annotated[Optional[Path], typer.Option()] = None,
+    views: Annotated[Optional[Path], typer.Option()] = None,
+    split_file: Annotated[Optional[Path], typer.Option()] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Default: latest registered radcap-encoder.")] = None,
+    promote: Annotated[bool, typer.Option(help="Run the gated promotion at the end.")] = True,
+) -> None:
+    """One run of the `nightly_retrain` flow: ingest, incremental features, train, evaluate, promote."""
+    for path, what in ((source, "source"), (images, "images folder"), (views, "views CSV"), (split_file, "split file")):
+        _existing(path, what)
+    from flows.nightly import nightly_retrain
+
+    hide_user_error_tracebacks()
+    summary = nightly_retrain(source, workdir, fmt.value, images, views, split_file, encoder, promote=promote)
+    _print_summary("nightly", summary, list(summary))
 
 
 @app.command()

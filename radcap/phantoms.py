@@ -236,3 +236,48 @@ def write_sample(out: Path, cfg: SampleSettings) -> dict:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"studies": cfg.studies, "images": 2 * cfg.studies, "path": str(out)}
+
+
+def write_pacs_export(sample: Path, out: Path, studies: int, start_uid: int = 10_000) -> dict:
+    """A PACS-like export of `studies` new phantom studies (not in the sample the models learn from):
+    nested `STUDYn/SERIESm/IMn` DICOM files without extensions, frontal (PA) and lateral (LL) views sharing a
+    StudyInstanceUID, and synthetic patient attributes that `radcap caption` must keep out of its outputs."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    rng = np.random.default_rng(start_uid)
+    size = int(np.asarray(Image.open(next((sample / "images").glob("*.png")))).shape[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for n in range(studies):
+            f = draw_findings(rng)
+            study_uid = generate_uid(entropy_srcs=["radcap-demo-study", str(start_uid + n)])
+            for series, (view, render) in enumerate((("PA", render_frontal), ("LL", render_lateral)), start=1):
+                png = staging / "render.png"
+                to_png(render(f, size, rng), png, rng)
+                pixels = np.asarray(Image.open(png).convert("L"))
+                meta = FileMetaDataset()
+                meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+                meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[study_uid, view])
+                meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                path = staging / f"STUDY{n + 1}" / f"SERIES{series}" / f"IM{series}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+                ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid(entropy_srcs=[study_uid, str(series)])
+                ds.Modality, ds.ViewPosition = "CR", view
+                ds.PatientName, ds.PatientID, ds.PatientBirthDate = f"Phantom^Demo{n + 1}", f"DEMO-{n + 1:04d}", "19700101"
+                ds.Rows, ds.Columns = pixels.shape
+                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+                ds.PixelData = pixels.tobytes()
+                pydicom.dcmwrite(path, ds, enforce_file_format=True)
+            png.unlink()
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"studies": studies, "images": 2 * studies, "path": str(out)}

@@ -77,6 +77,7 @@ class SampleSettings(BaseModel):
     encoder_epochs: int = Field(2, description="The demo pretrains a small encoder quickly: a smoke run, not a model.")
     encoder_size: int = 96
     captioner_epochs: int = 60
+    export_studies: int = Field(4, description="New phantom studies in the PACS-like DICOM batch the demo captions.")
 
 
 class EncoderSettings(BaseModel):
@@ -127,6 +128,31 @@ class CaptionerSettings(BaseModel):
     registered_name: str = "radcap-captioner"
 
 
+class CaptionSettings(BaseModel):
+    """Bulk captioning (`radcap caption`) and the inbox flow (`caption_new_batches`)."""
+
+    model: str = Field("models:/radcap-captioner@champion", description="Captioner used when none is given.")
+    batch_size: int = Field(32, description="Images encoded per forward pass; memory is bounded by it.")
+    identifiers: Literal["uid", "hash"] = Field(
+        "uid", description="Output study/image ids: DICOM UIDs as they are, or salted SHA-256 of them.")
+    id_salt: str = Field("", description="Salt for `identifiers = hash` (set it via RADCAP_CAPTION__ID_SALT).")
+    ready_marker: str = Field(".complete", description="A batch folder holding this file is complete.")
+    settle_seconds: float = Field(300.0, description="A batch folder without the marker is complete once "
+                                  "nothing in it changed for this long.")
+    claim_timeout_seconds: float = Field(6 * 3600.0, description="A claim older than this with no result is "
+                                         "taken to be from a crashed run, and the batch is taken again.")
+
+
+class PromotionSettings(BaseModel):
+    """Gated promotion of a captioner version to the `champion` alias (`radcap promote`)."""
+
+    primary_metric: Literal["CIDEr", "BLEU-4", "METEOR", "ROUGE-L"] = "CIDEr"
+    clinical_metric: Literal["clinical_micro_f1", "clinical_macro_f1"] = "clinical_micro_f1"
+    clinical_tolerance: float = Field(0.02, description="The candidate may lose at most this much clinical F1.")
+    split: Literal["val", "test"] = "test"
+    alias: str = "champion"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RADCAP_", env_nested_delimiter="__", extra="forbid")
 
@@ -135,6 +161,8 @@ class Settings(BaseSettings):
     sample: SampleSettings = SampleSettings()
     encoder: EncoderSettings = EncoderSettings()
     captioner: CaptionerSettings = CaptionerSettings()
+    caption: CaptionSettings = CaptionSettings()
+    promotion: PromotionSettings = PromotionSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -4,6 +4,17 @@ import radcap  # noqa: F401  (applies the offline defaults before Prefect is imp
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from radcap.errors import RadcapError
+
 # Tasks pass in-memory rows, tables, models and arrays: hashing them for a cache key would cost more than
 # re-reading the files, and a cache keyed on paths would miss edits to the files.
 uncached = task(cache_policy=NO_CACHE)
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a dropped connection, not a user mistake (a RadcapError names something the user must fix)."""
+    return not isinstance(getattr(state, "data", None), RadcapError)
+
+
+# Steps that talk to the MLflow registry (a remote server in production): two more tries, 5 s apart.
+registry_task = task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)

@@ -13,10 +13,10 @@ from radcap.encoders import Encoder, resolve_encoder
 from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
 from radcap.imaging import file_sha256
 from radcap.io import read_table, write_json, write_rejects
-from tasks import uncached
+from tasks import registry_task, uncached
 
 
-@uncached
+@registry_task
 def load_encoder(spec: str | None) -> Encoder:
     encoder = resolve_encoder(spec)
     get_run_logger().info("encoder %s version %s", encoder.name, encoder.version)

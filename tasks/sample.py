@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from radcap.phantoms import write_sample
+from radcap.phantoms import write_pacs_export, write_sample
 from radcap.settings import SampleSettings
 
 
@@ -18,4 +18,12 @@ def make_sample(out: Path, cfg: SampleSettings) -> Path:
     if not (stamp.exists() and stamp.read_text(encoding="utf-8") == wanted):
         write_sample(out, cfg)
         stamp.write_text(wanted, encoding="utf-8")
+    return out
+
+
+@task
+def make_pacs_export(sample: Path, out: Path, studies: int) -> Path:
+    """A small PACS-like DICOM export of new phantom studies, for the main job's captioning step."""
+    if not out.exists():
+        write_pacs_export(sample, out, studies)
     return out

@@ -31,6 +31,30 @@ def encoder_spec(version: str) -> str | None:
 
 
 @uncached
+def training_key(data_dir: Path, encoder_version: str, cfg: CaptionerSettings) -> str:
+    """Same data version, encoder and settings -> same key: what a cached training result is found by."""
+    import hashlib
+
+    data_version = json.loads(DataCatalog(data_dir).ingest_summary.read_text())["data_version"]
+    payload = json.dumps([data_version, encoder_version, cfg.model_dump()], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@uncached
+def find_trained(name: str, key: str) -> dict | None:
+    import mlflow
+
+    versions = [v for v in mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+                if v.tags.get("training_key") == key]
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    get_run_logger().info("inputs unchanged since %s version %s (training key %s): not retrained", name, newest.version, key)
+    return {"registered": f"models:/{name}/{newest.version}", "reused": True, "rejected": 0,
+            "architecture": newest.tags.get("architecture"), "training_key": key}
+
+
+@uncached
 def stored_encoder_version(data_dir: Path, requested: str | None) -> str:
     catalog = DataCatalog(data_dir)
     if requested:
@@ -153,19 +177,8 @@ def log_and_register(result: CaptionTraining, sets: dict[str, CaptionSet], data_
         plt.close(fig)
     mlflow.log_dict(bundle.vocab.to_json(), "vocab.json")
     best = next(e for e in result.history if e.epoch == result.best_epoch)
-    info = mlflow.pyfunc.log_model(
-        name="captioner",
-        python_model=str(Path(__file__).resolve().parents[1] / "models" / "pyfunc_captioner.py"),
-        artifacts={"captioner": str(out / "captioner")},
-        registered_model_name=cfg.registered_name,
-        signature=pyfunc_signature(cfg),
-    )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    version_tags = {**tags, "architecture": cfg.architecture, "best_epoch": result.best_epoch,
-                    **{f"val_{k}": f"{v:.4f}" for k, v in best.val_scores.items()}}
-    for key, value in version_tags.items():
-        client.set_model_version_tag(cfg.registered_name, version, key, str(value))
+    version = register_bundle(out / "captioner", cfg, {**tags, "best_epoch": result.best_epoch,
+                                                      **{f"val_{k}": f"{v:.4f}" for k, v in best.val_scores.items()}})
     return {
         "registered": f"models:/{cfg.registered_name}/{version}",
         "run_id": mlflow.active_run().info.run_id,
@@ -178,6 +191,24 @@ def log_and_register(result: CaptionTraining, sets: dict[str, CaptionSet], data_
         "val_examples": len(val),
         "rejected": len(rejects),
     }
+
+
+def register_bundle(folder: Path, cfg: CaptionerSettings, tags: dict) -> str:
+    """Log a saved bundle as the pyfunc model (as code) in the active run, register it, tag the version."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name="captioner",
+        python_model=str(Path(__file__).resolve().parents[1] / "models" / "pyfunc_captioner.py"),
+        artifacts={"captioner": str(folder)},
+        registered_model_name=cfg.registered_name,
+        signature=pyfunc_signature(cfg),
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in {**tags, "architecture": cfg.architecture}.items():
+        client.set_model_version_tag(cfg.registered_name, version, key, str(value))
+    return version
 
 
 def pyfunc_signature(cfg: CaptionerSettings):

@@ -28,6 +28,7 @@ def make_dicom(
     intercept: float | None = None,
     window: tuple[float, float] | None = None,
     study_uid: str | None = None,
+    view_position: str | None = None,
     with_pixels: bool = True,
     transfer_syntax=ExplicitVRLittleEndian,
 ) -> Path:
@@ -41,6 +42,8 @@ def make_dicom(
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "CR"
+    if view_position:
+        ds.ViewPosition = view_position
     for key, value in FAKE_PATIENT.items():
         setattr(ds, key, value)
     ds.Rows, ds.Columns = pixels.shape

@@ -1,0 +1,38 @@
+"""What `radcap caption` writes: one row per input file, in exactly one of the two tables."""
+
+import pyarrow as pa
+
+from data_contracts.base import Column, Contract
+
+UTC_TIME = pa.timestamp("us", tz="UTC")
+
+CAPTIONS = Contract(
+    name="captions",
+    doc="One row per captioned image file. Images of one study (DICOM StudyInstanceUID) share one caption. "
+    "Identifiers are DICOM UIDs or salted hashes (settings.caption.identifiers); patient attributes never appear.",
+    unique=("source_path",),
+    columns=(
+        Column("study_id", pa.string(), nullable=False, doc="StudyInstanceUID (or its salted hash); PNG/JPEG: content hash."),
+        Column("image_id", pa.string(), nullable=False, doc="SOPInstanceUID (or its salted hash); PNG/JPEG: content hash."),
+        Column("view", pa.string(), nullable=False, isin=("frontal", "lateral", "unknown")),
+        Column("source_path", pa.string(), nullable=False, doc="Path relative to the captioned input folder."),
+        Column("sha256", pa.string(), nullable=False, doc="SHA-256 of the file's bytes: the idempotency key with the path."),
+        Column("caption", pa.string(), nullable=False, doc="The study's generated report."),
+        Column("model", pa.string(), nullable=False, doc="Registered model name (or bundle folder)."),
+        Column("model_version", pa.string(), nullable=False),
+        Column("encoder_version", pa.string(), nullable=False),
+        Column("captioned_at", UTC_TIME, nullable=False),
+    ),
+)
+
+CAPTION_REJECTS = Contract(
+    name="caption_rejects",
+    doc="One row per input file that could not be captioned, with the reason (names no patient attribute).",
+    unique=("source_path",),
+    columns=(
+        Column("source_path", pa.string(), nullable=False, doc="Path relative to the captioned input folder."),
+        Column("sha256", pa.string(), nullable=False, doc="SHA-256 of the bytes ('' when unreadable)."),
+        Column("reason", pa.string(), nullable=False),
+        Column("rejected_at", UTC_TIME, nullable=False),
+    ),
+)

@@ -1,0 +1,56 @@
+"""`nightly_retrain`: ingest -> incremental features -> train -> evaluate -> promote, as one DAG.
+
+Unchanged inputs are not recomputed: ingestion is skipped when the input files' fingerprint is the one
+recorded last time, feature extraction only encodes images whose bytes it has not stored, and training
+reuses the registered version trained on the same data version, encoder and settings. Registry steps
+retry (see tasks/promote.py and tasks/caption.py); a failed run is simply run again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.evaluate import evaluate_flow
+from flows.features import extract_features_flow
+from flows.ingest import ingest_reports
+from flows.promote import promote_flow
+from flows.train import train_flow
+from radcap.settings import get_settings
+from tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
+
+
+@flow(name="nightly-retrain")
+def nightly_retrain(
+    source: Path,
+    workdir: Path,
+    fmt: str = "iu-xml",
+    images: Path | None = None,
+    views: Path | None = None,
+    split_file: Path | None = None,
+    encoder: str | None = None,
+    architecture: str | None = None,
+    promote: bool = True,
+) -> dict:
+    settings = get_settings()
+    data = workdir / "data"
+    fingerprint = input_fingerprint([source, images, views, split_file],
+                                    {"format": fmt, "text": settings.text.model_dump(), "split": settings.split.model_dump()})
+    if not ingest_is_current(data, fingerprint):
+        ingest_reports(fmt, source, data, images=images, views=views, split_file=split_file, settings=settings)
+        record_ingest(data, fingerprint)
+    ingested = ingest_summary(data)
+    features = extract_features_flow(data, encoder, settings.encoder.batch_size)
+    cfg = settings.captioner.model_copy(update={"architecture": architecture} if architecture else {})
+    trained = train_flow(data, workdir / f"captioner-{cfg.architecture}", cfg, features["encoder_version"], reuse=True)
+    split = settings.promotion.split
+    evaluation = evaluate_flow(data, trained["registered"], split, workdir / f"evaluation-{split}")
+    summary = {"data_version": ingested["data_version"], "reports": ingested["reports"],
+               "features_encoded": features["encoded"], "encoder_version": features["encoder_version"],
+               "captioner": trained["registered"], "retrained": not trained.get("reused", False),
+               f"{split}_CIDEr": evaluation["CIDEr"], "report": evaluation["report"]}
+    if promote:
+        decision = promote_flow(data, cfg.registered_name, trained["registered"].rsplit("/", 1)[1], out=workdir)
+        summary.update(promotion=decision["outcome"], promotion_reason=decision["reason"])
+    return summary

@@ -1,0 +1,323 @@
+"""The production loop: gated promotion and rollback in the registry, bulk captioning of a PACS-like export
+(grouping, privacy, bad files), a kill in the middle of a run followed by a re-run, and overlapping inbox runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+from tests.dicom_factory import FAKE_PATIENT, make_dicom
+
+pytestmark = pytest.mark.slow
+MODEL_NAME = "radcap-captioner-prodtest"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, prefect_api) -> Path:
+    """60 phantom studies, ingested, with features from the untrained encoder (random:0)."""
+    from flows.features import extract_features_flow
+    from flows.ingest import ingest_reports
+    from radcap.phantoms import write_sample
+    from radcap.settings import get_settings
+
+    root = tmp_path_factory.mktemp("production")
+    settings = get_settings()
+    sample = write_sample(root / "sample", settings.sample.model_copy(update={"studies": 60, "image_size": 128}))
+    sample = Path(sample["path"])
+    ingest_reports("iu-xml", sample / "ecgen-radiology", root / "data", images=sample / "images",
+                   views=sample / "indiana_projections.csv", settings=settings)
+    extract_features_flow(root / "data", "random:0", 8)
+    return root / "data"
+
+
+def _train_bundle(data_dir: Path, out: Path, epochs: int, learning_rate: float, seed: int) -> Path:
+    """A tiny Show-and-Tell through the real training code; 1 epoch at a negligible rate = an untrained model."""
+    from radcap.caption_data import build_caption_set
+    from radcap.caption_training import train_captioner
+    from radcap.features import FeatureStore
+    from radcap.settings import get_settings
+    from radcap.vocab import Vocabulary
+
+    cfg = get_settings().captioner.model_copy(update={
+        "architecture": "show-tell", "embed_dim": 16, "units": 32, "min_count": 1, "batch_size": 8, "epochs": epochs,
+        "min_epochs": epochs, "patience": epochs, "learning_rate": learning_rate, "seed": seed, "beam_width": 1,
+        "registered_name": MODEL_NAME})
+    reports, images = pd.read_parquet(data_dir / "reports.parquet"), pd.read_parquet(data_dir / "images.parquet")
+    store = FeatureStore(data_dir / "features")
+    train, val = (build_caption_set(reports, images, store, "random-seed0", s, 2) for s in ("train", "val"))
+    extra = {"encoder_version": "random-seed0", "encoder_spec": "random:0", "data_version": "test",
+             "decoding": {"beam_width": 1}}
+    result = train_captioner(train, val, Vocabulary.build(train.texts, 1, 60), cfg, extra)
+    result.bundle.save(out)
+    return out
+
+
+def _register(bundle: Path, tag: str) -> str:
+    import mlflow
+
+    from radcap.settings import get_settings
+    from tasks.train import register_bundle
+
+    cfg = get_settings().captioner.model_copy(update={"architecture": "show-tell", "registered_name": MODEL_NAME})
+    mlflow.set_experiment("radcap-tests")
+    with mlflow.start_run():
+        return register_bundle(bundle, cfg, {"test_model": tag})
+
+
+@pytest.fixture(scope="module")
+def bundles(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bundles")
+    return {"trained": _train_bundle(data_dir, root / "trained", 40, 3e-3, 0),
+            "untrained": _train_bundle(data_dir, root / "untrained", 1, 1e-9, 1)}
+
+
+def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
+    import mlflow
+
+    from flows.promote import promote_flow, rollback_flow
+    from radcap.errors import RadcapError
+    from radcap.registry import champion, history
+    from radcap.settings import PromotionSettings
+
+    cfg = PromotionSettings(split="test")
+    weak = _register(bundles["untrained"], "untrained")
+    first = promote_flow(data_dir, MODEL_NAME, weak, cfg)
+    assert first["outcome"] == "promoted" and "first model" in first["reason"] and champion(MODEL_NAME) == weak
+
+    strong = _register(bundles["trained"], "trained")
+    dry = promote_flow(data_dir, MODEL_NAME, strong, cfg, dry_run=True)
+    assert dry["outcome"] == "dry-run" and champion(MODEL_NAME) == weak  # a dry run moves nothing
+    promoted = promote_flow(data_dir, MODEL_NAME, strong, cfg)
+    assert promoted["outcome"] == "promoted", promoted["reason"]
+    assert promoted["metrics"][strong]["CIDEr"] > promoted["metrics"][weak]["CIDEr"]
+    assert promoted["metrics"][strong]["reports"] == promoted["metrics"][weak]["reports"]  # same held-out reports
+    assert champion(MODEL_NAME) == strong and history(MODEL_NAME) == [weak, strong]
+
+    worse = _register(bundles["untrained"], "untrained-again")
+    refused = promote_flow(data_dir, MODEL_NAME, worse, cfg)
+    assert refused["outcome"] == "refused" and "CIDEr" in refused["reason"] and champion(MODEL_NAME) == strong
+    tags = mlflow.MlflowClient().get_model_version(MODEL_NAME, worse).tags
+    assert '"refused"' in tags["promotion"] and f"challenged_by_{worse}" in mlflow.MlflowClient().get_model_version(MODEL_NAME, strong).tags
+
+    restored = rollback_flow(MODEL_NAME)
+    assert restored == {"model": MODEL_NAME, "champion": weak, "replaced": strong} and champion(MODEL_NAME) == weak
+    with pytest.raises(RadcapError, match="no previous champion"):
+        rollback_flow(MODEL_NAME)
+    promote_flow(data_dir, MODEL_NAME, strong, cfg)  # the captioning tests below use the trained champion
+    assert champion(MODEL_NAME) == strong
+
+
+def _real_pixels(shared_data: Path, n: int) -> list[np.ndarray]:
+    files = sorted((shared_data / "covid_cxr").rglob("*.png"))[:n]
+    return [np.asarray(Image.open(f).convert("L")) for f in files]
+
+
+def _pacs_export(root: Path, shared_data: Path, studies: int) -> dict:
+    """Nested folders, names with and without extensions; frontal + lateral DICOMs per study."""
+    from pydicom.uid import generate_uid
+
+    pixels = _real_pixels(shared_data, 2 * studies)
+    uids = []
+    for s in range(studies):
+        uid = generate_uid()
+        uids.append(uid)
+        folder = root / f"export{s % 2}" / f"STUDY{s:03d}" / "SERIES1"
+        folder.mkdir(parents=True)
+        make_dicom(folder / f"IM{2 * s:05d}", pixels[2 * s], study_uid=uid, view_position="PA")
+        make_dicom(folder / f"IM{2 * s + 1:05d}.dcm", pixels[2 * s + 1], study_uid=uid, view_position="LL")
+    return {"study_uids": uids, "files": 2 * studies}
+
+
+def _field(stdout: str, key: str) -> str:
+    """A value of the rich summary table a command prints (long values wrap: the first line is enough)."""
+    import re
+
+    return re.search(rf"│ {re.escape(key)}\s*│ (.*?)\s*│", stdout).group(1)
+
+
+def _reported(stdout: str, key: str) -> int:
+    return int(_field(stdout, key))
+
+
+def _all_output_bytes(out: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients_private(
+        data_dir: Path, bundles, tmp_path: Path, shared_data: Path):
+    export = tmp_path / "export"
+    made = _pacs_export(export, shared_data, 3)
+    bad = export / "bad"
+    bad.mkdir()
+    good_dicom = next(export.rglob("IM00000")).read_bytes()
+    (bad / "truncated").write_bytes(good_dicom[: len(good_dicom) // 2])
+    make_dicom(bad / "nopixels.dcm", _real_pixels(shared_data, 1)[0], with_pixels=False)
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "notes.png").write_text("not an image, a text file named .png")
+    sixteen = (_real_pixels(shared_data, 1)[0].astype(np.uint16) * 257)
+    Image.fromarray(sixteen).save(export / "scan16.png")  # 16-bit PNG: supported, captioned
+    (export / ".complete").write_text("")  # hidden: a marker, not an input
+
+    out = tmp_path / "captions"
+    done = run_cli("caption", "--input", str(export), "--out", str(out), "--model", f"models:/{MODEL_NAME}@champion",
+                   "--batch-size", "4")
+    assert done.returncode == 1, done.stderr[-3000:]  # finished, with rejects
+    captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
+    inputs = made["files"] + 5
+    assert len(captions) + len(rejects) == inputs
+    assert set(captions["source_path"]) | set(rejects["source_path"]) == {
+        p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    reasons = dict(zip(rejects["source_path"], rejects["reason"]))
+    assert reasons == {
+        "bad/empty.png": "empty file (0 bytes)",
+        "bad/notes.png": "not a PNG, JPEG or DICOM file (unrecognized content)",
+        "bad/nopixels.dcm": "DICOM has no pixel data",
+        "bad/truncated": reasons["bad/truncated"],
+    } and reasons["bad/truncated"].startswith("cannot")
+    # One report per study: both views of a study share the study's UID and its caption.
+    dicoms = captions[captions["source_path"] != "scan16.png"]
+    assert sorted(dicoms["study_id"].unique()) == sorted(made["study_uids"])
+    assert (dicoms.groupby("study_id")["caption"].nunique() == 1).all()
+    assert sorted(dicoms["view"]) == ["frontal"] * 3 + ["lateral"] * 3
+    assert (captions["model"] == MODEL_NAME).all() and (captions["caption"].str.len() > 0).all()
+    assert len(pd.read_csv(out / "captions.csv")) == len(captions)
+    # Privacy: no fake patient attribute anywhere in the outputs or in what the run printed.
+    blob = _all_output_bytes(out) + done.stdout.encode() + done.stderr.encode()
+    for value in FAKE_PATIENT.values():
+        assert value.encode() not in blob, value
+
+    again = run_cli("caption", "--input", str(export), "--out", str(out), "--model", f"models:/{MODEL_NAME}@champion")
+    assert again.returncode == 1 and _reported(again.stdout, "new_images") == 0
+    assert pd.read_parquet(out / "captions.parquet").equals(captions)  # nothing re-captioned, nothing duplicated
+
+    hashed = tmp_path / "hashed"
+    done = run_cli("caption", "--input", str(export / "export0"), "--out", str(hashed), "--model", str(bundles["trained"]),
+                   "--identifiers", "hash", env={"RADCAP_CAPTION__ID_SALT": "site-secret"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    blob = _all_output_bytes(hashed) + done.stdout.encode() + done.stderr.encode()
+    assert not any(uid.encode() in blob for uid in made["study_uids"])
+
+
+def test_missing_champion_is_a_clear_error(tmp_path: Path, data_dir: Path):
+    png = tmp_path / "in"
+    png.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(png / "a.png")
+    done = run_cli("caption", "--input", str(png), "--out", str(tmp_path / "o"), "--model", "models:/no-such-captioner@champion")
+    assert done.returncode == 2 and "no-such-captioner" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_killed_run_then_rerun_captions_every_image_exactly_once(bundles, tmp_path: Path, shared_data: Path):
+    export = tmp_path / "export"
+    made = _pacs_export(export, shared_data, 16)
+    out = tmp_path / "out"
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
+    command = [sys.executable, "-m", "radcap.cli", "caption", "--input", str(export), "--out", str(out),
+               "--model", str(bundles["trained"]), "--batch-size", "2"]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / ".parts").glob("captions-*.parquet")):
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the run, between parts
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (out / "captions.parquet").exists(), "the run finished before it could be killed"
+    partial = len(list((out / ".parts").glob("captions-*.parquet")))
+    assert partial >= 1
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    captions = pd.read_parquet(out / "captions.parquet")
+    assert len(captions) == made["files"] and captions["source_path"].is_unique
+    assert pd.read_csv(out / "captions.csv")["source_path"].is_unique and len(pd.read_parquet(out / "rejects.parquet")) == 0
+    assert not list((out / ".parts").glob("*.parquet"))
+    # The re-run captioned only what the killed run had not written.
+    assert 0 < _reported(done.stdout, "new_images") <= made["files"] - 2 * partial
+
+
+def test_ledger_lets_exactly_one_of_many_claimants_take_a_batch(tmp_path: Path):
+    from radcap.inbox import Ledger
+
+    ledger, wins = Ledger(tmp_path), []
+    barrier = threading.Barrier(8)
+
+    def claim():
+        barrier.wait()
+        wins.append(ledger.claim("batch-1", timeout=3600))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 7 + [True]
+    ledger.finish("batch-1", {"captioned": 1})
+    assert not ledger.claim("batch-1", timeout=0)  # done: never taken again, even with an expired claim
+    assert ledger.claim("batch-2", timeout=3600) and not ledger.claim("batch-2", timeout=3600)
+    assert ledger.claim("batch-2", timeout=0)  # a stale claim (crashed run) is taken over
+
+
+def test_two_overlapping_inbox_runs_caption_each_batch_once(bundles, tmp_path: Path, shared_data: Path):
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    pixels = _real_pixels(shared_data, 6)
+    for b in range(3):
+        folder = inbox / f"batch{b}"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(pixels[2 * b + i]).save(folder / f"img{i}.png")
+        if b < 2:
+            (folder / ".complete").write_text("")
+    # batch2 has no marker and has just changed: with a long settle time it is not complete yet.
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", "RADCAP_CAPTION__SETTLE_SECONDS": "3600"}
+    command = [sys.executable, "-m", "radcap.cli", "caption-inbox", "--inbox", str(inbox), "--out", str(out),
+               "--model", str(bundles["trained"])]
+    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [r.communicate(timeout=600) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [e[-2000:] for _, e in results]
+    taken = [line for stdout, _ in results for line in stdout.splitlines() if "captioned batches" in line]
+    assert sum(line.count("batch0") for line in taken) == 1 and sum(line.count("batch1") for line in taken) == 1
+    assert not any("batch2" in line for line in taken) and not (out / "batch2").exists()
+    for b in ("batch0", "batch1"):
+        captions = pd.read_parquet(out / b / "captions.parquet")
+        assert sorted(captions["source_path"]) == ["img0.png", "img1.png"]
+        assert (out / ".ledger" / f"{b}.done.json").exists()
+    third = run_cli("caption-inbox", "--inbox", str(inbox), "--out", str(out), "--model", str(bundles["trained"]),
+                    "--settle-seconds", "0")
+    assert third.returncode == 0 and "batch2" in third.stdout and "batch0" not in third.stdout
+
+
+def test_nightly_run_twice_recomputes_nothing_unchanged(tmp_path: Path, prefect_api):
+    from radcap.phantoms import write_sample
+    from radcap.settings import get_settings
+
+    sample = Path(write_sample(tmp_path / "sample", get_settings().sample.model_copy(
+        update={"studies": 30, "image_size": 128}))["path"])
+    env = {"RADCAP_CAPTIONER__UNITS": "32", "RADCAP_CAPTIONER__EMBED_DIM": "16", "RADCAP_CAPTIONER__ARCHITECTURE": "show-tell",
+           "RADCAP_CAPTIONER__MIN_COUNT": "1", "RADCAP_CAPTIONER__EPOCHS": "3", "RADCAP_CAPTIONER__MIN_EPOCHS": "1",
+           "RADCAP_CAPTIONER__BEAM_WIDTH": "1", "RADCAP_CAPTIONER__REGISTERED_NAME": "radcap-captioner-nightlytest"}
+    args = ("nightly", "--source", str(sample / "ecgen-radiology"), "--images", str(sample / "images"),
+            "--views", str(sample / "indiana_projections.csv"), "--workdir", str(tmp_path / "nightly"), "--encoder", "random:0")
+    first = run_cli(*args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _reported(first.stdout, "features_encoded") == 60 and _field(first.stdout, "retrained") == "True"
+    assert _field(first.stdout, "promotion") == "promoted"
+
+    second = run_cli(*args, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "ingestion skipped" in second.stderr and _reported(second.stdout, "features_encoded") == 0
+    assert _field(second.stdout, "retrained") == "False" and "not retrained" in second.stderr
+    assert _field(second.stdout, "promotion") == "refused" and "already the champion" in second.stdout
