@@ -4,7 +4,8 @@ from data_contracts.base import Column, Contract, ContractError
 from data_contracts.captions import CAPTION_REJECTS, CAPTIONS
 from data_contracts.features import FEATURES, LABELLED_IMAGES
 from data_contracts.ingest import IMAGES, REJECTS, REPORTS
+from data_contracts.retrieval import RETRIEVAL_INDEX, SEARCH_RESULTS
 
-ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES, CAPTIONS, CAPTION_REJECTS)
+ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES, CAPTIONS, CAPTION_REJECTS, RETRIEVAL_INDEX, SEARCH_RESULTS)
 
-__all__ = ["ALL", "CAPTIONS", "CAPTION_REJECTS", "Column", "Contract", "ContractError", "FEATURES", "IMAGES", "LABELLED_IMAGES", "REJECTS", "REPORTS"]
+__all__ = ["ALL", "CAPTIONS", "CAPTION_REJECTS", "Column", "Contract", "ContractError", "FEATURES", "IMAGES", "LABELLED_IMAGES", "REJECTS", "REPORTS", "RETRIEVAL_INDEX", "SEARCH_RESULTS"]

@@ -8,14 +8,17 @@ import mlflow
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from tasks.evaluate import evaluation_sets, generate, load_captioner, score, write_report
+from tasks.evaluate import evaluation_sets, generate, load_captioner, retrieval_system, score, write_report
 
 
 @flow(name="evaluate-captioner")
-def evaluate_flow(data_dir: Path, model: str, split: str, out: Path, meteor: bool = True) -> dict:
+def evaluate_flow(data_dir: Path, model: str, split: str, out: Path, meteor: bool = True,
+                  retriever: str | None = None) -> dict:
     bundle, name = load_captioner(model)
     evaluated, train = evaluation_sets(data_dir, quote(bundle), split)
     systems = generate(quote(bundle), quote(evaluated), quote(train))
+    if retriever:  # the contrastive model's retrieved report, scored in the same table
+        systems = {**systems, **retrieval_system(retriever, data_dir, quote(evaluated))}
     scores = score(quote(evaluated), quote(systems), meteor)
     mlflow.set_experiment("radcap-evaluation")
     with mlflow.start_run(run_name=f"evaluate-{split}"):

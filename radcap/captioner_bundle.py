@@ -74,18 +74,24 @@ def build_model(config: dict, vocab_size: int):
     return model
 
 
-def load_bundle(folder: Path) -> CaptionerBundle:
-    folder = Path(folder)
+def read_saved_model(folder: Path, fmt: str, build) -> tuple[object, Vocabulary, dict]:
+    """Rebuild a saved Keras model bundle (config.json + vocab.json + weights.weights.h5) of format `fmt`:
+    `build(config, vocab_size)` makes the architecture, then the HDF5 arrays are read into it."""
+    folder, what = Path(folder), fmt.split("/")[0]
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RadcapError(f"{folder}: not a radcap captioner (config.json: {exc})") from exc
-    if config.get("format") != FORMAT:
-        raise RadcapError(f"{folder}: unsupported captioner format {config.get('format')!r} (expected {FORMAT})")
+        raise RadcapError(f"{folder}: not a {what} (config.json: {exc})") from exc
+    if config.get("format") != fmt:
+        raise RadcapError(f"{folder}: unsupported {what} format {config.get('format')!r} (expected {fmt})")
     vocab = Vocabulary.load(folder / "vocab.json")
-    model = build_model(config, len(vocab))
+    model = build(config, len(vocab))
     try:
         model.load_weights(folder / "weights.weights.h5")
     except (OSError, ValueError) as exc:
         raise RadcapError(f"{folder}: cannot load the weights: {exc}") from exc
-    return CaptionerBundle(model, vocab, config)
+    return model, vocab, config
+
+
+def load_bundle(folder: Path) -> CaptionerBundle:
+    return CaptionerBundle(*read_saved_model(folder, FORMAT, build_model))

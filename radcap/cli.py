@@ -173,6 +173,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, report.md, captions.csv (default: DATA/evaluation-SPLIT).")] = None,
     meteor: Annotated[bool, typer.Option(help="METEOR needs Java; --no-meteor skips it.")] = True,
+    retriever: Annotated[Optional[str], typer.Option(help="Also score a contrastive retriever's top-1 report (models:/radcap-retriever/N or run folder).")] = None,
 ) -> None:
     """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr and clinical F1, beside baselines."""
     if split not in ("train", "val", "test"):
@@ -181,7 +182,7 @@ def evaluate(
     from flows.evaluate import evaluate_flow
 
     hide_user_error_tracebacks()
-    summary = evaluate_flow(data, model, split, out or data / f"evaluation-{split}", meteor)
+    summary = evaluate_flow(data, model, split, out or data / f"evaluation-{split}", meteor, retriever)
     _print_summary(f"evaluate {split}", summary, list(summary))
     raise typer.Exit(EXIT_OK)
 
@@ -283,6 +284,70 @@ def nightly(
     hide_user_error_tracebacks()
     summary = nightly_retrain(source, workdir, fmt.value, images, views, split_file, encoder, promote=promote)
     _print_summary("nightly", summary, list(summary))
+
+
+@app.command("train-retrieval")
+def train_retrieval(
+    data: Annotated[Path, typer.Option(help="Data directory with features (`radcap features`).")],
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: DATA/retriever).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
+    encoder_version: Annotated[Optional[str], typer.Option(help="Feature-store encoder version (default: last extracted).")] = None,
+    meteor: Annotated[bool, typer.Option(help="METEOR needs Java; --no-meteor skips it.")] = True,
+) -> None:
+    """Train the contrastive image-report model, evaluate it on val beside baselines, index the training
+    pairs and register it as `radcap-retriever`."""
+    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
+    from flows.retrieval import train_retrieval_flow
+    from radcap.settings import get_settings
+
+    cfg = _with_overrides(get_settings().retrieval, epochs=epochs)
+    hide_user_error_tracebacks()
+    summary = train_retrieval_flow(data, out or data / "retriever", cfg, encoder_version, meteor)
+    _print_summary("train-retrieval", summary, list(summary))
+
+
+def _print_hits(table, title: str) -> None:
+    view = Table(title=title)
+    for column in ("query", "rank", "score", "item_id", "text", "source"):
+        view.add_column(column, overflow="fold")
+    for row in table.itertuples():
+        view.add_row(str(row.query)[:60], str(row.rank), f"{row.score:.3f}", row.item_id, row.text[:90], row.source[:50])
+    Console().print(view)
+
+
+@app.command()
+def search(
+    text: Annotated[list[str], typer.Option(help="Text query, e.g. 'left pleural effusion' (repeatable).")],
+    model: Annotated[str, typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder.")] = "models:/radcap-retriever/latest",
+    top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write results.parquet and results.csv here.")] = None,
+) -> None:
+    """Report-to-image search: the known images whose embeddings are closest to each text query."""
+    from flows.retrieval import search_flow
+    from radcap.settings import get_settings
+
+    hide_user_error_tracebacks()
+    summary = search_flow(list(text), model, top_k or get_settings().retrieval.top_k, out)
+    _print_hits(summary["table"], "search")
+
+
+@app.command()
+def retrieve(
+    input: Annotated[Path, typer.Option("--input", help="Images as for `radcap caption` (DICOM export or PNG/JPEG).")],
+    out: Annotated[Path, typer.Option(help="Folder for results.parquet, results.csv and rejects.parquet.")],
+    model: Annotated[str, typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder.")] = "models:/radcap-retriever/latest",
+    top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
+) -> None:
+    """Image-to-report retrieval: the closest known reports for each new study, with scores."""
+    _existing(input, "input")
+    from flows.retrieval import retrieve_flow
+    from radcap.settings import get_settings
+
+    hide_user_error_tracebacks()
+    summary = retrieve_flow(input, model, top_k or get_settings().retrieval.top_k, out)
+    _print_hits(summary["table"], f"retrieve -> {out}")
+    summary.pop("table")
+    _finish(f"retrieve -> {out}", summary, "files", out / "rejects.parquet")
 
 
 @app.command()

@@ -128,6 +128,25 @@ class CaptionerSettings(BaseModel):
     registered_name: str = "radcap-captioner"
 
 
+class RetrievalSettings(BaseModel):
+    """The contrastive image-report model (`radcap train-retrieval`, `radcap search`, `radcap retrieve`)."""
+
+    dim: int = Field(256, description="Joint embedding size.")
+    embed_dim: int = 256
+    text_units: int = 256
+    hidden: int = 512
+    dropout: float = 0.1
+    min_count: int = 2
+    max_length: int = 60
+    batch_size: int = Field(64, description="In-batch negatives: bigger batches give harder contrast.")
+    learning_rate: float = 1e-3
+    epochs: int = 30
+    patience: int = Field(5, description="Epochs without a better validation mean recall before stopping.")
+    seed: int = 0
+    top_k: int = 5
+    registered_name: str = "radcap-retriever"
+
+
 class CaptionSettings(BaseModel):
     """Bulk captioning (`radcap caption`) and the inbox flow (`caption_new_batches`)."""
 
@@ -162,6 +181,7 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = EncoderSettings()
     captioner: CaptionerSettings = CaptionerSettings()
     caption: CaptionSettings = CaptionSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
     promotion: PromotionSettings = PromotionSettings()
 
     @classmethod

@@ -85,6 +85,28 @@ def generate(bundle: CaptionerBundle, evaluated: CaptionSet, train: CaptionSet, 
 
 
 @uncached
+def retrieval_system(uri: str, data_dir: Path, evaluated: CaptionSet) -> dict[str, list[str]]:
+    """The contrastive retriever's top-1 known report for each evaluated study, as one more system."""
+    from tasks.retrieval import resolve_retriever, retrieved_captions
+
+    bundle, index, name = resolve_retriever(uri)
+    catalog = DataCatalog(data_dir)
+    reports, images = read_table(catalog.reports, REPORTS), read_table(catalog.images, IMAGES)
+    own = build_caption_set(reports[reports["report_id"].isin(evaluated.report_ids)], images,
+                            FeatureStore(catalog.features), bundle.config["encoder_version"], evaluated_split(reports, evaluated), 2)
+    found = dict(zip(own.report_ids, retrieved_captions(bundle, index, own)))
+    missing = [r for r in evaluated.report_ids if r not in found]
+    if missing:
+        raise RadcapError(f"{uri}: {len(missing)} evaluated reports have no features for the retriever's encoder "
+                          f"{bundle.config['encoder_version']} (run `radcap features` with it)")
+    return {"retrieval: contrastive top-1 report": [found[r] for r in evaluated.report_ids]}
+
+
+def evaluated_split(reports: pd.DataFrame, evaluated: CaptionSet) -> str:
+    return str(reports.loc[reports["report_id"] == evaluated.report_ids[0], "split"].iloc[0])
+
+
+@uncached
 def score(evaluated: CaptionSet, systems: dict[str, list[str]], meteor: bool = True) -> dict:
     references = {rid: [text] for rid, text in zip(evaluated.report_ids, evaluated.texts)}
     out = {}
@@ -124,7 +146,8 @@ def write_report(scores: dict, evaluated: CaptionSet, systems: dict[str, list[st
                              **{name: caps for name, caps in systems.items()}})
     captions.to_csv(out / "captions.csv", index=False)
     for name, values in scores.items():
-        prefix = "model" if name.startswith("model") else name.split(": ", 1)[1].split(" ")[0].replace("-", "_")
+        prefix = "model" if name.startswith("model") else (
+            "retrieval" if name.startswith("retrieval") else name.split(": ", 1)[1].split(" ")[0].replace("-", "_"))
         mlflow.log_metrics({f"{prefix}_{k.replace('-', '_')}": v for k, v in values.items() if isinstance(v, float)})
     mlflow.log_text(report, "report.md")
     fig, ax = plt.subplots(figsize=(10, 4))

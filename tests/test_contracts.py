@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 import data_contracts
-from data_contracts import IMAGES, REJECTS, REPORTS, ContractError
+from data_contracts import IMAGES, REJECTS, ContractError
 from radcap.io import atomic_path, read_table, write_table
 
 

@@ -44,7 +44,7 @@ def test_png_16bit_is_min_max_scaled(tmp_path, real):
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA"])
 def test_colour_png_becomes_luminance(tmp_path, real, mode):
-    Image.fromarray(real).convert(mode).save(tmp_path / f"c.png")
+    Image.fromarray(real).convert(mode).save(tmp_path / "c.png")
     pixels = load_image(tmp_path / "c.png").pixels
     assert pixels.shape == real.shape
     assert np.abs(pixels - _expected(real)).mean() < 0.01  # grey stays grey; alpha is ignored

@@ -1,0 +1,231 @@
+"""Contrastive retrieval: the trained dual encoder on disk, its training loop, the embedding index, recall.
+
+A retriever bundle is `config.json` + `vocab.json` + `weights.weights.h5` (no pickle), like a captioner.
+The index is one Parquet table (RETRIEVAL_INDEX) of unit vectors; search is exact: one matrix product,
+which is fast to about 10^6 items of 256 floats (1 GiB) on one machine. Beyond that, use an approximate
+index (FAISS, ScaNN, pgvector) over the same vectors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from data_contracts import RETRIEVAL_INDEX
+from radcap.caption_data import CaptionSet
+from radcap.errors import RadcapError
+from radcap.io import read_table, write_json, write_table
+from radcap.settings import RetrievalSettings
+from radcap.vocab import Vocabulary
+
+FORMAT = "radcap-retriever/1"
+KS = (1, 5, 10)
+
+
+def build_dual_encoder(config: dict, vocab_size: int):
+    from models.retrieval import DualEncoder
+
+    model = DualEncoder(vocab_size, dim=config["dim"], embed_dim=config["embed_dim"], text_units=config["text_units"],
+                        hidden=config["hidden"], dropout=config["dropout"])
+    model.embed_images(np.zeros((1, 1, 1024), np.float32), np.ones((1, 1), np.float32))  # create the variables
+    model.embed_texts(np.ones((1, 2), np.int32))
+    model.built = True
+    return model
+
+
+@dataclass
+class RetrieverBundle:
+    model: object  # models.retrieval.DualEncoder
+    vocab: Vocabulary
+    config: dict  # hyper-parameters, encoder_version, encoder_spec, data_version
+
+    def image_embeddings(self, pooled: np.ndarray, view_mask: np.ndarray, batch: int = 512) -> np.ndarray:
+        out = [np.asarray(self.model.embed_images(pooled[i: i + batch], view_mask[i: i + batch]))
+               for i in range(0, len(pooled), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.config["dim"]), np.float32)
+
+    def text_embeddings(self, texts: list[str], batch: int = 512) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch):
+            tokens = np.asarray(self.vocab.encode_padded(texts[i: i + batch]), np.int32)
+            longest = max(int((tokens != 0).sum(1).max()), 2)
+            out.append(np.asarray(self.model.embed_texts(tokens[:, :longest])))
+        return np.concatenate(out) if out else np.zeros((0, self.config["dim"]), np.float32)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json({"format": FORMAT, **self.config}, folder / "config.json")
+        self.vocab.save(folder / "vocab.json")
+        self.model.save_weights(folder / "weights.weights.h5")
+
+
+def load_retriever(folder: Path) -> RetrieverBundle:
+    from radcap.captioner_bundle import read_saved_model
+
+    return RetrieverBundle(*read_saved_model(folder, FORMAT, build_dual_encoder))
+
+
+def relevance(query_texts: list[str], gallery_texts: list[str]) -> np.ndarray:
+    """(Q,G) bool: a gallery report is a correct answer when its text is the query's (identical reports
+    cannot be told apart, so ranking any of them first is right)."""
+    codes = {t: i for i, t in enumerate(dict.fromkeys([*query_texts, *gallery_texts]))}
+    q = np.array([codes[t] for t in query_texts])
+    g = np.array([codes[t] for t in gallery_texts])
+    return q[:, None] == g[None, :]
+
+
+def recall_at_k(similarity: np.ndarray, relevant: np.ndarray, ks=KS) -> dict[str, float]:
+    """Share of queries with a relevant item among the top k (ties broken against the query: pessimistic)."""
+    best_relevant = np.where(relevant, similarity, -np.inf).max(1)
+    better = (np.where(relevant, -np.inf, similarity) >= best_relevant[:, None]).sum(1)  # irrelevant at least as high
+    return {f"R@{k}": float(np.mean(better < k)) for k in ks}
+
+
+def _directions(i2t_similarity: np.ndarray, t2i_similarity: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    scores = {**{f"image_to_report_{k}": v for k, v in recall_at_k(i2t_similarity, relevant).items()},
+              **{f"report_to_image_{k}": v for k, v in recall_at_k(t2i_similarity, relevant.T).items()}}
+    return {**scores, "mean_recall": float(np.mean(list(scores.values())))}
+
+
+def both_directions(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str],
+                    relevant: np.ndarray | None = None) -> dict[str, float]:
+    """Image->report and report->image recall on one set of pairs (gallery = the set itself). `relevant`
+    defaults to "same report text"; pass e.g. "same finding label" to score retrieval by finding."""
+    similarity = image_emb @ text_emb.T
+    return _directions(similarity, similarity.T, relevance(texts, texts) if relevant is None else relevant)
+
+
+def mean_view(pooled: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
+    x = (pooled * view_mask[..., None]).sum(1) / np.maximum(view_mask.sum(1, keepdims=True), 1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+
+def raw_feature_baseline(train: CaptionSet, evaluated: CaptionSet, relevant: np.ndarray | None = None) -> dict[str, float]:
+    """Nearest neighbours on raw features, no learning: an image is linked to a report through the training
+    pairs (image -> nearest training image by pooled cosine -> its report -> TF-IDF cosine to each gallery
+    report; report -> nearest training report by TF-IDF -> its image -> pooled cosine to each gallery image)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from radcap.vocab import tokenize
+
+    tfidf = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None).fit(train.texts)
+    train_txt, eval_txt = tfidf.transform(train.texts), tfidf.transform(evaluated.texts)
+    train_img, eval_img = mean_view(train.pooled, train.view_mask), mean_view(evaluated.pooled, evaluated.view_mask)
+    nearest_train_image = (eval_img @ train_img.T).argmax(1)
+    i2t = (train_txt[nearest_train_image] @ eval_txt.T).toarray()
+    nearest_train_report = (eval_txt @ train_txt.T).toarray().argmax(1)
+    t2i = train_img[nearest_train_report] @ eval_img.T
+    return _directions(i2t, t2i, relevance(evaluated.texts, evaluated.texts) if relevant is None else relevant)
+
+
+def random_baseline(evaluated: CaptionSet, relevant: np.ndarray | None = None, seed: int = 0) -> dict[str, float]:
+    similarity = np.random.default_rng(seed).random((len(evaluated), len(evaluated)))
+    return _directions(similarity, similarity.T, relevance(evaluated.texts, evaluated.texts) if relevant is None else relevant)
+
+
+@dataclass
+class RetrievalEpoch:
+    epoch: int
+    train_loss: float
+    val: dict[str, float]
+    scale: float
+    seconds: float
+
+
+@dataclass
+class RetrieverTraining:
+    bundle: RetrieverBundle
+    history: list[RetrievalEpoch] = field(default_factory=list)
+    best_epoch: int = 0
+
+
+def train_retriever(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: RetrievalSettings,
+                    config_extra: dict | None = None,
+                    on_epoch: Callable[[RetrievalEpoch], None] = lambda e: None) -> RetrieverTraining:
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from models.retrieval import make_train_step
+
+    keras.utils.set_random_seed(cfg.seed)
+    config = {k: getattr(cfg, k) for k in ("dim", "embed_dim", "text_units", "hidden", "dropout")} | (config_extra or {})
+    model = build_dual_encoder(config, len(vocab))
+    present = train.view_mask.reshape(-1) > 0
+    values = train.pooled.reshape(-1, train.pooled.shape[-1])[present]
+    model.feature_mean.assign(values.mean(0))
+    model.feature_std.assign(np.maximum(values.std(0), 1e-3))
+    bundle = RetrieverBundle(model, vocab, config)
+    step = make_train_step(model, keras.optimizers.Adam(cfg.learning_rate))
+    tokens = np.asarray(vocab.encode_padded(train.texts), np.int32)
+    tokens = tokens[:, : max(int((tokens != 0).sum(1).max()), 2)]
+    groups = np.unique(np.asarray(train.texts), return_inverse=True)[1].astype(np.int32)
+    batch = min(cfg.batch_size, len(train))
+    rng = np.random.default_rng(cfg.seed)
+    result, best, best_weights, since = RetrieverTraining(bundle), -np.inf, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        start, order, losses = time.perf_counter(), rng.permutation(len(train)), []
+        # Whole batches only: one compiled shape, and every batch has the same number of negatives.
+        for i in tqdm(range(0, len(order) - batch + 1, batch), desc=f"epoch {epoch}", unit="batch", leave=False):
+            idx = np.sort(order[i: i + batch])
+            losses.append(float(step(tf.constant(train.pooled[idx]), tf.constant(train.view_mask[idx]),
+                                     tf.constant(tokens[idx]), tf.constant(groups[idx]))))
+        scores = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts)
+        record = RetrievalEpoch(epoch, float(np.mean(losses)), scores, float(model.scale()), time.perf_counter() - start)
+        result.history.append(record)
+        on_epoch(record)
+        if scores["mean_recall"] > best:
+            best, best_weights, since, result.best_epoch = scores["mean_recall"], model.get_weights(), 0, epoch
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return result
+
+
+class RetrievalIndex:
+    """Known items (images, reports) as unit vectors, searched exactly."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table.reset_index(drop=True)
+        self._matrix = {kind: (np.stack(part["embedding"].to_numpy()).astype(np.float32) if len(part) else None,
+                               part.index.to_numpy())
+                        for kind, part in self.table.groupby("kind")}
+
+    @classmethod
+    def build(cls, bundle: RetrieverBundle, data: CaptionSet, split: str, sources: dict[str, str]) -> "RetrievalIndex":
+        images = bundle.image_embeddings(data.pooled, data.view_mask)
+        texts = bundle.text_embeddings(data.texts)
+        rows = [{"item_id": rid, "kind": kind, "text": text, "source": sources.get(rid, ""), "split": split,
+                 "embedding": vector.astype(np.float32)}
+                for kind, vectors in (("image", images), ("report", texts))
+                for rid, text, vector in zip(data.report_ids, data.texts, vectors)]
+        return cls(pd.DataFrame(rows, columns=RETRIEVAL_INDEX.column_names))
+
+    def save(self, path: Path) -> None:
+        write_table(self.table, path, RETRIEVAL_INDEX)
+
+    @classmethod
+    def load(cls, path: Path) -> "RetrievalIndex":
+        return cls(read_table(path, RETRIEVAL_INDEX))
+
+    def search(self, queries: np.ndarray, kind: str, top_k: int) -> list[pd.DataFrame]:
+        """For each query vector, the `top_k` items of `kind` with their cosine scores, best first."""
+        matrix, rows = self._matrix.get(kind, (None, None))
+        if matrix is None:
+            raise RadcapError(f"the retrieval index holds no {kind}s")
+        k = min(top_k, len(rows))
+        scores = queries.astype(np.float32) @ matrix.T
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        out = []
+        for q in range(len(queries)):
+            hits = self.table.iloc[rows[best[q]]][["item_id", "kind", "text", "source"]].reset_index(drop=True)
+            out.append(hits.assign(rank=np.arange(1, k + 1, dtype=np.int32), score=scores[q, best[q]].astype(np.float32)))
+        return out
