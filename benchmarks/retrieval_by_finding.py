@@ -14,11 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import radcap  # noqa: E402,F401
 from data_contracts import IMAGES, REPORTS  # noqa: E402
-from radcap.caption_data import build_caption_set  # noqa: E402
+from radcap.caption_data import CaptionSet, build_caption_set  # noqa: E402
 from radcap.catalog import DataCatalog  # noqa: E402
 from radcap.features import FeatureStore  # noqa: E402
 from radcap.io import read_table  # noqa: E402
@@ -41,6 +42,10 @@ def main() -> None:
     finding = images.groupby("report_id")["labels"].first().map(
         lambda labels: next((l.split(":", 1)[1] for l in labels if l.startswith("finding:")), "unknown"))
     labels = finding.reindex(evaluated.report_ids).fillna("unknown").to_numpy()
+    known = np.flatnonzero(labels != "unknown")  # images without a finding label are left out
+    evaluated = CaptionSet([evaluated.report_ids[i] for i in known], [evaluated.texts[i] for i in known],
+                           evaluated.pooled[known], evaluated.view_mask[known])
+    labels = labels[known]
     relevant = labels[:, None] == labels[None, :]
     rows = {
         "contrastive retriever": both_directions(bundle.image_embeddings(evaluated.pooled, evaluated.view_mask),

@@ -20,6 +20,7 @@ from tasks.train import (
     log_and_register,
     stored_encoder_version,
     training_key,
+    tune_decoding,
 )
 
 
@@ -44,5 +45,6 @@ def train_flow(data_dir: Path, out: Path, settings: CaptionerSettings | None = N
         mlflow.log_params({**cfg.model_dump(), "data_dir": str(data_dir), "encoder_version": version,
                            "data_version": data_version, "vocabulary": len(vocab)})
         result = fit_captioner(quote(sets["train"]), quote(sets["val"]), quote(vocab), cfg, extra)
+        tune_decoding(quote(result), quote(sets["val"]), cfg)
         tags = {"data_version": data_version, "encoder_version": version, "training_key": key}
         return log_and_register(quote(result), quote(sets), data_dir, out, cfg, tags)

@@ -223,7 +223,10 @@ class RetrievalIndex:
             raise RadcapError(f"the retrieval index holds no {kind}s")
         k = min(top_k, len(rows))
         scores = queries.astype(np.float32) @ matrix.T
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        # Top k without sorting the whole gallery: partition, then order the k (ties by position).
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(rows) else np.tile(np.arange(len(rows)), (len(scores), 1))
+        order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+        best = np.take_along_axis(part, order, axis=1)
         out = []
         for q in range(len(queries)):
             hits = self.table.iloc[rows[best[q]]][["item_id", "kind", "text", "source"]].reset_index(drop=True)

@@ -122,8 +122,13 @@ class CaptionerSettings(BaseModel):
                             "degenerate, so caption metrics are noise for the first epochs.")
     selection_metric: Literal["CIDEr", "BLEU-4", "ROUGE-L", "val_loss"] = "CIDEr"
     seed: int = 0
-    beam_width: int = 3
-    length_penalty: float = 0.7
+    beam_width: int = 5
+    length_penalty: float = Field(0.7, description="Used when `length_penalty_grid` is empty.")
+    length_penalty_grid: tuple[float, ...] = Field(
+        (0.7, 1.0, 1.5, 2.0, 3.0), description="After training, the length penalty giving the best validation "
+        "selection metric with beam search is chosen from these and saved with the model: beam search favours "
+        "short captions, and how much to correct depends on the dataset (IU impressions are short, MedPix "
+        "captions long).")
     no_repeat_ngram: int = 3
     registered_name: str = "radcap-captioner"
 

@@ -101,6 +101,32 @@ def fit_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: Ca
     return train_captioner(train, val, vocab, cfg, extra, on_epoch=log_epoch)
 
 
+@uncached
+def tune_decoding(result: CaptionTraining, val: CaptionSet, cfg: CaptionerSettings) -> dict:
+    """Choose the beam-search length penalty on the validation reports and store it in the bundle's config."""
+    import mlflow
+
+    from radcap.metrics import caption_metrics
+
+    decoding = result.bundle.config.setdefault("decoding", {})
+    if not cfg.length_penalty_grid or cfg.beam_width <= 1:
+        return decoding
+    metric = "CIDEr" if cfg.selection_metric == "val_loss" else cfg.selection_metric
+    references = {rid: [text] for rid, text in zip(val.report_ids, val.texts)}
+    scores = {}
+    for penalty in cfg.length_penalty_grid:
+        captions = result.bundle.caption(val.features(slice(None)), beam_width=cfg.beam_width, length_penalty=penalty,
+                                         no_repeat_ngram=cfg.no_repeat_ngram)
+        scores[penalty] = caption_metrics(references, dict(zip(val.report_ids, captions)), meteor=False)[metric]
+    best = max(scores, key=lambda p: (scores[p], -abs(p - cfg.length_penalty)))
+    decoding["length_penalty"] = best
+    mlflow.log_params({"decoding_length_penalty": best})
+    mlflow.log_dict({str(p): s for p, s in scores.items()}, "length_penalty_selection.json")
+    get_run_logger().info("length penalty %s chosen on val by beam-%d %s: %s", best, cfg.beam_width, metric,
+                          {p: round(s, 4) for p, s in scores.items()})
+    return decoding
+
+
 def _loss_figure(result: CaptionTraining, metric: str):
     import matplotlib
 
