@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 from prefect.logging import get_run_logger
@@ -46,7 +48,9 @@ def scan_inputs(root: Path, store: CaptionStore, cfg: CaptionSettings) -> tuple[
 
         from data_contracts import CAPTION_REJECTS, CAPTIONS
 
-        store.write_batch(CAPTIONS.empty(), pd.DataFrame(rejects, columns=CAPTION_REJECTS.column_names), "scan", 0)
+        # A part of its own per run: a crashed run's scan part must not be replaced by the next run's.
+        run_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-scan"
+        store.write_batch(CAPTIONS.empty(), pd.DataFrame(rejects, columns=CAPTION_REJECTS.column_names), run_id, 0)
     get_run_logger().info("%s: %d new images, %d already captioned or rejected, %d unreadable",
                           root, len(todo), skipped, len(rejects))
     return todo, skipped, len(rejects)
