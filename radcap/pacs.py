@@ -33,13 +33,14 @@ class InputImage:
     view: str  # frontal, lateral, unknown
 
 
-def input_files(root: Path) -> list[Path]:
-    """Regular files under `root` (or `root` itself), hidden names skipped, in a stable order."""
+def input_files(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Regular files under `root` (or `root` itself), hidden names skipped, in a stable order; `exclude`
+    (the output folder, when a user puts it inside the input) is skipped too."""
     if root.is_file():
         return [root]
-    found = []
+    found, skip = [], exclude.resolve() if exclude else None
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() != skip)
         found.extend(Path(folder) / f for f in sorted(files) if not f.startswith("."))
     return [p for p in found if p.is_file() and not p.is_symlink()]
 

@@ -34,7 +34,7 @@ def scan_inputs(root: Path, store: CaptionStore, cfg: CaptionSettings) -> tuple[
     """New inputs to caption; unreadable ones are recorded as rejects right away. Returns (todo, skipped, rejected)."""
     done, ids = store.done(), Identifiers(cfg.identifiers, cfg.id_salt)
     todo, rejects, skipped = [], [], 0
-    for path in input_files(root):
+    for path in input_files(root, exclude=store.out):
         item = describe(path, root, ids)
         if isinstance(item, str):
             relative = path.name if root.is_file() else path.relative_to(root).as_posix()

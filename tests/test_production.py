@@ -63,13 +63,13 @@ def _train_bundle(data_dir: Path, out: Path, epochs: int, learning_rate: float, 
     return out
 
 
-def _register(bundle: Path, tag: str) -> str:
+def _register(bundle: Path, tag: str, name: str = MODEL_NAME) -> str:
     import mlflow
 
     from radcap.settings import get_settings
     from tasks.train import register_bundle
 
-    cfg = get_settings().captioner.model_copy(update={"architecture": "show-tell", "registered_name": MODEL_NAME})
+    cfg = get_settings().captioner.model_copy(update={"architecture": "show-tell", "registered_name": name})
     mlflow.set_experiment("radcap-tests")
     with mlflow.start_run():
         return register_bundle(bundle, cfg, {"test_model": tag})
@@ -114,8 +114,18 @@ def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
     assert restored == {"model": MODEL_NAME, "champion": weak, "replaced": strong} and champion(MODEL_NAME) == weak
     with pytest.raises(RadcapError, match="no previous champion"):
         rollback_flow(MODEL_NAME)
-    promote_flow(data_dir, MODEL_NAME, strong, cfg)  # the captioning tests below use the trained champion
-    assert champion(MODEL_NAME) == strong
+
+
+@pytest.fixture(scope="module")
+def champion_uri(data_dir: Path, bundles) -> str:
+    """The trained bundle registered under its own name and promoted (first version: becomes champion)."""
+    from flows.promote import promote_flow
+    from radcap.settings import PromotionSettings
+
+    name = f"{MODEL_NAME}-captioning"
+    version = _register(bundles["trained"], "trained", name)
+    assert promote_flow(data_dir, name, version, PromotionSettings(split="test"))["outcome"] == "promoted"
+    return f"models:/{name}@champion"
 
 
 def _real_pixels(shared_data: Path, n: int) -> list[np.ndarray]:
@@ -155,7 +165,7 @@ def _all_output_bytes(out: Path) -> bytes:
 
 
 def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients_private(
-        data_dir: Path, bundles, tmp_path: Path, shared_data: Path):
+        champion_uri: str, bundles, tmp_path: Path, shared_data: Path):
     export = tmp_path / "export"
     made = _pacs_export(export, shared_data, 3)
     bad = export / "bad"
@@ -170,8 +180,7 @@ def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients
     (export / ".complete").write_text("")  # hidden: a marker, not an input
 
     out = tmp_path / "captions"
-    done = run_cli("caption", "--input", str(export), "--out", str(out), "--model", f"models:/{MODEL_NAME}@champion",
-                   "--batch-size", "4")
+    done = run_cli("caption", "--input", str(export), "--out", str(out), "--model", champion_uri, "--batch-size", "4")
     assert done.returncode == 1, done.stderr[-3000:]  # finished, with rejects
     captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
     inputs = made["files"] + 5
@@ -190,14 +199,14 @@ def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients
     assert sorted(dicoms["study_id"].unique()) == sorted(made["study_uids"])
     assert (dicoms.groupby("study_id")["caption"].nunique() == 1).all()
     assert sorted(dicoms["view"]) == ["frontal"] * 3 + ["lateral"] * 3
-    assert (captions["model"] == MODEL_NAME).all() and (captions["caption"].str.len() > 0).all()
+    assert (captions["model"] == f"{MODEL_NAME}-captioning").all() and (captions["caption"].str.len() > 0).all()
     assert len(pd.read_csv(out / "captions.csv")) == len(captions)
     # Privacy: no fake patient attribute anywhere in the outputs or in what the run printed.
     blob = _all_output_bytes(out) + done.stdout.encode() + done.stderr.encode()
     for value in FAKE_PATIENT.values():
         assert value.encode() not in blob, value
 
-    again = run_cli("caption", "--input", str(export), "--out", str(out), "--model", f"models:/{MODEL_NAME}@champion")
+    again = run_cli("caption", "--input", str(export), "--out", str(out), "--model", champion_uri)
     assert again.returncode == 1 and _reported(again.stdout, "new_images") == 0
     assert pd.read_parquet(out / "captions.parquet").equals(captions)  # nothing re-captioned, nothing duplicated
 
