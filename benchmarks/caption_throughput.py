@@ -52,11 +52,11 @@ def load(model: str):
 def caption_folder(folder: Path, out: Path, bundle, encoder, forward, batch_size: int) -> dict:
     """What `radcap caption` runs, without the Prefect wrapper (scan, caption, consolidate)."""
     from radcap.captioning import CaptionStore, caption_images
-    from radcap.pacs import Identifiers, describe, input_files
+    from radcap.pacs import Identifiers, scan
 
-    store, ids = CaptionStore(out), Identifiers()
-    images = [describe(p, folder, ids) for p in input_files(folder)]
-    result = caption_images([i for i in images if not isinstance(i, str)], bundle, forward, store,
+    store = CaptionStore(out)
+    images, _ = scan(folder, Identifiers())
+    result = caption_images(images, bundle, forward, store,
                             ("bench", "0", encoder.version), batch_size, encoder.input_size, progress=False)
     return {"captioned": result.captioned, "rejected": result.rejected, **store.consolidate()}
 

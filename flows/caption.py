@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -13,15 +14,13 @@ from radcap.settings import CaptionSettings, get_settings
 from tasks.caption import caption_batch, consolidate, load_model, scan_inputs
 
 
-@flow(name="caption-images")
-def caption_flow(input_path: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None) -> dict:
-    cfg = settings or get_settings().caption
+def _caption_folder(input_path: Path, out: Path, model_name: str, cfg: CaptionSettings, get_model) -> dict:
+    """scan -> caption what is new -> consolidate; `get_model()` loads the model only when there is work."""
     store = CaptionStore(out)
     todo, skipped, unreadable = scan_inputs(input_path, quote(store), cfg)
     captioned = rejected = studies = 0
-    model_name = model or cfg.model
     if todo:
-        result = caption_batch(quote(todo), quote(load_model(model_name)), quote(store), cfg)
+        result = caption_batch(quote(todo), quote(get_model()), quote(store), cfg)
         captioned, rejected, studies = result.captioned, result.rejected, result.studies
     totals = consolidate(quote(store))
     return {"input": str(input_path), "model": model_name, "new_images": len(todo), "captioned": captioned,
@@ -29,17 +28,26 @@ def caption_flow(input_path: Path, out: Path, model: str | None = None, settings
             "captions": str(store.captions), "rejects": str(store.rejects)}
 
 
+@flow(name="caption-images")
+def caption_flow(input_path: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None) -> dict:
+    cfg = settings or get_settings().caption
+    model_name = model or cfg.model
+    return _caption_folder(input_path, out, model_name, cfg, lambda: load_model(model_name))
+
+
 @flow(name="caption-new-batches")
 def caption_new_batches(inbox: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None) -> dict:
     """Caption every complete, not yet taken batch folder of `inbox` into `out/BATCH/`."""
     cfg = settings or get_settings().caption
     logger, ledger = get_run_logger(), Ledger(out)
+    model_name = model or cfg.model
+    get_model = cache(lambda: load_model(model_name))  # loaded once per run, at the first batch with work
     taken, failed = [], []
     for batch in complete_batches(inbox, cfg.ready_marker, cfg.settle_seconds):
         if not ledger.claim(batch.name, cfg.claim_timeout_seconds):
             continue  # done already, or another run holds it
         try:
-            summary = caption_flow(batch, out / batch.name, model, cfg)
+            summary = _caption_folder(batch, out / batch.name, model_name, cfg, get_model)
         except Exception:
             ledger.release(batch.name)  # the next run retries it
             logger.exception("batch %s failed; released for the next run", batch.name)

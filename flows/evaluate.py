@@ -18,7 +18,7 @@ def evaluate_flow(data_dir: Path, model: str, split: str, out: Path, meteor: boo
     evaluated, train = evaluation_sets(data_dir, quote(bundle), split)
     systems = generate(quote(bundle), quote(evaluated), quote(train))
     if retriever:  # the contrastive model's retrieved report, scored in the same table
-        systems = {**systems, **retrieval_system(retriever, data_dir, quote(evaluated))}
+        systems = {**systems, **retrieval_system(retriever, data_dir, quote(evaluated), split)}
     scores = score(quote(evaluated), quote(systems), meteor)
     mlflow.set_experiment("radcap-evaluation")
     with mlflow.start_run(run_name=f"evaluate-{split}"):

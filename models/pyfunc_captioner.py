@@ -61,11 +61,7 @@ class RadcapCaptioner(PythonModel):
         studies = list(dict.fromkeys(frame["study_id"]))
         rows = [sorted(frame.index[frame["study_id"] == study], key=lambda r: (rank[r], r)) for study in studies]
         features = pack_views(rows, pooled, grid, self.bundle.config["max_views"])
-        cfg = {**self.bundle.config.get("decoding", {}), **(params or {})}
-        captions = self.bundle.caption(
-            features, beam_width=int(cfg.get("beam_width", 1)), length_penalty=float(cfg.get("length_penalty", 0.7)),
-            no_repeat_ngram=int(cfg.get("no_repeat_ngram", 0)),
-        )
+        captions = self.bundle.report(features, **(params or {}))
         return pd.DataFrame({"study_id": studies, "caption": captions})
 
 

@@ -41,6 +41,12 @@ class CaptionSet:
         return np.asarray(vocab.encode_padded(self.texts), np.int32)
 
 
+def mean_view(pooled: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
+    """(S,V,D) per-view vectors -> (S,D) unit vectors: the mean of the views present, L2-normalized."""
+    x = (pooled * view_mask[..., None]).sum(1) / np.maximum(view_mask.sum(1, keepdims=True), 1)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+
+
 def pack_views(studies: list[list[int]], pooled: np.ndarray, grid: np.ndarray | None, max_views: int) -> dict:
     """Per-image features -> per-study arrays: `studies` lists each study's rows of `pooled`/`grid`, in view
     order. Gives {'pooled' (S,V,D) float32, 'view_mask' (S,V)[, 'grid' (S,V,49,D) float16]}; missing views are 0."""

@@ -49,6 +49,14 @@ class CaptionerBundle:
             out.extend(self.vocab.decode(row) for row in ids)
         return out
 
+    def report(self, features: dict, **overrides) -> list[str]:
+        """Captions decoded as the model was tuned to be: the config's `decoding` (beam width, length penalty
+        chosen on val, no-repeat n-grams), with `overrides` (e.g. a caller's params) on top."""
+        cfg = {**self.config.get("decoding", {}), **overrides}
+        return self.caption(features, beam_width=int(cfg.get("beam_width", 1)),
+                            length_penalty=float(cfg.get("length_penalty", 0.7)),
+                            no_repeat_ngram=int(cfg.get("no_repeat_ngram", 0)))
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         write_json({"format": FORMAT, **self.config}, folder / "config.json")

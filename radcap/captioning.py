@@ -12,10 +12,9 @@ of each path wins, the tables are rewritten atomically, and only then are the pa
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pandas as pd
 from data_contracts import CAPTION_REJECTS, CAPTIONS
 from radcap.caption_data import VIEW_ORDER, pack_views
 from radcap.imaging import ImageRejected, prepare
-from radcap.io import atomic_path, read_table, write_table
+from radcap.io import atomic_path, new_run_id, read_table, write_table
 from radcap.pacs import InputImage
 
 
@@ -35,7 +34,6 @@ class CaptionResult:
     rejected: int = 0
     studies: int = 0
     seconds: float = 0.0
-    rejects: list[dict] = field(default_factory=list)
 
 
 def now_utc() -> pd.Timestamp:
@@ -113,7 +111,7 @@ class CaptionStore:
         return {"captioned_total": len(captions), "rejected_total": len(rejects)}
 
 
-def _decode(image: InputImage, size: int) -> np.ndarray | str:
+def decode_image(image: InputImage, size: int) -> np.ndarray | str:
     try:
         return prepare(image.path, size)
     except ImageRejected as exc:
@@ -139,7 +137,7 @@ def study_batches(images: list[InputImage], batch_size: int) -> list[list[list[I
     return batches
 
 
-def _encode(forward, arrays: list[np.ndarray], batch_size: int, grid: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def encode_padded(forward, arrays: list[np.ndarray], batch_size: int, grid: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Forward passes of exactly `batch_size` images (padded): one compiled shape for every call."""
     pooled, grids = [], []
     for i in range(0, len(arrays), batch_size):
@@ -168,10 +166,9 @@ def caption_images(
     """Caption `images` study by study, one part file per batch of studies."""
     from tqdm import tqdm
 
-    decoding = {**bundle.config.get("decoding", {}), **(decoding or {})}
     attention, max_views = bool(bundle.model.attention), int(bundle.config["max_views"])
     result, start = CaptionResult(), time.perf_counter()
-    run_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id()
     batches = study_batches(images, batch_size)
     def finish(number: int, batch: list[list[InputImage]], decoded: list, pooled, grid) -> None:
         """Beam-search the batch's studies and write its part (in a thread, while the next batch encodes)."""
@@ -190,9 +187,7 @@ def caption_images(
                     studies.append([position[k] for k in keys])
                     members.append([flat[k] for k in keys])
             features = pack_views(studies, pooled, grid, max_views)
-            captions = bundle.caption(features, beam_width=int(decoding.get("beam_width", 1)),
-                                      length_penalty=float(decoding.get("length_penalty", 0.7)),
-                                      no_repeat_ngram=int(decoding.get("no_repeat_ngram", 0)))
+            captions = bundle.report(features, **(decoding or {}))
             stamp = now_utc()
             for caption, study in zip(captions, members):
                 rows += [{"study_id": i.study_id, "image_id": i.image_id, "view": i.view,
@@ -204,7 +199,6 @@ def caption_images(
         store.write_batch(frame, pd.DataFrame(rejects, columns=CAPTION_REJECTS.column_names), run_id, number)
         result.captioned += len(rows)
         result.rejected += len(rejects)
-        result.rejects += rejects
 
     # Three stages overlap: decoding files (2 threads, one batch ahead), the encoder's forward pass (this
     # thread) and beam search + writing (1 thread, at most one batch waiting), so memory stays a few batches.
@@ -215,7 +209,7 @@ def caption_images(
         last: Future | None = None
 
         def submit(batch: list[list[InputImage]]) -> None:
-            pending.append([decoders.submit(_decode, image, input_size) for study in batch for image in study])
+            pending.append([decoders.submit(decode_image, image, input_size) for study in batch for image in study])
 
         for batch in batches[:2]:
             submit(batch)
@@ -224,7 +218,7 @@ def caption_images(
             if number + 2 < len(batches):
                 submit(batches[number + 2])
             arrays = [value for value in decoded if not isinstance(value, str)]
-            pooled, grid = _encode(forward, arrays, batch_size, attention) if arrays else (None, None)
+            pooled, grid = encode_padded(forward, arrays, batch_size, attention) if arrays else (None, None)
             if last is not None:
                 last.result()  # raises here if the previous batch failed
             last = finisher.submit(finish, number, batch, decoded, pooled, grid)

@@ -45,8 +45,16 @@ def _existing(path: Path | None, what: str) -> Path | None:
 
 
 def _with_overrides(section, **options):
-    """A settings section with the CLI options the user gave (None means: keep the configured value)."""
-    return section.model_copy(update={k: v for k, v in options.items() if v is not None})
+    """A settings section with the CLI options the user gave (None means: keep the configured value),
+    validated like the configuration itself: a bad value is a usage error naming the setting."""
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise RadcapError(f"invalid {type(section).__name__} {error['loc'][0]}: {error['msg']}") from None
 
 
 def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
@@ -197,8 +205,6 @@ def caption(
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
-    if identifiers not in (None, "uid", "hash"):
-        raise RadcapError(f"--identifiers must be uid or hash, not '{identifiers}'")
     from flows.caption import caption_flow
     from radcap.settings import get_settings
 
@@ -241,11 +247,7 @@ def promote(
     from flows.promote import promote_flow
     from radcap.settings import get_settings
 
-    try:
-        cfg = _with_overrides(get_settings().promotion, split=split, primary_metric=metric, clinical_tolerance=tolerance)
-        cfg = type(cfg).model_validate(cfg.model_dump())
-    except ValueError as exc:
-        raise RadcapError(f"invalid promotion option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}") from None
+    cfg = _with_overrides(get_settings().promotion, split=split, primary_metric=metric, clinical_tolerance=tolerance)
     hide_user_error_tracebacks()
     record = promote_flow(data, name, candidate, cfg, dry_run)
     _print_summary("promote", {**record, "metrics": ""}, ["outcome", "reason", "candidate", "champion", "split"])

@@ -12,7 +12,6 @@ one, and a writer thread compresses and writes the previous one. Memory is bound
 from __future__ import annotations
 
 import time
-import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from data_contracts import FEATURES
 from data_contracts.features import GRID_SIZE, POOLED_DIM
 from radcap.imaging import ImageRejected, prepare
-from radcap.io import atomic_path
+from radcap.io import atomic_path, new_run_id
 
 
 @dataclass(frozen=True)
@@ -135,9 +134,7 @@ def extract_features(
 
     result = ExtractResult()
     start = time.perf_counter()
-    # Nanosecond start time: part names sort in run order (the newest row of an image wins in `load`);
-    # the random suffix keeps two runs started in the same nanosecond from replacing each other's parts.
-    run_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id()
     batches = [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
     with ThreadPoolExecutor(decode_workers) as decoders, ThreadPoolExecutor(1) as writer, tqdm(
         total=len(items), desc="features", unit="img", disable=not progress

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +21,12 @@ from radcap.errors import RadcapError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def new_run_id() -> str:
+    """Names one run's part files: nanosecond start time, so parts sort in run order (the newest row of an
+    item wins), and a random suffix, so two runs started in the same nanosecond never replace each other's."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager

@@ -62,9 +62,26 @@ class Identifiers:
         return hashlib.sha256(f"{self.salt}\x00{uid}".encode()).hexdigest()[:32]
 
 
+def relative_path(path: Path, root: Path) -> str:
+    """How outputs name an input: its path relative to the input folder ('/'-separated)."""
+    return path.name if root.is_file() else path.relative_to(root).as_posix()
+
+
+def scan(root: Path, ids: Identifiers, exclude: Path | None = None) -> tuple[list[InputImage], list[tuple[str, str]]]:
+    """Every input under `root`: the images, and (relative path, reason) for the files that cannot be one."""
+    images, unreadable = [], []
+    for path in input_files(root, exclude):
+        item = describe(path, root, ids)
+        if isinstance(item, str):
+            unreadable.append((relative_path(path, root), item))
+        else:
+            images.append(item)
+    return images, unreadable
+
+
 def describe(path: Path, root: Path, ids: Identifiers) -> InputImage | str:
     """The input's identity, or the reason it cannot be an image (a reject)."""
-    relative = path.name if root.is_file() else path.relative_to(root).as_posix()
+    relative = relative_path(path, root)
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data_contracts import RETRIEVAL_INDEX
-from radcap.caption_data import CaptionSet
+from radcap.caption_data import CaptionSet, mean_view
 from radcap.errors import RadcapError
 from radcap.io import read_table, write_json, write_table
 from radcap.settings import RetrievalSettings
@@ -100,11 +100,6 @@ def both_directions(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str
     return _directions(similarity, similarity.T, relevance(texts, texts) if relevant is None else relevant)
 
 
-def mean_view(pooled: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
-    x = (pooled * view_mask[..., None]).sum(1) / np.maximum(view_mask.sum(1, keepdims=True), 1)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-
-
 def raw_feature_baseline(train: CaptionSet, evaluated: CaptionSet, relevant: np.ndarray | None = None) -> dict[str, float]:
     """Nearest neighbours on raw features, no learning: an image is linked to a report through the training
     pairs (image -> nearest training image by pooled cosine -> its report -> TF-IDF cosine to each gallery
@@ -152,14 +147,14 @@ def train_retriever(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     from tqdm import tqdm
 
     from models.retrieval import make_train_step
+    from radcap.caption_training import feature_statistics
 
     keras.utils.set_random_seed(cfg.seed)
     config = {k: getattr(cfg, k) for k in ("dim", "embed_dim", "text_units", "hidden", "dropout")} | (config_extra or {})
     model = build_dual_encoder(config, len(vocab))
-    present = train.view_mask.reshape(-1) > 0
-    values = train.pooled.reshape(-1, train.pooled.shape[-1])[present]
-    model.feature_mean.assign(values.mean(0))
-    model.feature_std.assign(np.maximum(values.std(0), 1e-3))
+    mean, std = feature_statistics(train, attention=False)
+    model.feature_mean.assign(mean)
+    model.feature_std.assign(std)
     bundle = RetrieverBundle(model, vocab, config)
     step = make_train_step(model, keras.optimizers.Adam(cfg.learning_rate))
     tokens = np.asarray(vocab.encode_padded(train.texts), np.int32)

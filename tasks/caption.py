@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 
 from prefect.logging import get_run_logger
 
+from radcap.io import new_run_id
 from radcap.captioning import CaptionResult, CaptionStore, caption_images, reject_row
-from radcap.pacs import Identifiers, InputImage, describe, input_files
+from radcap.pacs import Identifiers, InputImage, scan
 from radcap.settings import CaptionSettings
 from tasks import registry_task, uncached
 from tasks.evaluate import resolve_captioner
@@ -21,8 +20,10 @@ def load_model(uri: str):
     from radcap.encoders import resolve_encoder
     from radcap.registry import parse_model_uri
 
-    bundle, _ = resolve_captioner(uri)
+    # Resolve an alias once and load that version: the version written in the outputs is the one loaded,
+    # even if the alias moves meanwhile.
     name, version = parse_model_uri(uri) if uri.startswith("models:/") else (str(uri), "local")
+    bundle, _ = resolve_captioner(f"models:/{name}/{version}" if uri.startswith("models:/") else uri)
     encoder = resolve_encoder(bundle.config["encoder_spec"])
     get_run_logger().info("captioner %s version %s (%s) on encoder %s", name, version,
                           bundle.config["architecture"], encoder.version)
@@ -32,24 +33,18 @@ def load_model(uri: str):
 @uncached
 def scan_inputs(root: Path, store: CaptionStore, cfg: CaptionSettings) -> tuple[list[InputImage], int, int]:
     """New inputs to caption; unreadable ones are recorded as rejects right away. Returns (todo, skipped, rejected)."""
-    done, ids = store.done(), Identifiers(cfg.identifiers, cfg.id_salt)
-    todo, rejects, skipped = [], [], 0
-    for path in input_files(root, exclude=store.out):
-        item = describe(path, root, ids)
-        if isinstance(item, str):
-            relative = path.name if root.is_file() else path.relative_to(root).as_posix()
-            rejects.append(reject_row(relative, "", item))
-        elif (item.source_path, item.sha256) in done:
-            skipped += 1
-        else:
-            todo.append(item)
+    done = store.done()
+    images, unreadable = scan(root, Identifiers(cfg.identifiers, cfg.id_salt), exclude=store.out)
+    todo = [i for i in images if (i.source_path, i.sha256) not in done]
+    skipped = len(images) - len(todo)
+    rejects = [reject_row(relative, "", reason) for relative, reason in unreadable]
     if rejects:
         import pandas as pd
 
         from data_contracts import CAPTION_REJECTS, CAPTIONS
 
         # A part of its own per run: a crashed run's scan part must not be replaced by the next run's.
-        run_id = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-scan"
+        run_id = f"{new_run_id()}-scan"
         store.write_batch(CAPTIONS.empty(), pd.DataFrame(rejects, columns=CAPTION_REJECTS.column_names), run_id, 0)
     get_run_logger().info("%s: %d new images, %d already captioned or rejected, %d unreadable",
                           root, len(todo), skipped, len(rejects))

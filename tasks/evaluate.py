@@ -9,7 +9,7 @@ import pandas as pd
 from prefect.logging import get_run_logger
 
 from data_contracts import IMAGES, REPORTS
-from radcap.caption_data import CaptionSet, build_caption_set
+from radcap.caption_data import CaptionSet, build_caption_set, mean_view
 from radcap.captioner_bundle import CaptionerBundle, load_bundle
 from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
@@ -59,22 +59,14 @@ def evaluation_sets(data_dir: Path, bundle: CaptionerBundle, split: str) -> tupl
     return evaluated, train
 
 
-def _mean_view(data: CaptionSet) -> np.ndarray:
-    pooled = (data.pooled * data.view_mask[..., None]).sum(1) / np.maximum(data.view_mask.sum(1, keepdims=True), 1)
-    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-8)
-
-
 @uncached
 def generate(bundle: CaptionerBundle, evaluated: CaptionSet, train: CaptionSet, seed: int = 0) -> dict[str, list[str]]:
     """The model's captions and the baselines', all for the same reports."""
-    decoding = bundle.config.get("decoding", {})
-    model = bundle.caption(evaluated.features(slice(None)), beam_width=decoding.get("beam_width", 1),
-                           length_penalty=decoding.get("length_penalty", 0.7),
-                           no_repeat_ngram=decoding.get("no_repeat_ngram", 0))
+    model = bundle.report(evaluated.features(slice(None)))
     most_frequent = pd.Series(train.texts).value_counts().index[0]
     rng = np.random.default_rng(seed)
     random_pick = [train.texts[i] for i in rng.integers(0, len(train), len(evaluated))]
-    similarity = _mean_view(evaluated) @ _mean_view(train).T  # cosine on the pooled features
+    similarity = mean_view(evaluated.pooled, evaluated.view_mask) @ mean_view(train.pooled, train.view_mask).T
     nearest = [train.texts[i] for i in similarity.argmax(axis=1)]
     return {
         f"model ({bundle.config['architecture']})": model,
@@ -85,7 +77,7 @@ def generate(bundle: CaptionerBundle, evaluated: CaptionSet, train: CaptionSet, 
 
 
 @uncached
-def retrieval_system(uri: str, data_dir: Path, evaluated: CaptionSet) -> dict[str, list[str]]:
+def retrieval_system(uri: str, data_dir: Path, evaluated: CaptionSet, split: str) -> dict[str, list[str]]:
     """The contrastive retriever's top-1 known report for each evaluated study, as one more system."""
     from tasks.retrieval import resolve_retriever, retrieved_captions
 
@@ -93,17 +85,13 @@ def retrieval_system(uri: str, data_dir: Path, evaluated: CaptionSet) -> dict[st
     catalog = DataCatalog(data_dir)
     reports, images = read_table(catalog.reports, REPORTS), read_table(catalog.images, IMAGES)
     own = build_caption_set(reports[reports["report_id"].isin(evaluated.report_ids)], images,
-                            FeatureStore(catalog.features), bundle.config["encoder_version"], evaluated_split(reports, evaluated), 2)
+                            FeatureStore(catalog.features), bundle.config["encoder_version"], split, 2)
     found = dict(zip(own.report_ids, retrieved_captions(bundle, index, own)))
     missing = [r for r in evaluated.report_ids if r not in found]
     if missing:
         raise RadcapError(f"{uri}: {len(missing)} evaluated reports have no features for the retriever's encoder "
                           f"{bundle.config['encoder_version']} (run `radcap features` with it)")
     return {"retrieval: contrastive top-1 report": [found[r] for r in evaluated.report_ids]}
-
-
-def evaluated_split(reports: pd.DataFrame, evaluated: CaptionSet) -> str:
-    return str(reports.loc[reports["report_id"] == evaluated.report_ids[0], "split"].iloc[0])
 
 
 @uncached

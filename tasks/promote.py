@@ -45,10 +45,7 @@ def score_versions(data_dir: Path, name: str, versions: list[str], split: str, m
     scores = {}
     for version, (bundle, data) in loaded.items():
         keep = [i for i, rid in enumerate(data.report_ids) if rid in common]
-        decoding = bundle.config.get("decoding", {})
-        captions = bundle.caption(data.features(keep), beam_width=decoding.get("beam_width", 1),
-                                  length_penalty=decoding.get("length_penalty", 0.7),
-                                  no_repeat_ngram=decoding.get("no_repeat_ngram", 0))
+        captions = bundle.report(data.features(keep))
         ids = [data.report_ids[i] for i in keep]
         references = {rid: data.texts[i] for rid, i in zip(ids, keep)}
         hypotheses = dict(zip(ids, captions))

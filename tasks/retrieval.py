@@ -195,28 +195,23 @@ def search_texts(texts: list[str], model: tuple, top_k: int) -> pd.DataFrame:
 def retrieve_images(root: Path, model: tuple, top_k: int, batch_size: int, identifiers) -> tuple[pd.DataFrame, list[dict]]:
     """Each study under `root` (grouped as `radcap caption` does) -> its top-k known reports; bad files -> rejects."""
     from radcap.caption_data import pack_views
-    from radcap.captioning import _decode, _encode, reject_row, study_batches
+    from radcap.captioning import decode_image, encode_padded, reject_row, study_batches
     from radcap.encoders import resolve_encoder
-    from radcap.pacs import describe, input_files
+    from radcap.pacs import scan
 
     bundle, index, name = model
     encoder = resolve_encoder(bundle.config["encoder_spec"])
     forward = encoder.forward_fn()
-    rejects, images = [], []
-    for path in input_files(root):
-        item = describe(path, root, identifiers)
-        if isinstance(item, str):
-            rejects.append(reject_row(path.name if root.is_file() else path.relative_to(root).as_posix(), "", item))
-        else:
-            images.append(item)
+    images, unreadable = scan(root, identifiers)
+    rejects = [reject_row(relative, "", reason) for relative, reason in unreadable]
     frames = []
     for batch in study_batches(images, batch_size):
-        decoded = [(image, _decode(image, encoder.input_size)) for study in batch for image in study]
+        decoded = [(image, decode_image(image, encoder.input_size)) for study in batch for image in study]
         rejects += [reject_row(i.source_path, i.sha256, v) for i, v in decoded if isinstance(v, str)]
         good = [(i, v) for i, v in decoded if not isinstance(v, str)]
         if not good:
             continue
-        pooled, _ = _encode(forward, [v for _, v in good], batch_size, grid=False)
+        pooled, _ = encode_padded(forward, [v for _, v in good], batch_size, grid=False)
         studies: dict[str, list[int]] = {}
         for row, (image, _) in enumerate(good):
             studies.setdefault(image.study_id, []).append(row)
