@@ -92,8 +92,9 @@ class EncoderSettings(BaseModel):
     pretrain_batch_size: int = 16
     epochs: int = 8
     learning_rate: float = 1e-3
-    lr_decay_patience: int = Field(1, description="Epochs without a better val loss before the rate drops 10x.")
-    early_stop_patience: int = 3
+    warmup_epochs: float = Field(1.0, description="Linear warm-up of the rate, then cosine decay to the floor.")
+    min_lr_ratio: float = Field(0.01, description="The cosine schedule's floor as a fraction of `learning_rate`.")
+    early_stop_patience: int = Field(4, description="Epochs without a better val loss before stopping.")
     min_label_count: int = Field(5, description="A label needs this many positive training images to be learnt.")
     rotation_degrees: float = 10.0
     zoom: float = 0.15

@@ -84,3 +84,15 @@ def test_masked_weighted_bce_ignores_unannotated_units():
     assert float(masked_weighted_bce(targets, mask, wrong_where_masked, ones, ones)) == pytest.approx(loss)
     heavier_positives = float(masked_weighted_bce(targets, mask, probs, tf.constant([2.0, 2.0]), ones))
     assert heavier_positives > loss
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    from radcap.pretraining import learning_rate_at
+
+    rates = [learning_rate_at(step, total_steps=100, warmup_steps=10, peak=1e-3, floor_ratio=0.01) for step in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))  # warm-up rises
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # then never rises again
+    assert rates[55] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5), rel=1e-6)  # half way: half the span
+    assert learning_rate_at(100, 100, 10, 1e-3, 0.01) == pytest.approx(1e-5)  # the floor, not zero
+    assert learning_rate_at(500, 100, 10, 1e-3, 0.01) == pytest.approx(1e-5)
