@@ -6,7 +6,7 @@ trained and with a random-initialised encoder, then a logistic regression per ta
 fitted on train and scored on MedPix dev (val) / the chest X-rays' held-out test patients.
 Target (issue 3): the trained encoder at least +10 points accuracy on MedPix location category.
 
-    .venv/bin/python benchmarks/encoder_probe.py --epochs 6 --image-size 160
+    .venv/bin/python benchmarks/encoder_probe.py --epochs 16 --image-size 160   # ~60 min on 2 CPU cores
     .venv/bin/python benchmarks/encoder_probe.py --encoder models:/radcap-encoder/3   # reuse a trained one
 """
 
@@ -97,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "encoder_probe")
     parser.add_argument("--encoder", help="a trained encoder URI; default: pretrain one now")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--random-seed", type=int, default=0)
     args = parser.parse_args()
