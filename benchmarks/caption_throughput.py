@@ -41,11 +41,11 @@ def real_images(n: int, into: Path) -> Path:
 
 def load(model: str):
     import radcap  # noqa: F401
-    from radcap.encoders import resolve_encoder
+    from radcap.encoders import encoder_for
     from tasks.evaluate import resolve_captioner
 
     bundle, _ = resolve_captioner(model)
-    encoder = resolve_encoder(bundle.config["encoder_spec"])
+    encoder = encoder_for(bundle.config)
     return bundle, encoder, encoder.forward_fn()
 
 
@@ -55,7 +55,7 @@ def caption_folder(folder: Path, out: Path, bundle, encoder, forward, batch_size
     from radcap.pacs import Identifiers, scan
 
     store = CaptionStore(out)
-    images, _ = scan(folder, Identifiers())
+    images = scan(folder, Identifiers()).images
     result = caption_images(images, bundle, forward, store,
                             ("bench", "0", encoder.version), batch_size, encoder.input_size, progress=False)
     return {"captioned": result.captioned, "rejected": result.rejected, **store.consolidate()}

@@ -6,7 +6,8 @@ from data_contracts.base import Column, Contract
 
 POOLED_DIM = 1024
 GRID_SIDE = 7  # DenseNet-121 at 224 px
-GRID_SIZE = GRID_SIDE * GRID_SIDE * POOLED_DIM
+GRID_CELLS = GRID_SIDE * GRID_SIDE
+GRID_SIZE = GRID_CELLS * POOLED_DIM
 
 FEATURES = Contract(
     name="features",

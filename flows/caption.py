@@ -8,53 +8,66 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from radcap.captioning import CaptionStore
+from radcap.errors import RadcapError
 from radcap.inbox import Ledger, complete_batches
+from radcap.io import exclusive_lock
 from radcap.settings import CaptionSettings, get_settings
 from tasks.caption import caption_batch, consolidate, load_model, scan_inputs
 
 
-def _caption_folder(input_path: Path, out: Path, model_name: str, cfg: CaptionSettings, get_model) -> dict:
-    """scan -> caption what is new -> consolidate; `get_model()` loads the model only when there is work."""
-    store = CaptionStore(out)
-    todo, skipped, unreadable = scan_inputs(input_path, quote(store), cfg)
-    captioned = rejected = studies = 0
-    if todo:
-        result = caption_batch(quote(todo), quote(get_model()), quote(store), cfg)
-        captioned, rejected, studies = result.captioned, result.rejected, result.studies
-    totals = consolidate(quote(store))
-    return {"input": str(input_path), "model": model_name, "new_images": len(todo), "captioned": captioned,
-            "studies": studies, "rejected": rejected + unreadable, "already_done": skipped, **totals,
-            "captions": str(store.captions), "rejects": str(store.rejects)}
+def _caption(root: Path, out: Path, model_name: str, cfg: CaptionSettings, get_model, under: Path | None = None,
+             wait: float | None = None) -> dict:
+    """scan -> caption what is new -> consolidate, holding the output folder's lock (waiting `wait` seconds,
+    default `cfg.lock_wait_seconds`, for another writer); `get_model()` loads the model only when there is work."""
+    with exclusive_lock(out / ".lock", cfg.lock_wait_seconds if wait is None else wait, str(out)):
+        found = scan_inputs(root, out, cfg, under)
+        captioned = rejected = studies = 0
+        if found.todo:
+            result = caption_batch(quote(found.todo), quote(get_model()), out, cfg)
+            captioned, rejected, studies = result.captioned, result.rejected, result.studies
+        totals = consolidate(out)
+    return {"input": str(under or root), "model": model_name, "new_images": found.new, "captioned": captioned,
+            "studies": studies, "rejected": rejected + found.rejected, "already_done": found.already_done,
+            **totals, "captions": str(out / "captions.parquet"), "rejects": str(out / "rejects.parquet")}
 
 
 @flow(name="caption-images")
-def caption_flow(input_path: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None) -> dict:
+def caption_flow(input_path: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None,
+                 encoder: str | None = None) -> dict:
     cfg = settings or get_settings().caption
     model_name = model or cfg.model
-    return _caption_folder(input_path, out, model_name, cfg, lambda: load_model(model_name))
+    return _caption(input_path, out, model_name, cfg, lambda: load_model(model_name, encoder))
 
 
 @flow(name="caption-new-batches")
 def caption_new_batches(inbox: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None) -> dict:
-    """Caption every complete, not yet taken batch folder of `inbox` into `out/BATCH/`."""
+    """Caption every complete, not yet taken batch folder of `inbox` into the one store `out/` (source paths
+    `BATCH/...`), so a study whose views arrive in two batches gets one report from all of them."""
     cfg = settings or get_settings().caption
     logger, ledger = get_run_logger(), Ledger(out)
     model_name = model or cfg.model
     get_model = cache(lambda: load_model(model_name))  # loaded once per run, at the first batch with work
     taken, failed = [], []
     for batch in complete_batches(inbox, cfg.ready_marker, cfg.settle_seconds):
-        if not ledger.claim(batch.name, cfg.claim_timeout_seconds):
+        claim = ledger.claim(batch.name, cfg.claim_timeout_seconds)
+        if claim is None:
             continue  # done already, or another run holds it
         try:
-            summary = _caption_folder(batch, out / batch.name, model_name, cfg, get_model)
+            with claim.kept_alive():
+                # One store for the whole inbox: an overlapping run waits its turn (its claim kept alive).
+                summary = _caption(inbox, out, model_name, cfg, get_model, under=batch, wait=cfg.claim_timeout_seconds)
+        except RadcapError as exc:
+            claim.release()  # the next run retries it
+            logger.error("batch %s not captioned: %s; released for the next run", batch.name, exc)
+            failed.append(batch.name)
+            continue
         except Exception:
-            ledger.release(batch.name)  # the next run retries it
+            claim.release()
             logger.exception("batch %s failed; released for the next run", batch.name)
             failed.append(batch.name)
             continue
-        ledger.finish(batch.name, summary)
+        claim.finish(summary)
         taken.append(batch.name)
     if failed:
-        raise RuntimeError(f"batches failed (will be retried): {failed}")
+        raise RadcapError(f"batches not captioned (will be retried by the next run): {', '.join(failed)}")
     return {"inbox": str(inbox), "captioned_batches": taken}

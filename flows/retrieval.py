@@ -31,7 +31,7 @@ def train_retrieval_flow(data_dir: Path, out: Path, settings: RetrievalSettings 
     version = stored_encoder_version(data_dir, encoder_version)
     sets = retrieval_sets(data_dir, version, ("train", "val"))
     data_version = json.loads(DataCatalog(data_dir).ingest_summary.read_text())["data_version"]
-    extra = {"encoder_version": version, "encoder_spec": encoder_spec(version), "data_version": data_version}
+    extra = {"encoder_version": version, "encoder_spec": encoder_spec(data_dir, version), "data_version": data_version}
     mlflow.set_experiment("radcap-retrieval")
     with mlflow.start_run(run_name="train-retrieval"):
         mlflow.log_params({**cfg.model_dump(), "data_dir": str(data_dir), **extra})
@@ -58,12 +58,12 @@ def search_flow(texts: list[str], model: str, top_k: int, out: Path | None = Non
 
 
 @flow(name="retrieve-reports")
-def retrieve_flow(input_path: Path, model: str, top_k: int, out: Path) -> dict:
+def retrieve_flow(input_path: Path, model: str, top_k: int, out: Path, encoder: str | None = None) -> dict:
     """Image-to-report retrieval for every study under `input_path` (same inputs as `radcap caption`)."""
-    from radcap.pacs import Identifiers
+    from radcap.pacs import identifiers
     from tasks.retrieval import load_retriever_task, retrieve_images, write_results
 
     cfg = get_settings().caption
     results, rejects = retrieve_images(input_path, quote(load_retriever_task(model)), top_k, cfg.batch_size,
-                                       Identifiers(cfg.identifiers, cfg.id_salt))
+                                       identifiers(cfg.identifiers, cfg.id_salt), encoder, exclude=out)
     return {**write_results(quote(results), quote(rejects), out), "table": results}

@@ -37,7 +37,7 @@ def train_flow(data_dir: Path, out: Path, settings: CaptionerSettings | None = N
     sets = caption_sets(data_dir, version, cfg, ("train", "val"))
     vocab = build_vocabulary(quote(sets["train"]), cfg)
     data_version = json.loads(DataCatalog(data_dir).ingest_summary.read_text())["data_version"]
-    extra = {"encoder_version": version, "encoder_spec": encoder_spec(version), "data_version": data_version,
+    extra = {"encoder_version": version, "encoder_spec": encoder_spec(data_dir, version), "data_version": data_version,
              "decoding": {"beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty,
                           "no_repeat_ngram": cfg.no_repeat_ngram}}
     mlflow.set_experiment("radcap-captioner")

@@ -17,8 +17,9 @@ class Decoder:
         self._start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
         self._step = tf.function(lambda tokens, state: model.step(tokens, state, training=False), reduce_retracing=True)
 
-    def greedy(self, features: dict) -> tuple[np.ndarray, np.ndarray | None]:
-        """(ids (B,T) without <start>, ending at <end> then pad 0; attention (B,T,L) or None)."""
+    def greedy(self, features: dict, no_repeat_ngram: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+        """(ids (B,T) without <start>, ending at <end> then pad 0; attention (B,T,L) or None).
+        `no_repeat_ngram` > 0 forbids repeating any n-gram of that size, as in beam search."""
         state = self._start(features)
         batch = int(tf.shape(next(iter(features.values())))[0])
         tokens = np.full(batch, self.start_id, np.int32)
@@ -28,6 +29,8 @@ class Decoder:
             logits, state, weights = self._step(tf.constant(tokens), state)
             logits = logits.numpy()
             logits[:, self.banned] = -np.inf
+            if no_repeat_ngram and out:  # the same rule as a beam of width 1
+                _block_repeats(logits[:, None, :], np.stack(out, 1)[:, None, :], no_repeat_ngram, done[:, None])
             tokens = np.where(done, 0, logits.argmax(-1)).astype(np.int32)
             out.append(tokens)
             if weights is not None:

@@ -26,24 +26,26 @@ class RadcapCaptioner(PythonModel):
 
     def _forward(self):
         if self._encoder is None:
-            from radcap.encoders import resolve_encoder
+            from radcap.encoders import encoder_for
 
-            encoder = resolve_encoder(self.bundle.config["encoder_spec"])
+            encoder = encoder_for(self.bundle.config)  # exactly the encoder of the training features
             self._encoder = (encoder, encoder.forward_fn())
         return self._encoder
 
     def _image_features(self, paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
         from pathlib import Path
 
-        from radcap.imaging import prepare
+        from radcap.errors import RadcapError
+        from radcap.features import stream_features
 
         encoder, forward = self._forward()
         pooled, grid = [], []
-        for i in range(0, len(paths), 16):
-            batch = np.stack([prepare(Path(p), encoder.input_size) for p in paths[i: i + 16]])
-            p, g = forward(batch)
-            pooled.append(p)
-            grid.append(g.reshape(len(batch), 49, -1).astype(np.float16))
+        for batch in stream_features(paths, Path, forward, 16, encoder.input_size, grid=True):
+            if batch.reasons:
+                k, reason = min(batch.reasons.items())
+                raise RadcapError(f"{batch.items[k]}: {reason}")
+            pooled.append(batch.encoded.pooled)
+            grid.append(batch.encoded.grid)
         return np.concatenate(pooled), np.concatenate(grid)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

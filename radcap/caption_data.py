@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from radcap.features import FeatureStore
+from radcap.features import FeatureStore, current_sha256
 from radcap.vocab import Vocabulary
 
 VIEW_ORDER = {"frontal": 0, "lateral": 1, "unknown": 2}
@@ -78,7 +78,9 @@ def build_caption_set(
     imgs = images[images["report_id"].isin(chosen["report_id"])].copy()
     imgs["_order"] = imgs["view"].map(VIEW_ORDER).fillna(2)
     imgs = imgs.sort_values(["report_id", "_order", "image_id"])
-    stored = store.load(encoder_version, imgs["image_id"].tolist(), grid=grid)
+    # Each image's features for its file's current content (the newest row when the file is gone).
+    current = {image_id: current_sha256(path) for image_id, path in zip(imgs["image_id"], imgs["path"])}
+    stored = store.load(encoder_version, current, grid=grid)
     row_of = {image_id: i for i, image_id in enumerate(stored["image_id"])}
     by_report = imgs.groupby("report_id")["image_id"].apply(list).to_dict()
 
@@ -87,7 +89,8 @@ def build_caption_set(
         present = [i for i in by_report.get(report_id, []) if i in row_of][:max_views]
         if not present:
             rejects.append({"source": report_id, "item": report_id, "kind": "report", "stage": "captioning",
-                            "reason": f"no image of this report has features for encoder {encoder_version}"})
+                            "reason": f"no image of this report has features of its current file for encoder "
+                                      f"{encoder_version} (run `radcap features`)"})
             continue
         keep.append(report_id)
         views.append(present)

@@ -43,7 +43,7 @@ class CaptionerBundle:
         for i in range(0, n, batch_size):
             part = {k: v[i: i + batch_size] for k, v in features.items() if k != "grid" or self.model.attention}
             if beam_width <= 1:
-                ids, _ = decoder.greedy(part)
+                ids, _ = decoder.greedy(part, no_repeat_ngram)
             else:
                 ids = decoder.beam(part, beam_width, length_penalty, no_repeat_ngram)
             out.extend(self.vocab.decode(row) for row in ids)

@@ -3,29 +3,35 @@
 Output folder layout (`CaptionStore`):
 * `captions.parquet`, `captions.csv` (CAPTIONS contract) and `rejects.parquet` (CAPTION_REJECTS): every
   input file in exactly one of them, keyed by its path relative to the input folder;
-* `.parts/`: one atomically written Parquet file per batch while a run is in progress.
-A crash loses at most the batch in flight. The next run reads the tables and the parts, skips every
-(path, sha256) already there (so only new or changed files are captioned), and consolidates: the newest row
-of each path wins, the tables are rewritten atomically, and only then are the parts deleted.
+* `.parts/`: one atomically written Parquet file per batch while a run is in progress;
+* `.lock`: held by the one run that writes the folder (a second run waits, then stops with one line).
+A crash loses at most the batch in flight. The next run skips every (path, sha256) already written (so
+only new or changed files are read beyond their hash) and consolidates: the newest row of each path wins,
+the tables are rewritten atomically, and only then are the parts deleted.
+
+Studies are captioned whole, also across runs: when a new or changed image joins a study that already has
+captioned images (a lateral arriving after its frontal, in the next run or the next inbox batch), the study
+is captioned again from all its views, and every row of the study carries its newest report.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from data_contracts import CAPTION_REJECTS, CAPTIONS
 from radcap.caption_data import VIEW_ORDER, pack_views
-from radcap.imaging import ImageRejected, prepare
-from radcap.io import atomic_path, new_run_id, read_table, write_table
-from radcap.pacs import InputImage
+from radcap.features import Forward, stream_features
+from radcap.io import atomic_path, exclusive_lock, new_run_id, read_table, write_table
+from radcap.pacs import InputImage, Reject
 
 
 @dataclass
@@ -61,35 +67,42 @@ class CaptionStore:
     def rejects(self) -> Path:
         return self.out / "rejects.parquet"
 
+    @contextmanager
+    def writing(self, wait_seconds: float) -> Iterator["CaptionStore"]:
+        """Hold the folder's lock while writing: one writer per output folder, across processes."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.out / ".lock", wait_seconds, f"{self.out}"):
+            yield self
+
     def _parts(self, table: str) -> list[Path]:
         return sorted(self.parts_dir.glob(f"{table}-*.parquet")) if self.parts_dir.exists() else []
 
-    def _all(self, table: str) -> pd.DataFrame:
+    def _all(self, table: str, parts: list[Path] | None = None) -> pd.DataFrame:
         contract, main = (CAPTIONS, self.captions) if table == "captions" else (CAPTION_REJECTS, self.rejects)
         frames = [read_table(main, contract)] if main.exists() else []
-        frames += [read_table(p, contract) for p in self._parts(table)]
+        frames += [read_table(p, contract) for p in (self._parts(table) if parts is None else parts)]
         return pd.concat(frames, ignore_index=True) if frames else contract.empty()
 
-    def done(self) -> set[tuple[str, str]]:
-        """(source_path, sha256) of every input already captioned or rejected, parts included."""
-        pairs: set[tuple[str, str]] = set()
-        for table in ("captions", "rejects"):
-            frame = self._all(table)
-            pairs.update(zip(frame["source_path"], frame["sha256"]))
-        return pairs
+    def current(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(captions, rejects) as they stand, parts included: the newest row per source path wins across both
+        tables, and each study's rows carry its newest report."""
+        return self._fold(self._all("captions"), self._all("rejects"))
 
-    def write_batch(self, captions: pd.DataFrame, rejects: pd.DataFrame, run_id: str, number: int) -> None:
+    def done(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(source_path, sha256) of every input already captioned, and of every one rejected, parts included."""
+        captions, rejects = self.current()
+        return set(zip(captions["source_path"], captions["sha256"])), set(zip(rejects["source_path"], rejects["sha256"]))
+
+    def write_batch(self, captions: pd.DataFrame, rejects: pd.DataFrame, run_id: str, number: int | str) -> None:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{run_id}-{number:06d}.parquet"
+        name = f"{run_id}-{number:06d}.parquet" if isinstance(number, int) else f"{run_id}-{number}.parquet"
         if len(captions):
             write_table(captions, self.parts_dir / f"captions-{name}", CAPTIONS)
         if len(rejects):
             write_table(rejects, self.parts_dir / f"rejects-{name}", CAPTION_REJECTS)
 
-    def consolidate(self) -> dict[str, int]:
-        """Fold the parts into the tables; the newest row per source path wins across both tables."""
-        parts = self._parts("captions") + self._parts("rejects")
-        captions, rejects = self._all("captions"), self._all("rejects")
+    @staticmethod
+    def _fold(captions: pd.DataFrame, rejects: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         both = pd.concat([
             pd.DataFrame({"source_path": captions["source_path"], "time": captions["captioned_at"], "table": "c",
                           "row": np.arange(len(captions))}),
@@ -99,23 +112,42 @@ class CaptionStore:
         newest = both.drop_duplicates("source_path", keep="last")
         keep_c = newest.loc[newest["table"] == "c", "row"].sort_values().to_numpy()
         keep_r = newest.loc[newest["table"] == "r", "row"].sort_values().to_numpy()
-        captions = captions.iloc[keep_c].sort_values(["study_id", "source_path"]).reset_index(drop=True)
+        captions = captions.iloc[keep_c].reset_index(drop=True)
         rejects = rejects.iloc[keep_r].sort_values("source_path").reset_index(drop=True)
+        if len(captions):  # a study's newest report, on every row of the study
+            report = ["caption", "model", "model_version", "encoder_version", "captioned_at"]
+            latest = captions.sort_values("captioned_at", kind="stable").drop_duplicates("study_id", keep="last")
+            latest = latest.set_index("study_id")[report]
+            captions[report] = latest.loc[captions["study_id"]].to_numpy()
+        captions = captions.sort_values(["study_id", "source_path"]).reset_index(drop=True)
+        return captions.astype({"captioned_at": CAPTIONS.empty()["captioned_at"].dtype}), rejects
+
+    def consolidate(self) -> dict[str, int]:
+        """Fold the parts into the tables (see `current`); call it holding the lock (`writing`)."""
+        parts_c, parts_r = self._parts("captions"), self._parts("rejects")
+        captions, rejects = self._fold(self._all("captions", parts_c), self._all("rejects", parts_r))
         self.out.mkdir(parents=True, exist_ok=True)
         write_table(captions, self.captions, CAPTIONS)
         write_table(rejects, self.rejects, CAPTION_REJECTS)
         with atomic_path(self.captions_csv) as tmp:
             captions.to_csv(tmp, index=False)
-        for part in parts:  # only after the tables hold their rows
+        for part in parts_c + parts_r:  # only after the tables hold their rows
             part.unlink(missing_ok=True)
         return {"captioned_total": len(captions), "rejected_total": len(rejects)}
 
 
-def decode_image(image: InputImage, size: int) -> np.ndarray | str:
-    try:
-        return prepare(image.path, size)
-    except ImageRejected as exc:
-        return str(exc)
+def with_companions(images: list[InputImage], store: CaptionStore, root: Path) -> list[InputImage]:
+    """`images` plus the already captioned images of their studies that are still readable under `root`
+    (paths as the store records them), so each touched study is captioned again from all its views."""
+    if not images or root.is_file():
+        return images
+    captions, _ = store.current()
+    studies, fresh = {i.study_id for i in images}, {i.source_path for i in images}
+    earlier = captions[captions["study_id"].isin(studies) & ~captions["source_path"].isin(fresh)]
+    companions = [InputImage(root / row.source_path, row.source_path, row.sha256, "known", row.study_id,
+                             row.image_id, row.view)
+                  for row in earlier.itertuples() if (root / row.source_path).is_file()]
+    return images + companions
 
 
 def study_batches(images: list[InputImage], batch_size: int) -> list[list[list[InputImage]]]:
@@ -137,25 +169,29 @@ def study_batches(images: list[InputImage], batch_size: int) -> list[list[list[I
     return batches
 
 
-def encode_padded(forward, arrays: list[np.ndarray], batch_size: int, grid: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Forward passes of exactly `batch_size` images (padded): one compiled shape for every call."""
-    pooled, grids = [], []
-    for i in range(0, len(arrays), batch_size):
-        chunk = np.stack(arrays[i: i + batch_size])
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.uint8)])
-        p, g = forward(chunk)
-        pooled.append(p[:n])
-        if grid:
-            grids.append(g[:n].reshape(n, 49, -1).astype(np.float16))
-    return np.concatenate(pooled), (np.concatenate(grids) if grid else None)
+def report_studies(bundle, features: dict, decoding: dict) -> tuple[list[str | None], dict[int, str]]:
+    """Reports for a batch of studies; when decoding the batch fails, each study is tried alone, so one
+    study that breaks the decoder is that study's rejects. If every study fails alone too, it is raised."""
+    try:
+        return bundle.report(features, **decoding), {}
+    except Exception as batch_error:  # noqa: BLE001
+        captions: list[str | None] = []
+        failed: dict[int, str] = {}
+        for s in range(len(features["view_mask"])):
+            try:
+                captions += bundle.report({k: v[s: s + 1] for k, v in features.items()}, **decoding)
+            except Exception as exc:  # noqa: BLE001
+                captions.append(None)
+                failed[s] = f"report generation failed for this study ({type(exc).__name__})"
+        if len(failed) == len(captions):
+            raise batch_error
+        return captions, failed
 
 
 def caption_images(
     images: list[InputImage],
     bundle,  # radcap.captioner_bundle.CaptionerBundle
-    forward,  # uint8 (B,S,S) -> (pooled, grid), as radcap.encoders.Encoder.forward_fn()
+    forward: Forward,
     store: CaptionStore,
     model: tuple[str, str, str],  # name, version, encoder version
     batch_size: int = 32,
@@ -164,66 +200,61 @@ def caption_images(
     progress: bool = True,
 ) -> CaptionResult:
     """Caption `images` study by study, one part file per batch of studies."""
-    from tqdm import tqdm
-
     attention, max_views = bool(bundle.model.attention), int(bundle.config["max_views"])
-    result, start = CaptionResult(), time.perf_counter()
-    run_id = new_run_id()
+    result, start, run_id = CaptionResult(), time.perf_counter(), new_run_id()
     batches = study_batches(images, batch_size)
-    def finish(number: int, batch: list[list[InputImage]], decoded: list, pooled, grid) -> None:
+
+    def finish(batch) -> None:
         """Beam-search the batch's studies and write its part (in a thread, while the next batch encodes)."""
-        flat = [image for study in batch for image in study]
-        rejects = [reject_row(flat[k].source_path, flat[k].sha256, value)
-                   for k, value in enumerate(decoded) if isinstance(value, str)]
+        flat = batch.items
+        rejects = {k: reject_row(flat[k].source_path, batch.shas[k] or flat[k].sha256, reason)
+                   for k, reason in batch.reasons.items()}
+        studies, members, offset = [], [], 0
+        for study in batches[batch.number]:
+            keys = [offset + i for i in range(len(study)) if offset + i in batch.rows]
+            offset += len(study)
+            if keys:
+                studies.append([batch.rows[k] for k in keys])
+                members.append(keys)
         rows: list[dict] = []
-        if pooled is not None:
-            good = [k for k, value in enumerate(decoded) if not isinstance(value, str)]
-            position = {k: j for j, k in enumerate(good)}
-            studies, members, offset = [], [], 0
-            for study in batch:
-                keys = [offset + i for i in range(len(study)) if offset + i in position]
-                offset += len(study)
-                if keys:
-                    studies.append([position[k] for k in keys])
-                    members.append([flat[k] for k in keys])
-            features = pack_views(studies, pooled, grid, max_views)
-            captions = bundle.report(features, **(decoding or {}))
+        if studies:
+            encoded = batch.encoded
+            features = pack_views(studies, encoded.pooled, encoded.grid if attention else None, max_views)
+            captions, failed = report_studies(bundle, features, decoding or {})
             stamp = now_utc()
-            for caption, study in zip(captions, members):
-                rows += [{"study_id": i.study_id, "image_id": i.image_id, "view": i.view,
-                          "source_path": i.source_path, "sha256": i.sha256, "caption": caption,
-                          "model": model[0], "model_version": model[1], "encoder_version": model[2],
-                          "captioned_at": stamp} for i in study]
-            result.studies += len(studies)
+            for s, (caption, keys) in enumerate(zip(captions, members)):
+                for k in keys:
+                    image = flat[k]
+                    if s in failed:
+                        rejects[k] = reject_row(image.source_path, batch.shas[k], failed[s])
+                        continue
+                    rows.append({"study_id": image.study_id, "image_id": image.image_id, "view": image.view,
+                                 "source_path": image.source_path, "sha256": batch.shas[k], "caption": caption,
+                                 "model": model[0], "model_version": model[1], "encoder_version": model[2],
+                                 "captioned_at": stamp})
+            result.studies += len(studies) - len(failed)
         frame = pd.DataFrame(rows, columns=CAPTIONS.column_names)
-        store.write_batch(frame, pd.DataFrame(rejects, columns=CAPTION_REJECTS.column_names), run_id, number)
+        store.write_batch(frame, pd.DataFrame(list(rejects.values()), columns=CAPTION_REJECTS.column_names),
+                          run_id, batch.number)
         result.captioned += len(rows)
         result.rejected += len(rejects)
 
     # Three stages overlap: decoding files (2 threads, one batch ahead), the encoder's forward pass (this
     # thread) and beam search + writing (1 thread, at most one batch waiting), so memory stays a few batches.
-    with ThreadPoolExecutor(2) as decoders, ThreadPoolExecutor(1) as finisher, tqdm(
-        total=len(images), desc="caption", unit="img", disable=not progress
-    ) as bar:
-        pending: deque[list[Future]] = deque()
+    with ThreadPoolExecutor(1) as finisher:
         last: Future | None = None
-
-        def submit(batch: list[list[InputImage]]) -> None:
-            pending.append([decoders.submit(decode_image, image, input_size) for study in batch for image in study])
-
-        for batch in batches[:2]:
-            submit(batch)
-        for number, batch in enumerate(batches):
-            decoded = [f.result() for f in pending.popleft()]
-            if number + 2 < len(batches):
-                submit(batches[number + 2])
-            arrays = [value for value in decoded if not isinstance(value, str)]
-            pooled, grid = encode_padded(forward, arrays, batch_size, attention) if arrays else (None, None)
+        flat_batches = [[image for study in batch for image in study] for batch in batches]
+        for batch in stream_features(images, lambda image: image.path, forward, batch_size, input_size, attention,
+                                     progress="caption" if progress else None, batches=flat_batches):
             if last is not None:
                 last.result()  # raises here if the previous batch failed
-            last = finisher.submit(finish, number, batch, decoded, pooled, grid)
-            bar.update(len(decoded))
+            last = finisher.submit(finish, batch)
         if last is not None:
             last.result()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def reject_frame(rejects: list[Reject]) -> pd.DataFrame:
+    return pd.DataFrame([reject_row(r.source_path, r.sha256, r.reason) for r in rejects],
+                        columns=CAPTION_REJECTS.column_names)

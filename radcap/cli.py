@@ -7,6 +7,7 @@ an input the user must fix (the message names the file and the reason).
 from __future__ import annotations
 
 import sys
+import traceback
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -201,7 +202,8 @@ def caption(
     out: Annotated[Path, typer.Option(help="Folder for captions.parquet, captions.csv and rejects.parquet.")],
     model: Annotated[Optional[str], typer.Option(help="models:/NAME@ALIAS, models:/NAME/N or a bundle folder (default from settings: models:/radcap-captioner@champion).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Images per forward pass (default from settings).")] = None,
-    identifiers: Annotated[Optional[str], typer.Option(help="uid (DICOM UIDs) or hash (salted; salt from RADCAP_CAPTION__ID_SALT).")] = None,
+    identifiers: Annotated[Optional[str], typer.Option(help="uid (DICOM UIDs) or hash (salted; salt from RADCAP_CAPTION__ID_SALT, else the workspace's own).")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Where the captioner's encoder file is now, when it was trained on a .h5/.keras encoder that moved (checked against the recorded version).")] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
@@ -210,7 +212,7 @@ def caption(
 
     cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers)
     hide_user_error_tracebacks()
-    summary = caption_flow(input, out, model, cfg)
+    summary = caption_flow(input, out, model, cfg, encoder)
     _finish(f"caption -> {out}", summary, "files", summary["rejects"])
 
 
@@ -339,6 +341,7 @@ def retrieve(
     out: Annotated[Path, typer.Option(help="Folder for results.parquet, results.csv and rejects.parquet.")],
     model: Annotated[str, typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder.")] = "models:/radcap-retriever/latest",
     top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Where the retriever's encoder file is now (see `radcap caption --encoder`).")] = None,
 ) -> None:
     """Image-to-report retrieval: the closest known reports for each new study, with scores."""
     _existing(input, "input")
@@ -346,7 +349,7 @@ def retrieve(
     from radcap.settings import get_settings
 
     hide_user_error_tracebacks()
-    summary = retrieve_flow(input, model, top_k or get_settings().retrieval.top_k, out)
+    summary = retrieve_flow(input, model, top_k or get_settings().retrieval.top_k, out, encoder)
     _print_hits(summary["table"], f"retrieve -> {out}")
     summary.pop("table")
     _finish(f"retrieve -> {out}", summary, "files", out / "rejects.parquet")
@@ -386,11 +389,22 @@ def contracts() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Typer handles usage errors itself (exit 2); a RadcapError is the user's to fix: one line, exit 2."""
+    """Typer handles usage errors itself (exit 2); a RadcapError is the user's to fix: one line, exit 2.
+    Any other exception is a fault that stopped the run: its traceback (a bug to report), then one line, exit 2
+    (never 1, which means "finished, some inputs rejected")."""
     try:
         app(args=argv)
     except RadcapError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}")
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/bold red]: what was written so far is kept; run again to finish")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a fault, not a user mistake
+        traceback.print_exc()
+        console.print(f"[bold red]error:[/bold red] the run stopped on an unexpected fault "
+                      f"({type(exc).__name__}: {exc}); outputs written so far are kept, and a re-run resumes",
+                      highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
 
 

@@ -1,8 +1,14 @@
-"""Resolve `--encoder` to a loaded CheXNet and a stable version string for the feature store.
+"""Resolve an encoder spec to a loaded CheXNet, with the version string the feature store keys rows by.
 
-Accepted: `random[:SEED]` (untrained, for baselines and tests), a CheXNet Keras `.h5` weights file, a
+Accepted specs: `random[:SEED]` (untrained, for baselines and tests), a CheXNet Keras `.h5` weights file, a
 `.keras` model file (loaded in Keras safe mode), or an MLflow registry URI (`models:/radcap-encoder/3`,
-`models:/radcap-encoder@champion`). With none given, the latest registered `radcap-encoder` is used.
+`models:/radcap-encoder@champion`, `models:/radcap-encoder/latest`). Versions: `random-seedN`,
+`h5-<sha256[:12]>` / `keras-<sha256[:12]>` of the file, or `NAME/N` for a registry version.
+
+Provenance: a captioner or retriever records the encoder version of its training features and a spec that
+reloads exactly it (`Encoder.spec`: a registry URI with the version number, or the file's absolute path).
+`encoder_for` loads that encoder and checks the version, so a model is never fed features of another
+encoder: a moved, edited or missing file, or a deleted registry version, stops the run with one line.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class Encoder:
     model: object  # keras.Model: the CheXNet classifier
     name: str
     version: str
+    spec: str  # reloads exactly this encoder
     input_size: int = 224
 
     def forward_fn(self):
@@ -46,13 +53,17 @@ class Encoder:
 
 
 def resolve_encoder(spec: str | None) -> Encoder:
+    """The encoder a user names (`radcap features --encoder`); None means the newest registered one."""
     from models.encoder import build_chexnet, load_chexnet_h5
 
     if spec is None:
         return _from_registry(f"models:/{REGISTERED_ENCODER}/latest")
     if spec.startswith("random"):
-        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
-        return Encoder(build_chexnet(seed=seed), ENCODER_NAME, f"random-seed{seed}")
+        try:
+            seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        except ValueError:
+            raise RadcapError(f"{spec}: expected random or random:SEED with an integer seed") from None
+        return Encoder(build_chexnet(seed=seed), ENCODER_NAME, f"random-seed{seed}", f"random:{seed}")
     if spec.startswith("models:/"):
         return _from_registry(spec)
     path = Path(spec)
@@ -64,10 +75,40 @@ def resolve_encoder(spec: str | None) -> Encoder:
             load_chexnet_h5(model, path)
         except ValueError as exc:
             raise RadcapError(str(exc)) from exc
-        return Encoder(model, ENCODER_NAME, f"h5-{file_sha256(path)[:12]}")
+        return Encoder(model, ENCODER_NAME, f"h5-{file_sha256(path)[:12]}", str(path.resolve()))
     if path.suffix == ".keras":
-        return Encoder(_load_keras(path), ENCODER_NAME, f"keras-{file_sha256(path)[:12]}")
+        return Encoder(_load_keras(path), ENCODER_NAME, f"keras-{file_sha256(path)[:12]}", str(path.resolve()))
     raise RadcapError(f"{path}: unsupported encoder file (expected .h5 CheXNet weights or .keras)")
+
+
+def spec_for_version(version: str) -> str | None:
+    """The spec that reloads a registry or random encoder version from its version string alone (None for
+    file encoders, whose path must be recorded: see `radcap.features.FeatureStore.encoder_specs`)."""
+    if version.startswith("random-seed"):
+        return "random:" + version.removeprefix("random-seed")
+    if "/" in version:
+        return f"models:/{version}"
+    return None
+
+
+def encoder_for(config: dict, override: str | None = None) -> Encoder:
+    """Exactly the encoder a saved model's features came from (`config['encoder_version']`, reloaded by
+    `config['encoder_spec']` or by `override`, e.g. the encoder file at its new place), or RadcapError."""
+    expected = config.get("encoder_version")
+    if not expected:
+        raise RadcapError("the model records no encoder version; retrain it with this radcap version")
+    spec = override or config.get("encoder_spec") or spec_for_version(expected)
+    if not spec:
+        raise RadcapError(f"the model's features came from encoder {expected}, a file whose path it does not "
+                          "record: pass that file with --encoder")
+    try:
+        encoder = resolve_encoder(spec)
+    except RadcapError as exc:
+        raise RadcapError(f"cannot load the model's encoder {expected}: {exc}") from exc
+    if encoder.version != expected:
+        raise RadcapError(f"{spec} is encoder {encoder.version}, but the model's features came from {expected}: "
+                          "give the encoder it was trained with (--encoder), never another one")
+    return encoder
 
 
 def _load_keras(path: Path):
@@ -75,7 +116,7 @@ def _load_keras(path: Path):
 
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # keras raises many types for a bad file
+    except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file
         raise RadcapError(f"{path}: cannot load the Keras model: {exc}") from exc
 
 
@@ -83,28 +124,21 @@ def _from_registry(uri: str) -> Encoder:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    name_and_ref = uri.removeprefix("models:/")
-    client = mlflow.MlflowClient()
+    from radcap.registry import parse_model_uri
+
     try:
-        if name_and_ref.endswith("/latest"):
-            name = name_and_ref.split("/")[0]
-            versions = client.search_model_versions(f"name='{name}'")
-            if not versions:
-                raise RadcapError(
-                    f"no '{name}' model is registered yet: run `radcap pretrain-encoder`, "
-                    "or pass --encoder random or a CheXNet .h5 file"
-                )
-            version = max(versions, key=lambda v: int(v.version))
-        elif "@" in name_and_ref:
-            name, alias = name_and_ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = name_and_ref.split("/", 1)
-            version = client.get_model_version(name, number)
+        name, number = parse_model_uri(uri)
+    except RadcapError as exc:
+        if uri.endswith("/latest"):
+            raise RadcapError(f"{exc}: run `radcap pretrain-encoder`, or pass --encoder random or a CheXNet "
+                              ".h5 file") from None
+        raise
+    try:
+        version = mlflow.MlflowClient().get_model_version(name, number)
         local = Path(mlflow.artifacts.download_artifacts(version.source))
     except MlflowException as exc:
         raise RadcapError(f"{uri}: {exc.message}") from exc
     files = sorted(local.rglob("*.keras"))
     if not files:
         raise RadcapError(f"{uri}: the registered model holds no .keras file")
-    return Encoder(_load_keras(files[0]), ENCODER_NAME, f"{version.name}/{version.version}")
+    return Encoder(_load_keras(files[0]), ENCODER_NAME, f"{name}/{number}", f"models:/{name}/{number}")

@@ -1,20 +1,27 @@
-"""The Parquet feature store and the streaming extractor that fills it.
+"""The Parquet feature store, and the streaming image -> features path shared by every stage that encodes.
 
 Layout of `DIR/features/`: `part-<run>-<n>.parquet` (one per batch, written atomically, FEATURES contract),
-`rejects.parquet` (images that could not be encoded in the last run) and `features.json` (the last run's
-summary). A row is keyed by (image_id, sha256 of the file, encoder version): re-running skips what is
-stored, so a crash loses at most the batch in flight, and an edited image file is encoded again.
+`rejects.parquet` (images that could not be encoded in the last run), `features.json` (the last run's
+summary) and `encoders.json` (how to reload each encoder version the store holds). A row is keyed by
+(image_id, sha256 of the bytes decoded, encoder version): re-running skips what is stored, so a crash loses
+at most the batch in flight, and an edited image file is encoded again. Reading returns, for each image, the
+row of its file's current content (A -> B -> A gives A's vector), or the newest row when the file is gone.
 
-The extractor overlaps work: decoder threads prepare the next batches while the model runs on the current
-one, and a writer thread compresses and writes the previous one. Memory is bounded by a few batches.
+Encoding overlaps work: decoder threads prepare the next batches while the model runs on the current one,
+and a writer thread handles the previous one. Memory is bounded by a few batches. One file's failure, at
+any step, is that file's reject; a failure of every image of a batch is the model's, and stops the run.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_contracts import FEATURES
-from data_contracts.features import GRID_SIZE, POOLED_DIM
-from radcap.imaging import ImageRejected, prepare
-from radcap.io import atomic_path, new_run_id
+from data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
+from radcap.imaging import ImageRejected, file_sha256, read_image
+from radcap.io import atomic_path, new_run_id, write_json
+
+Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (B,S,S) -> pooled (B,D), grid (B,h,w,D)
 
 
 @dataclass(frozen=True)
@@ -38,14 +47,33 @@ class ImageItem:
 @dataclass
 class ExtractResult:
     encoded: int = 0
-    skipped: int = 0
     rejects: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
 
+@lru_cache(maxsize=200_000)
+def _sha_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(Path(path))
+
+
+def current_sha256(path: str | None) -> str | None:
+    """SHA-256 of a file as it is now (cached by size and modification time), None when it is gone."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        info = os.stat(path)
+        return _sha_of(path, info.st_size, info.st_mtime_ns)
+    except OSError:
+        return None
+
+
 class FeatureStore:
     def __init__(self, root: Path):
-        self.root = root
+        self.root = Path(root)
+
+    @property
+    def encoders_file(self) -> Path:
+        return self.root / "encoders.json"
 
     def parts(self) -> list[Path]:
         return sorted(self.root.glob("part-*.parquet")) if self.root.exists() else []
@@ -63,13 +91,25 @@ class FeatureStore:
             pq.write_table(table, tmp, compression="zstd")
         return target
 
-    def load(self, encoder_version: str, image_ids: list[str] | None = None, grid: bool = False) -> dict:
+    def record_encoder(self, version: str, spec: str) -> None:
+        """Remember how to reload `version` (a registry URI, random:N, or an encoder file's path)."""
+        known = self.encoder_specs()
+        if known.get(version) != spec:
+            write_json({**known, version: spec}, self.encoders_file)
+
+    def encoder_specs(self) -> dict[str, str]:
+        return json.loads(self.encoders_file.read_text(encoding="utf-8")) if self.encoders_file.exists() else {}
+
+    def load(self, encoder_version: str, images: dict[str, str | None] | list[str] | None = None,
+             grid: bool = False) -> dict:
         """{'image_id': [...], 'pooled': (N,1024) float32, 'grid': (N,7,7,1024) float16 if asked}.
 
-        When an image was encoded more than once (its file changed), the latest part wins.
+        `images` maps image ids to their current sha256 (None: the file is gone); each image gets the row of
+        that content, newest first among identical rows, or its newest row when the sha256 is None. A list of
+        ids (or None: every image) takes the newest row of each, whatever the files hold now.
         """
-        columns = ["image_id", "encoder_version", "pooled"] + (["grid"] if grid else [])
-        wanted = set(image_ids) if image_ids is not None else None
+        wanted = None if images is None else (images if isinstance(images, dict) else dict.fromkeys(images))
+        columns = ["image_id", "sha256", "encoder_version", "pooled"] + (["grid"] if grid else [])
         tables = []
         for part in self.parts():
             table = pq.read_table(part, columns=columns, filters=[("encoder_version", "==", encoder_version)])
@@ -78,15 +118,17 @@ class FeatureStore:
             if table.num_rows:
                 tables.append(table)
         if not tables:
-            return {"image_id": [], "pooled": np.zeros((0, POOLED_DIM), np.float32)}
+            return {"image_id": [], "pooled": np.zeros((0, POOLED_DIM), np.float32),
+                    **({"grid": np.zeros((0, 7, 7, POOLED_DIM), np.float16)} if grid else {})}
         table = pa.concat_tables(tables)
-        ids = table["image_id"].to_pylist()
-        last = {image_id: i for i, image_id in enumerate(ids)}  # later parts overwrite earlier ones
-        keep = np.array(sorted(last.values()))
-        out = {
-            "image_id": [ids[i] for i in keep],
-            "pooled": _vectors(table["pooled"], POOLED_DIM)[keep],
-        }
+        ids, shas = table["image_id"].to_pylist(), table["sha256"].to_pylist()
+        chosen: dict[str, int] = {}
+        for i, (image_id, sha) in enumerate(zip(ids, shas)):  # later parts overwrite earlier ones
+            expected = None if wanted is None else wanted[image_id]
+            if expected is None or sha == expected:
+                chosen[image_id] = i
+        keep = np.array(sorted(chosen.values()), dtype=np.int64)
+        out = {"image_id": [ids[i] for i in keep], "pooled": _vectors(table["pooled"], POOLED_DIM)[keep]}
         if grid:
             out["grid"] = _vectors(table["grid"], GRID_SIZE)[keep].reshape(-1, 7, 7, POOLED_DIM)
         return out
@@ -111,16 +153,113 @@ def features_table(items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray,
     )
 
 
-def _prepare_one(item: ImageItem, size: int) -> np.ndarray | str:
+# ------------------------------------------------------------------ the streaming image -> features path
+
+
+def decode_one(path: Path, size: int) -> tuple[np.ndarray, str] | ImageRejected:
+    """(uint8 square, sha256 of the bytes decoded), or the ImageRejected to record."""
     try:
-        return prepare(Path(item.path), size)
+        return read_image(Path(path), size)
     except ImageRejected as exc:
-        return str(exc)
+        return exc
+
+
+def _pad(arrays: list[np.ndarray], batch_size: int) -> np.ndarray:
+    chunk = np.stack(arrays)
+    if len(chunk) < batch_size:  # one compiled shape for every call
+        chunk = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+    return chunk
+
+
+@dataclass
+class Encoded:
+    pooled: np.ndarray  # (N, D) float32; rows of failed images are zeros
+    grid: np.ndarray | None  # (N, 49, D) float16 when asked
+    failed: dict[int, str]  # position -> reason
+
+
+def encode_batch(forward: Forward, arrays: list[np.ndarray], batch_size: int, grid: bool) -> Encoded:
+    """Forward passes of exactly `batch_size` images (padded). When a pass fails, each image is tried alone,
+    so one image that breaks the encoder is that image's reject; when every image fails alone too, the
+    fault is the model's, and it is raised."""
+    n = len(arrays)
+    pooled = np.zeros((n, POOLED_DIM), np.float32)
+    grids = np.zeros((n, GRID_CELLS, POOLED_DIM), np.float16) if grid else None
+    failed: dict[int, str] = {}
+    for start in range(0, n, batch_size):
+        part = arrays[start: start + batch_size]
+        try:
+            p, g = forward(_pad(part, batch_size))
+            rows = [(start + k, p[k], g[k]) for k in range(len(part))]
+        except Exception as batch_error:  # noqa: BLE001 - isolate the image that broke it
+            rows, errors = [], {}
+            for k, array in enumerate(part):
+                try:
+                    p, g = forward(_pad([array], batch_size))
+                    rows.append((start + k, p[0], g[0]))
+                except Exception as exc:  # noqa: BLE001
+                    errors[start + k] = f"the encoder failed on this image ({type(exc).__name__})"
+            if not rows:
+                raise batch_error
+            failed.update(errors)
+        for position, p, g in rows:
+            pooled[position] = p
+            if grid:
+                grids[position] = np.asarray(g).reshape(GRID_CELLS, -1)
+    return Encoded(pooled, grids, failed)
+
+
+@dataclass
+class DecodedBatch:
+    """One batch after decoding and the forward pass: per input, its features row or its reject reason."""
+
+    number: int
+    items: list  # the inputs, in order
+    shas: list[str]  # sha256 of the bytes decoded ('' when unreadable)
+    rows: dict[int, int]  # input position -> row of `encoded`
+    reasons: dict[int, str]  # input position -> reject reason
+    encoded: Encoded | None
+
+
+def stream_features(items: list, path_of: Callable[[object], Path], forward: Forward, batch_size: int,
+                    input_size: int, grid: bool, workers: int = 2, progress: str | None = None,
+                    batches: list[list] | None = None) -> Iterator[DecodedBatch]:
+    """Decode `items` (two batches ahead, in threads) and encode them batch by batch, yielding each batch.
+    `batches` overrides the default split into `batch_size` chunks (captioning keeps studies whole)."""
+    from tqdm import tqdm
+
+    batches = batches if batches is not None else [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(workers) as decoders, tqdm(total=sum(map(len, batches)), desc=progress or "",
+                                                      unit="img", disable=progress is None) as bar:
+        pending: deque[list[Future]] = deque()
+
+        def submit(batch: list) -> None:
+            pending.append([decoders.submit(decode_one, path_of(item), input_size) for item in batch])
+
+        for batch in batches[:2]:
+            submit(batch)
+        for number, batch in enumerate(batches):
+            decoded = [f.result() for f in pending.popleft()]
+            if number + 2 < len(batches):
+                submit(batches[number + 2])
+            good = [k for k, value in enumerate(decoded) if not isinstance(value, ImageRejected)]
+            reasons = {k: str(v) for k, v in enumerate(decoded) if isinstance(v, ImageRejected)}
+            shas = [v.sha256 if isinstance(v, ImageRejected) else v[1] for v in decoded]
+            encoded, rows = None, {}
+            if good:
+                encoded = encode_batch(forward, [decoded[k][0] for k in good], batch_size, grid)
+                for row, k in enumerate(good):
+                    if row in encoded.failed:
+                        reasons[k] = encoded.failed[row]
+                    else:
+                        rows[k] = row
+            yield DecodedBatch(number, batch, shas, rows, reasons, encoded)
+            bar.update(len(batch))
 
 
 def extract_features(
     items: list[ImageItem],
-    forward,  # callable: uint8 (B,S,S) -> (pooled (B,1024), grid (B,7,7,1024)) numpy
+    forward: Forward,
     store: FeatureStore,
     encoder_name: str,
     encoder_version: str,
@@ -129,49 +268,27 @@ def extract_features(
     decode_workers: int = 2,
     progress: bool = True,
 ) -> ExtractResult:
-    """Encode `items` in batches and append them to `store`; undecodable files become rejects."""
-    from tqdm import tqdm
-
-    result = ExtractResult()
-    start = time.perf_counter()
-    run_id = new_run_id()
-    batches = [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
-    with ThreadPoolExecutor(decode_workers) as decoders, ThreadPoolExecutor(1) as writer, tqdm(
-        total=len(items), desc="features", unit="img", disable=not progress
-    ) as bar:
-        pending: deque[tuple[list[ImageItem], list[Future]]] = deque()
+    """Encode `items` in batches and append them to `store`; files that cannot be encoded become rejects.
+    Rows carry the sha256 of the bytes actually decoded (a file edited since planning is stored as edited)."""
+    result, start, run_id = ExtractResult(), time.perf_counter(), new_run_id()
+    with ThreadPoolExecutor(1) as writer:
         last_write: Future | None = None
-
-        def submit(batch: list[ImageItem]) -> None:
-            pending.append((batch, [decoders.submit(_prepare_one, item, input_size) for item in batch]))
-
-        for batch in batches[:2]:  # keep two batches decoding ahead of the model
-            submit(batch)
-        for number in range(len(batches)):
-            batch, futures = pending.popleft()
-            if number + 2 < len(batches):
-                submit(batches[number + 2])
-            good, arrays = [], []
-            for item, future in zip(batch, futures):
-                value = future.result()
-                if isinstance(value, str):
-                    result.rejects.append(
-                        {"source": item.path, "item": item.image_id, "kind": "image", "stage": "features", "reason": value}
-                    )
-                else:
-                    good.append(item)
-                    arrays.append(value)
-            if good:
-                stacked = np.stack(arrays)
-                if len(good) < batch_size:  # pad: one compiled shape for every batch
-                    stacked = np.concatenate([stacked, np.zeros((batch_size - len(good), *stacked.shape[1:]), np.uint8)])
-                pooled, grid = forward(stacked)
-                table = features_table(good, pooled[: len(good)], grid[: len(good)], encoder_name, encoder_version)
+        for batch in stream_features(items, lambda item: Path(item.path), forward, batch_size, input_size, True,
+                                     decode_workers, "features" if progress else None):
+            for k, reason in sorted(batch.reasons.items()):
+                item = batch.items[k]
+                result.rejects.append({"source": item.path, "item": item.image_id, "kind": "image",
+                                       "stage": "features", "reason": reason})
+            if batch.rows:
+                positions = sorted(batch.rows)
+                kept = [ImageItem(batch.items[k].image_id, batch.items[k].path, batch.shas[k]) for k in positions]
+                rows = [batch.rows[k] for k in positions]
+                table = features_table(kept, batch.encoded.pooled[rows], batch.encoded.grid[rows],
+                                       encoder_name, encoder_version)
                 if last_write is not None:
                     last_write.result()  # at most one batch waiting to be written
-                last_write = writer.submit(store.write_part, table, run_id, number)
-                result.encoded += len(good)
-            bar.update(len(batch))
+                last_write = writer.submit(store.write_part, table, run_id, batch.number)
+                result.encoded += len(kept)
         if last_write is not None:
             last_write.result()
     result.seconds = time.perf_counter() - start

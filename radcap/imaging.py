@@ -4,6 +4,9 @@ Supported: PNG and JPEG (8- and 16-bit; grayscale, RGB, RGBA, palette) and DICOM
 transfer syntaxes through pylibjpeg). The file type is sniffed from the bytes, not the extension, so PACS
 exports without extensions work.
 
+A file is read once: its SHA-256 is the hash of exactly the bytes that are decoded (`read_image`), so a
+file edited while a run is reading it can never be recorded under the other version's hash.
+
 Intensity policy, giving a float32 grayscale image in [0, 1]:
 * 8-bit PNG/JPEG: value / 255 (the image is already windowed for display);
 * 16-bit PNG: min-max over the image (such files rarely carry their bit depth or window);
@@ -11,33 +14,78 @@ Intensity policy, giving a float32 grayscale image in [0, 1]:
   present, else min-max; MONOCHROME1 is inverted so that air is dark, as in MONOCHROME2;
 * colour (RGB/RGBA/YBR) becomes luminance; alpha is dropped.
 Geometry policy: letterbox. The longer side is resized to `size` (anti-aliased), the shorter side is padded
-symmetrically with 0, so anatomy is never stretched. The network input is the grayscale replicated to 3
-channels and standardized with the ImageNet mean/std, as CheXNet was trained.
+symmetrically with 0, so anatomy is never stretched. The network standardizes the result with the ImageNet
+mean/std inside its graph (`models.encoder.standardize`), as CheXNet was trained.
+
+Limits, checked before anything large is allocated (size and decompression bombs): a file over
+`MAX_FILE_BYTES` is not read; an image whose declared size (DICOM: Rows x Columns x frames x samples x bytes
+per sample; PNG/JPEG: width x height) exceeds `MAX_PIXELS` pixels or `MAX_PIXEL_BYTES` bytes is not decoded;
+a DICOM with more than `MAX_SEQUENCE_ITEMS` sequence items is not parsed; only the pixel-related tags (`PIXEL_TAGS`) are parsed at all; sides must be within
+MIN_SIDE..MAX_SIDE with an aspect ratio of at most MAX_ASPECT.
+
+Every failure, whatever raised it (a truncated file, a lying header, a missing decoder, a bug in a
+third-party decoder), becomes `ImageRejected` with a reason that names no header value: DICOM errors are
+reported by their type only, since a decoder's message may quote a patient attribute.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
+import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 16384, 8.0
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MAX_FILE_BYTES = 512 * 2**20  # no radiograph file is this large; a bigger one is not read into memory
+MAX_PIXELS = 16384 * 16384  # declared pixels of one image, before decoding
+MAX_PIXEL_BYTES = 512 * 2**20  # declared decoded bytes of a DICOM's pixel data (all frames)
+MAX_SEQUENCE_ITEMS = 100_000  # sequence items in a file: each becomes Python objects when parsed
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check uses the same limit
+# The attributes decoding needs: pixel module, LUTs, windows. Nothing else of a header is ever parsed, so a
+# patient attribute is never even read, and huge or deep sequences elsewhere in the header are skipped.
+PIXEL_TAGS = ["SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
+              "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames", "RescaleSlope",
+              "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence", "WindowCenter",
+              "WindowWidth", "VOILUTFunction", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelData",
+              "FloatPixelData", "DoubleFloatPixelData"]
+
+
+
+def quiet_pydicom():
+    """pydicom, configured so that it never logs or warns: its messages about invalid data quote element
+    values (a patient name among them), and radcap never forwards those. Returns the module."""
+    import pydicom
+
+    logger = logging.getLogger("pydicom")
+    if logger.propagate:
+        logger.setLevel(logging.CRITICAL + 1)
+        logger.propagate = False
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        for module in (r"pydicom(\..*)?$", r"radcap\.(imaging|pacs)$"):  # where pydicom's warnings are attributed
+            warnings.filterwarnings("ignore", module=module)
+    return pydicom
 
 
 class ImageRejected(Exception):
-    """This file cannot be used as an image; the message is the reject reason."""
+    """This file cannot be used as an image; the message is the reject reason (`sha256` when it was read)."""
+
+    def __init__(self, reason: str, sha256: str = ""):
+        super().__init__(reason)
+        self.sha256 = sha256
 
 
 @dataclass(frozen=True)
 class LoadedImage:
     pixels: np.ndarray  # float32, HxW, [0, 1]
     kind: str  # png, jpeg, dicom
-    dicom: object | None = None  # the pydicom Dataset, for callers that need UIDs (never logged)
+    sha256: str = ""  # of the bytes that were decoded
 
 
 def sniff(head: bytes) -> str | None:
@@ -58,27 +106,55 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_image(path: Path, read_dicom_header: bool = False) -> LoadedImage:
-    """Decode any supported file to a [0, 1] grayscale array, or raise ImageRejected with the reason."""
+def read_bytes(path: Path) -> bytes:
+    """The whole file, or ImageRejected: missing, unreadable, not a regular file, empty or over the limit."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
+        # O_NONBLOCK: opening a FIFO or a device must not hang the run (no effect on regular files).
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ImageRejected("not a regular file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageRejected(f"file is {info.st_size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit")
+            data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageRejected("file not found") from None
     except OSError as exc:
-        raise ImageRejected(f"cannot read file: {exc.strerror}") from None
-    if not head:
-        raise ImageRejected("empty file (0 bytes)")
-    kind = sniff(head)
-    if kind == "dicom":
-        pixels, dataset = _load_dicom(path)
-        return LoadedImage(_check_shape(pixels), kind, dataset if read_dicom_header else None)
-    if kind in ("png", "jpeg"):
-        return LoadedImage(_check_shape(_load_raster(path)), kind)
-    raise ImageRejected("not a PNG, JPEG or DICOM file (unrecognized content)")
+        raise ImageRejected(f"cannot read file: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_FILE_BYTES:  # grew while being read
+        raise ImageRejected(f"file is over the {MAX_FILE_BYTES // 2**20} MiB limit")
+    if not data:
+        raise ImageRejected("empty file (0 bytes)", hashlib.sha256(b"").hexdigest())
+    return data
+
+
+def decode(data: bytes) -> LoadedImage:
+    """Decode a file's bytes to a [0, 1] grayscale array, or raise ImageRejected with the reason."""
+    sha = hashlib.sha256(data).hexdigest()
+    kind = sniff(data[:132])
+    try:
+        if kind == "dicom":
+            pixels = _load_dicom(data)
+        elif kind in ("png", "jpeg"):
+            pixels = _load_raster(data)
+        else:
+            raise ImageRejected("not a PNG, JPEG or DICOM file (unrecognized content)")
+        return LoadedImage(_check_shape(pixels), kind, sha)
+    except ImageRejected as exc:
+        raise ImageRejected(str(exc), sha) from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the run's
+        detail = "" if kind == "dicom" else f": {exc}"
+        raise ImageRejected(f"cannot decode {kind} image ({type(exc).__name__}{detail})", sha) from None
+
+
+def load_image(path: Path) -> LoadedImage:
+    """Read and decode one file (see `decode`)."""
+    return decode(read_bytes(path))
 
 
 def _check_shape(pixels: np.ndarray) -> np.ndarray:
+    if pixels.ndim != 2:
+        raise ImageRejected(f"unsupported pixel array shape {pixels.shape}")
     h, w = pixels.shape
     if min(h, w) < MIN_SIDE or max(h, w) > MAX_SIDE or max(h, w) / min(h, w) > MAX_ASPECT:
         raise ImageRejected(f"unsuitable dimensions {w}x{h} (sides {MIN_SIDE}..{MAX_SIDE}, aspect <= {MAX_ASPECT:g})")
@@ -90,67 +166,89 @@ def _check_shape(pixels: np.ndarray) -> np.ndarray:
 def _minmax(values: np.ndarray) -> np.ndarray:
     values = values.astype(np.float32)
     low, high = float(values.min()), float(values.max())
-    if high <= low:
+    if not (np.isfinite(low) and np.isfinite(high)) or high <= low:
         return np.zeros_like(values)
     return (values - low) / (high - low)
 
 
-def _load_raster(path: Path) -> np.ndarray:
+def _load_raster(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE or min(w, h) < 1:  # before decoding a bomb
+            raise ImageRejected(f"unsuitable dimensions {w}x{h}")
+        img.load()
+        mode = img.mode
+        if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return _minmax(np.asarray(img))
+        if mode == "L":
+            return np.asarray(img, dtype=np.float32) / 255.0
+        if mode in ("LA", "RGBA", "RGB", "P", "1", "CMYK", "YCbCr", "PA", "La", "RGBa"):
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        raise ImageRejected(f"unsupported image mode {mode}")
+
+
+def _int_attribute(ds, name: str, default: int) -> int:
+    """A header integer (Rows, NumberOfFrames...), or ImageRejected when it is not one."""
+    value = ds.get(name, default)
+    value = default if value in (None, "") else value
     try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if max(w, h) > MAX_SIDE or min(w, h) < 1:  # before decoding a decompression bomb
-                raise ImageRejected(f"unsuitable dimensions {w}x{h}")
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return _minmax(np.asarray(img))
-            if mode == "L":
-                return np.asarray(img, dtype=np.float32) / 255.0
-            if mode in ("LA", "RGBA", "RGB", "P", "1", "CMYK", "YCbCr", "PA"):
-                return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-            raise ImageRejected(f"unsupported image mode {mode}")
-    except ImageRejected:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageRejected(f"cannot decode image: {exc}") from None
+        return int(value)
+    except (TypeError, ValueError):
+        raise ImageRejected(f"DICOM {name} is not a number") from None
 
 
-def _load_dicom(path: Path) -> tuple[np.ndarray, object]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def check_dicom_header(data: bytes) -> None:
+    """Refuse, from the raw bytes, a file with too many sequence items to parse safely (each parsed item
+    becomes Python objects: a few MB of items would take GBs of memory). Counted over the whole file, since
+    finding where the header ends would already be parsing; encapsulated pixel fragments count too, and a
+    single frame has far fewer than the limit."""
+    items = data.count(b"\xfe\xff\x00\xe0")  # the Item tag, little endian
+    if items > MAX_SEQUENCE_ITEMS:
+        raise ImageRejected(f"DICOM holds {items:,} sequence items, over the {MAX_SEQUENCE_ITEMS:,} limit")
+
+
+def _load_dicom(data: bytes) -> np.ndarray:
+    pydicom = quiet_pydicom()
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 
+    check_dicom_header(data)
     try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise ImageRejected(f"cannot read DICOM: {exc}") from None
+        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=PIXEL_TAGS)
+    except Exception as exc:  # noqa: BLE001 - see the module doc: the type only, never the message
+        raise ImageRejected(f"cannot read DICOM ({type(exc).__name__})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageRejected("DICOM has no pixel data")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames = _int_attribute(ds, "NumberOfFrames", 1)
+    rows, cols = _int_attribute(ds, "Rows", 0), _int_attribute(ds, "Columns", 0)
+    samples, bits = _int_attribute(ds, "SamplesPerPixel", 1), _int_attribute(ds, "BitsAllocated", 8)
     if frames > 1:
         raise ImageRejected(f"multi-frame DICOM ({frames} frames) is not supported; export single frames")
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
-    if max(rows, cols) > MAX_SIDE or min(rows, cols) < 1:
-        raise ImageRejected(f"unsuitable dimensions {cols}x{rows}")
+    if min(rows, cols, frames, samples, bits) < 1 or max(rows, cols) > MAX_SIDE:
+        raise ImageRejected(f"unsuitable dimensions {cols}x{rows} ({frames} frames, {samples} samples, {bits} bits)")
+    declared = rows * cols * frames * samples * ((bits + 7) // 8)
+    if rows * cols > MAX_PIXELS or declared > MAX_PIXEL_BYTES:
+        raise ImageRejected(f"declared pixel data of {declared / 2**20:.0f} MiB is over the "
+                            f"{MAX_PIXEL_BYTES // 2**20} MiB limit")
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises many types for truncated data or missing decoders
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise ImageRejected(f"cannot decode DICOM pixels (transfer syntax {syntax}): {exc}") from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3:  # colour
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for truncated data or missing decoders
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = syntax if isinstance(syntax, str) and all(c in "0123456789." for c in syntax) else "unknown"
+        raise ImageRejected(f"cannot decode DICOM pixels (transfer syntax {syntax}; {type(exc).__name__})") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour
         if photometric.startswith("YBR"):
             arr = convert_color_space(arr, photometric, "RGB")
-        arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return _minmax(arr), ds
+        return _minmax(arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    if arr.ndim != 2:
+        raise ImageRejected(f"unsupported DICOM pixel array shape {arr.shape}")
     arr = apply_modality_lut(arr, ds)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
         arr = apply_voi_lut(arr, ds, index=0)
     pixels = _minmax(arr)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return pixels, ds
+    return pixels
 
 
 def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -167,11 +265,22 @@ def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def to_network_input(square: np.ndarray) -> np.ndarray:
-    """HxW [0,1] -> HxWx3 standardized with the ImageNet statistics (CheXNet's preprocessing)."""
-    return (square[..., None] - IMAGENET_MEAN) / IMAGENET_STD
+def to_square(image: LoadedImage, size: int) -> np.ndarray:
+    """Letterboxed uint8 grayscale (compact; standardized later, on the accelerator side)."""
+    return (letterbox(image.pixels, size) * 255.0 + 0.5).astype(np.uint8)
+
+
+def read_image(path: Path, size: int) -> tuple[np.ndarray, str]:
+    """File -> (letterboxed uint8 square, sha256 of the bytes decoded), or ImageRejected (with the sha
+    when the file could be read). What feature extraction, captioning and retrieval decode with."""
+    data = read_bytes(path)
+    image = decode(data)
+    try:
+        return to_square(image, size), image.sha256
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory while resizing: this file's reject
+        raise ImageRejected(f"cannot resize image ({type(exc).__name__})", image.sha256) from None
 
 
 def prepare(path: Path, size: int) -> np.ndarray:
-    """File -> letterboxed uint8 grayscale (compact; standardized later, on the accelerator side)."""
-    return (letterbox(load_image(path).pixels, size) * 255.0 + 0.5).astype(np.uint8)
+    """File -> letterboxed uint8 grayscale square."""
+    return read_image(path, size)[0]

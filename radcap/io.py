@@ -46,6 +46,35 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextmanager
+def exclusive_lock(path: Path, wait_seconds: float, what: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` (fcntl.flock: released by the kernel when the process dies,
+    so a crashed run never leaves a lock behind). Another holder is waited for up to `wait_seconds`, then
+    RadcapError names it. Works on local filesystems and NFSv4; see README "Scaling out" for shared storage."""
+    import fcntl
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
+                    raise RadcapError(f"{what} is being written by another radcap run ({holder}); wait for it "
+                                      "to finish or write elsewhere") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def write_table(data: pd.DataFrame | pa.Table, path: Path, contract: Contract) -> int:
     """Validate against `contract` and write Parquet atomically; return the row count."""
     table = contract.validate(data)

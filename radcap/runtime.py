@@ -14,6 +14,25 @@ def workspace_dir() -> Path:
     return Path(os.environ.get("RADCAP_WORKSPACE", ".radcap")).resolve()
 
 
+def workspace_salt() -> str:
+    """A random salt made once per workspace (`WORKSPACE/id_salt`, readable by its owner only) and reused,
+    so that hashed identifiers are stable across runs but cannot be recomputed from the UIDs elsewhere."""
+    import secrets
+
+    path = workspace_dir() / "id_salt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        salt = path.read_text(encoding="utf-8").strip()
+        if salt:
+            return salt
+        raise RuntimeError(f"{path} is empty: delete it to make a new salt (hashed ids will change)") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secrets.token_hex(16))
+    return path.read_text(encoding="utf-8").strip()
+
+
 def offline_defaults(workspace: Path) -> dict[str, str]:
     return {
         # Prefect: ephemeral API server backed by SQLite in the workspace; no analytics.

@@ -160,7 +160,10 @@ class CaptionSettings(BaseModel):
     batch_size: int = Field(32, description="Images encoded per forward pass; memory is bounded by it.")
     identifiers: Literal["uid", "hash"] = Field(
         "uid", description="Output study/image ids: DICOM UIDs as they are, or salted SHA-256 of them.")
-    id_salt: str = Field("", description="Salt for `identifiers = hash` (set it via RADCAP_CAPTION__ID_SALT).")
+    id_salt: str = Field("", description="Salt for `identifiers = hash` (RADCAP_CAPTION__ID_SALT). Empty: a random "
+                         "salt made once per workspace and kept in WORKSPACE/id_salt, never an empty one.")
+    lock_wait_seconds: float = Field(10.0, description="A second run writing the same output folder waits this "
+                                     "long for the first to finish, then stops with exit 2.")
     ready_marker: str = Field(".complete", description="A batch folder holding this file is complete.")
     settle_seconds: float = Field(300.0, description="A batch folder without the marker is complete once "
                                   "nothing in it changed for this long.")
@@ -174,6 +177,9 @@ class PromotionSettings(BaseModel):
     primary_metric: Literal["CIDEr", "BLEU-4", "METEOR", "ROUGE-L"] = "CIDEr"
     clinical_metric: Literal["clinical_micro_f1", "clinical_macro_f1"] = "clinical_micro_f1"
     clinical_tolerance: float = Field(0.02, description="The candidate may lose at most this much clinical F1.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Promote only when the paired bootstrap puts the "
+                              "primary-metric gain above zero with this confidence (one-sided).")
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the held-out reports.")
     split: Literal["val", "test"] = "test"
     alias: str = "champion"
 

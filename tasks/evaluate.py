@@ -15,7 +15,7 @@ from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
 from radcap.features import FeatureStore
 from radcap.io import read_table, write_json
-from radcap.metrics import CAPTION_METRICS, caption_metrics, clinical_metrics
+from radcap.metrics import CAPTION_METRICS, score_reports
 from tasks import uncached
 from tasks.train import markdown_table
 
@@ -96,13 +96,10 @@ def retrieval_system(uri: str, data_dir: Path, evaluated: CaptionSet, split: str
 
 @uncached
 def score(evaluated: CaptionSet, systems: dict[str, list[str]], meteor: bool = True) -> dict:
-    references = {rid: [text] for rid, text in zip(evaluated.report_ids, evaluated.texts)}
+    references = dict(zip(evaluated.report_ids, evaluated.texts))
     out = {}
     for name, captions in systems.items():
-        hypotheses = dict(zip(evaluated.report_ids, captions))
-        clinical = clinical_metrics({k: v[0] for k, v in references.items()}, hypotheses)
-        out[name] = {**caption_metrics(references, hypotheses, meteor=meteor), **{
-            f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"}, "per_finding": clinical["per_finding"]}
+        out[name] = score_reports(references, dict(zip(evaluated.report_ids, captions)), meteor=meteor).summary()
         get_run_logger().info("%s: %s", name, {k: round(v, 4) for k, v in out[name].items() if isinstance(v, float)})
     return out
 
@@ -117,7 +114,8 @@ def write_report(scores: dict, evaluated: CaptionSet, systems: dict[str, list[st
     import mlflow
 
     columns = [*CAPTION_METRICS, "clinical_micro_f1", "clinical_macro_f1"]
-    table = pd.DataFrame([{"system": name, **{c: s.get(c, float("nan")) for c in columns}} for name, s in scores.items()])
+    table = pd.DataFrame([{"system": name, **{c: s.get(c) if s.get(c) is not None else float("nan") for c in columns}}
+                          for name, s in scores.items()])
     findings = pd.DataFrame({name: {o: v["f1"] for o, v in s["per_finding"].items()} for name, s in scores.items()})
     support = pd.Series({o: v["support"] for o, v in next(iter(scores.values()))["per_finding"].items()}, name="support")
     findings = pd.concat([support, findings], axis=1).reset_index(names="finding")

@@ -10,8 +10,7 @@ from prefect.logging import get_run_logger
 from data_contracts import IMAGES
 from radcap.catalog import DataCatalog
 from radcap.encoders import Encoder, resolve_encoder
-from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
-from radcap.imaging import file_sha256
+from radcap.features import ExtractResult, FeatureStore, ImageItem, current_sha256, extract_features
 from radcap.io import read_table, write_json, write_rejects
 from tasks import registry_task, uncached
 
@@ -39,10 +38,9 @@ def plan_features(data_dir: Path, encoder_version: str) -> tuple[list[ImageItem]
         if path is None or pd.isna(path):
             rejects.append(_reject(image_id, None, "image file not found when the data was ingested"))
             continue
-        try:
-            sha = file_sha256(Path(path))
-        except OSError as exc:
-            rejects.append(_reject(image_id, path, f"cannot read file: {exc.strerror or exc}"))
+        sha = current_sha256(path)
+        if sha is None:
+            rejects.append(_reject(image_id, path, "cannot read file (missing or unreadable)"))
             continue
         if (image_id, sha) in done:
             skipped += 1
@@ -64,9 +62,11 @@ def record_feature_run(data_dir: Path, encoder: Encoder, result: ExtractResult, 
     catalog = DataCatalog(data_dir)
     all_rejects = rejects + result.rejects
     write_rejects(all_rejects, catalog.feature_rejects)
+    FeatureStore(catalog.features).record_encoder(encoder.version, encoder.spec)
     summary = {
         "encoder": encoder.name,
         "encoder_version": encoder.version,
+        "encoder_spec": encoder.spec,
         "encoded": result.encoded,
         "already_stored": skipped,
         "rejected": len(all_rejects),

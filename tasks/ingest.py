@@ -47,29 +47,39 @@ def assign_splits(parsed: Parsed, settings: Settings, split_file: Path | None = 
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: [] for c in columns})
+    # An empty table gets object columns: float ones (pandas' default) could not become Arrow lists or strings.
+    return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
 
 
 @uncached
 def build_tables(parsed: Parsed) -> dict[str, pa.Table]:
     """Contract-checked tables; images follow their report (split, existence), counts are derived."""
     reports = _frame(parsed.reports, REPORTS.column_names)
-    images = _frame(parsed.images, IMAGES.column_names)
+    images = _frame(parsed.images, [*IMAGES.column_names, "_source"])
     # Images of a report rejected after parsing (split conflict, leakage) go with it, as rejects.
     orphan = ~images["report_id"].isin(reports["report_id"])
-    for row in images[orphan].itertuples():
-        parsed.reject(row.report_id, "its report was rejected", item=row.image_id, kind="image")
-    images = images[~orphan].copy()
+    for row in images.loc[orphan, ["_source", "image_id", "report_id"]].to_dict("records"):
+        parsed.reject(row["_source"], f"its report {row['report_id']} was rejected", item=row["image_id"], kind="image")
+    images = images.loc[~orphan, IMAGES.column_names].copy()
     split_of = dict(zip(reports["report_id"], reports["split"]))
     images["split"] = images["report_id"].map(split_of)
     counts = images.groupby("report_id").size()
     reports["n_images"] = reports["report_id"].map(counts).fillna(0).astype("int32")
     rejects = _frame(parsed.rejects, REJECTS.column_names)
+    check_accounting(parsed, len(reports), len(images), rejects)
     return {
         "reports": REPORTS.validate(reports),
         "images": IMAGES.validate(images),
         "rejects": REJECTS.validate(rejects),
     }
+
+
+def check_accounting(parsed: Parsed, reports: int, images: int, rejects: pd.DataFrame) -> None:
+    """Every input is a row or a reject, once: a mismatch is a bug in a reader, and stops the run."""
+    report_rejects, image_rejects = int((rejects["kind"] == "report").sum()), int((rejects["kind"] == "image").sum())
+    if reports + report_rejects != parsed.inputs or images + image_rejects != parsed.image_inputs:
+        raise RuntimeError(f"ingest accounting broke: {reports} reports + {report_rejects} rejects != {parsed.inputs} "
+                           f"inputs, or {images} images + {image_rejects} rejects != {parsed.image_inputs} inputs")
 
 
 def data_version(tables: dict[str, pa.Table]) -> str:

@@ -13,7 +13,9 @@ from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
 from radcap.features import FeatureStore
 from radcap.io import read_table
-from radcap.metrics import caption_metrics, clinical_metrics
+from radcap import promotion
+from radcap.metrics import CAPTION_METRICS, CLINICAL_METRICS, ReportScores, score_reports
+from radcap.promotion import Decision
 from radcap.settings import PromotionSettings
 from tasks import registry_task, uncached
 from tasks.evaluate import resolve_captioner
@@ -29,7 +31,7 @@ def contenders(name: str, candidate: str | None, alias: str) -> tuple[str, str |
 
 
 @uncached
-def score_versions(data_dir: Path, name: str, versions: list[str], split: str, meteor: bool) -> dict[str, dict]:
+def score_versions(data_dir: Path, name: str, versions: list[str], split: str, meteor: bool) -> dict[str, ReportScores]:
     """Caption and score each version on the reports of `split` that every version has features for."""
     catalog = DataCatalog(data_dir)
     reports, images, store = read_table(catalog.reports, REPORTS), read_table(catalog.images, IMAGES), FeatureStore(catalog.features)
@@ -47,53 +49,40 @@ def score_versions(data_dir: Path, name: str, versions: list[str], split: str, m
         keep = [i for i, rid in enumerate(data.report_ids) if rid in common]
         captions = bundle.report(data.features(keep))
         ids = [data.report_ids[i] for i in keep]
-        references = {rid: data.texts[i] for rid, i in zip(ids, keep)}
-        hypotheses = dict(zip(ids, captions))
-        clinical = clinical_metrics(references, hypotheses)
-        scores[version] = {**caption_metrics({k: [v] for k, v in references.items()}, hypotheses, meteor=meteor),
-                           **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"},
-                           "reports": len(ids)}
+        scores[version] = score_reports({rid: data.texts[i] for rid, i in zip(ids, keep)}, dict(zip(ids, captions)),
+                                        meteor=meteor)
+        summary = scores[version].summary()
         get_run_logger().info("version %s on %d %s reports: %s", version, len(ids), split,
-                              {k: round(v, 4) for k, v in scores[version].items()})
+                              {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
     return scores
 
 
 @uncached
-def decide(candidate: str, champion: str | None, scores: dict[str, dict], cfg: PromotionSettings) -> dict:
-    primary, clinical = cfg.primary_metric, cfg.clinical_metric
-    if champion is None:
-        return {"promote": True, "reason": "no champion yet: the first model becomes champion"}
-    if champion == candidate:
-        return {"promote": False, "reason": f"version {candidate} is already the champion"}
-    new, old = scores[candidate], scores[champion]
-    if new[primary] <= old[primary]:
-        return {"promote": False, "reason": f"{primary} {new[primary]:.4f} is not above the champion's {old[primary]:.4f}"}
-    if new[clinical] < old[clinical] - cfg.clinical_tolerance:
-        return {"promote": False, "reason": f"{clinical} {new[clinical]:.4f} loses more than {cfg.clinical_tolerance} "
-                f"against the champion's {old[clinical]:.4f}"}
-    return {"promote": True, "reason": f"{primary} {new[primary]:.4f} > {old[primary]:.4f} and {clinical} "
-            f"{new[clinical]:.4f} within {cfg.clinical_tolerance} of {old[clinical]:.4f}"}
+def decide(candidate: str, champion: str | None, scores: dict[str, ReportScores], cfg: PromotionSettings) -> Decision:
+    return promotion.decide(candidate, champion, scores, cfg)
 
 
 @registry_task
-def record_decision(name: str, candidate: str, champion: str | None, decision: dict, scores: dict,
-                    cfg: PromotionSettings, data_dir: Path, dry_run: bool) -> dict:
+def record_decision(name: str, candidate: str, champion: str | None, decision: Decision,
+                    scores: dict[str, ReportScores], cfg: PromotionSettings, data_dir: Path, dry_run: bool) -> dict:
     """Move the alias (unless dry run) and tag both versions with the decision and both metric sets."""
     from radcap.registry import set_champion, tag_version
 
-    outcome = "dry-run" if dry_run else ("promoted" if decision["promote"] else "refused")
-    record = {"outcome": outcome, "reason": decision["reason"], "candidate": candidate, "champion": champion,
+    outcome = "dry-run" if dry_run else ("promoted" if decision.promote else "refused")
+    metrics = {v: {**{m: None if (x := s.metric(m)) is None else round(x, 4) for m in (*CAPTION_METRICS, *CLINICAL_METRICS)},
+                   "reports": len(s)} for v, s in scores.items()}
+    record = {"outcome": outcome, "reason": decision.reason, "candidate": candidate, "champion": champion,
               "split": cfg.split, "data_dir": str(data_dir), "primary_metric": cfg.primary_metric,
-              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "metrics": {v: {k: round(x, 4) for k, x in s.items()} for v, s in scores.items()}}
+              "gain": {k: round(v, 4) for k, v in decision.gain.items()}, "confidence": cfg.confidence,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "metrics": metrics}
     if not dry_run:
         tag_version(name, candidate, {"promotion": record})
         if champion and champion != candidate:
             tag_version(name, champion, {f"challenged_by_{candidate}": record})
-        if decision["promote"]:
+        if decision.promote:
             set_champion(name, candidate, cfg.alias)
     get_run_logger().info("%s version %s: %s (%s)", outcome, candidate, "alias moved" if outcome == "promoted" else
-                          "alias unchanged", decision["reason"])
+                          "alias unchanged", decision.reason)
     return record
 
 
@@ -104,6 +93,9 @@ def restore_previous(name: str, alias: str) -> dict:
     past, current = history(name), champion(name, alias)
     if len(past) < 2:
         raise RadcapError(f"{name}: no previous champion to restore (history: {past or 'empty'})")
+    if current != past[-1]:
+        raise RadcapError(f"{name}: the '{alias}' alias points to version {current}, but the promotion history "
+                          f"says {past[-1]}: it was moved outside radcap; set it by hand, or promote again")
     previous = past[-2]
     set_champion(name, previous, alias, rolled_back=True)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

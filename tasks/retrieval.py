@@ -13,7 +13,7 @@ from radcap.catalog import DataCatalog
 from radcap.errors import RadcapError
 from radcap.features import FeatureStore
 from radcap.io import read_table, write_json
-from radcap.metrics import caption_metrics, clinical_metrics
+from radcap.metrics import score_reports
 from radcap.retrieval import (
     RetrievalIndex,
     RetrieverBundle,
@@ -84,9 +84,8 @@ def evaluate_retriever(bundle: RetrieverBundle, index: RetrievalIndex, train: Ca
               "random ranking": random_baseline(evaluated)}
     references = dict(zip(evaluated.report_ids, evaluated.texts))
     hypotheses = dict(zip(evaluated.report_ids, retrieved_captions(bundle, index, evaluated)))
-    clinical = clinical_metrics(references, hypotheses)
-    as_caption = {**caption_metrics({k: [v] for k, v in references.items()}, hypotheses, meteor=meteor),
-                  **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"}}
+    as_caption = {k: v for k, v in score_reports(references, hypotheses, meteor=meteor).summary().items()
+                  if k != "per_finding"}
     for name, scores in recall.items():
         get_run_logger().info("%s: %s", name, {k: round(v, 4) for k, v in scores.items()})
     return {"recall": recall, "retrieved_as_caption": as_caption, "queries": len(evaluated)}
@@ -192,35 +191,34 @@ def search_texts(texts: list[str], model: tuple, top_k: int) -> pd.DataFrame:
 
 
 @uncached
-def retrieve_images(root: Path, model: tuple, top_k: int, batch_size: int, identifiers) -> tuple[pd.DataFrame, list[dict]]:
+def retrieve_images(root: Path, model: tuple, top_k: int, batch_size: int, ids, encoder: str | None = None,
+                    exclude: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """Each study under `root` (grouped as `radcap caption` does) -> its top-k known reports; bad files -> rejects."""
+    from data_contracts import SEARCH_RESULTS
     from radcap.caption_data import pack_views
-    from radcap.captioning import decode_image, encode_padded, reject_row, study_batches
-    from radcap.encoders import resolve_encoder
+    from radcap.captioning import reject_row, study_batches
+    from radcap.encoders import encoder_for
+    from radcap.features import stream_features
     from radcap.pacs import scan
 
     bundle, index, name = model
-    encoder = resolve_encoder(bundle.config["encoder_spec"])
-    forward = encoder.forward_fn()
-    images, unreadable = scan(root, identifiers)
-    rejects = [reject_row(relative, "", reason) for relative, reason in unreadable]
+    loaded = encoder_for(bundle.config, encoder)
+    found = scan(root, ids, exclude=exclude)
+    rejects = [reject_row(r.source_path, r.sha256, r.reason) for r in found.rejects]
+    batches = [[image for study in batch for image in study] for batch in study_batches(found.images, batch_size)]
     frames = []
-    for batch in study_batches(images, batch_size):
-        decoded = [(image, decode_image(image, encoder.input_size)) for study in batch for image in study]
-        rejects += [reject_row(i.source_path, i.sha256, v) for i, v in decoded if isinstance(v, str)]
-        good = [(i, v) for i, v in decoded if not isinstance(v, str)]
-        if not good:
-            continue
-        pooled, _ = encode_padded(forward, [v for _, v in good], batch_size, grid=False)
+    for batch in stream_features(found.images, lambda image: image.path, loaded.forward_fn(), batch_size,
+                                 loaded.input_size, grid=False, batches=batches):
+        rejects += [reject_row(batch.items[k].source_path, batch.shas[k], reason) for k, reason in sorted(batch.reasons.items())]
         studies: dict[str, list[int]] = {}
-        for row, (image, _) in enumerate(good):
-            studies.setdefault(image.study_id, []).append(row)
-        packed = pack_views(list(studies.values()), pooled, None, MAX_VIEWS)
+        for k in sorted(batch.rows):
+            studies.setdefault(batch.items[k].study_id, []).append(k)
+        if not studies:
+            continue
+        packed = pack_views([[batch.rows[k] for k in keys] for keys in studies.values()], batch.encoded.pooled, None, MAX_VIEWS)
         hits = index.search(bundle.image_embeddings(packed["pooled"], packed["view_mask"]), "report", top_k)
-        queries = [";".join(good[r][0].source_path for r in rows) for rows in studies.values()]
+        queries = [";".join(batch.items[k].source_path for k in keys) for keys in studies.values()]
         frames.append(result_rows(queries, hits, name, list(studies)))
-    from data_contracts import SEARCH_RESULTS
-
     results = pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()
     return results, rejects
 

@@ -21,13 +21,11 @@ from radcap.vocab import Vocabulary
 from tasks import uncached
 
 
-def encoder_spec(version: str) -> str | None:
-    """The `--encoder` value that reloads a feature-store encoder version (None for a local file)."""
-    if version.startswith("random-seed"):
-        return "random:" + version.removeprefix("random-seed")
-    if "/" in version:
-        return f"models:/{version}"
-    return None
+def encoder_spec(data_dir: Path, version: str) -> str | None:
+    """The spec that reloads a feature-store encoder version exactly (a file encoder's recorded path)."""
+    from radcap.encoders import spec_for_version
+
+    return FeatureStore(DataCatalog(data_dir).features).encoder_specs().get(version) or spec_for_version(version)
 
 
 @uncached
@@ -228,7 +226,7 @@ def register_bundle(folder: Path, cfg: CaptionerSettings, tags: dict) -> str:
         python_model=str(Path(__file__).resolve().parents[1] / "models" / "pyfunc_captioner.py"),
         artifacts={"captioner": str(folder)},
         registered_model_name=cfg.registered_name,
-        signature=pyfunc_signature(cfg),
+        signature=pyfunc_signature(json.loads((folder / "config.json").read_text(encoding="utf-8")).get("decoding", {})),
     )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
@@ -237,8 +235,10 @@ def register_bundle(folder: Path, cfg: CaptionerSettings, tags: dict) -> str:
     return version
 
 
-def pyfunc_signature(cfg: CaptionerSettings):
-    """Image paths (or feature vectors) in, one caption per study out; decoding settings as params."""
+def pyfunc_signature(decoding: dict):
+    """Image paths (or feature vectors) in, one caption per study out; decoding settings as params, whose
+    defaults are the bundle's own (MLflow fills them in when a request gives none: they must be the values
+    chosen on validation, not the settings' starting point)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -249,8 +249,9 @@ def pyfunc_signature(cfg: CaptionerSettings):
     ])
     outputs = Schema([ColSpec("string", "study_id"), ColSpec("string", "caption")])
     params = ParamSchema([
-        ParamSpec("beam_width", "long", cfg.beam_width), ParamSpec("length_penalty", "double", cfg.length_penalty),
-        ParamSpec("no_repeat_ngram", "long", cfg.no_repeat_ngram),
+        ParamSpec("beam_width", "long", int(decoding.get("beam_width", 1))),
+        ParamSpec("length_penalty", "double", float(decoding.get("length_penalty", 0.7))),
+        ParamSpec("no_repeat_ngram", "long", int(decoding.get("no_repeat_ngram", 0))),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 

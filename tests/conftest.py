@@ -44,3 +44,26 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "radcap.cli", *args], capture_output=True, text=True, env=child_env, timeout=600
     )
+
+
+def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute disease.", "left pleural effusion."),
+                        seed: int = 0, decoding: dict | None = None) -> Path:
+    """An untrained, tiny Show-and-Tell bundle on the random:0 encoder: the real captioning code path at
+    negligible cost (its reports are word salad; tests check where they go, not what they say)."""
+    import keras
+
+    from radcap.captioner_bundle import CaptionerBundle, build_model
+    from radcap.vocab import Vocabulary
+
+    keras.utils.set_random_seed(seed)
+    config = {"architecture": "show-tell", "embed_dim": 8, "units": 16, "attention_units": 8, "dropout": 0.0,
+              "max_views": 2, "encoder_version": "random-seed0", "encoder_spec": "random:0", "data_version": "test",
+              "decoding": decoding or {"beam_width": 1, "no_repeat_ngram": 3}}
+    vocab = Vocabulary.build(texts, 1, 12)
+    CaptionerBundle(build_model(config, len(vocab)), vocab, config).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tmp_path_factory) -> Path:
+    return make_tiny_captioner(tmp_path_factory.mktemp("tiny") / "captioner")

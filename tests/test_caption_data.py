@@ -16,6 +16,7 @@ def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
             "image_id": ["r1-lat", "r1-front", "r2-only", "r3-nofeat"],
             "report_id": ["r1", "r1", "r2", "r3"],
             "view": ["lateral", "frontal", "unknown", "frontal"],
+            "path": [None] * 4,  # files gone: the newest stored row of each image is used
         }
     )
     store = FeatureStore(tmp_path)

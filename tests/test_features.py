@@ -104,3 +104,66 @@ def _write_images_table(frame: pd.DataFrame, data_dir: Path) -> None:
         modality=None, plane=None, location=None, location_category=None, labels=[[] for _ in range(n)],
     )
     write_table(full[IMAGES.column_names], data_dir / "images.parquet", IMAGES)
+
+
+def test_content_a_b_a_reads_a_vector_again(tmp_path, images):
+    """load() returns the row of the file's current content, not the newest row of the image."""
+    from PIL import Image
+
+    from radcap.features import current_sha256
+
+    item = next(i for i in images if i.image_id not in ("zero", "report"))
+    path, store = Path(item.path), FeatureStore(tmp_path / "features")
+    original = path.read_bytes()
+    extract_features([item], fake_forward([]), store, "fake", "v1", batch_size=2, input_size=64, progress=False)
+    vector_a = store.load("v1", {item.image_id: current_sha256(item.path)})["pooled"][0, 0]
+    Image.new("L", (100, 100), 255).save(path)  # content B
+    extract_features([ImageItem(item.image_id, item.path, "")], fake_forward([]), store, "fake", "v1", batch_size=2,
+                     input_size=64, progress=False)
+    vector_b = store.load("v1", {item.image_id: current_sha256(item.path)})["pooled"][0, 0]
+    path.write_bytes(original)  # back to A: the newest row is B's, but A's row is what the file holds
+    now = store.load("v1", {item.image_id: current_sha256(item.path)})
+    assert vector_b == 255 and vector_a < 255 and now["pooled"][0, 0] == vector_a
+    assert store.load("v1", {item.image_id: None})["pooled"][0, 0] == vector_b  # file gone: newest row
+    assert store.load("v1", {item.image_id: "f" * 64})["image_id"] == []  # content never encoded: no row
+
+
+def test_rows_carry_the_hash_of_the_bytes_decoded(tmp_path, images):
+    from PIL import Image
+
+    from radcap.imaging import file_sha256
+
+    item = next(i for i in images if i.image_id not in ("zero", "report"))
+    Image.new("L", (80, 80), 7).save(item.path)  # edited after planning: the plan's hash is stale
+    store = FeatureStore(tmp_path / "features")
+    extract_features([item], fake_forward([]), store, "fake", "v1", batch_size=2, input_size=64, progress=False)
+    assert store.index()["sha256"].tolist() == [file_sha256(Path(item.path))] != [item.sha256]
+
+
+def test_an_image_that_breaks_the_encoder_is_its_own_reject(tmp_path, images):
+    """The batch is retried image by image; only the culprit is rejected. A model that fails on every
+    image is a fault of the model, and stops the run."""
+
+    from PIL import Image
+
+    good = [i for i in images if i.image_id not in ("zero", "report")][:4]
+    Image.new("L", (100, 100), 255).save(good[2].path)
+    white = ImageItem(good[2].image_id, good[2].path, file_sha256(Path(good[2].path)))
+    store = FeatureStore(tmp_path / "features")
+
+    def forward(batch: np.ndarray):
+        if any(b.mean() > 250 for b in batch):
+            raise ValueError("cannot encode this one")
+        return fake_forward([])(batch)
+
+    result = extract_features([*good[:2], white, good[3]], forward, store, "fake", "v1", batch_size=4, input_size=64,
+                              progress=False)
+    assert result.encoded == 3 and [r["item"] for r in result.rejects] == [white.image_id]
+    assert "encoder failed on this image (ValueError)" in result.rejects[0]["reason"]
+
+    def broken(batch: np.ndarray):
+        raise RuntimeError("model is broken")
+
+    with pytest.raises(RuntimeError, match="model is broken"):
+        extract_features(good[:2], broken, FeatureStore(tmp_path / "other"), "fake", "v1", batch_size=4,
+                         input_size=64, progress=False)

@@ -153,3 +153,34 @@ def test_prepare_gives_the_same_pixels_for_png_and_dicom(tmp_path, real):
     assert png.dtype == int and png.shape == (224, 224)
     # PNG is /255, DICOM is min-max: equal when the image spans 0..255, close otherwise
     assert np.abs(png - dcm).mean() < 255 * (1 - (real.max() - real.min()) / 255) + 2
+
+
+def test_size_bombs_are_rejected_before_decoding(tmp_path, real, monkeypatch):
+    """A header that declares gigabytes of pixels is refused from the header alone: pixel_array is never called."""
+    import pydicom
+
+    import radcap.imaging as imaging
+
+    path = make_dicom(tmp_path / "bomb.dcm", real)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16000, 16000, 32, 32, 31
+    ds.SamplesPerPixel = 3
+    ds.save_as(path)
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(lambda self: pytest.fail("decoded a bomb")))
+    assert "over the 512 MiB limit" in _rejected(path)
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0")
+    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 0)
+    assert "over the 0 MiB limit" in _rejected(big)  # large files are not even read
+
+
+def test_png_claiming_a_huge_canvas_is_rejected_before_decoding(tmp_path, real):
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(real).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = (60000).to_bytes(4, "big") * 2  # IHDR width and height
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    reason = _rejected(tmp_path / "bomb.png")
+    assert "60000x60000" in reason or "cannot decode" in reason

@@ -55,7 +55,8 @@ def hostile_folder(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "1.xml").write_text(report("CXR1"), encoding="utf-8")
     (folder / "2.xml").write_text(report("CXR2", findings="", impression="1. Cardiomegaly. 2. XXXX effusion."), encoding="utf-8")
-    (folder / "3.xml").write_text(report("CXR1", impression="A different text"), encoding="utf-8")  # duplicate uid
+    (folder / "3.xml").write_text(report("CXR1", impression="A different text", images=("-1001", "-2001")),
+                                  encoding="utf-8")  # duplicate uid, with an image of its own
     for name, (data, _) in HOSTILE.items():
         (folder / name).write_bytes(data)
     return folder
@@ -63,13 +64,15 @@ def hostile_folder(tmp_path: Path) -> Path:
 
 def test_each_bad_file_is_rejected_with_its_reason(hostile_folder: Path):
     parsed = read_iu_xml(hostile_folder, RULES)
-    reasons = {Path(r["source"]).name: r["reason"] for r in parsed.rejects}
+    reasons = {Path(r["source"]).name: r["reason"] for r in parsed.rejects if r["kind"] == "report"}
     for name, (_, reason) in HOSTILE.items():
         assert reason in reasons[name], (name, reasons[name])
     assert "duplicate report id CXR1" in reasons["3.xml"]
     assert sorted(r["report_id"] for r in parsed.reports) == ["CXR1", "CXR2"]
-    # Every input accounted for: rows + rejects = files seen.
-    assert parsed.inputs == len(HOSTILE) + 3 == len(parsed.reports) + len(parsed.rejects)
+    # Every input accounted for: rows + rejects = files seen, and image references likewise.
+    report_rejects = [r for r in parsed.rejects if r["kind"] == "report"]
+    assert parsed.inputs == len(HOSTILE) + 3 == len(parsed.reports) + len(report_rejects)
+    assert parsed.image_inputs == len(parsed.images) + len(parsed.rejects) - len(report_rejects)
 
 
 def test_duplicate_keeps_the_first_file_and_its_images(hostile_folder: Path):
@@ -77,6 +80,9 @@ def test_duplicate_keeps_the_first_file_and_its_images(hostile_folder: Path):
     first = next(r for r in parsed.reports if r["report_id"] == "CXR1")
     assert Path(first["source"]).name == "1.xml" and first["impression"] == "no acute disease."
     assert [i["image_id"] for i in parsed.images if i["report_id"] == "CXR1"] == ["CXR1_IM-0001-1001"]
+    # The rejected duplicate's images go with it: never attached to the report that was kept.
+    dropped = {r["item"]: r["reason"] for r in parsed.rejects if r["kind"] == "image" and r["source"].endswith("3.xml")}
+    assert set(dropped) == {"CXR1_IM-0001-1001", "CXR1_IM-0001-2001"} and all("duplicate" in v for v in dropped.values())
 
 
 def test_entities_are_never_expanded(hostile_folder: Path):
@@ -101,7 +107,9 @@ def test_flow_writes_tables_that_account_for_every_file(hostile_folder: Path, tm
     summary = ingest_reports("iu-xml", hostile_folder, out)
     reports = pd.read_parquet(out / "reports.parquet")
     rejects = pd.read_parquet(out / "rejects.parquet")
-    assert len(reports) + len(rejects) == summary["report_inputs"] == len(HOSTILE) + 3
+    assert len(reports) + (rejects["kind"] == "report").sum() == summary["report_inputs"] == len(HOSTILE) + 3
+    images = pd.read_parquet(out / "images.parquet")
+    assert len(images) + (rejects["kind"] == "image").sum() == summary["image_inputs"] > 0
     assert set(rejects["stage"]) == {"ingest"} and rejects["reason"].str.len().min() > 5
     again = ingest_reports("iu-xml", hostile_folder, out)
     assert again["data_version"] == summary["data_version"]

@@ -42,12 +42,17 @@ def medpix(shared_data: Path, tmp_path_factory, prefect_api):
 def test_every_iu_xml_report_is_accounted_for(iu_xml, shared_data: Path):
     summary, t = iu_xml
     assert summary["report_inputs"] == 3851 == len(list((shared_data / "iu_xray/ecgen-radiology").glob("*.xml")))
-    assert len(t["reports"]) + len(t["rejects"]) == 3851
-    # The only rejects are reports with no text at all, and they are exactly the CSV's empty rows.
-    assert set(t["rejects"]["reason"]) == {"report has neither findings nor impression"}
+    reports_rejected = t["rejects"][t["rejects"]["kind"] == "report"]
+    assert len(t["reports"]) + len(reports_rejected) == 3851
+    # The only rejects are reports with no text at all, and they are exactly the CSV's empty rows...
+    assert set(reports_rejected["reason"]) == {"report has neither findings nor impression"}
     csv = pd.read_csv(shared_data / "iu_xray/indiana_reports.csv")
     empty = csv[csv["findings"].isna() & csv["impression"].isna()]
-    assert set(t["rejects"]["item"]) == {f"CXR{u}" for u in empty["uid"]}
+    assert set(reports_rejected["item"]) == {f"CXR{u}" for u in empty["uid"]}
+    # ... and their images go with them, never lost: image references = image rows + image rejects.
+    images_rejected = t["rejects"][t["rejects"]["kind"] == "image"]
+    assert set(images_rejected["reason"]) == {"its report has neither findings nor impression"}
+    assert summary["image_inputs"] == len(t["images"]) + len(images_rejected)
 
 
 def test_xml_and_csv_give_the_same_studies_and_text(iu_xml, iu_csv):

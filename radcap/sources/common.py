@@ -16,8 +16,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", "")
 class Parsed:
     """Rows as dicts; the ingest task turns them into contract tables.
 
-    `inputs` counts report-level inputs (files or rows) and `image_inputs` image-level ones that have their
-    own input rows (a projections table): rows + rejects of each kind must add up to them.
+    `inputs` counts report-level inputs (files, lines or report groups) and `image_inputs` image-level ones
+    (image references, projection rows, manifest rows): for each kind, rows + rejects add up to the inputs,
+    which `tasks.ingest.build_tables` checks. Each image row's `_source` says where it came from (not written).
     """
 
     reports: list[dict] = field(default_factory=list)
@@ -28,6 +29,16 @@ class Parsed:
 
     def reject(self, source: str, reason: str, item: str | None = None, kind: str = "report") -> None:
         self.rejects.append({"source": source, "item": item, "kind": kind, "stage": "ingest", "reason": reason})
+
+    def add_image(self, row: dict, source: str) -> None:
+        """An image row from input `source` (counted as an image input)."""
+        self.image_inputs += 1
+        self.images.append({**row, "_source": source})
+
+    def reject_image(self, source: str, reason: str, image_id: str) -> None:
+        """An image input that is rejected before it becomes a row (counted as an image input)."""
+        self.image_inputs += 1
+        self.reject(source, reason, item=image_id, kind="image")
 
 
 def report_row(

@@ -66,6 +66,7 @@ def _parse_xml_file(path: Path, parsed: Parsed, rules: TextRules) -> None:
     sections = {
         (el.get("Label") or "").upper(): _text(el) for el in root.iterfind(".//Abstract/AbstractText")
     }
+    image_ids = list(dict.fromkeys(i.strip() for i in root.xpath("parentImage/@id") if i.strip()))
     report = report_row(
         report_id=uid,
         study_id=uid,
@@ -80,10 +81,13 @@ def _parse_xml_file(path: Path, parsed: Parsed, rules: TextRules) -> None:
         mesh=[t.strip() for t in root.xpath("MeSH/major/text()") if t.strip()],
     )
     if report["target"] is None:
-        return parsed.reject(source, "report has neither findings nor impression", item=uid)
-    image_ids = [i.strip() for i in root.xpath("parentImage/@id") if i.strip()]
+        parsed.reject(source, "report has neither findings nor impression", item=uid)
+        for image_id in image_ids:
+            parsed.reject_image(source, "its report has neither findings nor impression", image_id)
+        return
     parsed.reports.append(report)
-    parsed.images.extend(image_row(image_id, report) for image_id in dict.fromkeys(image_ids))
+    for image_id in image_ids:
+        parsed.add_image(image_row(image_id, report), source)
 
 
 def read_iu_xml(
@@ -97,7 +101,10 @@ def read_iu_xml(
         raise RadcapError(f"{source}: no *.xml files found")
     parsed = Parsed(inputs=len(files))
     for path in files:
-        _parse_xml_file(path, parsed, rules)
+        try:
+            _parse_xml_file(path, parsed, rules)
+        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's reject, never the run's
+            parsed.reject(str(path), f"cannot parse the report ({type(exc).__name__}: {exc})")
     _drop_duplicate_reports(parsed)
     views = _read_views(views_csv) if views_csv else {}
     for image in parsed.images:
@@ -108,24 +115,30 @@ def read_iu_xml(
 
 
 def _drop_duplicate_reports(parsed: Parsed) -> None:
+    """The first report of an id is kept; a later one is a reject, and so are its images (they are never
+    attached to the kept report). An image id referenced by two kept reports stays with the first."""
     first_source: dict[str, str] = {}
-    kept = []
+    kept, dropped = [], set()
     for report in parsed.reports:
         rid = report["report_id"]
         if rid in first_source:
             parsed.reject(report["source"], f"duplicate report id {rid} (kept the one in {first_source[rid]})", item=rid)
+            dropped.add(report["source"])
         else:
             first_source[rid] = report["source"]
             kept.append(report)
     parsed.reports = kept
-    seen_images: set[str] = set()
+    owner: dict[str, str] = {}
     images = []
     for image in parsed.images:
-        # An image belongs to the report that was kept; images of a rejected duplicate are dropped with it.
-        if image["image_id"] in seen_images:
-            continue
-        seen_images.add(image["image_id"])
-        images.append(image)
+        image_id, source = image["image_id"], image["_source"]
+        if source in dropped:
+            parsed.reject(source, f"its report, a duplicate of {image['report_id']}, was rejected", item=image_id, kind="image")
+        elif image_id in owner:
+            parsed.reject(source, f"image {image_id} is already referenced by {owner[image_id]}", item=image_id, kind="image")
+        else:
+            owner[image_id] = source
+            images.append(image)
     parsed.images = images
 
 
@@ -211,19 +224,16 @@ def read_iu_csv(
 
 def _attach_projection_images(path: Path, reports: dict[str, dict], parsed: Parsed, images_dir: Path | None) -> None:
     rows = _read_csv(path, required=("uid", "filename", "projection"))
-    parsed.image_inputs = len(rows)
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
         where = f"{path}:{line}"
-        image_id = _csv_image_id(row["filename"])
+        image_id = _csv_image_id(row["filename"] or "")
         report = reports.get(f"CXR{(row['uid'] or '').strip()}")
         if report is None:
-            parsed.reject(where, f"uid {row['uid']} has no usable report", item=image_id, kind="image")
-        elif image_id in seen:
-            parsed.reject(where, f"duplicate image {row['filename']}", item=image_id, kind="image")
+            parsed.reject_image(where, f"uid {row['uid']} has no usable report", image_id)
+        elif image_id in seen or not (row["filename"] or "").strip():
+            parsed.reject_image(where, f"duplicate or empty image name {row['filename']!r}", image_id)
         else:
             seen.add(image_id)
             path_found = find_image(images_dir, row["filename"].strip(), image_id)
-            parsed.images.append(
-                image_row(image_id, report, view=_view(row["projection"]), modality="CX", path=path_found)
-            )
+            parsed.add_image(image_row(image_id, report, view=_view(row["projection"]), modality="CX", path=path_found), where)

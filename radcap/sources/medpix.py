@@ -39,6 +39,50 @@ def _read_jsonl(path: Path, parsed: Parsed | None) -> list[tuple[str, dict]]:
     return records
 
 
+def _text_field(record: dict, key: str) -> str:
+    value = record.get(key)
+    return value.strip() if isinstance(value, str) else str(value).strip() if isinstance(value, (int, float)) else ""
+
+
+def _opt_str(value: object) -> str | None:
+    """A text field as text, or None when absent or not text (a number or list where text belongs)."""
+    return value if isinstance(value, str) else None
+
+
+def _add_record(parsed: Parsed, where: str, record: dict, split: str, cases: dict, seen: dict[str, str],
+                rules: TextRules, images_dir: Path) -> None:
+    """One description line -> a report and its image, or a reject naming the line."""
+    image_id, case_id = _text_field(record, "image"), _text_field(record, "U_id")
+    description = record.get("Description")
+    description = description if isinstance(description, dict) else {}
+    if not image_id or not case_id:
+        return parsed.reject(where, "record has no 'image' or no 'U_id'", item=image_id or None)
+    if image_id in seen:
+        return parsed.reject(where, f"duplicate image {image_id} (kept {seen[image_id]})", item=image_id)
+    case = cases.get(case_id, {})
+    case = case if isinstance(case, dict) else {}
+    report = report_row(
+        report_id=image_id,
+        study_id=case_id,
+        group_id=case_id,
+        dataset=DATASET,
+        source=where,
+        rules=rules,
+        caption_raw=_opt_str(description.get("Caption")),
+        findings_raw=_opt_str(case.get("Findings")),
+        indication=_opt_str(case.get("History")),
+        split=split,
+        split_source="official",
+    )
+    if report["target"] is None:
+        return parsed.reject(where, "image has no caption", item=image_id)
+    seen[image_id] = where
+    parsed.reports.append(report)
+    parsed.add_image(image_row(image_id, report, path=find_image(images_dir, image_id), modality=_opt_str(record.get("Type")),
+                               plane=_opt_str(description.get("Plane")), location=_opt_str(record.get("Location")),
+                               location_category=_opt_str(record.get("Location Category"))), where)
+
+
 def read_medpix(source: Path, rules: TextRules, images_dir: Path | None = None) -> Parsed:
     if not source.is_dir():
         raise RadcapError(f"{source}: not a MedPix 2.0 folder")
@@ -60,43 +104,8 @@ def read_medpix(source: Path, rules: TextRules, images_dir: Path | None = None) 
     seen: dict[str, str] = {}
     for split, path in description_files.items():
         for where, record in _read_jsonl(path, parsed):
-            image_id = str(record.get("image") or "").strip()
-            case_id = str(record.get("U_id") or "").strip()
-            description = record.get("Description") or {}
-            if not image_id or not case_id:
-                parsed.reject(where, "record has no 'image' or no 'U_id'", item=image_id or None)
-                continue
-            if image_id in seen:
-                parsed.reject(where, f"duplicate image {image_id} (kept {seen[image_id]})", item=image_id)
-                continue
-            case = cases.get(case_id, {})
-            report = report_row(
-                report_id=image_id,
-                study_id=case_id,
-                group_id=case_id,
-                dataset=DATASET,
-                source=where,
-                rules=rules,
-                caption_raw=description.get("Caption"),
-                findings_raw=case.get("Findings"),
-                indication=case.get("History"),
-                split=split,
-                split_source="official",
-            )
-            if report["target"] is None:
-                parsed.reject(where, "image has no caption", item=image_id)
-                continue
-            seen[image_id] = where
-            parsed.reports.append(report)
-            parsed.images.append(
-                image_row(
-                    image_id,
-                    report,
-                    path=find_image(images_dir, image_id),
-                    modality=record.get("Type"),
-                    plane=description.get("Plane"),
-                    location=record.get("Location"),
-                    location_category=record.get("Location Category"),
-                )
-            )
+            try:
+                _add_record(parsed, where, record, split, cases, seen, rules, images_dir)
+            except Exception as exc:  # noqa: BLE001 - one record's failure is that record's reject
+                parsed.reject(where, f"unusable record ({type(exc).__name__}: {exc})")
     return parsed
