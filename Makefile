@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/radcap demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/python -m pytest
 
 clean:

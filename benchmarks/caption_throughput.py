@@ -40,24 +40,26 @@ def real_images(n: int, into: Path) -> Path:
 
 
 def load(model: str):
-    import radcap  # noqa: F401
-    from radcap.encoders import encoder_for
-    from tasks.evaluate import resolve_captioner
+    from radcap.runtime import apply_offline_defaults
 
-    bundle, _ = resolve_captioner(model)
+    apply_offline_defaults()
+    from radcap.encoders import encoder_for
+    from radcap.registry import load_captioner
+
+    bundle = load_captioner(model).bundle
     encoder = encoder_for(bundle.config)
     return bundle, encoder, encoder.forward_fn()
 
 
 def caption_folder(folder: Path, out: Path, bundle, encoder, forward, batch_size: int) -> dict:
     """What `radcap caption` runs, without the Prefect wrapper (scan, caption, consolidate)."""
-    from radcap.captioning import CaptionStore, caption_images
+    from radcap.captioning import CaptioningModel, CaptionStore, caption_images
     from radcap.pacs import Identifiers, scan
 
     store = CaptionStore(out)
     images = scan(folder, Identifiers()).images
-    result = caption_images(images, bundle, forward, store,
-                            ("bench", "0", encoder.version), batch_size, encoder.input_size, progress=False)
+    result = caption_images(images, CaptioningModel(bundle, encoder, "bench", "0"), store, batch_size, progress=False,
+                            forward=forward)
     return {"captioned": result.captioned, "rejected": result.rejected, **store.consolidate()}
 
 
@@ -85,7 +87,7 @@ def throughput(model: str, n: int, batch_size: int) -> None:
         start = time.perf_counter()
         captioned = caption_folder(warm, tmp / "captions", bundle, encoder, forward, batch_size)
         caption_s = time.perf_counter() - start
-    print(f"model {model} ({bundle.config['architecture']}, beam {bundle.config.get('decoding', {}).get('beam_width', 1)}), "
+    print(f"model {model} ({bundle.config.architecture}, beam {bundle.config.decoding.beam_width}), "
           f"encoder {encoder.version}, {n} real images, batch {batch_size}")
     print(f"feature extraction alone: {encoded} images in {extract_s:.1f} s = {encoded / extract_s:.2f} img/s")
     print(f"captioning end to end:    {captioned['captioned']} images in {caption_s:.1f} s = "

@@ -23,7 +23,9 @@ DATA = ROOT.parent / "shared" / "data"
 
 def child(n: int, batch_size: int) -> None:
     sys.path.insert(0, str(ROOT))
-    import radcap  # noqa: F401
+    from radcap.runtime import apply_offline_defaults
+
+    apply_offline_defaults()
     from radcap.encoders import resolve_encoder
     from radcap.features import FeatureStore, ImageItem, extract_features
     from radcap.imaging import file_sha256

@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import radcap  # noqa: E402,F401
-from data_contracts import REPORTS  # noqa: E402
+from radcap.runtime import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()
+from radcap.data_contracts import REPORTS  # noqa: E402
 from radcap.catalog import DataCatalog  # noqa: E402
 from radcap.finding_labeler import BinaryLabels  # noqa: E402
 from radcap.io import read_table  # noqa: E402

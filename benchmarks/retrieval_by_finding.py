@@ -17,14 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import radcap  # noqa: E402,F401
-from data_contracts import IMAGES, REPORTS  # noqa: E402
+from radcap.runtime import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()
+from radcap.data_contracts import IMAGES, REPORTS  # noqa: E402
 from radcap.caption_data import CaptionSet, build_caption_set  # noqa: E402
 from radcap.catalog import DataCatalog  # noqa: E402
 from radcap.features import FeatureStore  # noqa: E402
 from radcap.io import read_table  # noqa: E402
 from radcap.retrieval import both_directions, random_baseline, raw_feature_baseline  # noqa: E402
-from tasks.retrieval import resolve_retriever  # noqa: E402
+from radcap.registry import load_retriever  # noqa: E402
 
 
 def main() -> None:
@@ -33,10 +35,11 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--split", default="test")
     args = parser.parse_args()
-    bundle, _, name = resolve_retriever(args.model)
+    loaded = load_retriever(args.model)
+    bundle, name = loaded.bundle, loaded.uri
     catalog = DataCatalog(args.data)
     reports, images = read_table(catalog.reports, REPORTS), read_table(catalog.images, IMAGES)
-    store, version = FeatureStore(catalog.features), bundle.config["encoder_version"]
+    store, version = FeatureStore(catalog.features), bundle.config.encoder_version
     train = build_caption_set(reports, images, store, version, "train", 2)
     evaluated = build_caption_set(reports, images, store, version, args.split, 2)
     finding = images.groupby("report_id")["labels"].first().map(

@@ -18,10 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-import radcap  # noqa: E402,F401
-from data_contracts import IMAGES, REPORTS  # noqa: E402
+from radcap.runtime import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()
+from radcap.data_contracts import IMAGES, REPORTS  # noqa: E402
 from radcap.caption_data import build_caption_set  # noqa: E402
-from radcap.caption_training import _token_matrix, train_captioner  # noqa: E402
+from radcap.caption_training import token_matrix, train_captioner  # noqa: E402
 from radcap.catalog import DataCatalog  # noqa: E402
 from radcap.features import FeatureStore  # noqa: E402
 from radcap.io import read_table  # noqa: E402
@@ -46,13 +48,13 @@ def main() -> None:
     val = build_caption_set(reports, images, store, args.encoder_version, "val", cfg.max_views, grid)
     vocab = Vocabulary.build(train.texts, cfg.min_count, cfg.max_length)
     result = train_captioner(train, val, vocab, cfg)
-    loop = result.history[-1]
+    loop = result.fit.history[-1]
 
-    from models.captioner import make_train_step
+    from radcap.models.captioner import make_train_step
 
     model = result.bundle.model
     step = make_train_step(model, tf.keras.optimizers.Adam(cfg.learning_rate), cfg.clip_norm)
-    tokens = _token_matrix(train, vocab)
+    tokens = token_matrix(train, vocab)
     bs = cfg.batch_size
     batches = []
     for i in range(0, len(train) - bs + 1, bs):
@@ -65,10 +67,10 @@ def main() -> None:
         loss = step(feats, toks)
     float(loss)
     bare = time.perf_counter() - start
-    print(f"{args.architecture}: {len(train)} train reports, {loop.batches} batches of {bs}, {tokens.shape[1]} tokens")
-    print(f"epoch loop (train_captioner): {loop.train_seconds:7.2f} s; with validation decoding {loop.seconds:.2f} s")
+    print(f"{args.architecture}: {len(train)} train reports, {int(loop["batches"])} batches of {bs}, {tokens.shape[1]} tokens")
+    print(f"epoch loop (train_captioner): {loop["train_seconds"]:7.2f} s; with validation decoding {loop.seconds:.2f} s")
     print(f"bare compiled step:           {bare:7.2f} s")
-    print(f"ratio bare / epoch loop: {bare / loop.train_seconds:.3f}")
+    print(f"ratio bare / epoch loop: {bare / loop["train_seconds"]:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """The single source of truth for every table's columns and types."""
 
-from data_contracts.base import Column, Contract, ContractError
-from data_contracts.captions import CAPTION_REJECTS, CAPTIONS
-from data_contracts.features import FEATURES, LABELLED_IMAGES
-from data_contracts.ingest import IMAGES, REJECTS, REPORTS
-from data_contracts.retrieval import RETRIEVAL_INDEX, SEARCH_RESULTS
+from radcap.data_contracts.base import Column, Contract, ContractError
+from radcap.data_contracts.captions import CAPTION_REJECTS, CAPTIONS
+from radcap.data_contracts.features import FEATURES, LABELLED_IMAGES
+from radcap.data_contracts.ingest import IMAGES, REJECTS, REPORTS
+from radcap.data_contracts.retrieval import RETRIEVAL_INDEX, SEARCH_RESULTS
 
 ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES, CAPTIONS, CAPTION_REJECTS, RETRIEVAL_INDEX, SEARCH_RESULTS)
 

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from data_contracts.base import Column, Contract
+from radcap.data_contracts.base import Column, Contract
 
 UTC_TIME = pa.timestamp("us", tz="UTC")
 

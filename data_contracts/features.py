@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from data_contracts.base import Column, Contract
+from radcap.data_contracts.base import Column, Contract
 
 POOLED_DIM = 1024
 GRID_SIDE = 7  # DenseNet-121 at 224 px

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from data_contracts.base import Column, Contract
+from radcap.data_contracts.base import Column, Contract
 
 SPLITS = ("train", "val", "test", "unassigned")
 SPLIT_SOURCES = ("r2gen", "official", "manifest", "hash", "none")

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from data_contracts.base import Column, Contract
+from radcap.data_contracts.base import Column, Contract
 
 RETRIEVAL_INDEX = Contract(
     name="retrieval_index",

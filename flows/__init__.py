@@ -1,3 +1,1 @@
-"""Prefect flows: each composes tasks from `tasks/` and nothing else."""
-
-import radcap  # noqa: F401  (applies the offline defaults before Prefect is imported)
+"""Prefect flows: each composes tasks from `radcap.tasks` and nothing else."""

@@ -11,11 +11,12 @@ from prefect.utilities.annotations import quote
 from radcap.errors import RadcapError
 from radcap.inbox import Ledger, complete_batches
 from radcap.io import exclusive_lock
-from radcap.settings import CaptionSettings, get_settings
-from tasks.caption import caption_batch, consolidate, load_model, scan_inputs
+from radcap.runtime import apply_offline_defaults
+from radcap.settings import BulkCaptioningSettings, get_settings
+from radcap.tasks.caption import caption_batch, consolidate, load_model, scan_inputs
 
 
-def _caption(root: Path, out: Path, model_name: str, cfg: CaptionSettings, get_model, under: Path | None = None,
+def _caption(root: Path, out: Path, model_name: str, cfg: BulkCaptioningSettings, get_model, under: Path | None = None,
              wait: float | None = None) -> dict:
     """scan -> caption what is new -> consolidate, holding the output folder's lock (waiting `wait` seconds,
     default `cfg.lock_wait_seconds`, for another writer); `get_model()` loads the model only when there is work."""
@@ -28,11 +29,11 @@ def _caption(root: Path, out: Path, model_name: str, cfg: CaptionSettings, get_m
         totals = consolidate(out)
     return {"input": str(under or root), "model": model_name, "new_images": found.new, "captioned": captioned,
             "studies": studies, "rejected": rejected + found.rejected, "already_done": found.already_done,
-            **totals, "captions": str(out / "captions.parquet"), "rejects": str(out / "rejects.parquet")}
+            **totals}
 
 
 @flow(name="caption-images")
-def caption_flow(input_path: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None,
+def caption_flow(input_path: Path, out: Path, model: str | None = None, settings: BulkCaptioningSettings | None = None,
                  encoder: str | None = None) -> dict:
     cfg = settings or get_settings().caption
     model_name = model or cfg.model
@@ -40,9 +41,11 @@ def caption_flow(input_path: Path, out: Path, model: str | None = None, settings
 
 
 @flow(name="caption-new-batches")
-def caption_new_batches(inbox: Path, out: Path, model: str | None = None, settings: CaptionSettings | None = None) -> dict:
+def caption_new_batches(inbox: Path, out: Path, model: str | None = None, settings: BulkCaptioningSettings | None = None) -> dict:
     """Caption every complete, not yet taken batch folder of `inbox` into the one store `out/` (source paths
-    `BATCH/...`), so a study whose views arrive in two batches gets one report from all of them."""
+    `BATCH/...`), so a study whose views arrive in two batches gets one report from all of them. The ledger
+    claim is held in the flow: it spans the batch's tasks, which no single task could hold for its caller."""
+    apply_offline_defaults()  # a deployment's entry point
     cfg = settings or get_settings().caption
     logger, ledger = get_run_logger(), Ledger(out)
     model_name = model or cfg.model

@@ -1,28 +1,28 @@
-"""`radcap evaluate`: caption a split with a registered model and score it beside three baselines."""
+"""`radcap evaluate`: caption a split with a registered model and score it beside the baselines."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from tasks.evaluate import evaluation_sets, generate, load_captioner, retrieval_system, score, write_report
+from radcap.settings import get_settings
+from radcap.tasks.evaluate import caption_systems, evaluation_sets, load_captioner, retrieval_captions, score, write_report
+from radcap.tracking import tracked_run
 
 
 @flow(name="evaluate-captioner")
 def evaluate_flow(data_dir: Path, model: str, split: str, out: Path, meteor: bool = True,
                   retriever: str | None = None) -> dict:
-    bundle, name = load_captioner(model)
-    evaluated, train = evaluation_sets(data_dir, quote(bundle), split)
-    systems = generate(quote(bundle), quote(evaluated), quote(train))
+    loaded = load_captioner(model)
+    evaluated, train = evaluation_sets(data_dir, quote(loaded), split)
+    systems = caption_systems(quote(loaded), quote(evaluated), quote(train))
     if retriever:  # the contrastive model's retrieved report, scored in the same table
-        systems = {**systems, **retrieval_system(retriever, data_dir, quote(evaluated), split)}
-    scores = score(quote(evaluated), quote(systems), meteor)
-    mlflow.set_experiment("radcap-evaluation")
-    with mlflow.start_run(run_name=f"evaluate-{split}"):
-        mlflow.log_params({"model": name, "data_dir": str(data_dir), "split": split,
-                           "encoder_version": bundle.config["encoder_version"]})
-        meta = {"model": name, "data_dir": str(data_dir), "split": split, "architecture": bundle.config["architecture"]}
-        return write_report(quote(scores), quote(evaluated), quote(systems), out, meta)
+        systems = [*systems, retrieval_captions(retriever, data_dir, quote(evaluated), split)]
+    config = loaded.bundle.config
+    meta = {"model": loaded.uri, "data_dir": str(data_dir), "split": split, "architecture": config.architecture,
+            "encoder_version": config.encoder_version}
+    evaluation = score(quote(evaluated), quote(systems), meteor, meta)
+    with tracked_run(get_settings().tracking.evaluation, f"evaluate-{split}", meta):
+        return write_report(quote(evaluation), out)

@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from radcap.settings import Settings, get_settings
-from tasks.ingest import assign_splits, build_tables, read_source, write_ingest_outputs
+from radcap.tasks.ingest import assign_splits, build_tables, read_source, write_ingest_outputs
 
 
 @flow(name="ingest-reports", log_prints=True)

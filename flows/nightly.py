@@ -12,13 +12,14 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.evaluate import evaluate_flow
-from flows.features import extract_features_flow
-from flows.ingest import ingest_reports
-from flows.promote import promote_flow
-from flows.train import train_flow
+from radcap.flows.evaluate import evaluate_flow
+from radcap.flows.features import extract_features_flow
+from radcap.flows.ingest import ingest_reports
+from radcap.flows.promote import promote_flow
+from radcap.flows.train import train_flow
+from radcap.runtime import apply_offline_defaults
 from radcap.settings import get_settings
-from tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
+from radcap.tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
 
 
 @flow(name="nightly-retrain")
@@ -33,6 +34,7 @@ def nightly_retrain(
     architecture: str | None = None,
     promote: bool = True,
 ) -> dict:
+    apply_offline_defaults()  # a deployment's entry point
     settings = get_settings()
     data = workdir / "data"
     fingerprint = input_fingerprint([source, images, views, split_file],

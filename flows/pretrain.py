@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 from prefect import flow
 from prefect.utilities.annotations import quote
 
 from radcap.settings import EncoderSettings, get_settings
-from tasks.pretrain import decode_split, fit_label_space, gather_labelled_images, register_encoder, train
+from radcap.tracking import tracked_run
+from radcap.tasks.pretrain import decode_split, fit_label_space, gather_labelled_images, register_encoder, train
 
 
 @flow(name="pretrain-encoder")
@@ -20,9 +20,8 @@ def pretrain_encoder_flow(data_dirs: list[Path], out: Path, settings: EncoderSet
     train_px, train_rows, train_rejects = decode_split(quote(frame), "train", out, cfg.pretrain_size)
     val_px, val_rows, val_rejects = decode_split(quote(frame), "val", out, cfg.pretrain_size)
     space = fit_label_space(quote(train_rows), cfg)
-    mlflow.set_experiment("radcap-encoder")
-    with mlflow.start_run(run_name="pretrain-encoder"):
-        mlflow.log_params({**cfg.model_dump(), "data_dirs": ",".join(map(str, data_dirs))})
+    with tracked_run(get_settings().tracking.encoder, "pretrain-encoder",
+                     {**cfg.model_dump(), "data_dirs": ",".join(map(str, data_dirs))}):
         val_set = (val_px, val_rows) if len(val_rows) else None
         model, result = train(quote(space), quote((train_px, train_rows)), quote(val_set), cfg)
         counts = {"train_images": len(train_rows), "val_images": len(val_rows)}

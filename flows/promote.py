@@ -7,9 +7,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.io import write_json
 from radcap.settings import PromotionSettings, get_settings
-from tasks.promote import contenders, decide, record_decision, restore_previous, score_versions
+from radcap.tasks.promote import contenders, decide, record_decision, restore_previous, score_versions
 
 
 @flow(name="promote-captioner")
@@ -21,10 +20,7 @@ def promote_flow(data_dir: Path, name: str | None = None, candidate: str | None 
     versions = [new] if current in (None, new) else [new, current]
     scores = score_versions(data_dir, name, versions, cfg.split, cfg.primary_metric == "METEOR")
     decision = decide(new, current, quote(scores), cfg)
-    record = record_decision(name, new, current, decision, quote(scores), cfg, data_dir, dry_run)
-    if out is not None:
-        write_json(record, out / f"promotion-{name}-v{new}.json")
-    return record
+    return record_decision(name, new, current, decision, quote(scores), cfg, data_dir, dry_run, out)
 
 
 @flow(name="rollback-captioner")

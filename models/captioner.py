@@ -36,11 +36,11 @@ class Captioner(keras.Model):
 
     attention = False
 
-    def __init__(self, vocab_size: int, max_views: int = 2, embed_dim: int = 256, units: int = 512,
+    def __init__(self, vocab_size: int, max_views: int, feature_dim: int, embed_dim: int = 256, units: int = 512,
                  dropout: float = 0.3, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size, self.max_views, self.embed_dim, self.units, self.dropout_rate = (
-            vocab_size, max_views, embed_dim, units, dropout)
+        self.vocab_size, self.max_views, self.feature_dim, self.embed_dim, self.units, self.dropout_rate = (
+            vocab_size, max_views, feature_dim, embed_dim, units, dropout)
         self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
         self.cell = layers.LSTMCell(units, name="lstm")
         self.dropout = layers.Dropout(dropout)
@@ -48,14 +48,15 @@ class Captioner(keras.Model):
         self.logits = layers.Dense(vocab_size, name="logits")
         # Per-channel statistics of the training features, saved with the weights: CNN activations have
         # wildly different scales per channel, and unstandardized they let the LSTM ignore the image.
-        self.feature_mean = self.add_weight(shape=(1024,), initializer="zeros", trainable=False, name="feature_mean")
-        self.feature_std = self.add_weight(shape=(1024,), initializer="ones", trainable=False, name="feature_std")
+        self.feature_mean = self.add_weight(shape=(feature_dim,), initializer="zeros", trainable=False, name="feature_mean")
+        self.feature_std = self.add_weight(shape=(feature_dim,), initializer="ones", trainable=False, name="feature_std")
 
     def standardize(self, values):
         return (ops.cast(values, "float32") - self.feature_mean) / self.feature_std
 
     def get_config(self):
-        return {"vocab_size": self.vocab_size, "max_views": self.max_views, "embed_dim": self.embed_dim,
+        return {"vocab_size": self.vocab_size, "max_views": self.max_views, "feature_dim": self.feature_dim,
+                "embed_dim": self.embed_dim,
                 "units": self.units, "dropout": self.dropout_rate, **super().get_config()}
 
     def teacher_forced(self, features, tokens, training=False):
@@ -76,7 +77,7 @@ class ShowAndTell(Captioner):
         self.image_embedding = layers.Dense(self.embed_dim, name="image_embedding")
 
     def start(self, features, training=False):
-        pooled, view_mask = features["pooled"], features["view_mask"]  # (B,V,1024), (B,V)
+        pooled, view_mask = features["pooled"], features["view_mask"]  # (B,V,D), (B,V)
         flat = ops.reshape(self.standardize(pooled) * view_mask[..., None], (-1, self.max_views * pooled.shape[-1]))
         image = self.dropout(self.image_embedding(flat), training=training)
         batch = ops.shape(flat)[0]
@@ -107,7 +108,7 @@ class ShowAttendTell(Captioner):
         return {**super().get_config(), "attention_units": self.attention_units}
 
     def start(self, features, training=False):
-        grid, view_mask = features["grid"], features["view_mask"]  # (B,V,49,1024), (B,V)
+        grid, view_mask = features["grid"], features["view_mask"]  # (B,V,cells,D), (B,V)
         cells = grid.shape[2]
         memory = self.grid_projection(ops.reshape(self.standardize(grid), (-1, self.max_views * cells, grid.shape[-1])))
         mask = ops.reshape(ops.repeat(view_mask[:, :, None], cells, axis=2), (-1, self.max_views * cells))

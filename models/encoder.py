@@ -14,13 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from radcap.labels import CHESTXRAY14  # the order of the published CheXNet head
-
 FEATURE_LAYER = "relu"  # DenseNet-121's last BN+ReLU: 7x7x1024 at 224 px
-POOLED_DIM = 1024
+CHEXNET_OUTPUTS = 14  # the published CheXNet head: the 14 ChestX-ray14 observations (radcap.labels.CHESTXRAY14)
 
 
-def build_chexnet(n_outputs: int = len(CHESTXRAY14), input_size: int | None = 224, seed: int = 0) -> keras.Model:
+def build_chexnet(n_outputs: int = CHEXNET_OUTPUTS, input_size: int | None = 224, seed: int = 0) -> keras.Model:
     """DenseNet-121 -> global average pool -> Dense(n_outputs, sigmoid) named `predictions` (CheXNet layout)."""
     keras.utils.set_random_seed(seed)
     shape = (input_size, input_size, 3) if input_size else (None, None, 3)
@@ -83,27 +81,3 @@ def load_chexnet_h5(model: keras.Model, path: Path) -> int:
             raise ValueError(f"{path}: layer '{name}' shapes {[w.shape for w in weights]} != model {expected}")
         layer.set_weights(weights)
     return len(stored)
-
-
-def save_chexnet_h5_keras2_layout(model: keras.Model, path: Path) -> None:
-    """Write weights in the published file's layout (Keras 2 `save_weights`: `layer_names`, `weight_names`,
-    'conv1/conv'-style names). Used by the tests to prove `load_chexnet_h5` reads that structure."""
-
-    def keras2(name: str) -> str:
-        return {"conv1_conv": "conv1/conv", "conv1_bn": "conv1/bn"}.get(name, name)
-
-    with h5py.File(path, "w") as f:
-        f.attrs["backend"] = b"tensorflow"
-        f.attrs["keras_version"] = b"2.1.5"
-        layer_names = []
-        for layer in model.layers:
-            name = keras2(layer.name)
-            layer_names.append(name.encode())
-            group = f.create_group(name)
-            weight_names = []
-            for weight in layer.weights:
-                wname = f"{name}/{weight.name.split('/')[-1]}:0"
-                group.create_dataset(wname, data=weight.numpy())
-                weight_names.append(wname.encode())
-            group.attrs["weight_names"] = np.array(weight_names, dtype="S") if weight_names else np.array([], dtype="S1")
-        f.attrs["layer_names"] = np.array(layer_names, dtype="S")  # fixed-length bytes, as Keras 2 wrote them

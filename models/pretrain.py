@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.encoder import standardize
+from radcap.models.encoder import standardize
 
 
 def augmenter(rotation_degrees: float, zoom: float, shift: float, seed: int) -> keras.Sequential:

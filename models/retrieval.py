@@ -18,13 +18,13 @@ from keras import layers, ops
 
 
 class DualEncoder(keras.Model):
-    def __init__(self, vocab_size: int, dim: int = 256, embed_dim: int = 256, text_units: int = 256,
+    def __init__(self, vocab_size: int, feature_dim: int, dim: int = 256, embed_dim: int = 256, text_units: int = 256,
                  hidden: int = 512, dropout: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        self.vocab_size, self.dim, self.embed_dim, self.text_units, self.hidden, self.dropout_rate = (
-            vocab_size, dim, embed_dim, text_units, hidden, dropout)
-        self.feature_mean = self.add_weight(shape=(1024,), initializer="zeros", trainable=False, name="feature_mean")
-        self.feature_std = self.add_weight(shape=(1024,), initializer="ones", trainable=False, name="feature_std")
+        self.vocab_size, self.feature_dim, self.dim, self.embed_dim, self.text_units, self.hidden, self.dropout_rate = (
+            vocab_size, feature_dim, dim, embed_dim, text_units, hidden, dropout)
+        self.feature_mean = self.add_weight(shape=(feature_dim,), initializer="zeros", trainable=False, name="feature_mean")
+        self.feature_std = self.add_weight(shape=(feature_dim,), initializer="ones", trainable=False, name="feature_std")
         self.image_hidden = layers.Dense(hidden, activation="gelu", name="image_hidden")
         self.image_out = layers.Dense(dim, name="image_projection")
         self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
@@ -35,12 +35,12 @@ class DualEncoder(keras.Model):
                                          name="log_scale")
 
     def get_config(self):
-        return {"vocab_size": self.vocab_size, "dim": self.dim, "embed_dim": self.embed_dim,
+        return {"vocab_size": self.vocab_size, "feature_dim": self.feature_dim, "dim": self.dim, "embed_dim": self.embed_dim,
                 "text_units": self.text_units, "hidden": self.hidden, "dropout": self.dropout_rate,
                 **super().get_config()}
 
     def embed_images(self, pooled, view_mask, training=False):
-        """pooled (B,V,1024), view_mask (B,V) -> (B,dim) unit vectors."""
+        """pooled (B,V,D), view_mask (B,V) -> (B,dim) unit vectors."""
         x = (ops.cast(pooled, "float32") - self.feature_mean) / self.feature_std
         x = ops.sum(x * view_mask[..., None], axis=1) / ops.maximum(ops.sum(view_mask, axis=1, keepdims=True), 1.0)
         x = self.image_out(self.dropout(self.image_hidden(x), training=training))

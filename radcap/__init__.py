@@ -1,12 +1,8 @@
 """radcap: radiology report generation as a Prefect batch pipeline.
 
-Importing the package applies the offline defaults (project-local Prefect home, telemetry off, local
-MLflow store) before Prefect, MLflow or Keras are imported, so a user never has to export anything.
-Every variable is only set when the user has not set it, so real servers are one export away.
+Importing radcap does nothing beyond defining code: the offline defaults (project-local Prefect home,
+telemetry off, local MLflow store, Keras home) are applied by the entry points that need them, the CLI,
+the deployed flows and the MLflow pyfunc loaders, through `radcap.runtime.apply_offline_defaults`.
 """
 
-from radcap.runtime import apply_offline_defaults
-
-apply_offline_defaults()
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,11 +8,17 @@ whose images have no stored features for the chosen encoder are listed as reject
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from radcap.catalog import DataCatalog
+from radcap.data_contracts import IMAGES, REPORTS
+from radcap.data_contracts.features import GRID_CELLS
+from radcap.errors import RadcapError
 from radcap.features import FeatureStore, current_sha256
+from radcap.io import read_table
 from radcap.vocab import Vocabulary
 
 VIEW_ORDER = {"frontal": 0, "lateral": 1, "unknown": 2}
@@ -22,9 +28,9 @@ VIEW_ORDER = {"frontal": 0, "lateral": 1, "unknown": 2}
 class CaptionSet:
     report_ids: list[str]
     texts: list[str]
-    pooled: np.ndarray  # (N, V, 1024) float32
+    pooled: np.ndarray  # (N, V, D) float32
     view_mask: np.ndarray  # (N, V) float32
-    grid: np.ndarray | None = None  # (N, V, 49, 1024) float16
+    grid: np.ndarray | None = None  # (N, V, cells, D) float16
     image_ids: list[list[str]] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
 
@@ -40,6 +46,23 @@ class CaptionSet:
     def tokens(self, vocab: Vocabulary) -> np.ndarray:
         return np.asarray(vocab.encode_padded(self.texts), np.int32)
 
+    def subset(self, report_ids: list[str]) -> "CaptionSet":
+        """The examples of `report_ids`, in that order."""
+        position = {r: i for i, r in enumerate(self.report_ids)}
+        index = np.array([position[r] for r in report_ids], dtype=np.int64)
+        return CaptionSet(list(report_ids), [self.texts[i] for i in index], self.pooled[index], self.view_mask[index],
+                          None if self.grid is None else self.grid[index], [self.image_ids[i] for i in index])
+
+    def feature_statistics(self, attention: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and std over the images present (grid cells for attention, pooled vectors else)."""
+        present = self.view_mask.reshape(-1) > 0
+        if attention:
+            values = self.grid.reshape(-1, self.grid.shape[2], self.grid.shape[3])[present].astype(np.float32)
+            values = values.reshape(-1, values.shape[-1])
+        else:
+            values = self.pooled.reshape(-1, self.pooled.shape[-1])[present]
+        return values.mean(axis=0), np.maximum(values.std(axis=0), 1e-3)
+
 
 def mean_view(pooled: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
     """(S,V,D) per-view vectors -> (S,D) unit vectors: the mean of the views present, L2-normalized."""
@@ -49,18 +72,18 @@ def mean_view(pooled: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
 
 def pack_views(studies: list[list[int]], pooled: np.ndarray, grid: np.ndarray | None, max_views: int) -> dict:
     """Per-image features -> per-study arrays: `studies` lists each study's rows of `pooled`/`grid`, in view
-    order. Gives {'pooled' (S,V,D) float32, 'view_mask' (S,V)[, 'grid' (S,V,49,D) float16]}; missing views are 0."""
+    order. Gives {'pooled' (S,V,D) float32, 'view_mask' (S,V)[, 'grid' (S,V,cells,D) float16]}; missing views are 0."""
     dim = pooled.shape[-1]
     out = {"pooled": np.zeros((len(studies), max_views, dim), np.float32),
            "view_mask": np.zeros((len(studies), max_views), np.float32)}
     if grid is not None:
-        out["grid"] = np.zeros((len(studies), max_views, 49, dim), np.float16)
+        out["grid"] = np.zeros((len(studies), max_views, GRID_CELLS, dim), np.float16)
     for s, rows in enumerate(studies):
         for v, row in enumerate(rows[:max_views]):
             out["pooled"][s, v] = pooled[row]
             out["view_mask"][s, v] = 1.0
             if grid is not None:
-                out["grid"][s, v] = grid[row].reshape(49, dim)
+                out["grid"][s, v] = grid[row].reshape(GRID_CELLS, dim)
     return out
 
 
@@ -98,3 +121,18 @@ def build_caption_set(
                         stored["grid"] if grid else None, max_views)
     texts = chosen.set_index("report_id").loc[keep, "target"].tolist()
     return CaptionSet(keep, texts, packed["pooled"], packed["view_mask"], packed.get("grid"), views, rejects)
+
+
+def load_caption_sets(data_dir: Path, encoder_version: str, splits: tuple[str, ...], max_views: int,
+                      grid: bool = False, min_size: int = 1) -> dict[str, CaptionSet]:
+    """The one caption-set loader: each split's examples from a data directory's tables and feature store,
+    or RadcapError when a split has fewer than `min_size` reports with features."""
+    catalog = DataCatalog(data_dir)
+    reports, images = read_table(catalog.reports, REPORTS), read_table(catalog.images, IMAGES)
+    store = FeatureStore(catalog.features)
+    sets = {s: build_caption_set(reports, images, store, encoder_version, s, max_views, grid) for s in splits}
+    for split, data in sets.items():
+        if len(data) < min_size:
+            raise RadcapError(f"{data_dir}: {len(data)} '{split}' reports have features for encoder {encoder_version} "
+                              f"(at least {min_size} needed; run `radcap features`)")
+    return sets

@@ -27,11 +27,21 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from data_contracts import CAPTION_REJECTS, CAPTIONS
+from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 from radcap.caption_data import VIEW_ORDER, pack_views
 from radcap.features import Forward, stream_features
 from radcap.io import atomic_path, exclusive_lock, new_run_id, read_table, write_table
 from radcap.pacs import InputImage, Reject
+
+
+@dataclass
+class CaptioningModel:
+    """A captioner with exactly the encoder of its training features, and what outputs are stamped with."""
+
+    bundle: object  # radcap.captioner_bundle.CaptionerBundle
+    encoder: object  # radcap.encoders.Encoder
+    name: str  # registered name (or the bundle folder)
+    version: str  # registry version number (or "local")
 
 
 @dataclass
@@ -188,19 +198,14 @@ def report_studies(bundle, features: dict, decoding: dict) -> tuple[list[str | N
         return captions, failed
 
 
-def caption_images(
-    images: list[InputImage],
-    bundle,  # radcap.captioner_bundle.CaptionerBundle
-    forward: Forward,
-    store: CaptionStore,
-    model: tuple[str, str, str],  # name, version, encoder version
-    batch_size: int = 32,
-    input_size: int = 224,
-    decoding: dict | None = None,
-    progress: bool = True,
-) -> CaptionResult:
-    """Caption `images` study by study, one part file per batch of studies."""
-    attention, max_views = bool(bundle.model.attention), int(bundle.config["max_views"])
+def caption_images(images: list[InputImage], model: CaptioningModel, store: CaptionStore, batch_size: int = 32,
+                   decoding: dict | None = None, progress: bool = True, forward: Forward | None = None) -> CaptionResult:
+    """Caption `images` study by study, one part file per batch of studies (`forward`: the encoder's compiled
+    forward function when the caller already has one)."""
+    bundle = model.bundle
+    attention, max_views = bool(bundle.model.attention), bundle.config.max_views
+    stamp_model = (model.name, model.version, model.encoder.version)
+    forward = forward or model.encoder.forward_fn()
     result, start, run_id = CaptionResult(), time.perf_counter(), new_run_id()
     batches = study_batches(images, batch_size)
 
@@ -230,7 +235,8 @@ def caption_images(
                         continue
                     rows.append({"study_id": image.study_id, "image_id": image.image_id, "view": image.view,
                                  "source_path": image.source_path, "sha256": batch.shas[k], "caption": caption,
-                                 "model": model[0], "model_version": model[1], "encoder_version": model[2],
+                                 "model": stamp_model[0], "model_version": stamp_model[1],
+                                 "encoder_version": stamp_model[2],
                                  "captioned_at": stamp})
             result.studies += len(studies) - len(failed)
         frame = pd.DataFrame(rows, columns=CAPTIONS.column_names)
@@ -244,8 +250,8 @@ def caption_images(
     with ThreadPoolExecutor(1) as finisher:
         last: Future | None = None
         flat_batches = [[image for study in batch for image in study] for batch in batches]
-        for batch in stream_features(images, lambda image: image.path, forward, batch_size, input_size, attention,
-                                     progress="caption" if progress else None, batches=flat_batches):
+        for batch in stream_features(images, lambda image: image.path, forward, batch_size, model.encoder.input_size,
+                                     attention, progress="caption" if progress else None, batches=flat_batches):
             if last is not None:
                 last.result()  # raises here if the previous batch failed
             last = finisher.submit(finish, batch)

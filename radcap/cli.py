@@ -1,5 +1,9 @@
 """The `radcap` command line: one subcommand per pipeline stage.
 
+Each command imports its flow when it runs: flows import Prefect, MLflow and TensorFlow (seconds to load),
+which `radcap --help` and `radcap contracts` do not need, and the offline defaults (Prefect home) must be set
+by `main` before Prefect is first imported.
+
 Exit codes: 0 success, 1 finished but some inputs were rejected (see rejects.parquet), 2 usage error or
 an input the user must fix (the message names the file and the reason).
 """
@@ -16,10 +20,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import radcap  # noqa: F401  (offline defaults before Prefect/MLflow are imported)
-from radcap.catalog import DataCatalog
+from radcap import data_contracts
+from radcap.catalog import DataCatalog, RunFolder
 from radcap.errors import RadcapError
 from radcap.logs import hide_user_error_tracebacks
+from radcap.settings import get_settings
 
 app = typer.Typer(
     help="radcap: radiology report generation pipeline (Prefect flows, Keras models, MLflow registry).",
@@ -28,8 +33,26 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+OUTPUT = {"json": False}  # set by the --json option of the command group
+
+
+@app.callback()
+def _options(
+    json_output: Annotated[bool, typer.Option("--json", help="Print each command's summary as one JSON object "
+                                              "on stdout (for scripts), instead of a table.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's INFO logs on the console.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show everything: INFO logs, Prefect's failure logs and "
+                                        "tracebacks, also for mistakes in the input.")] = False,
+) -> None:
+    OUTPUT["json"] = json_output
+    from radcap.logs import DEBUG, configure_console
+
+    DEBUG["on"] = debug
+    configure_console(verbose, debug)
 
 EXIT_OK, EXIT_REJECTS, EXIT_USAGE = 0, 1, 2
+NEEDS_TENSORFLOW = {"features", "pretrain-encoder", "train", "evaluate", "caption", "caption-inbox", "promote", "nightly",
+                    "train-retrieval", "search", "retrieve", "demo"}
 
 
 class Format(str, Enum):
@@ -59,6 +82,11 @@ def _with_overrides(section, **options):
 
 
 def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
+    if OUTPUT["json"]:
+        import json
+
+        print(json.dumps({k: summary[k] for k in keys if k in summary}, default=str))
+        return
     table = Table(title=title, show_header=False)
     for key in keys:
         if key in summary:
@@ -92,7 +120,7 @@ def ingest(
     _existing(images, "images folder")
     _existing(views, "views CSV")
     _existing(split_file, "split file")
-    from flows.ingest import ingest_reports
+    from radcap.flows.ingest import ingest_reports
 
     hide_user_error_tracebacks()
     summary = ingest_reports(fmt.value, source, out, images=images, views=views, split_file=split_file)
@@ -117,9 +145,8 @@ def features(
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Default from settings.")] = None,
 ) -> None:
     """Encode every image of DATA with the CheXNet encoder into DATA/features (resumable, skips stored images)."""
-    _existing(data / "images.parquet", "images table (run `radcap ingest` first)")
-    from flows.features import extract_features_flow
-    from radcap.settings import get_settings
+    _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
+    from radcap.flows.features import extract_features_flow
 
     hide_user_error_tracebacks()
     summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size)
@@ -138,15 +165,14 @@ def pretrain_encoder(
     """Train the CheXNet encoder on labels derived from the data (MeSH, MedPix metadata, manifest labels),
     log it to MLflow and register it as `radcap-encoder`."""
     for d in data:
-        _existing(d / "images.parquet", "images table (run `radcap ingest` first)")
-    from flows.pretrain import pretrain_encoder_flow
-    from radcap.settings import get_settings
+        _existing(DataCatalog(d).images, "images table (run `radcap ingest` first)")
+    from radcap.flows.pretrain import pretrain_encoder_flow
 
     cfg = _with_overrides(get_settings().encoder, epochs=epochs, pretrain_size=image_size, pretrain_batch_size=batch_size)
-    out = out or data[0] / "encoder"
+    out = out or DataCatalog(data[0]).encoder_run
     hide_user_error_tracebacks()
     summary = pretrain_encoder_flow(list(data), out, cfg)
-    _finish("pretrain-encoder", summary, "images", out / "rejects.parquet")
+    _finish("pretrain-encoder", summary, "images", RunFolder(out).rejects)
 
 
 class Architecture(str, Enum):
@@ -164,13 +190,12 @@ def train(
 ) -> None:
     """Train a report decoder (teacher forcing, early stopping on a val metric), log it to MLflow and
     register it as `radcap-captioner`."""
-    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
-    from flows.train import train_flow
-    from radcap.settings import get_settings
+    _existing(DataCatalog(data).reports, "reports table (run `radcap ingest` first)")
+    from radcap.flows.train import train_flow
 
     cfg = _with_overrides(get_settings().captioner, architecture=architecture.value if architecture else None, epochs=epochs)
     hide_user_error_tracebacks()
-    summary = train_flow(data, out or data / f"captioner-{cfg.architecture}", cfg, encoder_version)
+    summary = train_flow(data, out or DataCatalog(data).captioner_run(cfg.architecture), cfg, encoder_version)
     _print_summary(f"train {cfg.architecture}", summary, list(summary))
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
 
@@ -187,11 +212,11 @@ def evaluate(
     """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr and clinical F1, beside baselines."""
     if split not in ("train", "val", "test"):
         raise RadcapError(f"--split must be train, val or test, not '{split}'")
-    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
-    from flows.evaluate import evaluate_flow
+    _existing(DataCatalog(data).reports, "reports table (run `radcap ingest` first)")
+    from radcap.flows.evaluate import evaluate_flow
 
     hide_user_error_tracebacks()
-    summary = evaluate_flow(data, model, split, out or data / f"evaluation-{split}", meteor, retriever)
+    summary = evaluate_flow(data, model, split, out or DataCatalog(data).evaluation(split), meteor, retriever)
     _print_summary(f"evaluate {split}", summary, list(summary))
     raise typer.Exit(EXIT_OK)
 
@@ -207,8 +232,7 @@ def caption(
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
-    from flows.caption import caption_flow
-    from radcap.settings import get_settings
+    from radcap.flows.caption import caption_flow
 
     cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers)
     hide_user_error_tracebacks()
@@ -225,13 +249,12 @@ def caption_inbox(
 ) -> None:
     """One run of the scheduled `caption_new_batches` flow: caption the complete batches nobody took yet."""
     _existing(inbox, "inbox")
-    from flows.caption import caption_new_batches
-    from radcap.settings import get_settings
+    from radcap.flows.caption import caption_new_batches
 
     hide_user_error_tracebacks()
     cfg = _with_overrides(get_settings().caption, settle_seconds=settle_seconds)
     summary = caption_new_batches(inbox, out, model, cfg)
-    Console().print(f"captioned batches: {summary['captioned_batches'] or 'none ready'}")
+    _print_summary("caption-inbox", summary, list(summary))
 
 
 @app.command()
@@ -245,13 +268,14 @@ def promote(
     dry_run: Annotated[bool, typer.Option(help="Compare and report; change nothing.")] = False,
 ) -> None:
     """Move the `champion` alias to the candidate only if it beats the champion on the same held-out reports."""
-    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
-    from flows.promote import promote_flow
-    from radcap.settings import get_settings
+    _existing(DataCatalog(data).reports, "reports table (run `radcap ingest` first)")
+    from radcap.flows.promote import promote_flow
 
     cfg = _with_overrides(get_settings().promotion, split=split, primary_metric=metric, clinical_tolerance=tolerance)
     hide_user_error_tracebacks()
     record = promote_flow(data, name, candidate, cfg, dry_run)
+    if OUTPUT["json"]:
+        return _print_summary("promote", record, list(record))
     _print_summary("promote", {**record, "metrics": ""}, ["outcome", "reason", "candidate", "champion", "split"])
     for version, values in record["metrics"].items():
         Console().print(f"version {version}: " + ", ".join(f"{k} {v}" for k, v in values.items()))
@@ -262,11 +286,11 @@ def rollback(
     name: Annotated[Optional[str], typer.Option(help="Registered model (default: radcap-captioner).")] = None,
 ) -> None:
     """Give the `champion` alias back to the previous champion."""
-    from flows.promote import rollback_flow
+    from radcap.flows.promote import rollback_flow
 
     hide_user_error_tracebacks()
     result = rollback_flow(name)
-    Console().print(f"{result['model']}: champion is version {result['champion']} again (was {result['replaced']})")
+    _print_summary("rollback", result, list(result))
 
 
 @app.command()
@@ -283,7 +307,7 @@ def nightly(
     """One run of the `nightly_retrain` flow: ingest, incremental features, train, evaluate, promote."""
     for path, what in ((source, "source"), (images, "images folder"), (views, "views CSV"), (split_file, "split file")):
         _existing(path, what)
-    from flows.nightly import nightly_retrain
+    from radcap.flows.nightly import nightly_retrain
 
     hide_user_error_tracebacks()
     summary = nightly_retrain(source, workdir, fmt.value, images, views, split_file, encoder, promote=promote)
@@ -300,17 +324,18 @@ def train_retrieval(
 ) -> None:
     """Train the contrastive image-report model, evaluate it on val beside baselines, index the training
     pairs and register it as `radcap-retriever`."""
-    _existing(data / "reports.parquet", "reports table (run `radcap ingest` first)")
-    from flows.retrieval import train_retrieval_flow
-    from radcap.settings import get_settings
+    _existing(DataCatalog(data).reports, "reports table (run `radcap ingest` first)")
+    from radcap.flows.retrieval import train_retrieval_flow
 
     cfg = _with_overrides(get_settings().retrieval, epochs=epochs)
     hide_user_error_tracebacks()
-    summary = train_retrieval_flow(data, out or data / "retriever", cfg, encoder_version, meteor)
+    summary = train_retrieval_flow(data, out or DataCatalog(data).retriever_run, cfg, encoder_version, meteor)
     _print_summary("train-retrieval", summary, list(summary))
 
 
 def _print_hits(table, title: str) -> None:
+    if OUTPUT["json"]:
+        return
     view = Table(title=title)
     for column in ("query", "rank", "score", "item_id", "text", "source"):
         view.add_column(column, overflow="fold")
@@ -322,16 +347,16 @@ def _print_hits(table, title: str) -> None:
 @app.command()
 def search(
     text: Annotated[list[str], typer.Option(help="Text query, e.g. 'left pleural effusion' (repeatable).")],
-    model: Annotated[str, typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder.")] = "models:/radcap-retriever/latest",
+    model: Annotated[Optional[str], typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever).")] = None,
     top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write results.parquet and results.csv here.")] = None,
 ) -> None:
     """Report-to-image search: the known images whose embeddings are closest to each text query."""
-    from flows.retrieval import search_flow
-    from radcap.settings import get_settings
+    from radcap.flows.retrieval import search_flow
 
     hide_user_error_tracebacks()
-    summary = search_flow(list(text), model, top_k or get_settings().retrieval.top_k, out)
+    cfg = get_settings().retrieval
+    summary = search_flow(list(text), model or f"models:/{cfg.registered_name}/latest", top_k or cfg.top_k, out)
     _print_hits(summary["table"], "search")
 
 
@@ -339,20 +364,20 @@ def search(
 def retrieve(
     input: Annotated[Path, typer.Option("--input", help="Images as for `radcap caption` (DICOM export or PNG/JPEG).")],
     out: Annotated[Path, typer.Option(help="Folder for results.parquet, results.csv and rejects.parquet.")],
-    model: Annotated[str, typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder.")] = "models:/radcap-retriever/latest",
+    model: Annotated[Optional[str], typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever).")] = None,
     top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Where the retriever's encoder file is now (see `radcap caption --encoder`).")] = None,
 ) -> None:
     """Image-to-report retrieval: the closest known reports for each new study, with scores."""
     _existing(input, "input")
-    from flows.retrieval import retrieve_flow
-    from radcap.settings import get_settings
+    from radcap.flows.retrieval import retrieve_flow
 
     hide_user_error_tracebacks()
-    summary = retrieve_flow(input, model, top_k or get_settings().retrieval.top_k, out, encoder)
+    cfg = get_settings().retrieval
+    summary = retrieve_flow(input, model or f"models:/{cfg.registered_name}/latest", top_k or cfg.top_k, out, encoder)
     _print_hits(summary["table"], f"retrieve -> {out}")
     summary.pop("table")
-    _finish(f"retrieve -> {out}", summary, "files", out / "rejects.parquet")
+    _finish(f"retrieve -> {out}", summary, "files", summary["rejects"])
 
 
 @app.command()
@@ -362,7 +387,6 @@ def sample(
 ) -> None:
     """Write the embedded default dataset: synthetic chest radiograph phantoms with IU-layout XML reports."""
     from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
 
     written = write_sample(out, _with_overrides(get_settings().sample, studies=studies))
     console.print(f"wrote {written['studies']} studies, {written['images']} images to {out}")
@@ -373,18 +397,48 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the sample and every stage's outputs go.")] = Path("out/demo"),
 ) -> None:
     """The main job end to end on the embedded default sample (no data, no server needed)."""
-    from flows.demo import demo_pipeline
+    from radcap.flows.demo import demo_pipeline
 
     hide_user_error_tracebacks()
     summary = demo_pipeline(workdir)
     _print_summary(f"demo -> {workdir}", summary, list(summary))
 
 
+server_app = typer.Typer(help="Keep one local Prefect server alive for many commands (instead of a temporary one each).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(port: Annotated[Optional[int], typer.Option(help="Default: a free port.")] = None) -> None:
+    """Start a local Prefect server in the background; later commands use it (PREFECT_API_URL still wins)."""
+    from radcap import server
+
+    _print_summary("server", server.start(port), ["started", "api_url", "pid", "log"])
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the server `radcap server start` started."""
+    from radcap import server
+
+    result = server.stop()
+    _print_summary("server", result, list(result))
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Whether a kept-alive server runs, and where; exit 1 when none does."""
+    from radcap import server
+
+    state = server.running()
+    _print_summary("server", state or {"running": False}, list(state or {"running": False}))
+    raise typer.Exit(EXIT_OK if state else EXIT_REJECTS)
+
+
 @app.command()
 def contracts() -> None:
     """Print every table contract (columns, types, meaning) as Markdown."""
-    import data_contracts
-
     print("\n\n".join(c.describe() for c in data_contracts.ALL))
 
 
@@ -392,9 +446,24 @@ def main(argv: list[str] | None = None) -> None:
     """Typer handles usage errors itself (exit 2); a RadcapError is the user's to fix: one line, exit 2.
     Any other exception is a fault that stopped the run: its traceback (a bug to report), then one line, exit 2
     (never 1, which means "finished, some inputs rejected")."""
+    from radcap.runtime import apply_offline_defaults
+
+    apply_offline_defaults()  # before Prefect, MLflow or Keras is imported by a command
+    from radcap.server import use_running_server
+
+    use_running_server()  # a server kept alive by `radcap server start` spares each command a temporary one
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if words and words[0] in NEEDS_TENSORFLOW:
+        from radcap.runtime import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     try:
         app(args=argv)
     except RadcapError as exc:
+        from radcap.logs import DEBUG
+
+        if DEBUG["on"]:
+            traceback.print_exc()
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:

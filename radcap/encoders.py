@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from radcap.errors import RadcapError
+from radcap.features import spec_for_version
 from radcap.imaging import file_sha256
+from radcap.registry import download, parse_model_uri
 
 ENCODER_NAME = "chexnet-densenet121"
 REGISTERED_ENCODER = "radcap-encoder"
@@ -37,7 +39,7 @@ class Encoder:
         """uint8 (B,S,S) numpy -> (pooled (B,1024), grid (B,7,7,1024)) numpy, compiled once per shape."""
         import tensorflow as tf
 
-        from models.encoder import feature_extractor, standardize
+        from radcap.models.encoder import feature_extractor, standardize
 
         extractor = feature_extractor(self.model)
 
@@ -54,7 +56,7 @@ class Encoder:
 
 def resolve_encoder(spec: str | None) -> Encoder:
     """The encoder a user names (`radcap features --encoder`); None means the newest registered one."""
-    from models.encoder import build_chexnet, load_chexnet_h5
+    from radcap.models.encoder import build_chexnet, load_chexnet_h5
 
     if spec is None:
         return _from_registry(f"models:/{REGISTERED_ENCODER}/latest")
@@ -81,23 +83,13 @@ def resolve_encoder(spec: str | None) -> Encoder:
     raise RadcapError(f"{path}: unsupported encoder file (expected .h5 CheXNet weights or .keras)")
 
 
-def spec_for_version(version: str) -> str | None:
-    """The spec that reloads a registry or random encoder version from its version string alone (None for
-    file encoders, whose path must be recorded: see `radcap.features.FeatureStore.encoder_specs`)."""
-    if version.startswith("random-seed"):
-        return "random:" + version.removeprefix("random-seed")
-    if "/" in version:
-        return f"models:/{version}"
-    return None
-
-
-def encoder_for(config: dict, override: str | None = None) -> Encoder:
-    """Exactly the encoder a saved model's features came from (`config['encoder_version']`, reloaded by
-    `config['encoder_spec']` or by `override`, e.g. the encoder file at its new place), or RadcapError."""
-    expected = config.get("encoder_version")
+def encoder_for(config, override: str | None = None) -> Encoder:
+    """Exactly the encoder a saved model's features came from (`config.encoder_version`, reloaded by
+    `config.encoder_spec` or by `override`, e.g. the encoder file at its new place), or RadcapError."""
+    expected = getattr(config, "encoder_version", None)
     if not expected:
         raise RadcapError("the model records no encoder version; retrain it with this radcap version")
-    spec = override or config.get("encoder_spec") or spec_for_version(expected)
+    spec = override or getattr(config, "encoder_spec", None) or spec_for_version(expected)
     if not spec:
         raise RadcapError(f"the model's features came from encoder {expected}, a file whose path it does not "
                           "record: pass that file with --encoder")
@@ -121,11 +113,6 @@ def _load_keras(path: Path):
 
 
 def _from_registry(uri: str) -> Encoder:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from radcap.registry import parse_model_uri
-
     try:
         name, number = parse_model_uri(uri)
     except RadcapError as exc:
@@ -133,12 +120,7 @@ def _from_registry(uri: str) -> Encoder:
             raise RadcapError(f"{exc}: run `radcap pretrain-encoder`, or pass --encoder random or a CheXNet "
                               ".h5 file") from None
         raise
-    try:
-        version = mlflow.MlflowClient().get_model_version(name, number)
-        local = Path(mlflow.artifacts.download_artifacts(version.source))
-    except MlflowException as exc:
-        raise RadcapError(f"{uri}: {exc.message}") from exc
-    files = sorted(local.rglob("*.keras"))
+    files = sorted(download(name, number).rglob("*.keras"))
     if not files:
         raise RadcapError(f"{uri}: the registered model holds no .keras file")
     return Encoder(_load_keras(files[0]), ENCODER_NAME, f"{name}/{number}", f"models:/{name}/{number}")

@@ -29,8 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_contracts import FEATURES
-from data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
+from radcap.data_contracts import FEATURES
+from radcap.data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
 from radcap.imaging import ImageRejected, file_sha256, read_image
 from radcap.io import atomic_path, new_run_id, write_json
 
@@ -67,6 +67,16 @@ def current_sha256(path: str | None) -> str | None:
         return None
 
 
+def spec_for_version(version: str) -> str | None:
+    """The encoder spec that reloads a registry or random encoder version from the version string alone
+    (None for file encoders, whose path the store records: `FeatureStore.encoder_spec`)."""
+    if version.startswith("random-seed"):
+        return "random:" + version.removeprefix("random-seed")
+    if "/" in version:
+        return f"models:/{version}"
+    return None
+
+
 class FeatureStore:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -84,6 +94,25 @@ class FeatureStore:
         frames = [pq.read_table(p, columns=columns).to_pandas() for p in self.parts()]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
+    def plan(self, images: pd.DataFrame, encoder_version: str) -> tuple[list[ImageItem], int, list[dict]]:
+        """Of an images table: the images whose current content is not stored for this encoder, how many are,
+        and reject rows for the files that are missing or unreadable."""
+        stored = self.index()
+        mine = stored[stored["encoder_version"] == encoder_version]
+        done = set(zip(mine["image_id"], mine["sha256"]))
+        todo, rejects, skipped = [], [], 0
+        for image_id, path in zip(images["image_id"], images["path"]):
+            reason = "image file not found when the data was ingested" if not isinstance(path, str) else None
+            sha = None if reason else current_sha256(path)
+            if reason or sha is None:
+                rejects.append({"source": path if isinstance(path, str) else image_id, "item": image_id, "kind": "image",
+                                "stage": "features", "reason": reason or "cannot read file (missing or unreadable)"})
+            elif (image_id, sha) in done:
+                skipped += 1
+            else:
+                todo.append(ImageItem(image_id, path, sha))
+        return todo, skipped, rejects
+
     def write_part(self, table: pa.Table, run_id: str, number: int) -> Path:
         table = FEATURES.validate(table)
         target = self.root / f"part-{run_id}-{number:05d}.parquet"
@@ -99,6 +128,10 @@ class FeatureStore:
 
     def encoder_specs(self) -> dict[str, str]:
         return json.loads(self.encoders_file.read_text(encoding="utf-8")) if self.encoders_file.exists() else {}
+
+    def encoder_spec(self, version: str) -> str | None:
+        """The spec that reloads exactly the encoder of `version` (recorded path, registry URI or random:N)."""
+        return self.encoder_specs().get(version) or spec_for_version(version)
 
     def load(self, encoder_version: str, images: dict[str, str | None] | list[str] | None = None,
              grid: bool = False) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_contracts import REJECTS, Contract, ContractError
+from radcap.data_contracts import REJECTS, Contract, ContractError
 from radcap.errors import RadcapError
 
 
@@ -104,3 +105,15 @@ def read_table(path: Path, contract: Contract) -> pd.DataFrame:
 def write_json(payload: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+
+def files_fingerprint(paths: list[Path], settings_dump: dict) -> str:
+    """Hash of every file's path, size and modification time under `paths`, plus `settings_dump`: cheap (no
+    file is read) and it changes whenever a file is added, removed, replaced or edited."""
+    digest = hashlib.sha256(json.dumps(settings_dump, sort_keys=True, default=str).encode())
+    for path in paths:
+        files = [path] if path.is_file() else sorted(Path(r) / f for r, _, fs in os.walk(path) for f in fs)
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

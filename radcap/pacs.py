@@ -27,7 +27,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from radcap.imaging import ImageRejected, read_bytes, sniff
+from radcap.imaging import ImageRejected, check_dicom_header, quiet_pydicom, read_bytes, sniff
+from radcap.runtime import workspace_salt
 
 FRONTAL, LATERAL = {"PA", "AP", "PA_ERECT", "AP_SUPINE"}, {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"}
 _HEADER_TAGS = ["StudyInstanceUID", "SOPInstanceUID", "ViewPosition"]
@@ -166,8 +167,6 @@ def identifiers(mode: str, salt: str = "") -> Identifiers:
     """The output identifiers of a run: with `hash` and no salt configured, the workspace's own salt (random,
     made once and kept in `WORKSPACE/id_salt`), so hashes never come from an empty, guessable salt."""
     if mode == "hash" and not salt:
-        from radcap.runtime import workspace_salt
-
         salt = workspace_salt()
     return Identifiers(mode, salt)
 
@@ -202,8 +201,6 @@ def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]
 
 
 def _dicom_identity(data: bytes) -> tuple[str | None, str | None, str]:
-    from radcap.imaging import check_dicom_header, quiet_pydicom
-
     check_dicom_header(data)
     header = quiet_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     return (uid_or_none(header.get("StudyInstanceUID")), uid_or_none(header.get("SOPInstanceUID")),

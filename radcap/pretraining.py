@@ -7,10 +7,8 @@ pixels from disk instead of decoding again, and RAM stays bounded whatever the n
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import pandas as pd
 from radcap.imaging import ImageRejected, prepare
 from radcap.labels import EXCLUSIVE, LabelSpace
 from radcap.settings import EncoderSettings
+from radcap.training import EarlyStopping, EpochRecord, FitResult, fit
 
 
 def decode_images(paths: list[str], size: int, target: Path, workers: int = 2) -> tuple[np.ndarray, list[str | None]]:
@@ -53,23 +52,6 @@ def learning_rate_at(step: int, total_steps: int, warmup_steps: int, peak: float
     return peak * (floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-@dataclass
-class EpochStats:
-    epoch: int
-    train_loss: float
-    val_loss: float | None
-    val_scores: dict[str, float]
-    learning_rate: float
-    seconds: float
-
-
-@dataclass
-class TrainResult:
-    history: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
-    stopped_early: bool = False
-
-
 def namespace_scores(space: LabelSpace, probs: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Top-1 accuracy for exclusive namespaces (modality, region...), mean ROC AUC for multi-label ones."""
     from sklearn.metrics import roc_auc_score
@@ -99,34 +81,32 @@ def train_encoder(
     train: tuple[np.ndarray, pd.DataFrame],
     val: tuple[np.ndarray, pd.DataFrame] | None,
     cfg: EncoderSettings,
-    on_epoch: Callable[[EpochStats], None] = lambda stats: None,
-) -> TrainResult:
-    """Train `model` in place; on return it holds the weights of the epoch with the best val loss."""
+    on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+) -> FitResult:
+    """Train `model` in place; on return it holds the weights of the epoch with the best val loss (train loss
+    without a val set). The learning rate follows `learning_rate_at`, step by step."""
     from tqdm import tqdm
 
-    from models.pretrain import EncoderTrainer, augmenter
+    from radcap.models.pretrain import EncoderTrainer, augmenter
 
     train_pixels, train_rows = train
     targets, mask = space.encode(train_rows)
     pos_weight, neg_weight = space.class_weights(targets, mask)
-    trainer = EncoderTrainer(
-        model, pos_weight, neg_weight, cfg.learning_rate,
-        augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed),
-    )
-    if val is not None:
+    trainer = EncoderTrainer(model, pos_weight, neg_weight, cfg.learning_rate,
+                             augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed))
+    has_val = val is not None and len(val[1]) > 0
+    if has_val:
         val_pixels, val_rows = val
         val_targets, val_mask = space.encode(val_rows)
-    rng = np.random.default_rng(cfg.seed)
-    result, best_loss, best_weights, since_best = TrainResult(), np.inf, None, 0
-    bs = cfg.pretrain_batch_size
+    rng, bs = np.random.default_rng(cfg.seed), cfg.pretrain_batch_size
     steps_per_epoch = max(1, len(train_rows) // bs)
     schedule = dict(total_steps=cfg.epochs * steps_per_epoch, warmup_steps=max(1, round(cfg.warmup_epochs * steps_per_epoch)),
                     peak=cfg.learning_rate, floor_ratio=cfg.min_lr_ratio)
     step = 0
-    for epoch in range(1, cfg.epochs + 1):
-        start = time.perf_counter()
-        order = rng.permutation(len(train_rows))
-        losses = []
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        nonlocal step
+        order, losses, lr = rng.permutation(len(train_rows)), [], cfg.learning_rate
         # Full batches only (one compiled shape; the few images left over are drawn in the next epochs).
         # Sorted indices: memmap reads go forward through the file.
         batches = [np.sort(order[i: i + bs]) for i in range(0, steps_per_epoch * bs, bs)]
@@ -135,24 +115,15 @@ def train_encoder(
             trainer.set_learning_rate(lr)
             losses.append(float(trainer.train_step(train_pixels[idx], targets[idx], mask[idx])))
             step += 1
-        val_loss, scores = None, {}
-        if val is not None and len(val_rows):
+        metrics = {"train_loss": float(np.mean(losses)), "learning_rate": lr}
+        if has_val:
             val_loss, probs = _evaluate(trainer, val_pixels, val_targets, val_mask, bs * 2)
-            scores = namespace_scores(space, probs, val_targets, val_mask)
-        stats = EpochStats(epoch, float(np.mean(losses)), val_loss, scores, lr, time.perf_counter() - start)
-        result.history.append(stats)
-        on_epoch(stats)
-        monitored = val_loss if val_loss is not None else stats.train_loss
-        if monitored < best_loss - 1e-4:
-            best_loss, best_weights, since_best, result.best_epoch = monitored, model.get_weights(), 0, epoch
-        else:
-            since_best += 1
-            if since_best >= cfg.early_stop_patience:
-                result.stopped_early = True
-                break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return result
+            metrics["val_loss"] = val_loss
+            metrics.update({f"val_{k}": v for k, v in namespace_scores(space, probs, val_targets, val_mask).items()})
+        return metrics
+
+    stopping = EarlyStopping("val_loss" if has_val else "train_loss", "min", cfg.early_stop_patience, 1, 1e-4)
+    return fit(model, cfg.epochs, run_epoch, stopping, on_epoch)
 
 
 def _evaluate(trainer, pixels: np.ndarray, targets: np.ndarray, mask: np.ndarray, batch: int):

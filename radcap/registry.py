@@ -1,16 +1,30 @@
-"""MLflow model registry helpers: which version a URI names, the champion alias and its history.
+"""The MLflow model registry, in one place: resolving `models:/` URIs (and local bundle folders) to loaded
+models, registering new versions, and the champion alias with its history.
 
-The champion history is a registered-model tag (`champion_history`, a JSON list of versions, oldest
-first), so `radcap rollback` can restore the previous champion even after several promotions.
+* A URI names a version (`models:/NAME/N`), an alias (`models:/NAME@champion`, resolved once, so what is
+  written in outputs is the version really loaded) or the newest version (`models:/NAME/latest`).
+* Captioners and retrievers are pyfunc models logged as code (`radcap/serving/`), with their bundle
+  (JSON config, JSON vocabulary, HDF5 weights) as artifacts; encoders are Keras models (`.keras`).
+* The champion history is a registered-model tag (`champion_history`, a JSON list of versions, oldest first),
+  so `radcap rollback` can restore the previous champion even after several promotions.
+Retries on a registry that drops a connection belong to the tasks that call these functions
+(`radcap.tasks.registry_task`), never here.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
+from radcap.captioner_bundle import load_bundle
 from radcap.errors import RadcapError
+from radcap.catalog import RunFolder
+from radcap.model_config import CAPTIONER_FORMATS, CONFIG_FILE, RETRIEVER_FORMATS, CaptionerConfig
+from radcap.retrieval import RetrievalIndex, load_retriever as load_retriever_bundle
 
 HISTORY_TAG = "champion_history"
+SERVING = Path(__file__).resolve().parent / "serving"
 
 
 def client():
@@ -42,6 +56,118 @@ def parse_model_uri(uri: str) -> tuple[str, str]:
         raise RadcapError(f"{uri}: {exc.message}") from exc
 
 
+def download(name: str, version: str) -> Path:
+    """The artifacts of a registered version, as a local folder."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(client().get_model_version(name, version).source))
+    except MlflowException as exc:
+        raise RadcapError(f"models:/{name}/{version}: {exc.message}") from exc
+
+
+def _bundle_folder(local: Path, formats: tuple[str, ...], what: str, label: str) -> Path:
+    """The folder under `local` whose config.json has one of `formats`."""
+    for config in sorted(local.rglob(CONFIG_FILE)):
+        try:
+            if json.loads(config.read_text(encoding="utf-8")).get("format") in formats:
+                return config.parent
+        except (OSError, ValueError, AttributeError):
+            continue
+    raise RadcapError(f"{label}: holds no radcap {what}")
+
+
+@dataclass
+class LoadedModel:
+    """A model as loaded, with the name and version to stamp its outputs with."""
+
+    bundle: object
+    name: str  # registered name, or the bundle folder
+    version: str  # registry version number, or "local"
+    index: object | None = None  # a retriever's RetrievalIndex
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}" if self.version != "local" else self.name
+
+
+def _resolve(uri: str, formats: tuple[str, ...], what: str) -> tuple[Path, str, str]:
+    local = Path(uri)
+    if local.is_dir():
+        return _bundle_folder(local, formats, what, uri), str(local), "local"
+    if not uri.startswith("models:/"):
+        raise RadcapError(f"{uri}: neither a {what} folder nor a models:/ URI")
+    name, version = parse_model_uri(uri)
+    return _bundle_folder(download(name, version), formats, what, f"models:/{name}/{version}"), name, version
+
+
+def load_captioner(uri: str) -> LoadedModel:
+    """A captioner bundle from a local folder or a registry URI."""
+    folder, name, version = _resolve(uri, CAPTIONER_FORMATS, "captioner")
+    return LoadedModel(load_bundle(folder), name, version)
+
+
+def load_retriever(uri: str) -> LoadedModel:
+    """A retriever bundle and its index, from a run folder (retriever/ + index.parquet) or a registry URI."""
+    folder, name, version = _resolve(uri, RETRIEVER_FORMATS, "retriever")
+    indexes = sorted(folder.parent.rglob(RunFolder(folder.parent).index.name))
+    if not indexes:
+        raise RadcapError(f"{uri}: the retriever has no index.parquet")
+    return LoadedModel(load_retriever_bundle(folder), name, version, RetrievalIndex.load(indexes[0]))
+
+
+# What a logged pyfunc needs installed, pinned to the versions in use. Given explicitly: MLflow would
+# otherwise infer it by importing the model's code in a subprocess (10-20 s per registration).
+SERVING_REQUIREMENTS = ("keras", "numpy", "pandas", "pyarrow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
+                        "pylibjpeg-openjpeg", "pillow", "nltk", "h5py", "pydantic", "pydantic-settings", "pandera",
+                        "scikit-learn")
+
+
+def pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in ("tensorflow-cpu", "tensorflow", *SERVING_REQUIREMENTS):
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def register_pyfunc(code: str, artifacts: dict[str, Path], registered_name: str, tags: dict,
+                    signature=None) -> str:
+    """Log a pyfunc model as code (`radcap/serving/<code>.py`) with `artifacts` in the active MLflow run,
+    register it under `registered_name`, tag the version; return the version number."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(name=code.removeprefix("pyfunc_"), python_model=str(SERVING / f"{code}.py"),
+                                   artifacts={k: str(v) for k, v in artifacts.items()},
+                                   registered_model_name=registered_name, signature=signature,
+                                   pip_requirements=pip_requirements())
+    version = str(info.registered_model_version)
+    tag_version(registered_name, version, tags)
+    return version
+
+
+def register_keras(model, registered_name: str, tags: dict) -> str:
+    """Log a Keras model (`.keras`, loadable in safe mode) in the active run, register it, tag the version."""
+    import mlflow
+
+    info = mlflow.tensorflow.log_model(model, name="encoder", registered_model_name=registered_name,
+                                       pip_requirements=pip_requirements())
+    version = str(info.registered_model_version)
+    tag_version(registered_name, version, tags)
+    return version
+
+
+def newest_version_tagged(name: str, key: str, value: str) -> str | None:
+    """The newest version of `name` whose tag `key` equals `value` (e.g. the same training inputs)."""
+    found = [int(v.version) for v in client().search_model_versions(f"name='{name}'") if v.tags.get(key) == value]
+    return str(max(found)) if found else None
+
+
 def champion(name: str, alias: str = "champion") -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -67,3 +193,35 @@ def set_champion(name: str, version: str, alias: str = "champion", rolled_back: 
 def tag_version(name: str, version: str, tags: dict) -> None:
     for key, value in tags.items():
         client().set_model_version_tag(name, version, key, value if isinstance(value, str) else json.dumps(value))
+
+
+def captioner_signature(decoding):
+    """Image paths, image bytes or feature vectors in, one caption per study out; decoding settings as params
+    whose defaults are the bundle's own (MLflow fills them in when a request gives none: they must be the values
+    chosen on validation, not the settings' starting point)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([
+        ColSpec("string", "image_path", required=False), ColSpec("string", "study_id", required=False),
+        ColSpec("string", "view", required=False), ColSpec(Array("double"), "pooled", required=False),
+        ColSpec(Array("double"), "grid", required=False),
+    ])
+    outputs = Schema([ColSpec("string", "study_id"), ColSpec("string", "caption")])
+    params = ParamSchema([
+        ParamSpec("beam_width", "long", int(decoding.beam_width)),
+        ParamSpec("length_penalty", "double", float(decoding.length_penalty)),
+        ParamSpec("no_repeat_ngram", "long", int(decoding.no_repeat_ngram)),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def register_captioner(folder: Path, registered_name: str, tags: dict) -> str:
+    """A saved captioner bundle as a new version of `registered_name` (in the active MLflow run)."""
+    config = CaptionerConfig.load(folder / CONFIG_FILE, CAPTIONER_FORMATS)
+    return register_pyfunc("pyfunc_captioner", {"captioner": folder}, registered_name,
+                           {**tags, "architecture": config.architecture}, captioner_signature(config.decoding))
+
+
+def register_retriever(folder: Path, index: Path, registered_name: str, tags: dict) -> str:
+    return register_pyfunc("pyfunc_retriever", {"retriever": folder, "index": index}, registered_name, tags)

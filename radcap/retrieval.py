@@ -8,31 +8,36 @@ index (FAISS, ScaNN, pgvector) over the same vectors.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from data_contracts import RETRIEVAL_INDEX
-from radcap.caption_data import CaptionSet, mean_view
+from radcap.caption_data import CaptionSet, mean_view, pack_views
+from radcap.captioner_bundle import read_saved_model
+from radcap.captioning import reject_row, study_batches
+from radcap.data_contracts import RETRIEVAL_INDEX, SEARCH_RESULTS
 from radcap.errors import RadcapError
-from radcap.io import read_table, write_json, write_table
+from radcap.features import stream_features
+from radcap.io import read_table, write_table
+from radcap.metrics import score_reports
+from radcap.model_config import CONFIG_FILE, RETRIEVER_FORMATS, VOCAB_FILE, WEIGHTS_FILE, RetrieverConfig
+from radcap.reporting import markdown_table
 from radcap.settings import RetrievalSettings
-from radcap.vocab import Vocabulary
+from radcap.training import EarlyStopping, EpochRecord, FitResult, fit
+from radcap.vocab import Vocabulary, tokenize
 
-FORMAT = "radcap-retriever/1"
 KS = (1, 5, 10)
 
 
-def build_dual_encoder(config: dict, vocab_size: int):
-    from models.retrieval import DualEncoder
+def build_dual_encoder(config: RetrieverConfig, vocab_size: int):
+    from radcap.models.retrieval import DualEncoder
 
-    model = DualEncoder(vocab_size, dim=config["dim"], embed_dim=config["embed_dim"], text_units=config["text_units"],
-                        hidden=config["hidden"], dropout=config["dropout"])
-    model.embed_images(np.zeros((1, 1, 1024), np.float32), np.ones((1, 1), np.float32))  # create the variables
+    model = DualEncoder(vocab_size, feature_dim=config.feature_dim, dim=config.dim, embed_dim=config.embed_dim,
+                        text_units=config.text_units, hidden=config.hidden, dropout=config.dropout)
+    model.embed_images(np.zeros((1, 1, config.feature_dim), np.float32), np.ones((1, 1), np.float32))  # the variables
     model.embed_texts(np.ones((1, 2), np.int32))
     model.built = True
     return model
@@ -42,12 +47,12 @@ def build_dual_encoder(config: dict, vocab_size: int):
 class RetrieverBundle:
     model: object  # models.retrieval.DualEncoder
     vocab: Vocabulary
-    config: dict  # hyper-parameters, encoder_version, encoder_spec, data_version
+    config: RetrieverConfig
 
     def image_embeddings(self, pooled: np.ndarray, view_mask: np.ndarray, batch: int = 512) -> np.ndarray:
         out = [np.asarray(self.model.embed_images(pooled[i: i + batch], view_mask[i: i + batch]))
                for i in range(0, len(pooled), batch)]
-        return np.concatenate(out) if out else np.zeros((0, self.config["dim"]), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.config.dim), np.float32)
 
     def text_embeddings(self, texts: list[str], batch: int = 512) -> np.ndarray:
         out = []
@@ -55,19 +60,17 @@ class RetrieverBundle:
             tokens = np.asarray(self.vocab.encode_padded(texts[i: i + batch]), np.int32)
             longest = max(int((tokens != 0).sum(1).max()), 2)
             out.append(np.asarray(self.model.embed_texts(tokens[:, :longest])))
-        return np.concatenate(out) if out else np.zeros((0, self.config["dim"]), np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.config.dim), np.float32)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        write_json({"format": FORMAT, **self.config}, folder / "config.json")
-        self.vocab.save(folder / "vocab.json")
-        self.model.save_weights(folder / "weights.weights.h5")
+        self.config.save(folder / CONFIG_FILE)
+        self.vocab.save(folder / VOCAB_FILE)
+        self.model.save_weights(folder / WEIGHTS_FILE)
 
 
 def load_retriever(folder: Path) -> RetrieverBundle:
-    from radcap.captioner_bundle import read_saved_model
-
-    return RetrieverBundle(*read_saved_model(folder, FORMAT, build_dual_encoder))
+    return RetrieverBundle(*read_saved_model(folder, RetrieverConfig, RETRIEVER_FORMATS, build_dual_encoder))
 
 
 def relevance(query_texts: list[str], gallery_texts: list[str]) -> np.ndarray:
@@ -106,8 +109,6 @@ def raw_feature_baseline(train: CaptionSet, evaluated: CaptionSet, relevant: np.
     report; report -> nearest training report by TF-IDF -> its image -> pooled cosine to each gallery image)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from radcap.vocab import tokenize
-
     tfidf = TfidfVectorizer(tokenizer=tokenize, lowercase=False, token_pattern=None).fit(train.texts)
     train_txt, eval_txt = tfidf.transform(train.texts), tfidf.transform(evaluated.texts)
     train_img, eval_img = mean_view(train.pooled, train.view_mask), mean_view(evaluated.pooled, evaluated.view_mask)
@@ -124,35 +125,26 @@ def random_baseline(evaluated: CaptionSet, relevant: np.ndarray | None = None, s
 
 
 @dataclass
-class RetrievalEpoch:
-    epoch: int
-    train_loss: float
-    val: dict[str, float]
-    scale: float
-    seconds: float
-
-
-@dataclass
 class RetrieverTraining:
     bundle: RetrieverBundle
-    history: list[RetrievalEpoch] = field(default_factory=list)
-    best_epoch: int = 0
+    fit: FitResult
 
 
 def train_retriever(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: RetrievalSettings,
                     config_extra: dict | None = None,
-                    on_epoch: Callable[[RetrievalEpoch], None] = lambda e: None) -> RetrieverTraining:
+                    on_epoch: Callable[[EpochRecord], None] = lambda e: None) -> RetrieverTraining:
+    """InfoNCE epochs over whole batches, validation recall after each; early stopping on val mean recall."""
     import keras
     import tensorflow as tf
     from tqdm import tqdm
 
-    from models.retrieval import make_train_step
-    from radcap.caption_training import feature_statistics
+    from radcap.models.retrieval import make_train_step
 
     keras.utils.set_random_seed(cfg.seed)
-    config = {k: getattr(cfg, k) for k in ("dim", "embed_dim", "text_units", "hidden", "dropout")} | (config_extra or {})
+    config = RetrieverConfig(**{k: getattr(cfg, k) for k in ("dim", "embed_dim", "text_units", "hidden", "dropout",
+                                                               "max_views")}, **(config_extra or {}))
     model = build_dual_encoder(config, len(vocab))
-    mean, std = feature_statistics(train, attention=False)
+    mean, std = train.feature_statistics(attention=False)
     model.feature_mean.assign(mean)
     model.feature_std.assign(std)
     bundle = RetrieverBundle(model, vocab, config)
@@ -160,29 +152,22 @@ def train_retriever(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     tokens = np.asarray(vocab.encode_padded(train.texts), np.int32)
     tokens = tokens[:, : max(int((tokens != 0).sum(1).max()), 2)]
     groups = np.unique(np.asarray(train.texts), return_inverse=True)[1].astype(np.int32)
-    batch = min(cfg.batch_size, len(train))
-    rng = np.random.default_rng(cfg.seed)
-    result, best, best_weights, since = RetrieverTraining(bundle), -np.inf, None, 0
-    for epoch in range(1, cfg.epochs + 1):
-        start, order, losses = time.perf_counter(), rng.permutation(len(train)), []
+    batch, rng = min(cfg.batch_size, len(train)), np.random.default_rng(cfg.seed)
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        order, losses = rng.permutation(len(train)), []
         # Whole batches only: one compiled shape, and every batch has the same number of negatives.
         for i in tqdm(range(0, len(order) - batch + 1, batch), desc=f"epoch {epoch}", unit="batch", leave=False):
             idx = np.sort(order[i: i + batch])
             losses.append(float(step(tf.constant(train.pooled[idx]), tf.constant(train.view_mask[idx]),
                                      tf.constant(tokens[idx]), tf.constant(groups[idx]))))
-        scores = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts)
-        record = RetrievalEpoch(epoch, float(np.mean(losses)), scores, float(model.scale()), time.perf_counter() - start)
-        result.history.append(record)
-        on_epoch(record)
-        if scores["mean_recall"] > best:
-            best, best_weights, since, result.best_epoch = scores["mean_recall"], model.get_weights(), 0, epoch
-        else:
-            since += 1
-            if since >= cfg.patience:
-                break
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return result
+        scores = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts),
+                                 val.texts)
+        return {"train_loss": float(np.mean(losses)), "temperature_scale": float(model.scale()),
+                **{f"val_{k}": v for k, v in scores.items()}}
+
+    stopping = EarlyStopping("val_mean_recall", "max", cfg.patience, 1, 0.0)
+    return RetrieverTraining(bundle, fit(model, cfg.epochs, run_epoch, stopping, on_epoch))
 
 
 class RetrievalIndex:
@@ -227,3 +212,61 @@ class RetrievalIndex:
             hits = self.table.iloc[rows[best[q]]][["item_id", "kind", "text", "source"]].reset_index(drop=True)
             out.append(hits.assign(rank=np.arange(1, k + 1, dtype=np.int32), score=scores[q, best[q]].astype(np.float32)))
         return out
+
+
+def retrieved_captions(bundle: RetrieverBundle, index: RetrievalIndex, evaluated: CaptionSet) -> list[str]:
+    """Each evaluated study's top-1 known report (the index holds training reports only)."""
+    hits = index.search(bundle.image_embeddings(evaluated.pooled, evaluated.view_mask), "report", 1)
+    return [h["text"].iloc[0] for h in hits]
+
+
+def evaluate_retriever(bundle: RetrieverBundle, index: RetrievalIndex, train: CaptionSet, evaluated: CaptionSet,
+                       meteor: bool = True) -> dict:
+    """Recall@1/5/10 both ways (gallery: the evaluated split) against random ranking and raw-feature neighbours,
+    and the retrieved report scored as a caption with the generators' metrics."""
+    model = both_directions(bundle.image_embeddings(evaluated.pooled, evaluated.view_mask),
+                            bundle.text_embeddings(evaluated.texts), evaluated.texts)
+    recall = {"contrastive retriever": model, "raw-feature neighbours": raw_feature_baseline(train, evaluated),
+              "random ranking": random_baseline(evaluated)}
+    references = dict(zip(evaluated.report_ids, evaluated.texts))
+    hypotheses = dict(zip(evaluated.report_ids, retrieved_captions(bundle, index, evaluated)))
+    as_caption = {k: v for k, v in score_reports(references, hypotheses, meteor=meteor).summary().items()
+                  if k != "per_finding"}
+    return {"recall": recall, "retrieved_as_caption": as_caption, "queries": len(evaluated)}
+
+
+def retrieval_report(scores: dict, meta: dict) -> str:
+    table = pd.DataFrame([{"system": name, **values} for name, values in scores["recall"].items()])
+    caption = pd.DataFrame([{"system": "retrieved report (top-1)", **scores["retrieved_as_caption"]}])
+    return (f"# radcap retrieval\n\n`{meta['data_dir']}` split `{meta['split']}` ({scores['queries']} image-report "
+            f"pairs; gallery = that split; identical reports count as correct).\n\n## Recall\n\n{markdown_table(table)}\n"
+            f"## Retrieved report as a caption (index: {meta['index_split']} reports)\n\n{markdown_table(caption)}")
+
+
+def result_rows(queries: list[str], hits: list[pd.DataFrame], model: str, study_ids: list[str | None]) -> pd.DataFrame:
+    frames = [h.assign(query=q, query_study_id=s, model=model) for q, s, h in zip(queries, study_ids, hits)]
+    if not frames:
+        return SEARCH_RESULTS.empty()
+    return pd.concat(frames, ignore_index=True)[SEARCH_RESULTS.column_names]
+
+
+def retrieve_studies(images: list, bundle: RetrieverBundle, index: RetrievalIndex, forward, batch_size: int,
+                     input_size: int, top_k: int, model_name: str) -> tuple[pd.DataFrame, list[dict]]:
+    """Each study of `images` (radcap.pacs.InputImage, grouped as captioning does) -> its top-k known
+    reports, through the shared image -> features path; files that cannot be encoded -> reject rows."""
+    rejects, frames = [], []
+    batches = [[image for study in batch for image in study] for batch in study_batches(images, batch_size)]
+    for batch in stream_features(images, lambda image: image.path, forward, batch_size, input_size, grid=False,
+                                 batches=batches):
+        rejects += [reject_row(batch.items[k].source_path, batch.shas[k], reason) for k, reason in sorted(batch.reasons.items())]
+        studies: dict[str, list[int]] = {}
+        for k in sorted(batch.rows):
+            studies.setdefault(batch.items[k].study_id, []).append(k)
+        if not studies:
+            continue
+        packed = pack_views([[batch.rows[k] for k in keys] for keys in studies.values()], batch.encoded.pooled, None,
+                            bundle.config.max_views)
+        hits = index.search(bundle.image_embeddings(packed["pooled"], packed["view_mask"]), "report", top_k)
+        queries = [";".join(batch.items[k].source_path for k in keys) for keys in studies.values()]
+        frames.append(result_rows(queries, hits, model_name, list(studies)))
+    return (pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()), rejects

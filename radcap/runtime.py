@@ -58,3 +58,21 @@ def apply_offline_defaults() -> Path:
     for key in ("PREFECT_HOME", "KERAS_HOME"):
         Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
     return workspace
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the C++ side's stderr muted: its oneDNN and absl notices ("All log messages before
+    absl::InitializeLog()...") ignore TF_CPP_MIN_LOG_LEVEL and would precede every command's output. A
+    Python-level failure still raises as usual."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

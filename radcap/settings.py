@@ -50,6 +50,19 @@ class TextRules(BaseModel):
         ("", "none", "none.", "n/a", "na"),
         description="Section values treated as absent (compared after stripping and lowercasing).",
     )
+    placeholder_patterns: tuple[str, ...] = Field(
+        (
+            r"\breplace this\b", r"\bdescription of (?:the )?(?:image|findings)\b",
+            r"\binsert (?:a |the )?(?:caption|description|text|findings)\b", r"\blorem ipsum\b",
+            r"^\W*(?:see above|see below|as above|same as above|see report|n/?a|none|nil|tbd|pending|"
+            r"to be (?:added|completed|determined))\W*$",
+            r"^[\W_]*$",  # only punctuation
+            r"^(?:(?:x{2,}|\[?redacted\]?|\*{3,}|_{3,})[\W_]*)+$",  # only anonymisation tokens
+        ),
+        description="A section (or caption) whose normalized text matches one of these (case-insensitive) is a "
+        "template placeholder or empty boilerplate: treated as absent, and a report left without text is a "
+        "reject naming it ('Replace this - DESCRIPTION OF THE IMAGE' in MedPix 2.0).",
+    )
 
 
 class SplitRules(BaseModel):
@@ -69,14 +82,12 @@ class SplitRules(BaseModel):
 
 
 class SampleSettings(BaseModel):
-    """The embedded default dataset: synthetic chest radiograph phantoms with IU-layout reports."""
+    """The embedded default dataset: synthetic chest radiograph phantoms with IU-layout reports (the demo's
+    training settings are the profile `radcap/profiles/demo.toml`)."""
 
     studies: int = 60
     image_size: int = 256
     seed: int = 7
-    encoder_epochs: int = Field(2, description="The demo pretrains a small encoder quickly: a smoke run, not a model.")
-    encoder_size: int = 96
-    captioner_epochs: int = 60
     export_studies: int = Field(4, description="New phantom studies in the PACS-like DICOM batch the demo captions.")
 
 
@@ -103,8 +114,8 @@ class EncoderSettings(BaseModel):
     registered_name: str = "radcap-encoder"
 
 
-class CaptionerSettings(BaseModel):
-    """The report decoders (`radcap train`) and decoding (`radcap evaluate`, `radcap caption`)."""
+class DecoderSettings(BaseModel):
+    """The report decoders (`radcap train`) and their decoding (section `captioner`)."""
 
     architecture: Literal["show-tell", "show-attend-tell"] = "show-attend-tell"
     embed_dim: int = 256
@@ -150,11 +161,12 @@ class RetrievalSettings(BaseModel):
     patience: int = Field(5, description="Epochs without a better validation mean recall before stopping.")
     seed: int = 0
     top_k: int = 5
+    max_views: int = Field(2, description="Images per study the image tower averages.")
     registered_name: str = "radcap-retriever"
 
 
-class CaptionSettings(BaseModel):
-    """Bulk captioning (`radcap caption`) and the inbox flow (`caption_new_batches`)."""
+class BulkCaptioningSettings(BaseModel):
+    """Bulk captioning of image folders (`radcap caption`) and the inbox flow (section `caption`)."""
 
     model: str = Field("models:/radcap-captioner@champion", description="Captioner used when none is given.")
     batch_size: int = Field(32, description="Images encoded per forward pass; memory is bounded by it.")
@@ -184,6 +196,15 @@ class PromotionSettings(BaseModel):
     alias: str = "champion"
 
 
+class TrackingSettings(BaseModel):
+    """MLflow experiment names, one per stage."""
+
+    encoder: str = "radcap-encoder"
+    captioner: str = "radcap-captioner"
+    retrieval: str = "radcap-retrieval"
+    evaluation: str = "radcap-evaluation"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RADCAP_", env_nested_delimiter="__", extra="forbid")
 
@@ -191,10 +212,11 @@ class Settings(BaseSettings):
     split: SplitRules = SplitRules()
     sample: SampleSettings = SampleSettings()
     encoder: EncoderSettings = EncoderSettings()
-    captioner: CaptionerSettings = CaptionerSettings()
-    caption: CaptionSettings = CaptionSettings()
+    captioner: DecoderSettings = DecoderSettings()
+    caption: BulkCaptioningSettings = BulkCaptioningSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     promotion: PromotionSettings = PromotionSettings()
+    tracking: TrackingSettings = TrackingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -205,24 +227,35 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources = [init_settings, env_settings]
-        config_file = os.environ.get("RADCAP_CONFIG")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
-        return tuple(sources)
+        if settings_cls.model_config.get("toml_file"):
+            return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings
+
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+def load_settings(config_file: Path | str | None = None) -> Settings:
+    """Settings from `RADCAP_*` variables over a TOML file (a profile such as `PROFILES / "demo.toml"`, or
+    the file named by `RADCAP_CONFIG`) over the defaults above."""
+    if config_file is None:
+        return Settings()
+    path = Path(config_file)
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RadcapError(f"{path}: cannot read the configuration file: {exc}") from exc
+    profile = type("ProfileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    try:
+        return profile()
+    except ValueError as exc:
+        raise RadcapError(f"invalid configuration in {path}: {exc}") from exc
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings from `RADCAP_*` variables over the optional TOML file named by `RADCAP_CONFIG`."""
-    config_file = os.environ.get("RADCAP_CONFIG")
-    if config_file:
-        path = Path(config_file)
-        try:
-            tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise RadcapError(f"{path}: cannot read the configuration file: {exc}") from exc
     try:
-        return Settings()
+        return load_settings(os.environ.get("RADCAP_CONFIG"))
     except ValueError as exc:
         raise RadcapError(f"invalid configuration: {exc}") from exc

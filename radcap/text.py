@@ -1,7 +1,9 @@
 """Report text normalization: the documented, configurable rules that turn raw text into a target.
 
 Rules, applied in this order (each can be switched in `TextRules`):
-1. values such as '', 'None.', 'N/A' count as absent (None);
+1. values such as '', 'None.', 'N/A' count as absent (None), and so do template placeholders and empty
+   boilerplate ('Replace this - DESCRIPTION OF THE IMAGE', 'see above', only punctuation or anonymisation
+   tokens: `TextRules.placeholder_patterns`, matched on the normalized text);
 2. IU de-identification placeholders (`XXXX`, also inside `x-XXXX`) are kept as one token or dropped;
 3. list numbering at the start of an item ('1. ', '2) ') is removed; decimals such as '2.5 cm' are not;
 4. whitespace is collapsed; 5. text is lowercased.
@@ -47,6 +49,11 @@ def normalize(value: str | None, rules: TextRules) -> str | None:
     if rules.lowercase:
         text = text.lower()
     return text or None
+
+
+def placeholder(text: str | None, rules: TextRules) -> bool:
+    """True when `text` is a template placeholder or empty boilerplate (`TextRules.placeholder_patterns`)."""
+    return text is not None and any(re.search(p, text, re.IGNORECASE) for p in rules.placeholder_patterns)
 
 
 def choose_target(findings: str | None, impression: str | None, rules: TextRules) -> tuple[str | None, str]:

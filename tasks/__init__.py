@@ -1,6 +1,6 @@
-"""Prefect tasks, one module per pipeline stage."""
+"""Prefect tasks, one module per pipeline stage: thin wrappers over the `radcap` library. No task module
+imports another; what two stages share lives in the library."""
 
-import radcap  # noqa: F401  (applies the offline defaults before Prefect is imported)
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 

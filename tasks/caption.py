@@ -7,28 +7,25 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap.captioning import CaptionResult, CaptionStore, caption_images, reject_frame, with_companions
+from radcap import registry
+from radcap.captioning import CaptioningModel, CaptionResult, CaptionStore, caption_images, reject_frame, with_companions
+from radcap.data_contracts import CAPTIONS
+from radcap.encoders import encoder_for
 from radcap.io import new_run_id
 from radcap.pacs import InputImage, identifiers, scan
-from radcap.settings import CaptionSettings
-from tasks import registry_task, uncached
+from radcap.settings import BulkCaptioningSettings
+from radcap.tasks import registry_task, uncached
 
 
 @registry_task
-def load_model(uri: str, encoder: str | None = None):
-    """The captioner, the encoder its features came from, and (name, version, encoder version) for the outputs."""
-    from radcap.encoders import encoder_for
-    from radcap.registry import parse_model_uri
-    from tasks.evaluate import resolve_captioner
-
-    # Resolve an alias once and load that version: the version written in the outputs is the one loaded,
-    # even if the alias moves meanwhile.
-    name, version = parse_model_uri(uri) if uri.startswith("models:/") else (str(uri), "local")
-    bundle, _ = resolve_captioner(f"models:/{name}/{version}" if uri.startswith("models:/") else uri)
-    loaded = encoder_for(bundle.config, encoder)
-    get_run_logger().info("captioner %s version %s (%s) on encoder %s", name, version,
-                          bundle.config["architecture"], loaded.version)
-    return bundle, loaded, (name, version, loaded.version)
+def load_model(uri: str, encoder: str | None = None) -> CaptioningModel:
+    """The captioner and exactly the encoder of its training features. An alias is resolved once: the version
+    written in the outputs is the one loaded, even if the alias moves meanwhile."""
+    loaded = registry.load_captioner(uri)
+    model = CaptioningModel(loaded.bundle, encoder_for(loaded.bundle.config, encoder), loaded.name, loaded.version)
+    get_run_logger().info("captioner %s version %s (%s) on encoder %s", model.name, model.version,
+                          loaded.bundle.config.architecture, model.encoder.version)
+    return model
 
 
 @dataclass
@@ -40,7 +37,7 @@ class Inputs:
 
 
 @uncached
-def scan_inputs(root: Path, out: Path, cfg: CaptionSettings, under: Path | None = None) -> Inputs:
+def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path | None = None) -> Inputs:
     """New inputs to caption (with their studies' earlier images); unreadable ones are recorded as rejects."""
     store = CaptionStore(out)
     captioned, rejected = store.done()
@@ -48,8 +45,6 @@ def scan_inputs(root: Path, out: Path, cfg: CaptionSettings, under: Path | None 
                  rejected=rejected)
     if found.rejects:
         # A part of its own per run: a crashed run's scan part must not be replaced by the next run's.
-        from data_contracts import CAPTIONS
-
         store.write_batch(CAPTIONS.empty(), reject_frame(found.rejects), new_run_id(), "scan")
     todo = with_companions(found.images, store, root)
     get_run_logger().info("%s: %d new or changed images (+%d earlier images of their studies), %d already done, "
@@ -59,15 +54,14 @@ def scan_inputs(root: Path, out: Path, cfg: CaptionSettings, under: Path | None 
 
 
 @uncached
-def caption_batch(todo: list[InputImage], model, out: Path, cfg: CaptionSettings) -> CaptionResult:
-    bundle, encoder, identity = model
-    result = caption_images(todo, bundle, encoder.forward_fn(), CaptionStore(out), identity, cfg.batch_size,
-                            encoder.input_size)
+def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings) -> CaptionResult:
+    result = caption_images(todo, model, CaptionStore(out), cfg.batch_size)
     get_run_logger().info("captioned %d images in %d studies, %d rejected, %.1f s", result.captioned,
                           result.studies, result.rejected, result.seconds)
     return result
 
 
 @uncached
-def consolidate(out: Path) -> dict[str, int]:
-    return CaptionStore(out).consolidate()
+def consolidate(out: Path) -> dict:
+    store = CaptionStore(out)
+    return {**store.consolidate(), "captions": str(store.captions), "rejects": str(store.rejects)}

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from prefect.logging import get_run_logger
 
-from data_contracts import IMAGES
+from radcap.data_contracts import IMAGES
 from radcap.catalog import DataCatalog
 from radcap.encoders import Encoder, resolve_encoder
-from radcap.features import ExtractResult, FeatureStore, ImageItem, current_sha256, extract_features
+from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
 from radcap.io import read_table, write_json, write_rejects
-from tasks import registry_task, uncached
+from radcap.tasks import registry_task, uncached
 
 
 @registry_task
@@ -22,31 +21,11 @@ def load_encoder(spec: str | None) -> Encoder:
     return encoder
 
 
-def _reject(image_id: str, path: str | None, reason: str) -> dict:
-    return {"source": path or image_id, "item": image_id, "kind": "image", "stage": "features", "reason": reason}
-
-
 @uncached
 def plan_features(data_dir: Path, encoder_version: str) -> tuple[list[ImageItem], int, list[dict]]:
     """Images of `images.parquet` not yet stored for this encoder (by file hash), and the missing files."""
-    images = read_table(DataCatalog(data_dir).images, IMAGES)
-    stored = FeatureStore(DataCatalog(data_dir).features).index()
-    mine = stored[stored["encoder_version"] == encoder_version]
-    done = set(zip(mine["image_id"], mine["sha256"]))
-    todo, rejects, skipped = [], [], 0
-    for image_id, path in zip(images["image_id"], images["path"]):
-        if path is None or pd.isna(path):
-            rejects.append(_reject(image_id, None, "image file not found when the data was ingested"))
-            continue
-        sha = current_sha256(path)
-        if sha is None:
-            rejects.append(_reject(image_id, path, "cannot read file (missing or unreadable)"))
-            continue
-        if (image_id, sha) in done:
-            skipped += 1
-        else:
-            todo.append(ImageItem(image_id, path, sha))
-    return todo, skipped, rejects
+    catalog = DataCatalog(data_dir)
+    return FeatureStore(catalog.features).plan(read_table(catalog.images, IMAGES), encoder_version)
 
 
 @uncached

@@ -9,13 +9,13 @@ import pandas as pd
 import pyarrow as pa
 from prefect.logging import get_run_logger
 
-from data_contracts import IMAGES, REJECTS, REPORTS
+from radcap.data_contracts import IMAGES, REJECTS, REPORTS
 from radcap.catalog import DataCatalog
 from radcap.io import write_json, write_table
 from radcap.settings import Settings
 from radcap.sources import Parsed, read_iu_csv, read_iu_xml, read_manifest, read_medpix
 from radcap.splits import apply_hash_split, apply_r2gen, enforce_no_leakage, read_r2gen_split
-from tasks import uncached
+from radcap.tasks import uncached
 
 
 @uncached

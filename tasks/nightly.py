@@ -1,40 +1,32 @@
-"""What the nightly run needs beyond the stage tasks: knowing when its inputs have not changed."""
+"""What the nightly run needs beyond the stage tasks: knowing when its inputs have not changed.
+
+Why not Prefect's task cache: the ingestion it guards is a subflow whose outputs are files in the data
+directory, and a cache kept in Prefect's storage would skip it even after those files were deleted; the
+data directory itself records the fingerprint it was made from."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from prefect.logging import get_run_logger
 
 from radcap.catalog import DataCatalog
-from radcap.io import write_json
-from tasks import uncached
+from radcap.io import files_fingerprint, write_json
+from radcap.tasks import uncached
 
 
 @uncached
 def input_fingerprint(paths: list[Path | None], settings_dump: dict) -> str:
-    """Hash of every input file's path, size and modification time, plus the ingest settings: cheap
-    (no file is read) and it changes whenever a file is added, removed, replaced or edited."""
-    digest = hashlib.sha256(json.dumps(settings_dump, sort_keys=True, default=str).encode())
-    for path in (p for p in paths if p is not None):
-        files = [path] if path.is_file() else sorted(Path(r) / f for r, _, fs in os.walk(path) for f in fs)
-        for file in files:
-            stat = file.stat()
-            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def _marker(data_dir: Path) -> Path:
-    return data_dir / ".ingest_fingerprint.json"
+    return files_fingerprint([p for p in paths if p is not None], settings_dump)
 
 
 @uncached
 def ingest_is_current(data_dir: Path, fingerprint: str) -> bool:
-    marker, summary = _marker(data_dir), DataCatalog(data_dir).ingest_summary
-    current = summary.exists() and marker.exists() and json.loads(marker.read_text())["fingerprint"] == fingerprint
+    catalog = DataCatalog(data_dir)
+    marker = catalog.ingest_fingerprint
+    current = (catalog.ingest_summary.exists() and marker.exists()
+               and json.loads(marker.read_text())["fingerprint"] == fingerprint)
     if current:
         get_run_logger().info("inputs unchanged (fingerprint %s): ingestion skipped", fingerprint)
     return current
@@ -42,9 +34,9 @@ def ingest_is_current(data_dir: Path, fingerprint: str) -> bool:
 
 @uncached
 def record_ingest(data_dir: Path, fingerprint: str) -> None:
-    write_json({"fingerprint": fingerprint}, _marker(data_dir))
+    write_json({"fingerprint": fingerprint}, DataCatalog(data_dir).ingest_fingerprint)
 
 
 @uncached
 def ingest_summary(data_dir: Path) -> dict:
-    return json.loads(DataCatalog(data_dir).ingest_summary.read_text())
+    return DataCatalog(data_dir).summary()

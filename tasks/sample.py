@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 
 from radcap.phantoms import write_pacs_export, write_sample
 from radcap.settings import SampleSettings
+from radcap.tasks import uncached
 
 
-@task
+# Not Prefect's task cache: it lives in Prefect's storage and would skip writing after the folder was deleted;
+# the folder's own stamp says whether this exact sample is there.
+@uncached
 def make_sample(out: Path, cfg: SampleSettings) -> Path:
     """Write the phantom sample unless this exact one is already there (the settings are its identity)."""
     stamp = out / "sample.json"
@@ -21,7 +23,7 @@ def make_sample(out: Path, cfg: SampleSettings) -> Path:
     return out
 
 
-@task
+@uncached
 def make_pacs_export(sample: Path, out: Path, studies: int) -> Path:
     """A small PACS-like DICOM export of new phantom studies, for the main job's captioning step."""
     if not out.exists():

@@ -13,7 +13,9 @@ os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-
 
 import pytest  # noqa: E402
 
-import radcap  # noqa: E402,F401
+from radcap.runtime import apply_offline_defaults  # noqa: E402
+
+apply_offline_defaults()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RADCAP_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -53,12 +55,13 @@ def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute diseas
     import keras
 
     from radcap.captioner_bundle import CaptionerBundle, build_model
+    from radcap.model_config import CaptionerConfig
     from radcap.vocab import Vocabulary
 
     keras.utils.set_random_seed(seed)
-    config = {"architecture": "show-tell", "embed_dim": 8, "units": 16, "attention_units": 8, "dropout": 0.0,
-              "max_views": 2, "encoder_version": "random-seed0", "encoder_spec": "random:0", "data_version": "test",
-              "decoding": decoding or {"beam_width": 1, "no_repeat_ngram": 3}}
+    config = CaptionerConfig(architecture="show-tell", embed_dim=8, units=16, attention_units=8, dropout=0.0,
+                             max_views=2, encoder_version="random-seed0", encoder_spec="random:0", data_version="test",
+                             decoding=decoding or {"beam_width": 1, "no_repeat_ngram": 3})
     vocab = Vocabulary.build(texts, 1, 12)
     CaptionerBundle(build_model(config, len(vocab)), vocab, config).save(folder)
     return folder

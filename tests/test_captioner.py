@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.captioner import ARCHITECTURES, make_eval_step, make_train_step
-from models.decoding import Decoder
+from radcap.models.captioner import ARCHITECTURES, make_eval_step, make_train_step
+from radcap.models.decoding import Decoder
 
 START, END, VOCAB, T = 1, 2, 12, 8
 
@@ -29,7 +29,7 @@ def tiny_batch(n: int = 8, seed: int = 0):
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_tiny_model_learns_and_decodes(arch):
     tf.keras.utils.set_random_seed(0)
-    model = ARCHITECTURES[arch](VOCAB, max_views=2, embed_dim=16, units=32, dropout=0.0)
+    model = ARCHITECTURES[arch](VOCAB, max_views=2, feature_dim=1024, embed_dim=16, units=32, dropout=0.0)
     features, tokens, captions = tiny_batch()
     train_step = make_train_step(model, tf.keras.optimizers.Adam(1e-2))
     eval_step = make_eval_step(model)
@@ -57,7 +57,7 @@ def test_tiny_model_learns_and_decodes(arch):
 
 
 def test_no_repeat_ngram_blocks_repeats():
-    from models.decoding import _block_repeats
+    from radcap.models.decoding import _block_repeats
 
     logp = np.zeros((1, 1, 6))
     sequences = np.array([[[3, 4, 3]]])

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-import data_contracts
-from data_contracts import IMAGES, REJECTS, ContractError
+from radcap import data_contracts
+from radcap.data_contracts import IMAGES, REJECTS, ContractError
 from radcap.io import atomic_path, read_table, write_table
 
 

@@ -11,13 +11,14 @@ from radcap.errors import RadcapError
 
 @pytest.fixture(scope="module")
 def chexnet_pair():
-    from models.encoder import build_chexnet
+    from radcap.models.encoder import build_chexnet
 
     return build_chexnet(seed=1), build_chexnet(seed=2)
 
 
 def test_h5_in_published_layout_round_trips(tmp_path, chexnet_pair):
-    from models.encoder import load_chexnet_h5, save_chexnet_h5_keras2_layout
+    from radcap.models.encoder import load_chexnet_h5
+    from tests.keras2_h5 import save_chexnet_h5_keras2_layout
 
     source, target = chexnet_pair
     path = tmp_path / "brucechou1983_CheXNet_Keras_0.3.0_weights.h5"
@@ -34,7 +35,8 @@ def test_h5_in_published_layout_round_trips(tmp_path, chexnet_pair):
 
 
 def test_h5_with_another_head_names_the_layer(tmp_path, chexnet_pair):
-    from models.encoder import build_chexnet, load_chexnet_h5, save_chexnet_h5_keras2_layout
+    from radcap.models.encoder import build_chexnet, load_chexnet_h5
+    from tests.keras2_h5 import save_chexnet_h5_keras2_layout
 
     path = tmp_path / "other.h5"
     save_chexnet_h5_keras2_layout(build_chexnet(n_outputs=3), path)
@@ -56,7 +58,7 @@ def test_resolve_encoder_errors_are_user_errors(tmp_path):
 
 
 def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair):
-    from models.encoder import save_chexnet_h5_keras2_layout
+    from tests.keras2_h5 import save_chexnet_h5_keras2_layout
     from radcap.encoders import resolve_encoder
 
     path = tmp_path / "w.h5"
@@ -71,7 +73,7 @@ def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair)
 def test_masked_weighted_bce_ignores_unannotated_units():
     import tensorflow as tf
 
-    from models.pretrain import masked_weighted_bce
+    from radcap.models.pretrain import masked_weighted_bce
 
     targets = tf.constant([[1.0, 0.0], [0.0, 1.0]])
     probs = tf.constant([[0.9, 0.2], [0.3, 0.6]])

@@ -30,7 +30,7 @@ def _two_views(shared_data: Path, folder: Path, uid: str, seed: int = 0) -> tupl
 
 
 def _caption(input_path: Path, out: Path, model: Path) -> dict:
-    from flows.caption import caption_flow
+    from radcap.flows.caption import caption_flow
 
     return caption_flow(input_path, out, str(model))
 
@@ -61,7 +61,7 @@ def test_a_lateral_arriving_in_the_next_run_recaptions_its_study(tmp_path, share
 def test_a_study_split_over_two_inbox_batches_gets_one_report(tmp_path, shared_data, tiny_captioner, prefect_api):
     from pydicom.uid import generate_uid
 
-    from flows.caption import caption_new_batches
+    from radcap.flows.caption import caption_new_batches
     from radcap.settings import get_settings
 
     uid, inbox = generate_uid(), tmp_path / "inbox"
@@ -118,7 +118,7 @@ def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path,
 
 def _consolidating_writer(out: str, worker: int, rounds: int) -> None:
     """A process that writes parts of its own rows and consolidates, over and over (holding the lock)."""
-    from data_contracts import CAPTION_REJECTS
+    from radcap.data_contracts import CAPTION_REJECTS
     from radcap.captioning import CaptionStore, now_utc
 
     store = CaptionStore(Path(out))

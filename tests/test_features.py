@@ -54,7 +54,7 @@ def test_extract_streams_batches_and_rejects_bad_files(tmp_path, images):
 
 
 def test_a_crash_loses_at_most_the_batch_in_flight(tmp_path, images):
-    from tasks.features import plan_features
+    from radcap.tasks.features import plan_features
 
     store = FeatureStore(tmp_path / "features")
     good = [i for i in images if i.image_id not in ("zero", "report")]
@@ -76,7 +76,7 @@ def test_a_crash_loses_at_most_the_batch_in_flight(tmp_path, images):
 
 
 def test_an_edited_file_is_encoded_again_and_wins(tmp_path, images):
-    from tasks.features import plan_features
+    from radcap.tasks.features import plan_features
 
     good = [i for i in images if i.image_id not in ("zero", "report")][:3]
     store = FeatureStore(tmp_path / "features")
@@ -95,7 +95,7 @@ def test_an_edited_file_is_encoded_again_and_wins(tmp_path, images):
 
 
 def _write_images_table(frame: pd.DataFrame, data_dir: Path) -> None:
-    from data_contracts import IMAGES
+    from radcap.data_contracts import IMAGES
     from radcap.io import write_table
 
     n = len(frame)

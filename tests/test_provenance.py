@@ -17,28 +17,32 @@ def test_a_model_is_never_fed_another_encoders_features(tmp_path):
     from radcap.encoders import encoder_for
     from radcap.errors import RadcapError
 
+    from types import SimpleNamespace as Config
+
     with pytest.raises(RadcapError, match="does not record"):
-        encoder_for({"encoder_version": "h5-0123456789ab", "encoder_spec": None})
+        encoder_for(Config(encoder_version="h5-0123456789ab", encoder_spec=None))
     with pytest.raises(RadcapError, match="never another one"):  # a random encoder of another seed
-        encoder_for({"encoder_version": "random-seed0", "encoder_spec": "random:0"}, override="random:1")
+        encoder_for(Config(encoder_version="random-seed0", encoder_spec="random:0"), override="random:1")
     with pytest.raises(RadcapError, match="cannot load the model's encoder"):
-        encoder_for({"encoder_version": "keras-0123456789ab", "encoder_spec": str(tmp_path / "gone.keras")})
+        encoder_for(Config(encoder_version="keras-0123456789ab", encoder_spec=str(tmp_path / "gone.keras")))
     with pytest.raises(RadcapError, match="no encoder version"):
-        encoder_for({})
-    assert encoder_for({"encoder_version": "random-seed0"}).version == "random-seed0"  # reloadable from the version
+        encoder_for(Config())
+    assert encoder_for(Config(encoder_version="random-seed0")).version == "random-seed0"  # reloadable from the version
 
 
 def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
+    from types import SimpleNamespace as Config
+
     import keras
 
-    from models.encoder import build_chexnet
+    from radcap.models.encoder import build_chexnet
     from radcap.encoders import encoder_for, resolve_encoder
     from radcap.errors import RadcapError
 
     keras.utils.set_random_seed(0)
     build_chexnet(n_outputs=2, input_size=None).save(tmp_path / "enc.keras")
     recorded = resolve_encoder(str(tmp_path / "enc.keras"))
-    config = {"encoder_version": recorded.version, "encoder_spec": recorded.spec}
+    config = Config(encoder_version=recorded.version, encoder_spec=recorded.spec)
     shutil.move(tmp_path / "enc.keras", tmp_path / "moved.keras")
     with pytest.raises(RadcapError, match="not found"):
         encoder_for(config)
@@ -52,7 +56,7 @@ def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
 def test_caption_stops_with_one_line_instead_of_falling_back_to_another_encoder(tmp_path, prefect_api):
     bundle = make_tiny_captioner(tmp_path / "bundle")
     config = json.loads((bundle / "config.json").read_text())
-    config.update(encoder_version="h5-0123456789ab", encoder_spec=None)  # a file encoder, path not recorded
+    config.update(encoder_version="h5-0123456789ab", encoder_spec=None)  # a file encoder, path not recorded  # a file encoder, path not recorded
     (bundle / "config.json").write_text(json.dumps(config))
     images = tmp_path / "in"
     images.mkdir()
@@ -65,11 +69,11 @@ def test_caption_stops_with_one_line_instead_of_falling_back_to_another_encoder(
 def test_greedy_decoding_honours_no_repeat_ngram():
     import tensorflow as tf
 
-    from models.captioner import ShowAndTell
-    from models.decoding import Decoder
+    from radcap.models.captioner import ShowAndTell
+    from radcap.models.decoding import Decoder
 
     tf.keras.utils.set_random_seed(0)
-    model = ShowAndTell(6, max_views=1, embed_dim=4, units=8, dropout=0.0)
+    model = ShowAndTell(6, max_views=1, feature_dim=1024, embed_dim=4, units=8, dropout=0.0)
     features = {"pooled": np.zeros((3, 1, 1024), np.float32), "view_mask": np.ones((3, 1), np.float32)}
     model.teacher_forced(features, np.ones((3, 2), np.int32))  # builds the layers
     # A model that always prefers token 4, then 5: without blocking, greedy writes "4 4 4 ..." forever.
@@ -90,19 +94,16 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
     """MLflow fills in the signature's defaults when a request has no params: they must be the bundle's."""
     import mlflow
 
-    from tasks.train import pyfunc_signature
+    from radcap.model_config import DecodingConfig
+    from radcap.registry import captioner_signature, register_captioner
 
     tuned = {"beam_width": 3, "length_penalty": 2.5, "no_repeat_ngram": 2}
-    params = {p.name: p.default for p in pyfunc_signature(tuned).params.params}
+    params = {p.name: p.default for p in captioner_signature(DecodingConfig(**tuned)).params.params}
     assert params == tuned
     bundle = make_tiny_captioner(tmp_path / "bundle", decoding=tuned)
-    from radcap.settings import get_settings
-    from tasks.train import register_bundle
-
-    cfg = get_settings().captioner.model_copy(update={"architecture": "show-tell", "registered_name": "radcap-pyfunc-test"})
     mlflow.set_experiment("radcap-tests")
     with mlflow.start_run():
-        version = register_bundle(bundle, cfg, {})
+        version = register_captioner(bundle, "radcap-pyfunc-test", {})
     info = mlflow.models.get_model_info(f"models:/radcap-pyfunc-test/{version}")
     assert {p.name: p.default for p in info.signature.params.params} == tuned
     model = mlflow.pyfunc.load_model(f"models:/radcap-pyfunc-test/{version}")

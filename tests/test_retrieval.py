@@ -26,7 +26,7 @@ def test_identical_reports_are_all_correct_answers():
 
 
 def test_info_nce_is_low_for_aligned_pairs_and_ignores_duplicate_texts():
-    from models.retrieval import info_nce
+    from radcap.models.retrieval import info_nce
 
     emb = np.eye(4, dtype=np.float32)
     aligned = float(info_nce(emb, emb, 20.0, np.arange(4)))
@@ -39,8 +39,8 @@ def test_info_nce_is_low_for_aligned_pairs_and_ignores_duplicate_texts():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, prefect_api) -> Path:
-    from flows.features import extract_features_flow
-    from flows.ingest import ingest_reports
+    from radcap.flows.features import extract_features_flow
+    from radcap.flows.ingest import ingest_reports
     from radcap.phantoms import write_sample
     from radcap.settings import get_settings
 
@@ -55,7 +55,7 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
 
 @pytest.mark.slow
 def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shared_data: Path):
-    from flows.retrieval import train_retrieval_flow
+    from radcap.flows.retrieval import train_retrieval_flow
     from radcap.retrieval import RetrievalIndex, load_retriever
     from radcap.settings import get_settings
 
@@ -65,13 +65,25 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
     out = tmp_path / "run"
     summary = train_retrieval_flow(data_dir, out, cfg, meteor=False)
     assert summary["registered"].startswith("models:/radcap-retriever-test/") and summary["epochs_run"] >= 1
-    for key in ("image_to_report_R@1", "report_to_image_R@10", "random_mean_recall", "raw_neighbours_mean_recall"):
-        assert 0.0 <= summary[key] <= 1.0
     report = (out / "report.md").read_text()
     assert "contrastive retriever" in report and "raw-feature neighbours" in report and "CIDEr" in report
 
-    # The index round-trips: the same queries give the same items and scores after save and reload.
+    # The saved retriever scores on val what training reported (the kept epoch's weights were saved), and the
+    # baselines are what their definitions give on the same val pairs.
+    from radcap.caption_data import load_caption_sets
+    from radcap.retrieval import both_directions, random_baseline, raw_feature_baseline
+
+    sets = load_caption_sets(data_dir, "random-seed0", ("train", "val"), 2)
     bundle, index = load_retriever(out / "retriever"), RetrievalIndex.load(out / "index.parquet")
+    val = sets["val"]
+    again = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts)
+    for key in ("image_to_report_R@1", "image_to_report_R@10", "report_to_image_R@5", "mean_recall"):
+        assert summary[key] == pytest.approx(again[key], abs=1e-4), key
+    assert summary["random_mean_recall"] == pytest.approx(random_baseline(val)["mean_recall"], abs=1e-4)
+    assert summary["raw_neighbours_mean_recall"] == pytest.approx(raw_feature_baseline(sets["train"], val)["mean_recall"], abs=1e-4)
+    assert summary["val_pairs"] == len(val) and summary["train_pairs"] == len(sets["train"])
+
+    # The index round-trips: the same queries give the same items and scores after save and reload.
     queries = bundle.text_embeddings(["right pleural effusion.", "no acute cardiopulmonary abnormality."])
     before = index.search(queries, "image", 5)
     index.save(tmp_path / "copy.parquet")
@@ -97,7 +109,8 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
     make_dicom(inbox / "IM2", pixels[::-1], study_uid="1.2.3.4", view_position="LL")
     Image.fromarray(pixels).save(inbox / "other.png")
     (inbox / "broken.dcm").write_bytes(b"")
-    done = run_cli("retrieve", "--model", str(out), "--input", str(inbox), "--top-k", "2", "--out", str(tmp_path / "ret"))
+    done = run_cli("--verbose", "retrieve", "--model", str(out), "--input", str(inbox), "--top-k", "2", "--out",
+                   str(tmp_path / "ret"))
     assert done.returncode == 1, done.stderr[-3000:]  # one reject
     results = pd.read_parquet(tmp_path / "ret" / "results.parquet")
     assert len(results) == 4 and set(results["query_study_id"]) == {"1.2.3.4", results["query_study_id"].iloc[-1]}

@@ -5,6 +5,4 @@ from radcap.sources.iu import read_iu_csv, read_iu_xml
 from radcap.sources.manifest import read_manifest
 from radcap.sources.medpix import read_medpix
 
-FORMATS = ("iu-xml", "iu-csv", "medpix2", "manifest")
-
-__all__ = ["FORMATS", "Parsed", "read_iu_csv", "read_iu_xml", "read_manifest", "read_medpix"]
+__all__ = ["Parsed", "read_iu_csv", "read_iu_xml", "read_manifest", "read_medpix"]

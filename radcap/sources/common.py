@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radcap.settings import TextRules
-from radcap.text import choose_target, clean_raw, normalize
+from radcap.text import choose_target, clean_raw, normalize, placeholder
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", "")
 
@@ -58,11 +58,18 @@ def report_row(
     split: str = "unassigned",
     split_source: str = "none",
 ) -> dict:
-    """A reports row with its normalized columns; `target` is None when there is no text to learn from."""
+    """A reports row with its normalized columns; `target` is None when there is no text to learn from, and
+    then `_unusable` says why when a section held only a placeholder (the key is not a column)."""
     findings_raw, impression_raw, caption_raw = (clean_raw(v, rules) for v in (findings_raw, impression_raw, caption_raw))
     findings, impression = normalize(findings_raw, rules), normalize(impression_raw, rules)
+    caption = normalize(caption_raw, rules)
+    placeholders = {name: raw for name, value, raw in (("findings", findings, findings_raw),
+                                                        ("impression", impression, impression_raw),
+                                                        ("caption", caption, caption_raw)) if placeholder(value, rules)}
+    findings = None if "findings" in placeholders else findings
+    impression = None if "impression" in placeholders else impression
     if caption_raw is not None:
-        target, section = normalize(caption_raw, rules), "caption"
+        target, section = (None if "caption" in placeholders else caption), "caption"
     else:
         target, section = choose_target(findings, impression, rules)
     return {
@@ -84,6 +91,8 @@ def report_row(
         "target_section": section,
         "mesh": list(mesh or []),
         "n_images": 0,
+        "_unusable": None if target is not None or not placeholders else "placeholder text instead of a report: " + "; ".join(
+            f"{name} '{raw[:60]}'" for name, raw in placeholders.items()),
     }
 
 

@@ -81,9 +81,10 @@ def _parse_xml_file(path: Path, parsed: Parsed, rules: TextRules) -> None:
         mesh=[t.strip() for t in root.xpath("MeSH/major/text()") if t.strip()],
     )
     if report["target"] is None:
-        parsed.reject(source, "report has neither findings nor impression", item=uid)
+        reason = report["_unusable"] or "report has neither findings nor impression"
+        parsed.reject(source, reason, item=uid)
         for image_id in image_ids:
-            parsed.reject_image(source, "its report has neither findings nor impression", image_id)
+            parsed.reject_image(source, f"its report was rejected: {reason}", image_id)
         return
     parsed.reports.append(report)
     for image_id in image_ids:
@@ -107,11 +108,33 @@ def read_iu_xml(
             parsed.reject(str(path), f"cannot parse the report ({type(exc).__name__}: {exc})")
     _drop_duplicate_reports(parsed)
     views = _read_views(views_csv) if views_csv else {}
+    studies: dict[str, list[str]] = {}
+    for image in parsed.images:
+        studies.setdefault(r2gen_study_key(image["image_id"]), []).append(image["image_id"])
     for image in parsed.images:
         image["view"] = views.get(image_stem_key(image["report_id"], image["image_id"]), "unknown")
         image["modality"] = "CX"
-        image["path"] = find_image(images_dir, image["image_id"])
+        image["path"] = find_iu_image(images_dir, image["image_id"], studies)
     return parsed
+
+
+def r2gen_study_key(image_id: str) -> str:
+    """R2Gen's study folder of an NLMCXR image: `CXR54_IM-2145-1002` -> `CXR54_IM-2145`."""
+    return image_id.rsplit("-", 1)[0]
+
+
+def find_iu_image(images_dir: Path | None, image_id: str, studies: dict[str, list[str]]) -> str | None:
+    """An IU image in either layout: Open-i's `NLMCXR_png` (flat, `CXR54_IM-2145-1002.png`) or R2Gen's
+    `iu_xray/images/CXR54_IM-2145/<n>.png`, where n is the image's rank among its study's image names (R2Gen
+    numbered each study's images in name order: 0 the first, 1 the second)."""
+    found = find_image(images_dir, image_id)
+    if found or images_dir is None:
+        return found
+    key = r2gen_study_key(image_id)
+    folder = images_dir / key
+    if not folder.is_dir():
+        return None
+    return find_image(folder, str(sorted(set(studies[key])).index(image_id)))
 
 
 def _drop_duplicate_reports(parsed: Parsed) -> None:
@@ -213,7 +236,7 @@ def read_iu_csv(
             mesh=[t.strip() for t in (row.get("MeSH") or "").split(";") if t.strip()],
         )
         if report["target"] is None:
-            parsed.reject(where, "report has neither findings nor impression", item=report_id)
+            parsed.reject(where, report["_unusable"] or "report has neither findings nor impression", item=report_id)
             continue
         by_id[report_id] = report
         parsed.reports.append(report)

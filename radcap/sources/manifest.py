@@ -21,7 +21,7 @@ import pandas as pd
 from radcap.errors import RadcapError
 from radcap.settings import TextRules
 from radcap.sources.common import Parsed, image_row, report_row
-from radcap.text import clean_raw, normalize
+from radcap.text import clean_raw, normalize, placeholder
 
 DATASET = "manifest"
 COLUMN_ALIASES = {"image": ("image", "image_path", "path", "file", "filename"), "caption": ("caption", "report", "text")}
@@ -88,8 +88,11 @@ class _Reader:
         if split_value and split is None:
             return parsed.reject_image(where, f"unknown split '{split_value}' (use train, val or test)", image_id)
         caption = _text(row.get("caption"))
-        if caption is None or normalize(clean_raw(caption, self.rules), self.rules) is None:
+        normalized = normalize(clean_raw(caption, self.rules), self.rules)
+        if normalized is None:
             return parsed.reject_image(where, "row has no caption", image_id)
+        if placeholder(normalized, self.rules):
+            return parsed.reject_image(where, f"placeholder text instead of a caption: '{caption[:60]}'", image_id)
         study_id = _text(row.get("study_id")) or image_id
         group_id = _text(row.get("patient_id")) or study_id
         report = self.reports.get((study_id, caption))

@@ -75,7 +75,7 @@ def _add_record(parsed: Parsed, where: str, record: dict, split: str, cases: dic
         split_source="official",
     )
     if report["target"] is None:
-        return parsed.reject(where, "image has no caption", item=image_id)
+        return parsed.reject(where, report["_unusable"] or "image has no caption", item=image_id)
     seen[image_id] = where
     parsed.reports.append(report)
     parsed.add_image(image_row(image_id, report, path=find_image(images_dir, image_id), modality=_opt_str(record.get("Type")),

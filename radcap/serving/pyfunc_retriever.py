@@ -8,18 +8,20 @@ Params: `top_k`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from radcap.retrieval import RetrievalIndex, load_retriever
+from radcap.runtime import apply_offline_defaults
+
 
 class RadcapRetriever(PythonModel):
     def load_context(self, context):
-        from pathlib import Path
-
-        from radcap.retrieval import RetrievalIndex, load_retriever
-
+        apply_offline_defaults()  # an entry point: a serving process may start here
         self.bundle = load_retriever(Path(context.artifacts["retriever"]))
         self.index = RetrievalIndex.load(Path(context.artifacts["index"]))
 

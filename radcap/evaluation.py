@@ -1,0 +1,110 @@
+"""Evaluation of a captioner on a split: its reports and the baselines' for the same studies, scored with
+the one scoring function (`radcap.metrics.score_reports`), and the report people read.
+
+Systems, each identified by a key (what metrics are logged under) and a label (what tables show):
+the model; the most frequent training caption; a random training caption; the report of the nearest training
+image by pooled cosine; and, when a retriever is given, the contrastive retriever's top-1 training report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from radcap import tracking
+from radcap.caption_data import CaptionSet, mean_view
+from radcap.catalog import RunFolder
+from radcap.io import atomic_path, write_json
+from radcap.metrics import CAPTION_METRICS, ReportScores, score_reports
+from radcap.reporting import markdown_table, metrics_figure, write_text
+
+TABLE_COLUMNS = [*CAPTION_METRICS, "clinical_micro_f1", "clinical_macro_f1"]
+
+
+@dataclass
+class System:
+    key: str  # model, most_frequent, random, nearest, retrieval
+    label: str
+    captions: list[str]
+
+
+def caption_with_baselines(bundle, architecture: str, evaluated: CaptionSet, train: CaptionSet, seed: int = 0) -> list[System]:
+    """The model's reports (decoded as tuned) and three baselines', all for the same studies."""
+    most_frequent = pd.Series(train.texts).value_counts().index[0]
+    rng = np.random.default_rng(seed)
+    similarity = mean_view(evaluated.pooled, evaluated.view_mask) @ mean_view(train.pooled, train.view_mask).T
+    return [
+        System("model", f"model ({architecture})", bundle.report(evaluated.features(slice(None)))),
+        System("most_frequent", "baseline: most frequent train caption", [most_frequent] * len(evaluated)),
+        System("random", "baseline: random train caption", [train.texts[i] for i in rng.integers(0, len(train), len(evaluated))]),
+        System("nearest", "baseline: nearest train image (pooled cosine)", [train.texts[i] for i in similarity.argmax(axis=1)]),
+    ]
+
+
+def retrieval_system(captions: list[str]) -> System:
+    return System("retrieval", "retrieval: contrastive top-1 report", captions)
+
+
+def score_systems(evaluated: CaptionSet, systems: list[System], meteor: bool = True) -> dict[str, ReportScores]:
+    references = dict(zip(evaluated.report_ids, evaluated.texts))
+    return {s.key: score_reports(references, dict(zip(evaluated.report_ids, s.captions)), meteor=meteor) for s in systems}
+
+
+@dataclass
+class Evaluation:
+    evaluated: CaptionSet
+    systems: list[System]
+    scores: dict[str, ReportScores]
+    meta: dict = field(default_factory=dict)  # model, data_dir, split, architecture, encoder_version
+
+    def summaries(self) -> dict[str, dict]:
+        return {s.key: self.scores[s.key].summary() for s in self.systems}
+
+    def table(self) -> pd.DataFrame:
+        summaries = self.summaries()
+        return pd.DataFrame([{"system": s.label, **{c: summaries[s.key][c] for c in TABLE_COLUMNS}} for s in self.systems])
+
+    def findings(self) -> pd.DataFrame:
+        summaries = self.summaries()
+        first = summaries[self.systems[0].key]["per_finding"]
+        columns = {"support": {o: v["support"] for o, v in first.items()}}
+        columns.update({s.label: {o: v["f1"] for o, v in summaries[s.key]["per_finding"].items()} for s in self.systems})
+        return pd.DataFrame(columns).reset_index(names="finding")
+
+    def markdown(self) -> str:
+        return (f"# radcap evaluation\n\n{self.meta['model']} on `{self.meta['data_dir']}` split `{self.meta['split']}` "
+                f"({len(self.evaluated)} reports).\n\nTokenization and metric definitions: `radcap/metrics.py`.\n\n"
+                f"## Caption and clinical metrics\n\n{markdown_table(self.table())}\n"
+                f"## Clinical F1 per finding (rule-based labeler, uncertain counted positive)\n\n"
+                f"{markdown_table(self.findings(), 3)}")
+
+    def model_summary(self) -> dict:
+        scores = self.summaries()["model"]
+        return {"reports": len(self.evaluated),
+                **{k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}}
+
+
+def save_evaluation(evaluation: Evaluation, out: Path) -> Path:
+    """metrics.json, report.md and captions.csv in `out` (each written atomically); returns report.md."""
+    folder = RunFolder(out)
+    summaries = evaluation.summaries()
+    write_json({**evaluation.meta, "reports": len(evaluation.evaluated),
+                "systems": {s.label: summaries[s.key] for s in evaluation.systems}}, folder.metrics)
+    write_text(evaluation.markdown(), folder.report)
+    captions = pd.DataFrame({"report_id": evaluation.evaluated.report_ids, "reference": evaluation.evaluated.texts,
+                             **{s.label: s.captions for s in evaluation.systems}})
+    with atomic_path(folder.captions_csv) as tmp:
+        captions.to_csv(tmp, index=False)
+    return folder.report
+
+
+def log_evaluation(evaluation: Evaluation) -> None:
+    """Each system's metrics under its key, the report and a bar chart, to the active MLflow run."""
+    for system in evaluation.systems:
+        tracking.log_metrics(evaluation.summaries()[system.key], prefix=f"{system.key}_")
+    tracking.log_text(evaluation.markdown(), "report.md")
+    tracking.log_figure(metrics_figure(evaluation.table(), TABLE_COLUMNS, f"{evaluation.meta['split']} split: model vs "
+                                       "baselines"), "metrics.png")

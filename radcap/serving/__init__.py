@@ -1,0 +1,1 @@
+"""MLflow pyfunc wrappers of the saved models (logged as code: nothing pickled)."""
