@@ -68,7 +68,13 @@ class Contract:
         return self.arrow_schema.empty_table().to_pandas()
 
     def to_arrow(self, frame: pd.DataFrame) -> pa.Table:
-        """Convert with the contract's exact types; raise ContractError naming the column on mismatch."""
+        """Convert with the contract's exact types; raise ContractError naming the column on mismatch.
+
+        Schema evolution: a column a later version added is nullable, so a table written before it existed
+        reads with that column all null (a missing non-nullable column is an error)."""
+        added = [c.name for c in self.columns if c.nullable and c.name not in frame.columns]
+        if added:
+            frame = frame.assign(**{name: None for name in added})
         missing = [c for c in self.column_names if c not in frame.columns]
         extra = [c for c in frame.columns if c not in self.column_names]
         if missing or extra:

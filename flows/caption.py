@@ -22,14 +22,14 @@ def _caption(root: Path, out: Path, model_name: str, cfg: BulkCaptioningSettings
     default `cfg.lock_wait_seconds`, for another writer); `get_model()` loads the model only when there is work."""
     with exclusive_lock(out / ".lock", cfg.lock_wait_seconds if wait is None else wait, str(out)):
         found = scan_inputs(root, out, cfg, under)
-        captioned = rejected = studies = 0
+        captioned = rejected = studies = out_of_domain = 0
         if found.todo:
             result = caption_batch(quote(found.todo), quote(get_model()), out, cfg)
-            captioned, rejected, studies = result.captioned, result.rejected, result.studies
+            captioned, rejected, studies, out_of_domain = result.captioned, result.rejected, result.studies, result.out_of_domain
         totals = consolidate(out)
     return {"input": str(under or root), "model": model_name, "new_images": found.new, "captioned": captioned,
-            "studies": studies, "rejected": rejected + found.rejected, "already_done": found.already_done,
-            **totals}
+            "studies": studies, "out_of_domain_studies": out_of_domain, "rejected": rejected + found.rejected,
+            "already_done": found.already_done, **totals}
 
 
 @flow(name="caption-images")

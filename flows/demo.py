@@ -55,5 +55,6 @@ def demo_pipeline(workdir: Path) -> dict:
         "report": evaluation["report"],
         "promotion": f"{promotion['outcome']}: {promotion['reason']}",
         "captioned_images": captions["captioned_total"],
+        "out_of_domain_studies": captions["out_of_domain_studies"],
         "captions": captions["captions"],
     }

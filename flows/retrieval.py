@@ -11,10 +11,12 @@ from radcap.settings import RetrievalSettings, get_settings
 from radcap.tasks.retrieval import (
     build_index,
     evaluate_retriever,
+    fit_domain_guard,
     fit_retriever,
     image_sources,
     load_retriever,
     register_retriever,
+    report_set,
     retrieval_sets,
     retrieve_images,
     search_texts,
@@ -29,21 +31,25 @@ from radcap.tracking import tracked_run
 def train_retrieval_flow(data_dir: Path, out: Path, settings: RetrievalSettings | None = None,
                          encoder_version: str | None = None, meteor: bool = True) -> dict:
     cfg = settings or get_settings().retrieval
-    inputs = training_inputs(data_dir, encoder_version, cfg)
-    sets = retrieval_sets(data_dir, inputs["encoder_version"], cfg)
+    rules = get_settings().split
+    inputs = training_inputs(data_dir, encoder_version, cfg, rules)
+    sets = retrieval_sets(data_dir, inputs["encoder_version"], cfg, rules)
+    reported = report_set(data_dir, inputs["encoder_version"], cfg, rules, quote(sets["val"]))
     with tracked_run(get_settings().tracking.retrieval, "train-retrieval",
                      {**cfg.model_dump(), "data_dir": str(data_dir), **inputs}):
         training = fit_retriever(quote(sets["train"]), quote(sets["val"]), cfg, inputs)
+        fit_domain_guard(quote(training), quote(sets), data_dir, get_settings().domain)
         index = build_index(quote(training), quote(sets["train"]), image_sources(data_dir))
-        scores = evaluate_retriever(quote(training), quote(index), quote(sets["train"]), quote(sets["val"]), meteor)
+        scores = evaluate_retriever(quote(training), quote(index), quote(sets["train"]), quote(reported["set"]), meteor)
         fit = training.fit
-        meta = {"data_dir": str(data_dir), "split": "val", "index_split": "train", "best_epoch": fit.best_epoch,
+        meta = {"data_dir": str(data_dir), "split": reported["split"], "index_split": "train", "best_epoch": fit.best_epoch,
                 "epochs_run": len(fit.history), **inputs}
         summary = write_retrieval_report(quote(training), quote(index), quote(scores), out, meta)
         registered = register_retriever(out, cfg, {**inputs, "best_epoch": fit.best_epoch,
                                                    "val_mean_recall": summary["mean_recall"]})
     return {"registered": registered, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
-            "train_pairs": len(sets["train"]), "val_pairs": len(sets["val"]), **summary}
+            "train_pairs": len(sets["train"]), "selection_pairs": len(sets["val"]), "reported_on": reported["split"],
+            "reported_pairs": len(reported["set"]), **summary}
 
 
 @flow(name="search-images")

@@ -13,6 +13,7 @@ from radcap.tasks.train import (
     caption_sets,
     find_trained,
     fit_captioner,
+    fit_domain_guard,
     log_and_register,
     training_inputs,
     tune_decoding,
@@ -25,14 +26,15 @@ def train_flow(data_dir: Path, out: Path, settings: DecoderSettings | None = Non
                encoder_version: str | None = None, reuse: bool = False) -> dict:
     """With `reuse`, a registered version trained on the same data version, encoder and settings is
     returned instead of training again (the nightly run's cache)."""
-    cfg = settings or get_settings().captioner
-    inputs = training_inputs(data_dir, encoder_version, cfg)
+    cfg, rules = settings or get_settings().captioner, get_settings().split
+    inputs = training_inputs(data_dir, encoder_version, cfg, rules)
     if reuse and (found := find_trained(cfg.registered_name, inputs["training_key"])):
         return found
-    sets = caption_sets(data_dir, inputs["encoder_version"], cfg)
+    sets = caption_sets(data_dir, inputs["encoder_version"], cfg, rules)
     vocab = build_vocabulary(quote(sets["train"]), cfg)
     with tracked_run(get_settings().tracking.captioner, f"train-{cfg.architecture}",
                      {**cfg.model_dump(), "data_dir": str(data_dir), **inputs, "vocabulary": len(vocab)}):
         result = fit_captioner(quote(sets["train"]), quote(sets["val"]), quote(vocab), cfg, inputs)
         tune_decoding(quote(result), quote(sets["val"]), cfg)
+        fit_domain_guard(quote(result), quote(sets), data_dir, get_settings().domain)
         return log_and_register(quote(result), quote(sets), data_dir, out, cfg, inputs)

@@ -7,6 +7,7 @@ whose images have no stored features for the chosen encoder are listed as reject
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,16 @@ class CaptionSet:
         index = np.array([position[r] for r in report_ids], dtype=np.int64)
         return CaptionSet(list(report_ids), [self.texts[i] for i in index], self.pooled[index], self.view_mask[index],
                           None if self.grid is None else self.grid[index], [self.image_ids[i] for i in index])
+
+    @staticmethod
+    def concat(sets: list["CaptionSet"]) -> "CaptionSet":
+        """One set of several (e.g. every split of a data directory); grids are dropped."""
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            return CaptionSet([], [], np.zeros((0, 1, 0), np.float32), np.zeros((0, 1), np.float32))
+        return CaptionSet([r for s in sets for r in s.report_ids], [t for s in sets for t in s.texts],
+                          np.concatenate([s.pooled for s in sets]), np.concatenate([s.view_mask for s in sets]),
+                          None, [i for s in sets for i in s.image_ids])
 
     def feature_statistics(self, attention: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std over the images present (grid cells for attention, pooled vectors else)."""
@@ -135,4 +146,31 @@ def load_caption_sets(data_dir: Path, encoder_version: str, splits: tuple[str, .
         if len(data) < min_size:
             raise RadcapError(f"{data_dir}: {len(data)} '{split}' reports have features for encoder {encoder_version} "
                               f"(at least {min_size} needed; run `radcap features`)")
+    return sets
+
+
+def selection_group(group_id: str, rules) -> bool:
+    """True when a train group (patient, case) is in the carved selection set (`SplitRules.select_*`)."""
+    digest = hashlib.sha256(f"{rules.select_salt}:{group_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rules.select_fraction
+
+
+def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, grid: bool = False,
+                  min_size: int = 1) -> dict[str, CaptionSet]:
+    """{'train': what the model fits, 'val': what every choice is made on}. With `rules.select_on == "carve"`
+    both come from the train split (by group, deterministically) and the val and test splits are never read,
+    so no choice can touch what is reported; with "val", the val split is the selection set."""
+    if rules.select_on == "val":
+        return load_caption_sets(data_dir, encoder_version, ("train", "val"), max_views, grid, min_size)
+    train = load_caption_sets(data_dir, encoder_version, ("train",), max_views, grid)["train"]
+    reports = read_table(DataCatalog(data_dir).reports, REPORTS)
+    group = dict(zip(reports["report_id"], reports["group_id"]))
+    chosen = [rid for rid in train.report_ids if selection_group(group[rid], rules)]
+    kept = [rid for rid in train.report_ids if rid not in set(chosen)]
+    sets = {"train": train.subset(kept), "val": train.subset(chosen)}
+    sets["train"].rejects = train.rejects
+    for name, data in sets.items():
+        if len(data) < min_size:
+            raise RadcapError(f"{data_dir}: the carved {name} set has {len(data)} reports (at least {min_size} needed); "
+                              "add training data or set RADCAP_SPLIT__SELECT_FRACTION")
     return sets

@@ -65,7 +65,9 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     rng, bs = np.random.default_rng(cfg.seed), min(cfg.batch_size, len(train))
 
     def tensors(data: CaptionSet, index) -> dict:
-        return {k: tf.constant(v) for k, v in data.features(index).items() if k != "grid" or model.attention}
+        # float16 grids are stored compactly; the network gets float32 (this CPU has no fast half-precision ops)
+        return {k: tf.constant(v.astype(np.float32) if k == "grid" else v) for k, v in data.features(index).items()
+                if k != "grid" or model.attention}
 
     def run_epoch(epoch: int) -> dict[str, float]:
         start, order, losses = time.perf_counter(), rng.permutation(len(train)), []
@@ -85,10 +87,9 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     return CaptionTraining(bundle, fit(model, cfg.epochs, run_epoch, stopping, on_epoch))
 
 
-def training_key(data_version: str, encoder_version: str, cfg) -> str:
-    """Same data version, encoder and settings (any settings section) -> same key: what a cached training
-    result is found by."""
-    payload = json.dumps([data_version, encoder_version, cfg.model_dump()], sort_keys=True)
+def training_key(data_version: str, encoder_version: str, settings: dict) -> str:
+    """Same data version, encoder and settings -> same key: what a cached training result is found by."""
+    payload = json.dumps([data_version, encoder_version, settings], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radcap.domain import DomainGuard
 from radcap.errors import RadcapError
 from radcap.model_config import CAPTIONER_FORMATS, CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, CaptionerConfig, SavedModelConfig
 from radcap.vocab import END, START, UNK, Vocabulary
@@ -23,6 +24,7 @@ class CaptionerBundle:
     model: object  # radcap.models.captioner.Captioner
     vocab: Vocabulary
     config: CaptionerConfig
+    domain: DomainGuard | None = None  # the out-of-domain guard (None: saved before radcap 0.2)
 
     @cached_property
     def decoder(self):
@@ -38,7 +40,8 @@ class CaptionerBundle:
         decoder, out = self.decoder, []
         n = len(features["view_mask"])
         for i in range(0, n, batch_size):
-            part = {k: v[i: i + batch_size] for k, v in features.items() if k != "grid" or self.model.attention}
+            part = {k: (v[i: i + batch_size].astype(np.float32) if k == "grid" else v[i: i + batch_size])
+                    for k, v in features.items() if k != "grid" or self.model.attention}
             if beam_width <= 1:
                 ids, _ = decoder.greedy(part, no_repeat_ngram)
             else:
@@ -52,10 +55,18 @@ class CaptionerBundle:
         return self.caption(features, **self.config.decoding.model_copy(update=overrides).model_dump())
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config.save(folder / CONFIG_FILE)
-        self.vocab.save(folder / VOCAB_FILE)
-        self.model.save_weights(folder / WEIGHTS_FILE)
+        save_bundle(self, folder)
+
+
+def save_bundle(bundle, folder: Path) -> None:
+    """A saved Keras model bundle (captioner or retriever): the typed config, the JSON vocabulary, the HDF5
+    weights and, when there is one, the domain guard."""
+    folder.mkdir(parents=True, exist_ok=True)
+    bundle.config.save(folder / CONFIG_FILE)
+    bundle.vocab.save(folder / VOCAB_FILE)
+    bundle.model.save_weights(folder / WEIGHTS_FILE)
+    if bundle.domain is not None:
+        bundle.domain.save(folder)
 
 
 def build_model(config: CaptionerConfig, vocab_size: int):
@@ -90,4 +101,5 @@ def read_saved_model(folder: Path, config_class: type[SavedModelConfig], formats
 
 
 def load_bundle(folder: Path) -> CaptionerBundle:
-    return CaptionerBundle(*read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model))
+    return CaptionerBundle(*read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model),
+                           DomainGuard.load(Path(folder)))

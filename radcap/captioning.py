@@ -49,6 +49,7 @@ class CaptionResult:
     captioned: int = 0
     rejected: int = 0
     studies: int = 0
+    out_of_domain: int = 0  # studies flagged (or withheld) by the model's domain guard
     seconds: float = 0.0
 
 
@@ -125,7 +126,8 @@ class CaptionStore:
         captions = captions.iloc[keep_c].reset_index(drop=True)
         rejects = rejects.iloc[keep_r].sort_values("source_path").reset_index(drop=True)
         if len(captions):  # a study's newest report, on every row of the study
-            report = ["caption", "model", "model_version", "encoder_version", "captioned_at"]
+            report = ["caption", "model", "model_version", "encoder_version", "captioned_at", "ood_score", "in_domain",
+                      "ood_reason"]
             latest = captions.sort_values("captioned_at", kind="stable").drop_duplicates("study_id", keep="last")
             latest = latest.set_index("study_id")[report]
             captions[report] = latest.loc[captions["study_id"]].to_numpy()
@@ -198,10 +200,27 @@ def report_studies(bundle, features: dict, decoding: dict) -> tuple[list[str | N
         return captions, failed
 
 
+def judge_studies(guard, pooled: np.ndarray, studies: list[list[int]], modalities: list[str | None],
+                  chroma: list[float] | None = None) -> list[tuple]:
+    """(ood_score, in_domain, reason) per study: its highest image score, its DICOM modality and its most
+    colourful image."""
+    if guard is None:
+        return [(None, None, None)] * len(studies)
+    image_scores = guard.score_images(pooled)
+    out = []
+    for rows, modality, colour in zip(studies, modalities, chroma or [0.0] * len(studies)):
+        score = float(image_scores[rows].max())
+        in_domain, reason = guard.judge(score, modality, colour)
+        out.append((score, in_domain, reason))
+    return out
+
+
 def caption_images(images: list[InputImage], model: CaptioningModel, store: CaptionStore, batch_size: int = 32,
-                   decoding: dict | None = None, progress: bool = True, forward: Forward | None = None) -> CaptionResult:
+                   decoding: dict | None = None, progress: bool = True, forward: Forward | None = None,
+                   ood_policy: str = "flag") -> CaptionResult:
     """Caption `images` study by study, one part file per batch of studies (`forward`: the encoder's compiled
-    forward function when the caller already has one)."""
+    forward function when the caller already has one). Each study gets its out-of-domain score and verdict;
+    with `ood_policy="withhold"` a study out of domain gets no caption."""
     bundle = model.bundle
     attention, max_views = bool(bundle.model.attention), bundle.config.max_views
     stamp_model = (model.name, model.version, model.encoder.version)
@@ -226,18 +245,25 @@ def caption_images(images: list[InputImage], model: CaptioningModel, store: Capt
             encoded = batch.encoded
             features = pack_views(studies, encoded.pooled, encoded.grid if attention else None, max_views)
             captions, failed = report_studies(bundle, features, decoding or {})
+            modalities = [next((flat[k].modality for k in keys if flat[k].modality), None) for keys in members]
+            colours = [max(batch.chroma[k] for k in keys) for keys in members]
+            verdicts = judge_studies(bundle.domain, encoded.pooled, studies, modalities, colours)
             stamp = now_utc()
-            for s, (caption, keys) in enumerate(zip(captions, members)):
+            for s, (caption, keys, (score, in_domain, reason)) in enumerate(zip(captions, members, verdicts)):
+                if s not in failed and in_domain is False:
+                    result.out_of_domain += 1
+                withheld = in_domain is False and ood_policy == "withhold"
                 for k in keys:
                     image = flat[k]
                     if s in failed:
                         rejects[k] = reject_row(image.source_path, batch.shas[k], failed[s])
                         continue
                     rows.append({"study_id": image.study_id, "image_id": image.image_id, "view": image.view,
-                                 "source_path": image.source_path, "sha256": batch.shas[k], "caption": caption,
-                                 "model": stamp_model[0], "model_version": stamp_model[1],
-                                 "encoder_version": stamp_model[2],
-                                 "captioned_at": stamp})
+                                 "source_path": image.source_path, "sha256": batch.shas[k],
+                                 "caption": None if withheld else caption, "model": stamp_model[0],
+                                 "model_version": stamp_model[1], "encoder_version": stamp_model[2],
+                                 "captioned_at": stamp, "ood_score": score, "in_domain": in_domain,
+                                 "ood_reason": f"withheld: {reason}" if withheld else reason})
             result.studies += len(studies) - len(failed)
         frame = pd.DataFrame(rows, columns=CAPTIONS.column_names)
         store.write_batch(frame, pd.DataFrame(list(rejects.values()), columns=CAPTION_REJECTS.column_names),

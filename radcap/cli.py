@@ -208,6 +208,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, report.md, captions.csv (default: DATA/evaluation-SPLIT).")] = None,
     meteor: Annotated[bool, typer.Option(help="METEOR needs Java; --no-meteor skips it.")] = True,
     retriever: Annotated[Optional[str], typer.Option(help="Also score a contrastive retriever's top-1 report (models:/radcap-retriever/N or run folder).")] = None,
+    ood_data: Annotated[Optional[list[Path]], typer.Option(help="A data directory of images unlike the training ones, with features for the model's encoder: reports the share its domain guard catches (repeatable).")] = None,
 ) -> None:
     """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr and clinical F1, beside baselines."""
     if split not in ("train", "val", "test"):
@@ -216,7 +217,8 @@ def evaluate(
     from radcap.flows.evaluate import evaluate_flow
 
     hide_user_error_tracebacks()
-    summary = evaluate_flow(data, model, split, out or DataCatalog(data).evaluation(split), meteor, retriever)
+    summary = evaluate_flow(data, model, split, out or DataCatalog(data).evaluation(split), meteor, retriever,
+                            list(ood_data or []))
     _print_summary(f"evaluate {split}", summary, list(summary))
     raise typer.Exit(EXIT_OK)
 

@@ -17,6 +17,7 @@ import pandas as pd
 from radcap import tracking
 from radcap.caption_data import CaptionSet, mean_view
 from radcap.catalog import RunFolder
+from radcap.domain import study_scores
 from radcap.io import atomic_path, write_json
 from radcap.metrics import CAPTION_METRICS, ReportScores, score_reports
 from radcap.reporting import markdown_table, metrics_figure, write_text
@@ -59,6 +60,7 @@ class Evaluation:
     systems: list[System]
     scores: dict[str, ReportScores]
     meta: dict = field(default_factory=dict)  # model, data_dir, split, architecture, encoder_version
+    guard: dict | None = None  # guard_quality(), when the model has a domain guard
 
     def summaries(self) -> dict[str, dict]:
         return {s.key: self.scores[s.key].summary() for s in self.systems}
@@ -79,19 +81,23 @@ class Evaluation:
                 f"({len(self.evaluated)} reports).\n\nTokenization and metric definitions: `radcap/metrics.py`.\n\n"
                 f"## Caption and clinical metrics\n\n{markdown_table(self.table())}\n"
                 f"## Clinical F1 per finding (rule-based labeler, uncertain counted positive)\n\n"
-                f"{markdown_table(self.findings(), 3)}")
+                f"{markdown_table(self.findings(), 3)}" + (f"\n{guard_markdown(self.guard)}" if self.guard else ""))
 
     def model_summary(self) -> dict:
         scores = self.summaries()["model"]
-        return {"reports": len(self.evaluated),
-                **{k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}}
+        summary = {"reports": len(self.evaluated), **{k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}}
+        if self.guard:
+            summary["ood_flagged_held_out"] = round(self.guard["held_out"]["flagged_by_score"], 4)
+            summary.update({f"ood_caught_{name}": round(q["flagged_by_score"], 4)
+                            for name, q in self.guard["out_of_domain"].items()})
+        return summary
 
 
 def save_evaluation(evaluation: Evaluation, out: Path) -> Path:
     """metrics.json, report.md and captions.csv in `out` (each written atomically); returns report.md."""
     folder = RunFolder(out)
     summaries = evaluation.summaries()
-    write_json({**evaluation.meta, "reports": len(evaluation.evaluated),
+    write_json({**evaluation.meta, "reports": len(evaluation.evaluated), "domain_guard": evaluation.guard,
                 "systems": {s.label: summaries[s.key] for s in evaluation.systems}}, folder.metrics)
     write_text(evaluation.markdown(), folder.report)
     captions = pd.DataFrame({"report_id": evaluation.evaluated.report_ids, "reference": evaluation.evaluated.texts,
@@ -108,3 +114,33 @@ def log_evaluation(evaluation: Evaluation) -> None:
     tracking.log_text(evaluation.markdown(), "report.md")
     tracking.log_figure(metrics_figure(evaluation.table(), TABLE_COLUMNS, f"{evaluation.meta['split']} split: model vs "
                                        "baselines"), "metrics.png")
+
+
+def study_modalities(data: CaptionSet, images: pd.DataFrame) -> list[str | None]:
+    """Each study's modality from the images table (the first image's that is known)."""
+    modality = dict(zip(images["image_id"], images["modality"]))
+    return [next((modality.get(i) for i in ids if isinstance(modality.get(i), str)), None) for ids in data.image_ids]
+
+
+def guard_quality(guard, evaluated: CaptionSet, evaluated_modalities: list[str | None],
+                  out_of_domain: dict[str, tuple[CaptionSet, list[str | None]]]) -> dict:
+    """The share of held-out in-domain studies the guard flags (should be about 100 - percentile %), and of each
+    out-of-domain set's studies it catches: by the feature score alone, and with the modality rule."""
+    def shares(data: CaptionSet, modalities: list[str | None]) -> dict:
+        scores = study_scores(guard, data.pooled, data.view_mask)
+        by_rule = [not guard.judge(float(s), m)[0] for s, m in zip(scores, modalities)]
+        return {"studies": len(data), "flagged_by_score": float(np.mean(scores > guard.threshold)),
+                "flagged_with_modality_rule": float(np.mean(by_rule)), "median_score": float(np.median(scores))}
+
+    return {"threshold": guard.threshold, "percentile": guard.percentile, "modalities": guard.modalities,
+            "held_out": shares(evaluated, evaluated_modalities),
+            "out_of_domain": {name: shares(data, mods) for name, (data, mods) in out_of_domain.items()}}
+
+
+def guard_markdown(quality: dict) -> str:
+    rows = [{"images": f"held-out in-domain ({quality['held_out']['studies']} studies)", **quality["held_out"]}]
+    rows += [{"images": f"{name} ({q['studies']} studies)", **q} for name, q in quality["out_of_domain"].items()]
+    table = pd.DataFrame(rows)[["images", "flagged_by_score", "flagged_with_modality_rule", "median_score"]]
+    return (f"## Out-of-domain guard\n\nThreshold {quality['threshold']:.3f} (the {quality['percentile']:g}th percentile "
+            f"of the validation images' scores); training modalities {', '.join(quality['modalities']) or 'unknown'}. "
+            f"Share of studies flagged:\n\n{markdown_table(table, 3)}")

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from radcap.data_contracts import FEATURES
 from radcap.data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
-from radcap.imaging import ImageRejected, file_sha256, read_image
+from radcap.imaging import Decoded, ImageRejected, file_sha256, read_image
 from radcap.io import atomic_path, new_run_id, write_json
 
 Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (B,S,S) -> pooled (B,D), grid (B,h,w,D)
@@ -189,8 +189,8 @@ def features_table(items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray,
 # ------------------------------------------------------------------ the streaming image -> features path
 
 
-def decode_one(path: Path, size: int) -> tuple[np.ndarray, str] | ImageRejected:
-    """(uint8 square, sha256 of the bytes decoded), or the ImageRejected to record."""
+def decode_one(path: Path, size: int) -> Decoded | ImageRejected:
+    """(uint8 square, sha256 of the bytes decoded, chroma), or the ImageRejected to record."""
     try:
         return read_image(Path(path), size)
     except ImageRejected as exc:
@@ -249,6 +249,7 @@ class DecodedBatch:
     number: int
     items: list  # the inputs, in order
     shas: list[str]  # sha256 of the bytes decoded ('' when unreadable)
+    chroma: list[float]  # colour of each decoded image (0 grayscale; 0 for rejects)
     rows: dict[int, int]  # input position -> row of `encoded`
     reasons: dict[int, str]  # input position -> reject reason
     encoded: Encoded | None
@@ -277,16 +278,17 @@ def stream_features(items: list, path_of: Callable[[object], Path], forward: For
                 submit(batches[number + 2])
             good = [k for k, value in enumerate(decoded) if not isinstance(value, ImageRejected)]
             reasons = {k: str(v) for k, v in enumerate(decoded) if isinstance(v, ImageRejected)}
-            shas = [v.sha256 if isinstance(v, ImageRejected) else v[1] for v in decoded]
+            shas = [v.sha256 for v in decoded]
+            chroma = [0.0 if isinstance(v, ImageRejected) else v.chroma for v in decoded]
             encoded, rows = None, {}
             if good:
-                encoded = encode_batch(forward, [decoded[k][0] for k in good], batch_size, grid)
+                encoded = encode_batch(forward, [decoded[k].square for k in good], batch_size, grid)
                 for row, k in enumerate(good):
                     if row in encoded.failed:
                         reasons[k] = encoded.failed[row]
                     else:
                         rows[k] = row
-            yield DecodedBatch(number, batch, shas, rows, reasons, encoded)
+            yield DecodedBatch(number, batch, shas, chroma, rows, reasons, encoded)
             bar.update(len(batch))
 
 

@@ -38,6 +38,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -86,6 +87,15 @@ class LoadedImage:
     pixels: np.ndarray  # float32, HxW, [0, 1]
     kind: str  # png, jpeg, dicom
     sha256: str = ""  # of the bytes that were decoded
+    chroma: float = 0.0  # mean spread between the colour channels, in [0, 1]: 0 for a grayscale image
+
+
+class Decoded(NamedTuple):
+    """What the pipelines decode a file to (`read_image`)."""
+
+    square: np.ndarray  # letterboxed uint8 grayscale
+    sha256: str
+    chroma: float  # see LoadedImage
 
 
 def sniff(head: bytes) -> str | None:
@@ -134,12 +144,12 @@ def decode(data: bytes) -> LoadedImage:
     kind = sniff(data[:132])
     try:
         if kind == "dicom":
-            pixels = _load_dicom(data)
+            pixels, chroma = _load_dicom(data)
         elif kind in ("png", "jpeg"):
-            pixels = _load_raster(data)
+            pixels, chroma = _load_raster(data)
         else:
             raise ImageRejected("not a PNG, JPEG or DICOM file (unrecognized content)")
-        return LoadedImage(_check_shape(pixels), kind, sha)
+        return LoadedImage(_check_shape(pixels), kind, sha, chroma)
     except ImageRejected as exc:
         raise ImageRejected(str(exc), sha) from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the run's
@@ -171,7 +181,13 @@ def _minmax(values: np.ndarray) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def _load_raster(data: bytes) -> np.ndarray:
+def chroma_of(rgb: np.ndarray, full_scale: float) -> float:
+    """Mean spread between the colour channels (max - min over R, G, B), as a share of `full_scale`."""
+    rgb = rgb[..., :3].astype(np.float32)
+    return float((rgb.max(axis=-1) - rgb.min(axis=-1)).mean() / max(full_scale, 1e-6))
+
+
+def _load_raster(data: bytes) -> tuple[np.ndarray, float]:
     with Image.open(io.BytesIO(data)) as img:
         w, h = img.size
         if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE or min(w, h) < 1:  # before decoding a bomb
@@ -179,11 +195,12 @@ def _load_raster(data: bytes) -> np.ndarray:
         img.load()
         mode = img.mode
         if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            return _minmax(np.asarray(img))
-        if mode == "L":
-            return np.asarray(img, dtype=np.float32) / 255.0
-        if mode in ("LA", "RGBA", "RGB", "P", "1", "CMYK", "YCbCr", "PA", "La", "RGBa"):
-            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            return _minmax(np.asarray(img)), 0.0
+        if mode in ("L", "1", "LA", "La"):
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, 0.0
+        if mode in ("RGBA", "RGB", "P", "CMYK", "YCbCr", "PA", "RGBa"):
+            chroma = chroma_of(np.asarray(img.convert("RGB")), 255.0)
+            return np.asarray(img.convert("L"), dtype=np.float32) / 255.0, chroma
         raise ImageRejected(f"unsupported image mode {mode}")
 
 
@@ -207,7 +224,7 @@ def check_dicom_header(data: bytes) -> None:
         raise ImageRejected(f"DICOM holds {items:,} sequence items, over the {MAX_SEQUENCE_ITEMS:,} limit")
 
 
-def _load_dicom(data: bytes) -> np.ndarray:
+def _load_dicom(data: bytes) -> tuple[np.ndarray, float]:
     pydicom = quiet_pydicom()
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 
@@ -239,7 +256,8 @@ def _load_dicom(data: bytes) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # colour
         if photometric.startswith("YBR"):
             arr = convert_color_space(arr, photometric, "RGB")
-        return _minmax(arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+        chroma = chroma_of(arr, float(arr[..., :3].max()) or 1.0)
+        return _minmax(arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)), chroma
     if arr.ndim != 2:
         raise ImageRejected(f"unsupported DICOM pixel array shape {arr.shape}")
     arr = apply_modality_lut(arr, ds)
@@ -248,7 +266,7 @@ def _load_dicom(data: bytes) -> np.ndarray:
     pixels = _minmax(arr)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return pixels
+    return pixels, 0.0
 
 
 def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -270,13 +288,13 @@ def to_square(image: LoadedImage, size: int) -> np.ndarray:
     return (letterbox(image.pixels, size) * 255.0 + 0.5).astype(np.uint8)
 
 
-def read_image(path: Path, size: int) -> tuple[np.ndarray, str]:
-    """File -> (letterboxed uint8 square, sha256 of the bytes decoded), or ImageRejected (with the sha
-    when the file could be read). What feature extraction, captioning and retrieval decode with."""
+def read_image(path: Path, size: int) -> Decoded:
+    """File -> (letterboxed uint8 square, sha256 of the bytes decoded, chroma), or ImageRejected (with the
+    sha when the file could be read). What feature extraction, captioning and retrieval decode with."""
     data = read_bytes(path)
     image = decode(data)
     try:
-        return to_square(image, size), image.sha256
+        return Decoded(to_square(image, size), image.sha256, image.chroma)
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory while resizing: this file's reject
         raise ImageRejected(f"cannot resize image ({type(exc).__name__})", image.sha256) from None
 

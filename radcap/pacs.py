@@ -3,7 +3,8 @@
 Every regular file under the input folder is an input, whatever its name (PACS exports often have no
 extensions), except hidden files and folders (names starting with '.', e.g. the inbox's `.complete`
 marker). The type is sniffed from the bytes. DICOM headers are read without pixel data and with only the
-tags grouping needs (StudyInstanceUID, SOPInstanceUID, ViewPosition); a PNG/JPEG file is a study of its own.
+tags grouping and the domain guard need (StudyInstanceUID, SOPInstanceUID, ViewPosition, Modality); a
+PNG/JPEG file is a study of its own.
 
 What is not an input is a reject with its reason, never silently skipped:
 * symbolic links are never followed: a link pointing outside the input folder could expose any file of the
@@ -12,8 +13,9 @@ What is not an input is a reject with its reason, never silently skipped:
 * a file whose header cannot be read is a reject with the reason and the file's SHA-256, so an unchanged bad
   file is not read again by the next run, and a repaired one is.
 
-Privacy: only the three tags above are read, and a value is used only if it is a well-formed UID, so a
-header that carries a patient attribute where a UID belongs cannot bring it into an output. With
+Privacy: only the four tags above are read, and a value is used only if it is well-formed (a UID; a
+modality code of 2-4 capitals), so a header that carries a patient attribute there cannot bring it into an
+output. With
 `identifiers="hash"` even the UIDs are replaced by salted hashes.
 """
 
@@ -31,7 +33,8 @@ from radcap.imaging import ImageRejected, check_dicom_header, quiet_pydicom, rea
 from radcap.runtime import workspace_salt
 
 FRONTAL, LATERAL = {"PA", "AP", "PA_ERECT", "AP_SUPINE"}, {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"}
-_HEADER_TAGS = ["StudyInstanceUID", "SOPInstanceUID", "ViewPosition"]
+_HEADER_TAGS = ["StudyInstanceUID", "SOPInstanceUID", "ViewPosition", "Modality"]
+_MODALITY = re.compile(r"^[A-Z]{2,4}$")
 _UID = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
 
 
@@ -44,6 +47,7 @@ class InputImage:
     study_id: str
     image_id: str
     view: str  # frontal, lateral, unknown
+    modality: str | None = None  # the DICOM Modality code (CR, DX, CT, MR...), when it is one
 
 
 @dataclass(frozen=True)
@@ -190,21 +194,23 @@ def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]
     if kind != "dicom":
         return InputImage(path, relative, digest, kind, content_id, content_id, "unknown")
     try:
-        study, instance, view = _dicom_identity(data)
+        study, instance, view, modality = _dicom_identity(data)
     except ImageRejected as exc:
         return Reject(relative, digest, str(exc))
     except Exception as exc:  # noqa: BLE001 - any parser failure is this file's reject; the type only (privacy)
         return Reject(relative, digest, f"cannot read DICOM header ({type(exc).__name__})")
     # Without UIDs the file is still captioned, as a study of its own, under its content hash.
     return InputImage(path, relative, digest, kind, ids(study) if study else content_id,
-                      ids(instance) if instance else content_id, view)
+                      ids(instance) if instance else content_id, view, modality)
 
 
-def _dicom_identity(data: bytes) -> tuple[str | None, str | None, str]:
+def _dicom_identity(data: bytes) -> tuple[str | None, str | None, str, str | None]:
     check_dicom_header(data)
     header = quiet_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    modality = header.get("Modality")
+    modality = modality.strip().upper() if isinstance(modality, str) and _MODALITY.match(modality.strip().upper()) else None
     return (uid_or_none(header.get("StudyInstanceUID")), uid_or_none(header.get("SOPInstanceUID")),
-            view_of(header.get("ViewPosition")))
+            view_of(header.get("ViewPosition")), modality)
 
 
 def scan(root: Path, ids: Identifiers, exclude: Path | None = None, done: set[tuple[str, str]] | None = None,

@@ -207,7 +207,9 @@ def captioner_signature(decoding):
         ColSpec("string", "view", required=False), ColSpec(Array("double"), "pooled", required=False),
         ColSpec(Array("double"), "grid", required=False),
     ])
-    outputs = Schema([ColSpec("string", "study_id"), ColSpec("string", "caption")])
+    outputs = Schema([ColSpec("string", "study_id"), ColSpec("string", "caption"),
+                      ColSpec("double", "ood_score", required=False), ColSpec("boolean", "in_domain", required=False),
+                      ColSpec("string", "ood_reason", required=False)])
     params = ParamSchema([
         ParamSpec("beam_width", "long", int(decoding.beam_width)),
         ParamSpec("length_penalty", "double", float(decoding.length_penalty)),

@@ -16,14 +16,15 @@ import numpy as np
 import pandas as pd
 
 from radcap.caption_data import CaptionSet, mean_view, pack_views
-from radcap.captioner_bundle import read_saved_model
-from radcap.captioning import reject_row, study_batches
+from radcap.captioner_bundle import read_saved_model, save_bundle
+from radcap.captioning import judge_studies, reject_row, study_batches
 from radcap.data_contracts import RETRIEVAL_INDEX, SEARCH_RESULTS
+from radcap.domain import DomainGuard
 from radcap.errors import RadcapError
 from radcap.features import stream_features
 from radcap.io import read_table, write_table
 from radcap.metrics import score_reports
-from radcap.model_config import CONFIG_FILE, RETRIEVER_FORMATS, VOCAB_FILE, WEIGHTS_FILE, RetrieverConfig
+from radcap.model_config import RETRIEVER_FORMATS, RetrieverConfig
 from radcap.reporting import markdown_table
 from radcap.settings import RetrievalSettings
 from radcap.training import EarlyStopping, EpochRecord, FitResult, fit
@@ -48,6 +49,7 @@ class RetrieverBundle:
     model: object  # models.retrieval.DualEncoder
     vocab: Vocabulary
     config: RetrieverConfig
+    domain: DomainGuard | None = None  # the out-of-domain guard (None: saved before radcap 0.2)
 
     def image_embeddings(self, pooled: np.ndarray, view_mask: np.ndarray, batch: int = 512) -> np.ndarray:
         out = [np.asarray(self.model.embed_images(pooled[i: i + batch], view_mask[i: i + batch]))
@@ -63,14 +65,12 @@ class RetrieverBundle:
         return np.concatenate(out) if out else np.zeros((0, self.config.dim), np.float32)
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config.save(folder / CONFIG_FILE)
-        self.vocab.save(folder / VOCAB_FILE)
-        self.model.save_weights(folder / WEIGHTS_FILE)
+        save_bundle(self, folder)
 
 
 def load_retriever(folder: Path) -> RetrieverBundle:
-    return RetrieverBundle(*read_saved_model(folder, RetrieverConfig, RETRIEVER_FORMATS, build_dual_encoder))
+    return RetrieverBundle(*read_saved_model(folder, RetrieverConfig, RETRIEVER_FORMATS, build_dual_encoder),
+                           DomainGuard.load(Path(folder)))
 
 
 def relevance(query_texts: list[str], gallery_texts: list[str]) -> np.ndarray:
@@ -243,8 +243,11 @@ def retrieval_report(scores: dict, meta: dict) -> str:
             f"## Retrieved report as a caption (index: {meta['index_split']} reports)\n\n{markdown_table(caption)}")
 
 
-def result_rows(queries: list[str], hits: list[pd.DataFrame], model: str, study_ids: list[str | None]) -> pd.DataFrame:
-    frames = [h.assign(query=q, query_study_id=s, model=model) for q, s, h in zip(queries, study_ids, hits)]
+def result_rows(queries: list[str], hits: list[pd.DataFrame], model: str, study_ids: list[str | None],
+                verdicts: list[tuple] | None = None) -> pd.DataFrame:
+    verdicts = verdicts or [(None, None, None)] * len(queries)
+    frames = [h.assign(query=q, query_study_id=s, model=model, ood_score=v[0], in_domain=v[1])
+              for q, s, h, v in zip(queries, study_ids, hits, verdicts)]
     if not frames:
         return SEARCH_RESULTS.empty()
     return pd.concat(frames, ignore_index=True)[SEARCH_RESULTS.column_names]
@@ -264,9 +267,13 @@ def retrieve_studies(images: list, bundle: RetrieverBundle, index: RetrievalInde
             studies.setdefault(batch.items[k].study_id, []).append(k)
         if not studies:
             continue
-        packed = pack_views([[batch.rows[k] for k in keys] for keys in studies.values()], batch.encoded.pooled, None,
-                            bundle.config.max_views)
+        rows = [[batch.rows[k] for k in keys] for keys in studies.values()]
+        packed = pack_views(rows, batch.encoded.pooled, None, bundle.config.max_views)
         hits = index.search(bundle.image_embeddings(packed["pooled"], packed["view_mask"]), "report", top_k)
         queries = [";".join(batch.items[k].source_path for k in keys) for keys in studies.values()]
-        frames.append(result_rows(queries, hits, model_name, list(studies)))
+        modalities = [next((batch.items[k].modality for k in keys if batch.items[k].modality), None)
+                      for keys in studies.values()]
+        colours = [max(batch.chroma[k] for k in keys) for keys in studies.values()]
+        verdicts = judge_studies(bundle.domain, batch.encoded.pooled, rows, modalities, colours)
+        frames.append(result_rows(queries, hits, model_name, list(studies), verdicts))
     return (pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()), rejects

@@ -66,12 +66,19 @@ class TextRules(BaseModel):
 
 
 class SplitRules(BaseModel):
-    """Deterministic group-level split used when a dataset has no official split."""
+    """Deterministic group-level split used when a dataset has no official split, and where model selection
+    (early stopping, the length penalty, the domain guard's threshold) happens."""
 
     train: float = 0.7
     val: float = 0.1
     test: float = 0.2
     salt: str = "radcap-split-v1"
+    select_on: Literal["carve", "val"] = Field(
+        "carve", description="carve: select on a deterministic `select_fraction` of the train split's groups "
+        "(patients, cases), so the val and test splits stay untouched by every choice and can be reported; "
+        "val: select on the val split (then do not report on it).")
+    select_fraction: float = Field(0.1, gt=0, lt=0.5)
+    select_salt: str = "radcap-select-v1"
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "SplitRules":
@@ -176,6 +183,9 @@ class BulkCaptioningSettings(BaseModel):
                          "salt made once per workspace and kept in WORKSPACE/id_salt, never an empty one.")
     lock_wait_seconds: float = Field(10.0, description="A second run writing the same output folder waits this "
                                      "long for the first to finish, then stops with exit 2.")
+    ood_policy: Literal["flag", "withhold"] = Field(
+        "flag", description="A study out of the model's domain: `flag` writes its caption with in_domain false; "
+        "`withhold` writes no caption, and the row says why.")
     ready_marker: str = Field(".complete", description="A batch folder holding this file is complete.")
     settle_seconds: float = Field(300.0, description="A batch folder without the marker is complete once "
                                   "nothing in it changed for this long.")
@@ -194,6 +204,17 @@ class PromotionSettings(BaseModel):
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the held-out reports.")
     split: Literal["val", "test"] = "test"
     alias: str = "champion"
+
+
+class DomainSettings(BaseModel):
+    """The out-of-domain guard every trained captioner and retriever carries (radcap/domain.py)."""
+
+    percentile: float = Field(95.0, gt=50, lt=100, description="Threshold: this percentile of the validation "
+                              "images' scores (about 100 - percentile % of in-domain images are flagged).")
+    explained_variance: float = Field(0.95, gt=0.5, le=1.0, description="The principal components kept.")
+    max_chroma: float | None = Field(0.05, description="An image whose colour channels differ by more than this "
+                                     "(mean, share of full scale) is flagged: radiological images are grayscale. "
+                                     "None turns the rule off (a collection with colour overlays).")
 
 
 class TrackingSettings(BaseModel):
@@ -216,6 +237,7 @@ class Settings(BaseSettings):
     caption: BulkCaptioningSettings = BulkCaptioningSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     promotion: PromotionSettings = PromotionSettings()
+    domain: DomainSettings = DomainSettings()
     tracking: TrackingSettings = TrackingSettings()
 
     @classmethod

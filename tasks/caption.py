@@ -55,9 +55,9 @@ def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path 
 
 @uncached
 def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings) -> CaptionResult:
-    result = caption_images(todo, model, CaptionStore(out), cfg.batch_size)
-    get_run_logger().info("captioned %d images in %d studies, %d rejected, %.1f s", result.captioned,
-                          result.studies, result.rejected, result.seconds)
+    result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, ood_policy=cfg.ood_policy)
+    get_run_logger().info("captioned %d images in %d studies (%d out of the model's domain), %d rejected, %.1f s",
+                          result.captioned, result.studies, result.out_of_domain, result.rejected, result.seconds)
     return result
 
 

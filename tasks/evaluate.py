@@ -9,15 +9,20 @@ from prefect.logging import get_run_logger
 from radcap import registry
 from radcap.caption_data import CaptionSet, load_caption_sets
 from radcap.errors import RadcapError
+from radcap.catalog import DataCatalog
+from radcap.data_contracts import IMAGES, REPORTS
 from radcap.evaluation import (
     Evaluation,
     System,
     caption_with_baselines,
+    guard_quality,
     log_evaluation,
     retrieval_system,
     save_evaluation,
     score_systems,
+    study_modalities,
 )
+from radcap.io import read_table
 from radcap.registry import LoadedModel
 from radcap.retrieval import retrieved_captions
 from radcap.tasks import registry_task, uncached
@@ -61,8 +66,32 @@ def retrieval_captions(uri: str, data_dir: Path, evaluated: CaptionSet, split: s
 
 
 @uncached
-def score(evaluated: CaptionSet, systems: list[System], meteor: bool, meta: dict) -> Evaluation:
-    evaluation = Evaluation(evaluated, systems, score_systems(evaluated, systems, meteor), meta)
+def check_guard(loaded: LoadedModel, data_dir: Path, evaluated: CaptionSet, ood_data: list[Path]) -> dict | None:
+    """How the model's domain guard does on the evaluated (held-out, in-domain) studies and on each
+    out-of-domain data directory (features for the model's encoder needed there too)."""
+    guard, config = loaded.bundle.domain, loaded.bundle.config
+    if guard is None:
+        return None
+    sets = {}
+    for folder in ood_data:
+        catalog = DataCatalog(folder)
+        images = read_table(catalog.images, IMAGES)
+        splits = tuple(sorted(set(read_table(catalog.reports, REPORTS)["split"])))
+        found = load_caption_sets(folder, config.encoder_version, splits, config.max_views, min_size=0)
+        data = CaptionSet.concat(list(found.values()))
+        if not len(data):
+            raise RadcapError(f"{folder}: no studies with features for encoder {config.encoder_version} (run `radcap "
+                              f"features --data {folder} --encoder {config.encoder_spec or config.encoder_version}`)")
+        sets[folder.name] = (data, study_modalities(data, images))
+    images = read_table(DataCatalog(data_dir).images, IMAGES)
+    quality = guard_quality(guard, evaluated, study_modalities(evaluated, images), sets)
+    get_run_logger().info("out-of-domain guard: %s", quality)
+    return quality
+
+
+@uncached
+def score(evaluated: CaptionSet, systems: list[System], meteor: bool, meta: dict, guard: dict | None = None) -> Evaluation:
+    evaluation = Evaluation(evaluated, systems, score_systems(evaluated, systems, meteor), meta, guard)
     for key, summary in evaluation.summaries().items():
         get_run_logger().info("%s: %s", key, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
     return evaluation

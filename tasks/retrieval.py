@@ -9,10 +9,11 @@ import pandas as pd
 from prefect.logging import get_run_logger
 
 from radcap import registry, tracking
-from radcap.caption_data import CaptionSet, load_caption_sets
+from radcap.caption_data import CaptionSet, load_caption_sets, training_sets
 from radcap.captioning import reject_row
 from radcap.catalog import DataCatalog, RunFolder
-from radcap.data_contracts import CAPTION_REJECTS, IMAGES, SEARCH_RESULTS
+from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
+from radcap.domain import domain_guard
 from radcap.encoders import encoder_for
 from radcap.io import atomic_path, read_table, write_json, write_table
 from radcap.pacs import identifiers, scan
@@ -27,14 +28,26 @@ from radcap.retrieval import (
     retrieve_studies,
     train_retriever,
 )
-from radcap.settings import BulkCaptioningSettings, RetrievalSettings
+from radcap.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules
 from radcap.tasks import registry_task, uncached
 from radcap.vocab import Vocabulary
 
 
 @uncached
-def retrieval_sets(data_dir: Path, encoder_version: str, cfg: RetrievalSettings) -> dict[str, CaptionSet]:
-    return load_caption_sets(data_dir, encoder_version, ("train", "val"), cfg.max_views, min_size=2)
+def retrieval_sets(data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules) -> dict[str, CaptionSet]:
+    """The fitting set and the selection set (`radcap.caption_data.training_sets`); recall is reported there."""
+    return training_sets(data_dir, encoder_version, rules, cfg.max_views, min_size=2)
+
+
+@uncached
+def report_set(data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules, selection: CaptionSet) -> dict:
+    """Where recall is reported: the val split, untouched by early stopping when selection was carved from
+    train; else (no val reports, or selection on val) the selection set, and the report says so."""
+    if rules.select_on == "carve":
+        val = load_caption_sets(data_dir, encoder_version, ("val",), cfg.max_views, min_size=0)["val"]
+        if len(val) >= 2:
+            return {"split": "val", "set": val}
+    return {"split": "selection set (also used for early stopping)", "set": selection}
 
 
 @uncached
@@ -49,6 +62,15 @@ def fit_retriever(train: CaptionSet, val: CaptionSet, cfg: RetrievalSettings, in
     vocab = Vocabulary.build(train.texts, cfg.min_count, cfg.max_length)
     extra = {k: inputs[k] for k in ("encoder_version", "encoder_spec", "data_version")}
     return train_retriever(train, val, vocab, cfg, extra, on_epoch=tracking.epoch_logger(get_run_logger()))
+
+
+@uncached
+def fit_domain_guard(training: RetrieverTraining, sets: dict[str, CaptionSet], data_dir: Path, cfg: DomainSettings) -> dict:
+    """The retriever's out-of-domain guard, fitted and calibrated (out of fold) on its training split's images."""
+    catalog = DataCatalog(data_dir)
+    guard = domain_guard([sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg)
+    training.bundle.domain = guard
+    return {"domain_threshold": round(guard.threshold, 4), "domain_components": len(guard.components)}
 
 
 @uncached

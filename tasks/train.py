@@ -9,28 +9,32 @@ import pandas as pd
 from prefect.logging import get_run_logger
 
 from radcap import registry, tracking
-from radcap.caption_data import CaptionSet, load_caption_sets
+from radcap.caption_data import CaptionSet, training_sets
 from radcap.caption_training import CaptionTraining, choose_length_penalty, train_captioner, training_key
 from radcap.catalog import DataCatalog, RunFolder
-from radcap.data_contracts import IMAGES
+from radcap.data_contracts import IMAGES, REPORTS
 from radcap.data_contracts.features import GRID_SIDE
+from radcap.domain import domain_guard
 from radcap.features import FeatureStore
 from radcap.imaging import prepare
 from radcap.io import read_table, write_rejects
 from radcap.reporting import attention_figure, curves_figure, markdown_table
-from radcap.settings import DecoderSettings
+from radcap.settings import DecoderSettings, DomainSettings, SplitRules
 from radcap.tasks import registry_task, uncached
 from radcap.vocab import Vocabulary
 
 
 @uncached
-def training_inputs(data_dir: Path, encoder_version: str | None, cfg) -> dict:
+def training_inputs(data_dir: Path, encoder_version: str | None, cfg, rules: SplitRules) -> dict:
     """What the model is trained on: the encoder version (asked for, else the last extracted), the spec that
-    reloads exactly it, the data version, and the training key those and the settings make."""
+    reloads exactly it, the data version, where selection happens, and the training key all those and the
+    settings make."""
     catalog = DataCatalog(data_dir)
     version, data_version = catalog.encoder_version(encoder_version), catalog.data_version()
+    settings = {"model": cfg.model_dump(), "selection": rules.model_dump(include={"select_on", "select_fraction", "select_salt"})}
     return {"encoder_version": version, "encoder_spec": FeatureStore(catalog.features).encoder_spec(version),
-            "data_version": data_version, "training_key": training_key(data_version, version, cfg)}
+            "data_version": data_version, "select_on": rules.select_on,
+            "training_key": training_key(data_version, version, settings)}
 
 
 @registry_task
@@ -45,9 +49,9 @@ def find_trained(name: str, key: str) -> dict | None:
 
 
 @uncached
-def caption_sets(data_dir: Path, encoder_version: str, cfg: DecoderSettings) -> dict[str, CaptionSet]:
-    sets = load_caption_sets(data_dir, encoder_version, ("train", "val"), cfg.max_views,
-                             grid=cfg.architecture == "show-attend-tell")
+def caption_sets(data_dir: Path, encoder_version: str, cfg: DecoderSettings, rules: SplitRules) -> dict[str, CaptionSet]:
+    """The fitting set and the selection set (`radcap.caption_data.training_sets`)."""
+    sets = training_sets(data_dir, encoder_version, rules, cfg.max_views, grid=cfg.architecture == "show-attend-tell")
     get_run_logger().info("examples: %s; without features: %s",
                           {s: len(d) for s, d in sets.items()}, {s: len(d.rejects) for s, d in sets.items()})
     return sets
@@ -86,6 +90,20 @@ def _attention_maps(result: CaptionTraining, val: CaptionSet, data_dir: Path):
     squares = [prepare(Path(paths[val.image_ids[i][0]]), 224) if paths.get(val.image_ids[i][0]) else np.zeros((224, 224), np.uint8)
                for i in index]
     return attention_figure(result.bundle, val.features(index), squares, GRID_SIDE)
+
+
+@uncached
+def fit_domain_guard(result: CaptionTraining, sets: dict[str, CaptionSet], data_dir: Path, cfg: DomainSettings) -> dict:
+    """The out-of-domain guard of the trained model, fitted and calibrated (out of fold) on its training
+    split's images; saved with the bundle."""
+    catalog = DataCatalog(data_dir)
+    guard = domain_guard([sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg)
+    result.bundle.domain = guard
+    summary = {"domain_threshold": round(guard.threshold, 4), "domain_components": len(guard.components),
+               "domain_modalities": ",".join(guard.modalities)}
+    tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, str)})
+    get_run_logger().info("out-of-domain guard: %s", summary)
+    return summary
 
 
 @registry_task

@@ -49,7 +49,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute disease.", "left pleural effusion."),
-                        seed: int = 0, decoding: dict | None = None) -> Path:
+                        seed: int = 0, decoding: dict | None = None, domain=None) -> Path:
     """An untrained, tiny Show-and-Tell bundle on the random:0 encoder: the real captioning code path at
     negligible cost (its reports are word salad; tests check where they go, not what they say)."""
     import keras
@@ -63,7 +63,7 @@ def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute diseas
                              max_views=2, encoder_version="random-seed0", encoder_spec="random:0", data_version="test",
                              decoding=decoding or {"beam_width": 1, "no_repeat_ngram": 3})
     vocab = Vocabulary.build(texts, 1, 12)
-    CaptionerBundle(build_model(config, len(vocab)), vocab, config).save(folder)
+    CaptionerBundle(build_model(config, len(vocab)), vocab, config, domain).save(folder)
     return folder
 
 

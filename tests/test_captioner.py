@@ -71,3 +71,44 @@ def _trim(ids: np.ndarray) -> list[list[int]]:
         row = row.tolist()
         out.append(row[: row.index(END) + 1] if END in row else row)
     return out
+
+
+@pytest.mark.slow
+def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
+    """Train twice through the real flow, once with the val and test reports' texts replaced: the same model
+    (weights, chosen length penalty, guard threshold), since selection happens on a set carved from train."""
+    import shutil
+
+    import pandas as pd
+
+    from radcap.captioner_bundle import load_bundle
+    from radcap.flows.features import extract_features_flow
+    from radcap.flows.ingest import ingest_reports
+    from radcap.flows.train import train_flow
+    from radcap.phantoms import write_sample
+    from radcap.settings import get_settings
+
+    settings = get_settings()
+    sample = write_sample(tmp_path / "sample", settings.sample.model_copy(update={"studies": 40, "image_size": 64}))
+    sample = __import__("pathlib").Path(sample["path"])
+    ingest_reports("iu-xml", sample / "ecgen-radiology", tmp_path / "a", images=sample / "images",
+                   views=sample / "indiana_projections.csv", settings=settings)
+    extract_features_flow(tmp_path / "a", "random:0", 8)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    reports = pd.read_parquet(tmp_path / "b" / "reports.parquet")
+    held_out = reports["split"].isin(["val", "test"])
+    assert held_out.sum() > 0
+    reports.loc[held_out, "target"] = "something else entirely."
+    reports.to_parquet(tmp_path / "b" / "reports.parquet")
+    cfg = settings.captioner.model_copy(update={"architecture": "show-tell", "embed_dim": 8, "units": 16, "epochs": 3,
+                                                "min_epochs": 1, "min_count": 1, "beam_width": 2,
+                                                "registered_name": "radcap-selection-test"})
+    bundles = []
+    for name in ("a", "b"):
+        train_flow(tmp_path / name, tmp_path / f"run-{name}", cfg, "random-seed0")
+        bundles.append(load_bundle(tmp_path / f"run-{name}" / "captioner"))
+    first, second = bundles
+    for w1, w2 in zip(first.model.get_weights(), second.model.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+    assert first.config.decoding == second.config.decoding and first.vocab == second.vocab
+    assert first.domain.threshold == second.domain.threshold

@@ -128,6 +128,8 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     greedy = model.predict(frame, params={"beam_width": 1})
     tuned = model.predict(frame)  # no params: the decoding chosen on validation, saved with the model
     assert len(greedy) == 1 and len(tuned) == 1
+    assert isinstance(tuned["ood_score"].iloc[0], float) and tuned["in_domain"].iloc[0] in (True, False)
+    assert (bundle_dir / "domain.json").exists() and (bundle_dir / "domain.npz").exists()
     bundle = load_bundle(bundle_dir)
     from radcap.caption_data import build_caption_set
     from radcap.features import FeatureStore

@@ -73,15 +73,19 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
     from radcap.caption_data import load_caption_sets
     from radcap.retrieval import both_directions, random_baseline, raw_feature_baseline
 
-    sets = load_caption_sets(data_dir, "random-seed0", ("train", "val"), 2)
+    from radcap.caption_data import training_sets
+    from radcap.settings import SplitRules
+
+    sets = training_sets(data_dir, "random-seed0", SplitRules(), 2)  # what it fitted on, what it selected on
     bundle, index = load_retriever(out / "retriever"), RetrievalIndex.load(out / "index.parquet")
-    val = sets["val"]
+    val = load_caption_sets(data_dir, "random-seed0", ("val",), 2)["val"]  # untouched by early stopping
+    assert summary["reported_on"] == "val" and summary["reported_pairs"] == len(val)
     again = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts)
     for key in ("image_to_report_R@1", "image_to_report_R@10", "report_to_image_R@5", "mean_recall"):
         assert summary[key] == pytest.approx(again[key], abs=1e-4), key
     assert summary["random_mean_recall"] == pytest.approx(random_baseline(val)["mean_recall"], abs=1e-4)
     assert summary["raw_neighbours_mean_recall"] == pytest.approx(raw_feature_baseline(sets["train"], val)["mean_recall"], abs=1e-4)
-    assert summary["val_pairs"] == len(val) and summary["train_pairs"] == len(sets["train"])
+    assert summary["selection_pairs"] == len(sets["val"]) and summary["train_pairs"] == len(sets["train"])
 
     # The index round-trips: the same queries give the same items and scores after save and reload.
     queries = bundle.text_embeddings(["right pleural effusion.", "no acute cardiopulmonary abnormality."])
@@ -115,6 +119,7 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
     results = pd.read_parquet(tmp_path / "ret" / "results.parquet")
     assert len(results) == 4 and set(results["query_study_id"]) == {"1.2.3.4", results["query_study_id"].iloc[-1]}
     assert results.loc[results["query_study_id"] == "1.2.3.4", "query"].iloc[0] == "IM1;IM2"  # one study, two views
+    assert results["ood_score"].notna().all() and results["in_domain"].notna().all()  # the retriever's guard
     assert pd.read_parquet(tmp_path / "ret" / "rejects.parquet")["source_path"].tolist() == ["broken.dcm"]
     blob = b"".join(p.read_bytes() for p in (tmp_path / "ret").iterdir()) + done.stdout.encode() + done.stderr.encode()
     assert not any(v.encode() in blob for v in FAKE_PATIENT.values())
