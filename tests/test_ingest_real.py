@@ -51,7 +51,7 @@ def test_every_iu_xml_report_is_accounted_for(iu_xml, shared_data: Path):
     assert set(reports_rejected["item"]) == {f"CXR{u}" for u in empty["uid"]}
     # ... and their images go with them, never lost: image references = image rows + image rejects.
     images_rejected = t["rejects"][t["rejects"]["kind"] == "image"]
-    assert set(images_rejected["reason"]) == {"its report has neither findings nor impression"}
+    assert set(images_rejected["reason"]) == {"its report was rejected: report has neither findings nor impression"}
     assert summary["image_inputs"] == len(t["images"]) + len(images_rejected)
 
 
