@@ -40,6 +40,20 @@ class Decoder:
                 break
         return np.stack(out, 1), (np.stack(attention, 1) if attention else None)
 
+    def attention_of(self, features: dict, ids: np.ndarray) -> np.ndarray | None:
+        """The attention weights (B,T,L) with which the model reads given captions `ids` (B,T) (whatever search
+        produced them): step t sees the tokens before t, as when it generated them. None without attention."""
+        state = self._start(features)
+        tokens = np.full(len(ids), self.start_id, np.int32)
+        weights = []
+        for t in range(ids.shape[1]):
+            _, state, w = self._step(tf.constant(tokens), state)
+            if w is None:
+                return None
+            weights.append(w.numpy())
+            tokens = ids[:, t].astype(np.int32)
+        return np.stack(weights, 1)
+
     def beam(self, features: dict, width: int = 3, length_penalty: float = 0.7, no_repeat_ngram: int = 0) -> np.ndarray:
         """Beam search: scores are summed log-probabilities divided by length**length_penalty (0: none);
         `no_repeat_ngram` > 0 forbids repeating any n-gram of that size in a caption. Returns ids (B,T)."""

@@ -19,6 +19,13 @@ from radcap.model_config import CAPTIONER_FORMATS, CONFIG_FILE, VOCAB_FILE, WEIG
 from radcap.vocab import END, START, UNK, Vocabulary
 
 
+@dataclass(frozen=True)
+class Explanation:
+    report: str
+    words: list[str]  # the generated tokens, in order (the report is them detokenized)
+    attention: np.ndarray | None  # (words, views, grid cells) for an attention model, else None
+
+
 @dataclass
 class CaptionerBundle:
     model: object  # radcap.models.captioner.Captioner
@@ -34,25 +41,52 @@ class CaptionerBundle:
         return Decoder(self.model, self.vocab.index[START], self.vocab.index[END], self.vocab.max_length,
                        banned=(self.vocab.index[UNK],))
 
-    def caption(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
-                batch_size: int = 64) -> list[str]:
-        """Captions for a batch of study features ({'pooled', 'view_mask'[, 'grid']} numpy arrays)."""
+    def generate(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
+                 batch_size: int = 64) -> list[np.ndarray]:
+        """Token ids of each study's report, for a batch of study features ({'pooled', 'view_mask'[, 'grid']}
+        numpy arrays): greedy with `beam_width` 1, beam search above."""
         decoder, out = self.decoder, []
         n = len(features["view_mask"])
         for i in range(0, n, batch_size):
-            part = {k: (v[i: i + batch_size].astype(np.float32) if k == "grid" else v[i: i + batch_size])
-                    for k, v in features.items() if k != "grid" or self.model.attention}
+            part = self._inputs(features, slice(i, i + batch_size))
             if beam_width <= 1:
                 ids, _ = decoder.greedy(part, no_repeat_ngram)
             else:
                 ids = decoder.beam(part, beam_width, length_penalty, no_repeat_ngram)
-            out.extend(self.vocab.decode(row) for row in ids)
+            out.extend(ids)
         return out
+
+    def _inputs(self, features: dict, rows: slice) -> dict:
+        return {k: (v[rows].astype(np.float32) if k == "grid" else v[rows])
+                for k, v in features.items() if k != "grid" or self.model.attention}
+
+    def caption(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
+                batch_size: int = 64) -> list[str]:
+        """Captions for a batch of study features (see `generate`)."""
+        return [self.vocab.decode(row) for row in self.generate(features, beam_width, length_penalty,
+                                                                  no_repeat_ngram, batch_size)]
 
     def report(self, features: dict, **overrides) -> list[str]:
         """Captions decoded as the model was tuned to be (its config's `decoding`), with `overrides` (e.g. a
         caller's params) on top."""
-        return self.caption(features, **self.config.decoding.model_copy(update=overrides).model_dump())
+        return self.caption(features, **self.decoding(**overrides))
+
+    def decoding(self, **overrides) -> dict:
+        return self.config.decoding.model_copy(update={k: v for k, v in overrides.items() if v is not None}).model_dump()
+
+    def explain(self, features: dict, **overrides) -> list["Explanation"]:
+        """Each study's report (as `report` writes it) with its words and, for an attention model, where the
+        model looked for each word: weights (words, views, grid cells), read by teacher-forcing the report."""
+        out = []
+        for i, ids in enumerate(self.generate(features, **self.decoding(**overrides))):
+            words = self.vocab.words(ids)
+            weights = None
+            if self.model.attention and words:
+                steps = np.asarray(ids[: len(words)])[None, :]
+                flat = self.decoder.attention_of(self._inputs(features, slice(i, i + 1)), steps)[0]
+                weights = flat.reshape(len(words), self.config.max_views, -1)
+            out.append(Explanation(self.vocab.decode(ids), words, weights))
+        return out
 
     def save(self, folder: Path) -> None:
         save_bundle(self, folder)

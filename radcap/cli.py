@@ -406,6 +406,35 @@ def demo(
     _print_summary(f"demo -> {workdir}", summary, list(summary))
 
 
+@app.command("app")
+def web_app(
+    model: Annotated[Optional[str], typer.Option(help="Captioner: models:/NAME@ALIAS, models:/NAME/N or a folder. "
+                                                  "Default: the configured champion, else (after `make demo`) the demo's.")] = None,
+    retriever: Annotated[Optional[str], typer.Option(help="Retriever for the closest training reports "
+                                                      "(default: the newest registered one, when there is one).")] = None,
+    studies: Annotated[Optional[Path], typer.Option(help="A folder of studies (PACS export, PNG/JPEG) to pick from.")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Listen address (0.0.0.0: the network).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Listen port.")] = None,
+) -> None:
+    """A web page for one study: upload its images (or pick one), read the report, where the model looked for
+    each word, the findings it states, the closest training reports; and the registered versions. Ctrl-C stops it."""
+    import subprocess
+
+    from radcap.web.launch import streamlit_command, with_embedded_default
+
+    cfg = _with_overrides(get_settings().app, model=model, retriever=retriever,
+                          studies=_existing(studies, "folder of studies"), host=host, port=port)
+    cfg, note = with_embedded_default(cfg, model is not None)
+    if note:
+        console.print(note)
+    argv, env = streamlit_command(cfg)
+    console.print(f"radcap app: http://{cfg.host}:{cfg.port} (model {cfg.model}; Ctrl-C stops it)")
+    try:
+        raise typer.Exit(subprocess.run(argv, env=env).returncode)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_OK) from None
+
+
 server_app = typer.Typer(help="Keep one local Prefect server alive for many commands (instead of a temporary one each).",
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")

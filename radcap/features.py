@@ -189,10 +189,10 @@ def features_table(items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray,
 # ------------------------------------------------------------------ the streaming image -> features path
 
 
-def decode_one(path: Path, size: int) -> Decoded | ImageRejected:
-    """(uint8 square, sha256 of the bytes decoded, chroma), or the ImageRejected to record."""
+def decode_one(source: Path | bytes, size: int) -> Decoded | ImageRejected:
+    """A file or its bytes -> (uint8 square, sha256 of the bytes decoded, chroma), or the ImageRejected to record."""
     try:
-        return read_image(Path(path), size)
+        return read_image(source if isinstance(source, (bytes, bytearray)) else Path(source), size)
     except ImageRejected as exc:
         return exc
 
@@ -259,6 +259,7 @@ def stream_features(items: list, path_of: Callable[[object], Path], forward: For
                     input_size: int, grid: bool, workers: int = 2, progress: str | None = None,
                     batches: list[list] | None = None) -> Iterator[DecodedBatch]:
     """Decode `items` (two batches ahead, in threads) and encode them batch by batch, yielding each batch.
+    `path_of(item)` is the item's file, or its bytes (an upload, a REST request).
     `batches` overrides the default split into `batch_size` chunks (captioning keeps studies whole)."""
     from tqdm import tqdm
 

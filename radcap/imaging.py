@@ -288,15 +288,24 @@ def to_square(image: LoadedImage, size: int) -> np.ndarray:
     return (letterbox(image.pixels, size) * 255.0 + 0.5).astype(np.uint8)
 
 
-def read_image(path: Path, size: int) -> Decoded:
-    """File -> (letterboxed uint8 square, sha256 of the bytes decoded, chroma), or ImageRejected (with the
-    sha when the file could be read). What feature extraction, captioning and retrieval decode with."""
-    data = read_bytes(path)
-    image = decode(data)
+def read_image(source: Path | bytes, size: int) -> Decoded:
+    """A file (or the bytes of one, e.g. an upload or a REST request) -> (letterboxed uint8 square, sha256 of
+    the bytes decoded, chroma), or ImageRejected (with the sha when the bytes could be read). What feature
+    extraction, captioning, retrieval and serving decode with."""
+    image = decode(check_bytes(source) if isinstance(source, (bytes, bytearray)) else read_bytes(source))
     try:
         return Decoded(to_square(image, size), image.sha256, image.chroma)
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory while resizing: this file's reject
         raise ImageRejected(f"cannot resize image ({type(exc).__name__})", image.sha256) from None
+
+
+def check_bytes(data: bytes) -> bytes:
+    """In-memory input under the same limits as a file: not empty, not over MAX_FILE_BYTES."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageRejected(f"file is {len(data) / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit")
+    if not data:
+        raise ImageRejected("empty file (0 bytes)", hashlib.sha256(b"").hexdigest())
+    return bytes(data)
 
 
 def prepare(path: Path, size: int) -> np.ndarray:

@@ -194,7 +194,7 @@ def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]
     if kind != "dicom":
         return InputImage(path, relative, digest, kind, content_id, content_id, "unknown")
     try:
-        study, instance, view, modality = _dicom_identity(data)
+        study, instance, view, modality = dicom_identity(data)
     except ImageRejected as exc:
         return Reject(relative, digest, str(exc))
     except Exception as exc:  # noqa: BLE001 - any parser failure is this file's reject; the type only (privacy)
@@ -204,7 +204,9 @@ def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]
                       ids(instance) if instance else content_id, view, modality)
 
 
-def _dicom_identity(data: bytes) -> tuple[str | None, str | None, str, str | None]:
+def dicom_identity(data: bytes) -> tuple[str | None, str | None, str, str | None]:
+    """(StudyInstanceUID, SOPInstanceUID, view, modality) from a DICOM's header, each None ('unknown' for the
+    view) unless well-formed; nothing else of the header is read."""
     check_dicom_header(data)
     header = quiet_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     modality = header.get("Modality")

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from radcap.captioner_bundle import load_bundle
 from radcap.errors import RadcapError
 from radcap.catalog import RunFolder
@@ -182,6 +184,43 @@ def history(name: str) -> list[str]:
     return json.loads(tags.get(HISTORY_TAG, "[]"))
 
 
+def version_table(name: str) -> pd.DataFrame:
+    """Every registered version of `name`, newest first: when, architecture, validation metrics (training's
+    selection), the held-out metrics and outcome of its promotion decision, its aliases. Read-only."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client().search_model_versions(f"name='{name}'")
+        # search results carry no aliases; the registered model has them all
+        aliases = client().get_registered_model(name).aliases if versions else {}
+    except MlflowException as exc:
+        raise RadcapError(f"{name}: {exc.message}") from exc
+    rows = []
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        tags, promotion = v.tags, {}
+        try:
+            promotion = json.loads(tags.get("promotion", "{}"))
+        except ValueError:
+            pass
+        held_out = promotion.get("metrics", {}).get(str(v.version), {})
+        rows.append({
+            "version": int(v.version), "aliases": ", ".join(sorted(a for a, n in aliases.items() if str(n) == str(v.version))),
+            "registered": pd.Timestamp(v.creation_timestamp, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M"),
+            "architecture": tags.get("architecture", ""),
+            **{k: _number(tags[k]) for k in sorted(tags) if k.startswith("val_")},
+            **{f"{promotion.get('split', 'test')}_{k}": x for k, x in held_out.items() if k != "reports"},
+            "promotion": f"{promotion['outcome']}: {promotion.get('reason', '')}" if promotion else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def set_champion(name: str, version: str, alias: str = "champion", rolled_back: bool = False) -> None:
     """Move the alias and record it: a promotion appends to the history, a rollback drops the last entry."""
     past = history(name)
@@ -203,7 +242,8 @@ def captioner_signature(decoding):
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([
-        ColSpec("string", "image_path", required=False), ColSpec("string", "study_id", required=False),
+        ColSpec("string", "image_path", required=False), ColSpec("string", "image_base64", required=False),
+        ColSpec("string", "study_id", required=False),
         ColSpec("string", "view", required=False), ColSpec(Array("double"), "pooled", required=False),
         ColSpec(Array("double"), "grid", required=False),
     ])

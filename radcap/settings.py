@@ -217,6 +217,19 @@ class DomainSettings(BaseModel):
                                      "None turns the rule off (a collection with colour overlays).")
 
 
+class AppSettings(BaseModel):
+    """The page for one study (`radcap app`, section `app`)."""
+
+    model: str = Field("models:/radcap-captioner@champion", description="The captioner the page serves.")
+    retriever: str | None = Field("models:/radcap-retriever/latest", description="Closest training reports come "
+                                  "from it when it is registered (the page says so when it is not).")
+    studies: Path | None = Field(None, description="A folder (a PACS export, PNG/JPEG files) to pick studies from.")
+    neighbours: int = Field(5, ge=1, le=50, description="Closest training reports shown.")
+    max_upload_mb: int = Field(64, ge=1, le=512, description="A larger uploaded file is refused with a message.")
+    host: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 exposes the page to the network.")
+    port: int = 8501
+
+
 class TrackingSettings(BaseModel):
     """MLflow experiment names, one per stage."""
 
@@ -238,6 +251,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     promotion: PromotionSettings = PromotionSettings()
     domain: DomainSettings = DomainSettings()
+    app: AppSettings = AppSettings()
     tracking: TrackingSettings = TrackingSettings()
 
     @classmethod

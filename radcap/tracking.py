@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from radcap.training import EpochRecord
 
@@ -20,10 +21,27 @@ def tracked_run(experiment: str, run_name: str, params: dict) -> Iterator[str]:
     """An MLflow run in `experiment` with `params` logged; yields the run id."""
     import mlflow
 
+    _create_experiment(experiment)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()})
         yield run.info.run_id
+
+
+def _create_experiment(experiment: str) -> None:
+    """A new experiment keeps its artifacts in the workspace beside the tracking database (MLflow's own default
+    is ./mlruns under whatever folder the command ran in, so models would scatter across folders)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///") or mlflow.get_experiment_by_name(experiment) is not None:
+        return  # a tracking server decides where artifacts go
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    try:
+        mlflow.create_experiment(experiment, artifact_location=(database.parent / "artifacts" / experiment).as_uri())
+    except MlflowException:  # another process created it first
+        pass
 
 
 def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:

@@ -75,6 +75,10 @@ class Vocabulary:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Stops at <end>; drops <start> and <pad>."""
+        return detokenize(self.words(ids))
+
+    def words(self, ids: Iterable[int]) -> list[str]:
+        """The tokens before <end>, without <start> and <pad>."""
         words = []
         for i in ids:
             token = self.tokens[int(i)]
@@ -82,7 +86,7 @@ class Vocabulary:
                 break
             if token not in (START, PAD):
                 words.append(token)
-        return detokenize(words)
+        return words
 
     def to_json(self) -> dict:
         return {"format": "radcap-vocabulary/1", "tokens": list(self.tokens), "max_length": self.max_length,

@@ -67,6 +67,46 @@ def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute diseas
     return folder
 
 
+def make_parrot_captioner(folder: Path, report: str = "left pleural effusion.", steps: int = 80,
+                          decoding: dict | None = None) -> Path:
+    """A tiny Show-Attend-Tell bundle on the random:0 encoder, trained for a few steps to write `report` whatever
+    it sees: the real attention, beam search and serving code paths, with a report a test can assert."""
+    import keras
+    import numpy as np
+
+    from radcap.captioner_bundle import CaptionerBundle, build_model
+    from radcap.model_config import CaptionerConfig
+    from radcap.models.captioner import make_train_step
+    from radcap.vocab import Vocabulary
+
+    keras.utils.set_random_seed(0)
+    config = CaptionerConfig(architecture="show-attend-tell", embed_dim=16, units=32, attention_units=16, dropout=0.0,
+                             max_views=2, encoder_version="random-seed0", encoder_spec="random:0", data_version="test",
+                             decoding=decoding or {"beam_width": 3, "length_penalty": 0.7, "no_repeat_ngram": 3})
+    vocab = Vocabulary.build((report, "no acute disease."), 1, 12)
+    model = build_model(config, len(vocab))
+    # Features at the scales real encoders give (the random:0 DenseNet's are ~0.2 at most), one view or two,
+    # so that greedy and beam search both say `report` for any image.
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 0.5, 0.2, 0.05] * 2, np.float32)
+    mask = np.array([[1, 1]] * 4 + [[1, 0]] * 4, np.float32)
+    features = {"pooled": rng.random((8, 2, config.feature_dim), np.float32) * scale[:, None, None] * mask[..., None],
+                "view_mask": mask,
+                "grid": rng.random((8, 2, config.grid_cells, config.feature_dim), np.float32) * scale[:, None, None, None]
+                * mask[..., None, None]}
+    tokens = np.array(vocab.encode_padded([report] * 8), np.int32)
+    step = make_train_step(model, keras.optimizers.Adam(1e-2))
+    for _ in range(steps):
+        step(features, tokens)
+    CaptionerBundle(model, vocab, config).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def parrot_captioner(tmp_path_factory) -> Path:
+    return make_parrot_captioner(tmp_path_factory.mktemp("parrot") / "captioner")
+
+
 @pytest.fixture(scope="session")
 def tiny_captioner(tmp_path_factory) -> Path:
     return make_tiny_captioner(tmp_path_factory.mktemp("tiny") / "captioner")
