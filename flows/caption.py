@@ -37,7 +37,7 @@ def caption_flow(input_path: Path, out: Path, model: str | None = None, settings
                  encoder: str | None = None) -> dict:
     cfg = settings or get_settings().caption
     model_name = model or cfg.model
-    return _caption(input_path, out, model_name, cfg, lambda: load_model(model_name, encoder))
+    return _caption(input_path, out, model_name, cfg, lambda: load_model(model_name, encoder, cfg.precision))
 
 
 @flow(name="caption-new-batches")
@@ -49,7 +49,7 @@ def caption_new_batches(inbox: Path, out: Path, model: str | None = None, settin
     cfg = settings or get_settings().caption
     logger, ledger = get_run_logger(), Ledger(out)
     model_name = model or cfg.model
-    get_model = cache(lambda: load_model(model_name))  # loaded once per run, at the first batch with work
+    get_model = cache(lambda: load_model(model_name, None, cfg.precision))  # loaded once per run, at the first batch with work
     taken, failed = [], []
     for batch in complete_batches(inbox, cfg.ready_marker, cfg.settle_seconds):
         claim = ledger.claim(batch.name, cfg.claim_timeout_seconds)

@@ -11,8 +11,10 @@ from radcap.tasks.features import encode_images, load_encoder, plan_features, re
 
 
 @flow(name="extract-features")
-def extract_features_flow(data_dir: Path, encoder: str | None = None, batch_size: int = 32) -> dict:
-    model = load_encoder(encoder)
-    todo, skipped, rejects = plan_features(data_dir, model.version)
+def extract_features_flow(data_dir: Path, encoder: str | None = None, batch_size: int = 32,
+                          precision: str = "fp32") -> dict:
+    """Below fp32 the features are stored as `VERSION@PRECISION`: never mixed with those captioners train on."""
+    model = load_encoder(encoder, precision)
+    todo, skipped, rejects = plan_features(data_dir, model.store_version)
     result = encode_images(quote(todo), quote(model), data_dir, batch_size)
     return record_feature_run(data_dir, quote(model), quote(result), skipped, quote(rejects))

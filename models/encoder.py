@@ -24,7 +24,24 @@ def build_chexnet(n_outputs: int = CHEXNET_OUTPUTS, input_size: int | None = 224
     shape = (input_size, input_size, 3) if input_size else (None, None, 3)
     base = keras.applications.DenseNet121(include_top=False, weights=None, input_shape=shape, pooling="avg")
     outputs = keras.layers.Dense(n_outputs, activation="sigmoid", name="predictions")(base.output)
-    return keras.Model(base.input, outputs, name="chexnet")
+    model = keras.Model(base.input, outputs, name="chexnet")
+    _glorot_from(model, seed)
+    return model
+
+
+def _glorot_from(model: keras.Model, seed: int) -> None:
+    """Draw every kernel again from a generator of `seed` alone (Glorot uniform, Keras' default). Keras takes
+    each initializer's seed from Python's global `random`, which other threads of a busy process (Prefect's,
+    MLflow's) also draw from, so two builds of `random:0` in one process could differ; `random:N` must be
+    the same weights wherever and whenever it is built, since features are keyed by that name."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        if not variable.path.endswith("kernel"):
+            continue  # batch-norm scales/offsets/statistics and biases have constant initial values
+        shape = tuple(variable.shape)
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        limit = np.sqrt(6.0 / ((shape[-2] + shape[-1]) * receptive))
+        variable.assign(rng.uniform(-limit, limit, shape).astype(np.float32))
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
@@ -32,6 +49,15 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     spatial = model.get_layer(FEATURE_LAYER).output
     pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(spatial)
     return keras.Model(model.input, [pooled, spatial], name="chexnet_features")
+
+
+def uint8_feature_model(model: keras.Model, input_size: int) -> keras.Model:
+    """uint8 letterboxed squares (N,S,S) -> (pooled, grid): the whole inference graph in one Keras model, for
+    export to other runtimes (standardization included, so they are fed what the TensorFlow path is fed)."""
+    extractor = feature_extractor(model)
+    images = keras.Input((input_size, input_size), dtype="uint8", name="images")
+    pooled, grid = extractor(keras.layers.Lambda(standardize, name="standardize")(images))
+    return keras.Model(images, [pooled, grid], name="chexnet_uint8_features")
 
 
 def standardize(images_uint8: tf.Tensor) -> tf.Tensor:

@@ -223,7 +223,7 @@ def caption_images(images: list[InputImage], model: CaptioningModel, store: Capt
     with `ood_policy="withhold"` a study out of domain gets no caption."""
     bundle = model.bundle
     attention, max_views = bool(bundle.model.attention), bundle.config.max_views
-    stamp_model = (model.name, model.version, model.encoder.version)
+    stamp_model = (model.name, model.version, model.encoder.store_version)  # VERSION@int8 below fp32
     forward = forward or model.encoder.forward_fn()
     result, start, run_id = CaptionResult(), time.perf_counter(), new_run_id()
     batches = study_batches(images, batch_size)

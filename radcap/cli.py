@@ -51,7 +51,7 @@ def _options(
     configure_console(verbose, debug)
 
 EXIT_OK, EXIT_REJECTS, EXIT_USAGE = 0, 1, 2
-NEEDS_TENSORFLOW = {"features", "pretrain-encoder", "train", "evaluate", "caption", "caption-inbox", "promote", "nightly",
+NEEDS_TENSORFLOW = {"features", "optimize-encoder", "check-precision", "pretrain-encoder", "train", "evaluate", "caption", "caption-inbox", "promote", "nightly",
                     "train-retrieval", "search", "retrieve", "demo"}
 
 
@@ -143,15 +143,74 @@ def features(
         typer.Option(help="random[:SEED], a CheXNet .h5, a .keras file or models:/radcap-encoder/N (default: latest registered)."),
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Default from settings.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 (default), bf16 or int8: an optimized build "
+                                                     "(`radcap optimize-encoder`), stored as VERSION@PRECISION.")] = None,
 ) -> None:
     """Encode every image of DATA with the CheXNet encoder into DATA/features (resumable, skips stored images)."""
     _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
     from radcap.flows.features import extract_features_flow
+    from radcap.precision import check_precision
 
     hide_user_error_tracebacks()
-    summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size)
+    summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size,
+                                    check_precision(precision or get_settings().encoder.precision))
     catalog = DataCatalog(data)
     _finish(f"features -> {catalog.features}", summary, "images", catalog.feature_rejects)
+
+
+@app.command("optimize-encoder")
+def optimize_encoder(
+    precision: Annotated[str, typer.Option(help="bf16 or int8.")],
+    encoder: Annotated[Optional[str], typer.Option(help="The source encoder (as `radcap features --encoder`; "
+                                                    "default: latest registered).")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="int8: a folder of real images (PNG, JPEG, DICOM) "
+                                                         "like those it will encode.")] = None,
+    images: Annotated[Optional[int], typer.Option(min=16, help="int8: calibration images (default from settings).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where the build is written (default: "
+                                                "out/optimized-encoder-PRECISION).")] = None,
+) -> None:
+    """Build the encoder's inference graph at bf16 or int8 (OpenVINO; int8 calibrated on real images) once,
+    and register it as `radcap-encoder-optimized` tagged with its source version and precision."""
+    from radcap.precision import check_precision
+
+    if check_precision(precision) == "fp32":
+        raise RadcapError("fp32 is the encoder itself: nothing to build (give --precision bf16 or int8)")
+    if precision == "int8":
+        if calibration is None:
+            raise RadcapError("int8 needs --calibration: a folder of real images to calibrate on")
+        _existing(calibration, "calibration folder")
+    from radcap.flows.optimize import optimize_encoder_flow
+
+    hide_user_error_tracebacks()
+    summary = optimize_encoder_flow(encoder, precision, calibration, out or Path(f"out/optimized-encoder-{precision}"),
+                                    images or get_settings().encoder.optimize_calibration_images)
+    _print_summary("optimize-encoder", summary, list(summary))
+
+
+@app.command("check-precision")
+def check_precision_command(
+    model: Annotated[str, typer.Option(help="The captioner: models:/NAME/N (a pass is recorded on that version).")],
+    data: Annotated[Path, typer.Option(help="Data directory with features at fp32 and at PRECISION.")],
+    precision: Annotated[str, typer.Option(help="bf16 or int8.")],
+    split: Annotated[str, typer.Option(help="A split no choice touched (the one you report on).")] = "test",
+    meteor: Annotated[bool, typer.Option(help="Score METEOR (needs Java).")] = True,
+) -> None:
+    """Compare the captioner's reports from fp32 and PRECISION features of the same held-out studies (pooled
+    cosine >= 0.99, BLEU-4/METEOR/ROUGE-L/CIDEr within 2% relative); on a pass, `radcap caption --precision`
+    accepts it. Exit 0 passed, 1 failed (reasons printed and in DATA/precision-check-PRECISION.json)."""
+    from radcap.precision import check_precision
+
+    _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
+    if check_precision(precision) == "fp32":
+        raise RadcapError("fp32 is what the captioner was trained on: give --precision bf16 or int8")
+    from radcap.flows.check_precision import check_precision_flow
+
+    hide_user_error_tracebacks()
+    summary = check_precision_flow(model, data, split, precision, data / f"precision-check-{precision}.json", meteor)
+    _print_summary(f"check-precision {precision}", summary, list(summary))
+    if not summary["passed"]:
+        console.print(f"[yellow]not accepted at {precision}: {'; '.join(summary['failures'])}[/yellow]")
+    raise typer.Exit(EXIT_OK if summary["passed"] else EXIT_REJECTS)
 
 
 @app.command("pretrain-encoder")
@@ -231,12 +290,14 @@ def caption(
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Images per forward pass (default from settings).")] = None,
     identifiers: Annotated[Optional[str], typer.Option(help="uid (DICOM UIDs) or hash (salted; salt from RADCAP_CAPTION__ID_SALT, else the workspace's own).")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Where the captioner's encoder file is now, when it was trained on a .h5/.keras encoder that moved (checked against the recorded version).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: fp32 (default), bf16 or int8 (the "
+                                                     "registered optimized build, at which the captioner passed `radcap check-precision`).")] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
     from radcap.flows.caption import caption_flow
 
-    cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers)
+    cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers, precision=precision)
     hide_user_error_tracebacks()
     summary = caption_flow(input, out, model, cfg, encoder)
     _finish(f"caption -> {out}", summary, "files", summary["rejects"])

@@ -35,8 +35,23 @@ class Encoder:
     spec: str  # reloads exactly this encoder
     input_size: int = 224
 
+    precision: str = "fp32"  # bf16 / int8: an optimized build of this encoder (radcap.precision)
+    optimized: Path | None = None  # that build's IR folder
+    optimized_uri: str | None = None
+
+    @property
+    def store_version(self) -> str:
+        """The key of this encoder's features in the feature store (`VERSION@PRECISION` below fp32)."""
+        from radcap.precision import store_version
+
+        return store_version(self.version, self.precision)
+
     def forward_fn(self):
         """uint8 (B,S,S) numpy -> (pooled (B,1024), grid (B,7,7,1024)) numpy, compiled once per shape."""
+        if self.optimized is not None:
+            from radcap.precision import openvino_forward
+
+            return openvino_forward(self.optimized, self.precision)
         import tensorflow as tf
 
         from radcap.models.encoder import feature_extractor, standardize
@@ -101,6 +116,23 @@ def encoder_for(config, override: str | None = None) -> Encoder:
         raise RadcapError(f"{spec} is encoder {encoder.version}, but the model's features came from {expected}: "
                           "give the encoder it was trained with (--encoder), never another one")
     return encoder
+
+
+def at_precision(encoder: Encoder, precision: str) -> Encoder:
+    """`encoder` at `precision`: itself for fp32, else its registered optimized build (never built here)."""
+    from dataclasses import replace
+
+    from radcap.precision import check_precision
+    from radcap.registry import find_optimized_encoder
+
+    if check_precision(precision) == "fp32":
+        return encoder
+    found = find_optimized_encoder(encoder.version, precision)
+    if found is None:
+        raise RadcapError(f"no {precision} build of encoder {encoder.version}: run `radcap optimize-encoder "
+                          f"--encoder {encoder.spec} --precision {precision}` once")
+    uri, folder = found
+    return replace(encoder, precision=precision, optimized=folder, optimized_uri=uri)
 
 
 def _load_keras(path: Path):

@@ -229,6 +229,15 @@ def set_champion(name: str, version: str, alias: str = "champion", rolled_back: 
     client().set_registered_model_tag(name, HISTORY_TAG, json.dumps(past))
 
 
+def version_tags(name: str, version: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client().get_model_version(name, version).tags)
+    except MlflowException as exc:
+        raise RadcapError(f"models:/{name}/{version}: {exc.message}") from exc
+
+
 def tag_version(name: str, version: str, tags: dict) -> None:
     for key, value in tags.items():
         client().set_model_version_tag(name, version, key, value if isinstance(value, str) else json.dumps(value))
@@ -263,6 +272,35 @@ def register_captioner(folder: Path, registered_name: str, tags: dict) -> str:
     config = CaptionerConfig.load(folder / CONFIG_FILE, CAPTIONER_FORMATS)
     return register_pyfunc("pyfunc_captioner", {"captioner": folder}, registered_name,
                            {**tags, "architecture": config.architecture}, captioner_signature(config.decoding))
+
+
+OPTIMIZED_ENCODER = "radcap-encoder-optimized"
+
+
+def register_optimized_encoder(folder: Path, tags: dict) -> str:
+    """An optimized encoder's IR folder as a new version of `radcap-encoder-optimized` (in the active MLflow
+    run), tagged with its source encoder version and precision (`find_optimized_encoder` looks it up by them)."""
+    return register_pyfunc("pyfunc_encoder", {"encoder": folder}, OPTIMIZED_ENCODER, tags)
+
+
+def find_optimized_encoder(source_version: str, precision: str) -> tuple[str, Path] | None:
+    """(models:/ URI, local IR folder) of the newest optimized build of `source_version` at `precision`."""
+    from mlflow.exceptions import MlflowException
+
+    from radcap.precision import META_FILE
+
+    try:
+        versions = client().search_model_versions(f"name='{OPTIMIZED_ENCODER}'")
+    except MlflowException:
+        return None
+    found = [v for v in versions if v.tags.get("source_version") == source_version and v.tags.get("precision") == precision]
+    if not found:
+        return None
+    newest = max(found, key=lambda v: int(v.version))
+    metas = sorted(download(OPTIMIZED_ENCODER, newest.version).rglob(META_FILE))
+    if not metas:
+        raise RadcapError(f"models:/{OPTIMIZED_ENCODER}/{newest.version}: holds no {META_FILE}")
+    return f"models:/{OPTIMIZED_ENCODER}/{newest.version}", metas[0].parent
 
 
 def register_retriever(folder: Path, index: Path, registered_name: str, tags: dict) -> str:

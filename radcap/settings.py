@@ -102,6 +102,9 @@ class EncoderSettings(BaseModel):
     """The CheXNet encoder: feature extraction and `radcap pretrain-encoder` (CheXNet recipe, from scratch)."""
 
     input_size: int = Field(224, description="Feature extraction size; 224 gives the 7x7 attention grid.")
+    precision: Literal["fp32", "bf16", "int8"] = Field("fp32", description="Inference precision of `radcap "
+                                                        "features` (bf16/int8: an optimized build, radcap.precision).")
+    optimize_calibration_images: int = Field(300, description="Real images int8 calibration reads.")
     batch_size: int = 32
     pretrain_size: int = Field(
         224, description="Training resolution. The network is fully convolutional, so a smaller size (e.g. 160) "
@@ -177,6 +180,9 @@ class BulkCaptioningSettings(BaseModel):
 
     model: str = Field("models:/radcap-captioner@champion", description="Captioner used when none is given.")
     batch_size: int = Field(32, description="Images encoded per forward pass; memory is bounded by it.")
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32", description="Encoder precision (bf16/int8: the registered optimized build; the captioner must "
+        "have passed `radcap check-precision` at it).")
     identifiers: Literal["uid", "hash"] = Field(
         "uid", description="Output study/image ids: DICOM UIDs as they are, or salted SHA-256 of them.")
     id_salt: str = Field("", description="Salt for `identifiers = hash` (RADCAP_CAPTION__ID_SALT). Empty: a random "

@@ -10,7 +10,8 @@ from prefect.logging import get_run_logger
 from radcap import registry
 from radcap.captioning import CaptioningModel, CaptionResult, CaptionStore, caption_images, reject_frame, with_companions
 from radcap.data_contracts import CAPTIONS
-from radcap.encoders import encoder_for
+from radcap.encoders import at_precision, encoder_for
+from radcap.precision import require_precision
 from radcap.io import new_run_id
 from radcap.pacs import InputImage, identifiers, scan
 from radcap.settings import BulkCaptioningSettings
@@ -18,13 +19,16 @@ from radcap.tasks import registry_task, uncached
 
 
 @registry_task
-def load_model(uri: str, encoder: str | None = None) -> CaptioningModel:
-    """The captioner and exactly the encoder of its training features. An alias is resolved once: the version
-    written in the outputs is the one loaded, even if the alias moves meanwhile."""
+def load_model(uri: str, encoder: str | None = None, precision: str = "fp32") -> CaptioningModel:
+    """The captioner and exactly the encoder of its training features, at `precision` only when the captioner
+    passed the precision check at it. An alias is resolved once: the version written in the outputs is the one
+    loaded, even if the alias moves meanwhile."""
     loaded = registry.load_captioner(uri)
-    model = CaptioningModel(loaded.bundle, encoder_for(loaded.bundle.config, encoder), loaded.name, loaded.version)
-    get_run_logger().info("captioner %s version %s (%s) on encoder %s", model.name, model.version,
-                          loaded.bundle.config.architecture, model.encoder.version)
+    require_precision(loaded, precision)
+    chosen = at_precision(encoder_for(loaded.bundle.config, encoder), precision)
+    model = CaptioningModel(loaded.bundle, chosen, loaded.name, loaded.version)
+    get_run_logger().info("captioner %s version %s (%s) on encoder %s at %s", model.name, model.version,
+                          loaded.bundle.config.architecture, model.encoder.version, precision)
     return model
 
 

@@ -8,16 +8,17 @@ from prefect.logging import get_run_logger
 
 from radcap.data_contracts import IMAGES
 from radcap.catalog import DataCatalog
-from radcap.encoders import Encoder, resolve_encoder
+from radcap.encoders import Encoder, at_precision, resolve_encoder
 from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
 from radcap.io import read_table, write_json, write_rejects
 from radcap.tasks import registry_task, uncached
 
 
 @registry_task
-def load_encoder(spec: str | None) -> Encoder:
-    encoder = resolve_encoder(spec)
-    get_run_logger().info("encoder %s version %s", encoder.name, encoder.version)
+def load_encoder(spec: str | None, precision: str = "fp32") -> Encoder:
+    encoder = at_precision(resolve_encoder(spec), precision)
+    get_run_logger().info("encoder %s version %s at %s%s", encoder.name, encoder.version, precision,
+                          f" ({encoder.optimized_uri})" if encoder.optimized_uri else "")
     return encoder
 
 
@@ -32,7 +33,7 @@ def plan_features(data_dir: Path, encoder_version: str) -> tuple[list[ImageItem]
 def encode_images(todo: list[ImageItem], encoder: Encoder, data_dir: Path, batch_size: int) -> ExtractResult:
     return extract_features(
         todo, encoder.forward_fn(), FeatureStore(DataCatalog(data_dir).features),
-        encoder.name, encoder.version, batch_size=batch_size, input_size=encoder.input_size,
+        encoder.name, encoder.store_version, batch_size=batch_size, input_size=encoder.input_size,
     )
 
 
@@ -41,11 +42,14 @@ def record_feature_run(data_dir: Path, encoder: Encoder, result: ExtractResult, 
     catalog = DataCatalog(data_dir)
     all_rejects = rejects + result.rejects
     write_rejects(all_rejects, catalog.feature_rejects)
-    FeatureStore(catalog.features).record_encoder(encoder.version, encoder.spec)
+    if encoder.precision == "fp32":  # how to reload the encoder of a version that captioners train on
+        FeatureStore(catalog.features).record_encoder(encoder.version, encoder.spec)
     summary = {
         "encoder": encoder.name,
         "encoder_version": encoder.version,
         "encoder_spec": encoder.spec,
+        "precision": encoder.precision,
+        "store_version": encoder.store_version,
         "encoded": result.encoded,
         "already_stored": skipped,
         "rejected": len(all_rejects),
