@@ -1,9 +1,9 @@
 """Inference precisions of the encoder: fp32 (TensorFlow, the default), bf16 and int8 (OpenVINO).
 
-Why OpenVINO: measured on this project's DenseNet-121 feature extractor (`benchmarks/encoder_precision.py`, 2 CPU
-cores with AVX-512 VNNI and BF16, batch 32), TensorFlow fp32 ran 37 images/s; OpenVINO bf16 55 (1.47x, pooled
-features' cosine to fp32 0.99999); OpenVINO int8 (NNCF post-training quantization on 300 real images) 97
-(2.6x, cosine 0.998). OpenVINO converts the Keras model itself and NNCF calibrates it, offline, from PyPI.
+Why OpenVINO: measured on this project's DenseNet-121 (`benchmarks/encoder_precision.py`, 2 CPU cores with
+AVX-512 VNNI and BF16, 1,000 real images), `radcap caption`'s path ran 32 images/s at fp32 (TensorFlow), 73 at
+bf16 (2.27x; pooled cosine to fp32 0.99999) and 104 at int8 (3.25x; NNCF post-training quantization on 300 real
+images, cosine 0.998). OpenVINO converts the Keras graph itself and NNCF calibrates it, offline, from PyPI.
 
 An optimized encoder is built once from a source encoder (`radcap optimize-encoder`), saved as OpenVINO IR
 (`encoder.xml` + `encoder.bin`: no pickle) with `optimized.json`, and registered beside its source; runs load
