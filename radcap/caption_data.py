@@ -52,7 +52,8 @@ class CaptionSet:
         position = {r: i for i, r in enumerate(self.report_ids)}
         index = np.array([position[r] for r in report_ids], dtype=np.int64)
         return CaptionSet(list(report_ids), [self.texts[i] for i in index], self.pooled[index], self.view_mask[index],
-                          None if self.grid is None else self.grid[index], [self.image_ids[i] for i in index])
+                          None if self.grid is None else self.grid[index],
+                          [self.image_ids[i] for i in index] if self.image_ids else [])
 
     @staticmethod
     def concat(sets: list["CaptionSet"]) -> "CaptionSet":

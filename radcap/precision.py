@@ -157,18 +157,18 @@ def fidelity_check(bundle, reference, candidate, precision: str, meteor: bool = 
     reports; passed when the cosine and every metric's relative change are within FIDELITY."""
     from radcap.metrics import caption_metrics
 
-    common = [r for r in reference.report_ids if r in set(candidate.report_ids)]
+    available = set(candidate.report_ids)
+    common = [r for r in reference.report_ids if r in available]
     if not common:
         raise RadcapError(f"no study has both fp32 and {precision} features: run `radcap features --precision "
                           f"{precision}` on the same data")
-    ref_rows = np.array([reference.report_ids.index(r) for r in common])
-    cand_rows = np.array([candidate.report_ids.index(r) for r in common])
-    ref_features, cand_features = reference.features(ref_rows), candidate.features(cand_rows)
+    reference, candidate = reference.subset(common), candidate.subset(common)
+    ref_features, cand_features = reference.features(slice(None)), candidate.features(slice(None))
     mask = ref_features["view_mask"] > 0
     a, b = ref_features["pooled"][mask], cand_features["pooled"][mask]
     cosines = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
     fp32_reports, reports = bundle.report(ref_features), bundle.report(cand_features)
-    texts = {r: [reference.texts[i]] for r, i in zip(common, ref_rows)}
+    texts = {r: [text] for r, text in zip(common, reference.texts)}
     fp32_scores = caption_metrics(texts, dict(zip(common, fp32_reports)), meteor)
     scores = caption_metrics(texts, dict(zip(common, reports)), meteor)
     metrics, failures = {}, []

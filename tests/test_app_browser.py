@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,26 +49,34 @@ def wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
     raise AssertionError(f"{url} did not answer in {seconds} s")
 
 
-@pytest.fixture(scope="module")
-def served(parrot_captioner: Path, tmp_path_factory):
-    """`radcap app` as a user starts it, on a free port; its log is read after the test."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("app") / "server.log"
+@contextmanager
+def running_server(argv: list[str], health_url: str, log: Path, seconds: float = 180, env: dict | None = None):
+    """A server process started as a user would, its output in `log`; yields once `health_url` answers 200 and
+    stops the process afterwards."""
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "radcap.cli", "app", "--model", str(parrot_captioner),
-                                   "--retriever", "", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                  text=True)
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         with open(log) as reader:
-            server.stdout = reader
-            wait_for(f"http://127.0.0.1:{port}/_stcore/health", server)
-            yield f"http://127.0.0.1:{port}", log
+            server.stdout = reader  # wait_for quotes it when the server exits early
+            wait_for(health_url, server, seconds)
+            yield server
     finally:
         server.terminate()
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture(scope="module")
+def served(parrot_captioner: Path, tmp_path_factory):
+    """`radcap app` as a user starts it, on a free port; its log is read after the test."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "server.log"
+    argv = [sys.executable, "-m", "radcap.cli", "app", "--model", str(parrot_captioner), "--retriever", "",
+            "--port", str(port)]
+    with running_server(argv, f"http://127.0.0.1:{port}/_stcore/health", log):
+        yield f"http://127.0.0.1:{port}", log
 
 
 def test_a_browser_uploads_a_study_and_reads_the_report(served, shared_data: Path, tmp_path: Path):

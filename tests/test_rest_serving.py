@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app_browser import free_port, wait_for
+from tests.test_app_browser import free_port, running_server
 
 pytestmark = pytest.mark.realdata
 NAME = "radcap-captioner-rest-test"
@@ -55,21 +54,10 @@ def endpoint(parrot_captioner: Path, tmp_path_factory):
     MlflowClient().set_registered_model_alias(NAME, "champion", version)
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
-                                   "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, text=True, env=venv_env())
-    try:
-        with open(log) as reader:
-            server.stdout = reader
-            wait_for(f"http://127.0.0.1:{port}/ping", server, 240)
-            yield f"http://127.0.0.1:{port}/invocations"
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
+            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(argv, f"http://127.0.0.1:{port}/ping", log, 240, env=venv_env()):
+        yield f"http://127.0.0.1:{port}/invocations"
 
 
 def test_a_two_view_study_posted_as_base64_gets_its_report(endpoint, shared_data: Path):
