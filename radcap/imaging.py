@@ -10,9 +10,12 @@ file edited while a run is reading it can never be recorded under the other vers
 Intensity policy, giving a float32 grayscale image in [0, 1]:
 * 8-bit PNG/JPEG: value / 255 (the image is already windowed for display);
 * 16-bit PNG: min-max over the image (such files rarely carry their bit depth or window);
-* DICOM: Modality LUT (rescale slope/intercept), then the VOI LUT or the first window (center/width) when
-  present, else min-max; MONOCHROME1 is inverted so that air is dark, as in MONOCHROME2;
-* colour (RGB/RGBA/YBR) becomes luminance; alpha is dropped.
+* DICOM: Modality LUT (rescale slope/intercept), then the VOI LUT or the first window (center/width,
+  LINEAR / LINEAR_EXACT / SIGMOID) when present, mapped onto [0, 1] by its own output range (window bottom 0,
+  top 1: never stretched to the image's own extremes); without either, 8-bit-or-less unsigned pixels with no
+  rescale are display values (value / 255, exactly as an 8-bit PNG), anything else min-max; MONOCHROME1 is
+  inverted so that air is dark, as in MONOCHROME2;
+* colour (RGB/RGBA/YBR) becomes luminance (8-bit: / 255, as a colour PNG); alpha is dropped.
 Geometry policy: letterbox. The longer side is resized to `size` (anti-aliased), the shorter side is padded
 symmetrically with 0, so anatomy is never stretched. The network standardizes the result with the ImageNet
 mean/std inside its graph (`models.encoder.standardize`), as CheXNet was trained.
@@ -257,16 +260,64 @@ def _load_dicom(data: bytes) -> tuple[np.ndarray, float]:
         if photometric.startswith("YBR"):
             arr = convert_color_space(arr, photometric, "RGB")
         chroma = chroma_of(arr, float(arr[..., :3].max()) or 1.0)
-        return _minmax(arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)), chroma
+        luminance = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return (luminance / 255.0 if bits == 8 else _minmax(luminance)), chroma  # 8-bit colour: as a colour PNG
     if arr.ndim != 2:
         raise ImageRejected(f"unsupported DICOM pixel array shape {arr.shape}")
+    stored = arr
     arr = apply_modality_lut(arr, ds)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        arr = apply_voi_lut(arr, ds, index=0)
-    pixels = _minmax(arr)
+    pixels = _display_values(arr, ds, apply_voi_lut)
+    if pixels is None:
+        bits = _int_attribute(ds, "BitsStored", bits)
+        identity = np.shares_memory(arr, stored) or np.array_equal(arr, stored)
+        if bits <= 8 and _int_attribute(ds, "PixelRepresentation", 0) == 0 and identity:
+            pixels = stored.astype(np.float32) / float(2**bits - 1)  # as an 8-bit PNG: already display values
+        else:
+            pixels = _minmax(arr)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return pixels, 0.0
+
+
+def _first_number(ds, name: str) -> float | None:
+    value = ds.get(name)
+    try:
+        value = value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
+        number = float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _display_values(arr: np.ndarray, ds, apply_voi_lut) -> np.ndarray | None:
+    """The first VOI transform of the header mapped onto [0, 1] by its own output range (PS3.3 C.11.2.1.2:
+    window bottom -> 0, top -> 1), so a window wider than the image's values leaves them mid-grey, as a viewer
+    shows them. None when the header has no usable VOI LUT or window."""
+    sequence = ds.get("VOILUTSequence")
+    if sequence:
+        data, descriptor = sequence[0].get("LUTData"), sequence[0].get("LUTDescriptor") or [0, 0, 16]
+        try:
+            wide = int(descriptor[2]) > 8 if len(descriptor) == 3 else True
+        except (TypeError, ValueError):
+            wide = True
+        lut = (np.frombuffer(data[: len(data) // 2 * 2] if wide else data, "<u2" if wide else "u1")
+               if isinstance(data, bytes) else np.asarray(data if data is not None else [], dtype=np.float64))
+        if lut.size and lut.max() > 0:  # the LUT's own top: LUTDescriptor's bit depth is often wrong in the wild
+            return np.clip(apply_voi_lut(arr, ds, index=0, prefer_lut=True).astype(np.float32) / lut.max(), 0, 1)
+    center, width = _first_number(ds, "WindowCenter"), _first_number(ds, "WindowWidth")
+    if center is None or width is None:
+        return None
+    x = arr.astype(np.float64)
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if function == "SIGMOID" and width > 0:
+        return (1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -60, 60)))).astype(np.float32)
+    if function == "LINEAR_EXACT" and width > 0:
+        return np.clip((x - center) / width + 0.5, 0, 1).astype(np.float32)
+    if width > 1:
+        return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1).astype(np.float32)
+    if width == 1:
+        return (x > center - 0.5).astype(np.float32)
+    return None
 
 
 def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:

@@ -67,9 +67,33 @@ def test_file_type_comes_from_content_not_extension(tmp_path, real):
 
 
 def test_dicom_monochrome2_matches_png(tmp_path, real):
+    """An 8-bit DICOM without a window holds display values, as an 8-bit PNG does: the two decode alike (a
+    min-max stretch would make the same picture from a PACS look unlike the training PNGs)."""
     loaded = load_image(make_dicom(tmp_path / "m2.dcm", real))
-    span = (real.astype(np.float32) - real.min()) / (real.max() - real.min())
-    np.testing.assert_allclose(loaded.pixels, span, atol=1e-5)
+    Image.fromarray(real).save(tmp_path / "same.png")
+    np.testing.assert_array_equal(loaded.pixels, load_image(tmp_path / "same.png").pixels)
+    np.testing.assert_allclose(loaded.pixels, real / 255.0, atol=1e-6)
+    dim = load_image(make_dicom(tmp_path / "dim.dcm", (real // 4).astype(np.uint8))).pixels
+    assert dim.max() <= 0.25 + 1e-6  # a dark image stays dark
+
+
+def test_dicom_window_maps_its_own_range_not_the_image_extremes(tmp_path, real):
+    raw = real.astype(np.uint16) * 4  # 0..1020
+    center, width = 512.0, 4096.0  # wider than the values: they sit in the middle of the grey scale
+    loaded = load_image(make_dicom(tmp_path / "wide.dcm", raw, window=(center, width))).pixels
+    expected = np.clip((raw - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+    np.testing.assert_allclose(loaded, expected, atol=1e-5)
+    assert 0.35 < loaded.min() and loaded.max() < 0.65
+    exact = make_dicom(tmp_path / "exact.dcm", raw, window=(center, 1024.0))
+    sigmoid = make_dicom(tmp_path / "sigmoid.dcm", raw, window=(center, 1024.0))
+    for path, function in ((exact, "LINEAR_EXACT"), (sigmoid, "SIGMOID")):
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        ds.VOILUTFunction = function
+        ds.save_as(path)
+    np.testing.assert_allclose(load_image(exact).pixels, np.clip((raw - center) / 1024.0 + 0.5, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(load_image(sigmoid).pixels, 1 / (1 + np.exp(-4 * (raw - center) / 1024.0)), atol=1e-5)
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path, real):
@@ -99,9 +123,8 @@ def test_dicom_without_window_is_min_max_after_rescale(tmp_path, real):
 def test_compressed_dicom(tmp_path, real, syntax):
     path = make_dicom(tmp_path / "c.dcm", real, transfer_syntax=syntax)
     pixels = load_image(path).pixels
-    span = (real.astype(np.float32) - real.min()) / (real.max() - real.min())
     tolerance = 0.02 if syntax == JPEGBaseline8Bit else 1e-5  # baseline JPEG is lossy
-    assert np.abs(pixels - span).mean() < tolerance
+    assert np.abs(pixels - real / 255.0).mean() < tolerance
 
 
 def _rejected(path: Path) -> str:
@@ -184,3 +207,19 @@ def test_png_claiming_a_huge_canvas_is_rejected_before_decoding(tmp_path, real):
     (tmp_path / "bomb.png").write_bytes(bytes(data))
     reason = _rejected(tmp_path / "bomb.png")
     assert "60000x60000" in reason or "cannot decode" in reason
+
+
+def test_dicom_voi_lut_maps_onto_its_own_top(tmp_path, real):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    path = make_dicom(tmp_path / "lut.dcm", real)
+    lut = (np.linspace(0, 1, 256) ** 0.5 * 3000).astype(np.uint16)  # a gamma curve, top 3000 of a 12-bit range
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [256, 0, 12]
+    item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(path)
+    np.testing.assert_allclose(load_image(path).pixels, lut[real] / 3000.0, atol=1e-5)
