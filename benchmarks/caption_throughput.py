@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+from rss import peak_rss_mib  # noqa: E402 - benchmarks/ is the script folder
 import shutil
 import subprocess
 import sys
@@ -97,13 +97,13 @@ def throughput(model: str, n: int, batch_size: int) -> None:
 
 def child(model: str, n: int, batch_size: int) -> None:
     bundle, encoder, forward = load(model)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     with tempfile.TemporaryDirectory() as tmp:
         folder = real_images(n, Path(tmp) / "in")
         start = time.perf_counter()
         done = caption_folder(folder, Path(tmp) / "out", bundle, encoder, forward, batch_size)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"images": n, **done, "peak_rss_mib": round(peak, 1), "rss_after_load_mib": round(before, 1),
                       "seconds": round(seconds, 1)}))
 

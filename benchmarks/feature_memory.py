@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+from rss import peak_rss_mib  # noqa: E402 - benchmarks/ is the script folder
 import subprocess
 import sys
 import tempfile
@@ -35,13 +35,13 @@ def child(n: int, batch_size: int) -> None:
         sys.exit(f"only {len(files)} images available, {n} asked")
     items = [ImageItem(p.stem, str(p), file_sha256(p)) for p in files[:n]]
     encoder = resolve_encoder("random")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         result = extract_features(items, encoder.forward_fn(), FeatureStore(Path(tmp)), encoder.name,
                                   encoder.version, batch_size=batch_size, progress=False)
         seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(json.dumps({"images": n, "encoded": result.encoded, "peak_rss_mib": round(peak, 1),
                       "rss_after_model_load_mib": round(before, 1), "seconds": round(seconds, 1)}))
 

@@ -10,7 +10,7 @@ table as `radcap search` loads it.
 from __future__ import annotations
 
 import argparse
-import resource
+from rss import peak_rss_mib  # noqa: E402 - benchmarks/ is the script folder
 import sys
 import time
 from pathlib import Path
@@ -43,7 +43,7 @@ def main() -> None:
     start = time.perf_counter()
     hits = index.search(queries, "image", args.top_k)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     print(f"{args.items:,} items x {args.dim} dims: index built in {build:.1f} s; {args.queries} queries, top {args.top_k}: "
           f"{seconds:.2f} s ({1000 * seconds / args.queries:.1f} ms/query); peak RSS {peak:,.0f} MiB; "
           f"top-1 score mean {np.mean([h['score'].iloc[0] for h in hits]):.3f}")

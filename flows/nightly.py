@@ -33,7 +33,9 @@ def nightly_retrain(
     encoder: str | None = None,
     architecture: str | None = None,
     promote: bool = True,
+    cluster: str | None = None,
 ) -> dict:
+    """`cluster`: a Dask cluster for the feature extraction (default: settings' `cluster`; unset: in-process)."""
     apply_offline_defaults()  # a deployment's entry point
     settings = get_settings()
     data = workdir / "data"
@@ -43,7 +45,7 @@ def nightly_retrain(
         ingest_reports(fmt, source, data, images=images, views=views, split_file=split_file, settings=settings)
         record_ingest(data, fingerprint)
     ingested = ingest_summary(data)
-    features = extract_features_flow(data, encoder, settings.encoder.batch_size)
+    features = extract_features_flow(data, encoder, settings.encoder.batch_size, cluster=cluster)
     cfg = settings.captioner.model_copy(update={"architecture": architecture} if architecture else {})
     trained = train_flow(data, workdir / f"captioner-{cfg.architecture}", cfg, features["encoder_version"], reuse=True)
     split = settings.promotion.split

@@ -61,8 +61,9 @@ def search_flow(texts: list[str], model: str, top_k: int, out: Path | None = Non
 
 
 @flow(name="retrieve-reports")
-def retrieve_flow(input_path: Path, model: str, top_k: int, out: Path, encoder: str | None = None) -> dict:
+def retrieve_flow(input_path: Path, model: str, top_k: int, out: Path, encoder: str | None = None,
+                  precision: str = "fp32", cluster: str | None = None) -> dict:
     """Image-to-report retrieval for every study under `input_path` (same inputs as `radcap caption`)."""
     results, rejects = retrieve_images(input_path, quote(load_retriever(model)), top_k, get_settings().caption, encoder,
-                                       exclude=out)
+                                       exclude=out, precision=precision, cluster=cluster or get_settings().cluster)
     return {**write_results(quote(results), quote(rejects), out), "table": results}

@@ -62,6 +62,15 @@ class Format(str, Enum):
     manifest = "manifest"
 
 
+def _cluster(spec: str | None) -> str | None:
+    """--cluster, else RADCAP_CLUSTER; checked before any work starts (a typo is one line, exit 2)."""
+    from radcap.cluster import parse_cluster
+
+    spec = spec or get_settings().cluster
+    parse_cluster(spec)
+    return spec
+
+
 def _existing(path: Path | None, what: str) -> Path | None:
     if path is not None and not path.exists():
         raise RadcapError(f"{path}: {what} not found")
@@ -145,6 +154,8 @@ def features(
     batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Default from settings.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 (default), bf16 or int8: an optimized build "
                                                      "(`radcap optimize-encoder`), stored as VERSION@PRECISION.")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
+                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
 ) -> None:
     """Encode every image of DATA with the CheXNet encoder into DATA/features (resumable, skips stored images)."""
     _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
@@ -153,7 +164,7 @@ def features(
 
     hide_user_error_tracebacks()
     summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size,
-                                    check_precision(precision or get_settings().encoder.precision))
+                                    check_precision(precision or get_settings().encoder.precision), _cluster(cluster))
     catalog = DataCatalog(data)
     _finish(f"features -> {catalog.features}", summary, "images", catalog.feature_rejects)
 
@@ -189,20 +200,20 @@ def optimize_encoder(
 
 @app.command("check-precision")
 def check_precision_command(
-    model: Annotated[str, typer.Option(help="The captioner: models:/NAME/N (a pass is recorded on that version).")],
+    model: Annotated[str, typer.Option(help="The captioner or retriever: models:/NAME/N (a pass is recorded on that version).")],
     data: Annotated[Path, typer.Option(help="Data directory with features at fp32 and at PRECISION.")],
     precision: Annotated[str, typer.Option(help="bf16 or int8.")],
     split: Annotated[str, typer.Option(help="A split no choice touched (the one you report on).")] = "test",
     meteor: Annotated[bool, typer.Option(help="Score METEOR (needs Java).")] = True,
 ) -> None:
     """Compare the captioner's reports from fp32 and PRECISION features of the same held-out studies (pooled
-    cosine >= 0.99, BLEU-4/METEOR/ROUGE-L/CIDEr within 2% relative); on a pass, `radcap caption --precision`
-    accepts it. Exit 0 passed, 1 failed (reasons printed and in DATA/precision-check-PRECISION.json)."""
+    cosine >= 0.99, BLEU-4/METEOR/ROUGE-L/CIDEr within 2% relative; for a retriever: image-to-report recall@1/5/10
+    and mean recall within 2%); on a pass, `radcap caption --precision` (`radcap retrieve --precision`) accepts it. Exit 0 passed, 1 failed (reasons printed and in DATA/precision-check-PRECISION.json)."""
     from radcap.precision import check_precision
 
     _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
     if check_precision(precision) == "fp32":
-        raise RadcapError("fp32 is what the captioner was trained on: give --precision bf16 or int8")
+        raise RadcapError("fp32 is what the model was trained on: give --precision bf16 or int8")
     from radcap.flows.check_precision import check_precision_flow
 
     hide_user_error_tracebacks()
@@ -292,6 +303,8 @@ def caption(
     encoder: Annotated[Optional[str], typer.Option(help="Where the captioner's encoder file is now, when it was trained on a .h5/.keras encoder that moved (checked against the recorded version).")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Encoder precision: fp32 (default), bf16 or int8 (the "
                                                      "registered optimized build, at which the captioner passed `radcap check-precision`).")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
+                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
@@ -299,7 +312,7 @@ def caption(
 
     cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers, precision=precision)
     hide_user_error_tracebacks()
-    summary = caption_flow(input, out, model, cfg, encoder)
+    summary = caption_flow(input, out, model, cfg, encoder, _cluster(cluster))
     _finish(f"caption -> {out}", summary, "files", summary["rejects"])
 
 
@@ -309,6 +322,8 @@ def caption_inbox(
     out: Annotated[Path, typer.Option(help="Each batch is captioned into OUT/BATCH/.")],
     model: Annotated[Optional[str], typer.Option(help="Captioner (default from settings).")] = None,
     settle_seconds: Annotated[Optional[float], typer.Option(min=0, help="Default from settings.")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
+                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
 ) -> None:
     """One run of the scheduled `caption_new_batches` flow: caption the complete batches nobody took yet."""
     _existing(inbox, "inbox")
@@ -316,7 +331,7 @@ def caption_inbox(
 
     hide_user_error_tracebacks()
     cfg = _with_overrides(get_settings().caption, settle_seconds=settle_seconds)
-    summary = caption_new_batches(inbox, out, model, cfg)
+    summary = caption_new_batches(inbox, out, model, cfg, _cluster(cluster))
     _print_summary("caption-inbox", summary, list(summary))
 
 
@@ -366,6 +381,8 @@ def nightly(
     split_file: Annotated[Optional[Path], typer.Option()] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Default: latest registered radcap-encoder.")] = None,
     promote: Annotated[bool, typer.Option(help="Run the gated promotion at the end.")] = True,
+    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
+                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
 ) -> None:
     """One run of the `nightly_retrain` flow: ingest, incremental features, train, evaluate, promote."""
     for path, what in ((source, "source"), (images, "images folder"), (views, "views CSV"), (split_file, "split file")):
@@ -373,7 +390,8 @@ def nightly(
     from radcap.flows.nightly import nightly_retrain
 
     hide_user_error_tracebacks()
-    summary = nightly_retrain(source, workdir, fmt.value, images, views, split_file, encoder, promote=promote)
+    summary = nightly_retrain(source, workdir, fmt.value, images, views, split_file, encoder, promote=promote,
+                              cluster=_cluster(cluster))
     _print_summary("nightly", summary, list(summary))
 
 
@@ -430,14 +448,20 @@ def retrieve(
     model: Annotated[Optional[str], typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever).")] = None,
     top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Where the retriever's encoder file is now (see `radcap caption --encoder`).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: fp32 (default), bf16 or int8 (the "
+                                                     "registered optimized build, at which the retriever passed `radcap check-precision`).")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
+                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
 ) -> None:
     """Image-to-report retrieval: the closest known reports for each new study, with scores."""
     _existing(input, "input")
     from radcap.flows.retrieval import retrieve_flow
+    from radcap.precision import check_precision
 
     hide_user_error_tracebacks()
     cfg = get_settings().retrieval
-    summary = retrieve_flow(input, model or f"models:/{cfg.registered_name}/latest", top_k or cfg.top_k, out, encoder)
+    summary = retrieve_flow(input, model or f"models:/{cfg.registered_name}/latest", top_k or cfg.top_k, out, encoder,
+                            check_precision(precision or cfg.precision), _cluster(cluster))
     _print_hits(summary["table"], f"retrieve -> {out}")
     summary.pop("table")
     _finish(f"retrieve -> {out}", summary, "files", summary["rejects"])

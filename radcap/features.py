@@ -1,10 +1,14 @@
 """The Parquet feature store, and the streaming image -> features path shared by every stage that encodes.
 
-Layout of `DIR/features/`: `part-<run>-<n>.parquet` (one per batch, written atomically, FEATURES contract),
+Layout of `DIR/features/`: a Parquet dataset (FEATURES contract; `pyarrow.dataset` reads it as one table) of
+`part-<run>-<n>.parquet` files of up to PART_ROWS rows each, written batch by batch as row groups into a hidden
+file that is renamed into place when full or when the run ends (`PartWriter`): files are large without ever
+being rewritten, memory stays one batch, and a crash loses at most the part being filled (a re-run encodes
+those images again);
 `rejects.parquet` (images that could not be encoded in the last run), `features.json` (the last run's
 summary) and `encoders.json` (how to reload each encoder version the store holds). A row is keyed by
-(image_id, sha256 of the bytes decoded, encoder version): re-running skips what is stored, so a crash loses
-at most the batch in flight, and an edited image file is encoded again. Reading returns, for each image, the
+(image_id, sha256 of the bytes decoded, encoder version): re-running skips what is stored, and an edited
+image file is encoded again. Reading returns, for each image, the
 row of its file's current content (A -> B -> A gives A's vector), or the newest row when the file is gone.
 
 Encoding overlaps work: decoder threads prepare the next batches while the model runs on the current one,
@@ -33,6 +37,9 @@ from radcap.data_contracts import FEATURES
 from radcap.data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
 from radcap.imaging import Decoded, ImageRejected, file_sha256, read_image
 from radcap.io import atomic_path, new_run_id, write_json
+
+PART_ROWS = 2048  # rows per part file: ~130 MB with grids; 10^7 images are ~4,900 files per encoder version
+PART_SECONDS = 60.0  # a part open this long is closed anyway: a crash loses at most about a minute of encoding
 
 Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (B,S,S) -> pooled (B,D), grid (B,h,w,D)
 
@@ -293,6 +300,40 @@ def stream_features(items: list, path_of: Callable[[object], Path], forward: For
             bar.update(len(batch))
 
 
+class PartWriter:
+    """Appends batches as row groups of `part-<run>-<n>.parquet` files of up to `part_rows` rows. A file is
+    written under a hidden name and renamed into place when full, when it has been open `part_seconds`, or
+    when closed: readers never see half a file, nothing is rewritten to make files large, and a crash loses
+    at most the open part."""
+
+    def __init__(self, store: FeatureStore, run_id: str, part_rows: int = PART_ROWS,
+                 part_seconds: float = PART_SECONDS):
+        self.store, self.run_id, self.part_rows, self.part_seconds = store, run_id, part_rows, part_seconds
+        self.number, self.rows, self.writer, self.tmp, self.opened = 0, 0, None, None, 0.0
+
+    def append(self, table: pa.Table) -> None:
+        table = FEATURES.validate(table)
+        if self.writer is None:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            self.tmp = self.store.root / f".writing-{self.run_id}-{self.number:05d}.parquet"
+            self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
+            self.opened = time.monotonic()
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+        if self.rows >= self.part_rows or time.monotonic() - self.opened >= self.part_seconds:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        target = self.store.root / f"part-{self.run_id}-{self.number:05d}.parquet"
+        with open(self.tmp, "rb") as handle:
+            os.fsync(handle.fileno())  # the bytes are on disk before the name says the part exists
+        os.replace(self.tmp, target)
+        self.number, self.rows, self.writer, self.tmp = self.number + 1, 0, None, None
+
+
 def extract_features(
     items: list[ImageItem],
     forward: Forward,
@@ -303,10 +344,15 @@ def extract_features(
     input_size: int = 224,
     decode_workers: int = 2,
     progress: bool = True,
+    run_id: str | None = None,
+    part_rows: int = PART_ROWS,
 ) -> ExtractResult:
     """Encode `items` in batches and append them to `store`; files that cannot be encoded become rejects.
-    Rows carry the sha256 of the bytes actually decoded (a file edited since planning is stored as edited)."""
-    result, start, run_id = ExtractResult(), time.perf_counter(), new_run_id()
+    Rows carry the sha256 of the bytes actually decoded (a file edited since planning is stored as edited).
+    `run_id` names the parts (default: a new one); a cluster task passes its own, so that running the task
+    again replaces its parts instead of adding copies."""
+    result, start, run_id = ExtractResult(), time.perf_counter(), run_id or new_run_id()
+    parts = PartWriter(store, run_id, part_rows)
     with ThreadPoolExecutor(1) as writer:
         last_write: Future | None = None
         for batch in stream_features(items, lambda item: Path(item.path), forward, batch_size, input_size, True,
@@ -323,9 +369,10 @@ def extract_features(
                                        encoder_name, encoder_version)
                 if last_write is not None:
                     last_write.result()  # at most one batch waiting to be written
-                last_write = writer.submit(store.write_part, table, run_id, batch.number)
+                last_write = writer.submit(parts.append, table)
                 result.encoded += len(kept)
         if last_write is not None:
             last_write.result()
+        parts.close()
     result.seconds = time.perf_counter() - start
     return result

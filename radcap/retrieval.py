@@ -244,9 +244,10 @@ def retrieval_report(scores: dict, meta: dict) -> str:
 
 
 def result_rows(queries: list[str], hits: list[pd.DataFrame], model: str, study_ids: list[str | None],
-                verdicts: list[tuple] | None = None) -> pd.DataFrame:
+                verdicts: list[tuple] | None = None, encoder_version: str | None = None) -> pd.DataFrame:
     verdicts = verdicts or [(None, None, None)] * len(queries)
-    frames = [h.assign(query=q, query_study_id=s, model=model, ood_score=v[0], in_domain=v[1])
+    frames = [h.assign(query=q, query_study_id=s, model=model, encoder_version=encoder_version, ood_score=v[0],
+                       in_domain=v[1])
               for q, s, h, v in zip(queries, study_ids, hits, verdicts)]
     if not frames:
         return SEARCH_RESULTS.empty()
@@ -254,7 +255,8 @@ def result_rows(queries: list[str], hits: list[pd.DataFrame], model: str, study_
 
 
 def retrieve_studies(images: list, bundle: RetrieverBundle, index: RetrievalIndex, forward, batch_size: int,
-                     input_size: int, top_k: int, model_name: str) -> tuple[pd.DataFrame, list[dict]]:
+                     input_size: int, top_k: int, model_name: str, encoder_version: str | None = None
+                     ) -> tuple[pd.DataFrame, list[dict]]:
     """Each study of `images` (radcap.pacs.InputImage, grouped as captioning does) -> its top-k known
     reports, through the shared image -> features path; files that cannot be encoded -> reject rows."""
     rejects, frames = [], []
@@ -275,5 +277,5 @@ def retrieve_studies(images: list, bundle: RetrieverBundle, index: RetrievalInde
                       for keys in studies.values()]
         colours = [max(batch.chroma[k] for k in keys) for keys in studies.values()]
         verdicts = judge_studies(bundle.domain, batch.encoded.pooled, rows, modalities, colours)
-        frames.append(result_rows(queries, hits, model_name, list(studies), verdicts))
+        frames.append(result_rows(queries, hits, model_name, list(studies), verdicts, encoder_version))
     return (pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()), rejects

@@ -106,6 +106,8 @@ class EncoderSettings(BaseModel):
                                                         "features` (bf16/int8: an optimized build, radcap.precision).")
     optimize_calibration_images: int = Field(300, description="Real images int8 calibration reads.")
     batch_size: int = 32
+    cluster_task_images: int = Field(2048, ge=1, description="`radcap features --cluster`: images per task, each "
+                                     "task one part file (radcap.features.PART_ROWS); a lost worker re-encodes at most this.")
     pretrain_size: int = Field(
         224, description="Training resolution. The network is fully convolutional, so a smaller size (e.g. 160) "
         "trains ~2x faster on a CPU and the encoder still extracts at `input_size`.",
@@ -173,6 +175,9 @@ class RetrievalSettings(BaseModel):
     top_k: int = 5
     max_views: int = Field(2, description="Images per study the image tower averages.")
     registered_name: str = "radcap-retriever"
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32", description="Encoder precision of `radcap retrieve` (bf16/int8: the registered optimized build; the "
+        "retriever must have passed `radcap check-precision` at it).")
 
 
 class BulkCaptioningSettings(BaseModel):
@@ -259,6 +264,11 @@ class Settings(BaseSettings):
     domain: DomainSettings = DomainSettings()
     app: AppSettings = AppSettings()
     tracking: TrackingSettings = TrackingSettings()
+    cluster: str | None = Field(None, description="Dask cluster for features, caption, retrieve and the inbox "
+                                   "and nightly flows (RADCAP_CLUSTER): local:N worker processes, or a scheduler "
+                                   "address tcp://HOST:8786; unset: in-process (radcap.cluster).")
+    cluster_task_images: int = Field(256, ge=1, description="`radcap caption`/`retrieve --cluster`: images per task (whole studies): "
+                                     "a lost worker costs at most this much work again.")
 
     @classmethod
     def settings_customise_sources(

@@ -7,28 +7,29 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap import registry
-from radcap.captioning import CaptioningModel, CaptionResult, CaptionStore, caption_images, reject_frame, with_companions
+from radcap.captioning import (
+    CaptioningModel,
+    CaptionResult,
+    CaptionStore,
+    caption_images,
+    load_captioning_model,
+    reject_frame,
+    with_companions,
+)
+from radcap.cluster import dask_client
 from radcap.data_contracts import CAPTIONS
-from radcap.encoders import at_precision, encoder_for
-from radcap.precision import require_precision
 from radcap.io import new_run_id
 from radcap.pacs import InputImage, identifiers, scan
-from radcap.settings import BulkCaptioningSettings
+from radcap.settings import BulkCaptioningSettings, get_settings
 from radcap.tasks import registry_task, uncached
 
 
 @registry_task
 def load_model(uri: str, encoder: str | None = None, precision: str = "fp32") -> CaptioningModel:
-    """The captioner and exactly the encoder of its training features, at `precision` only when the captioner
-    passed the precision check at it. An alias is resolved once: the version written in the outputs is the one
-    loaded, even if the alias moves meanwhile."""
-    loaded = registry.load_captioner(uri)
-    require_precision(loaded, precision)
-    chosen = at_precision(encoder_for(loaded.bundle.config, encoder), precision)
-    model = CaptioningModel(loaded.bundle, chosen, loaded.name, loaded.version)
+    """`radcap.captioning.load_captioning_model`, logged."""
+    model = load_captioning_model(uri, encoder, precision)
     get_run_logger().info("captioner %s version %s (%s) on encoder %s at %s", model.name, model.version,
-                          loaded.bundle.config.architecture, model.encoder.version, precision)
+                          model.bundle.config.architecture, model.encoder.version, precision)
     return model
 
 
@@ -57,9 +58,23 @@ def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path 
     return Inputs(todo, len(found.images), found.done, len(found.rejects) + found.done_rejected)
 
 
+def model_uri(model: CaptioningModel) -> str:
+    """The version loaded, never the alias (a cluster's workers load exactly what the caller resolved)."""
+    return str(Path(model.name).resolve()) if model.version == "local" else f"models:/{model.name}/{model.version}"
+
+
 @uncached
-def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings) -> CaptionResult:
-    result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, ood_policy=cfg.ood_policy)
+def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings,
+                  cluster: str | None = None, encoder: str | None = None) -> CaptionResult:
+    """Caption `todo` in this process, or across the Dask cluster `cluster` (radcap.cluster)."""
+    with dask_client(cluster) as client:
+        if client is None:
+            result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, ood_policy=cfg.ood_policy)
+        else:
+            from radcap.scaleout import caption_on_cluster
+
+            result = caption_on_cluster(client, todo, model_uri(model), encoder, cfg.precision, out, cfg.batch_size,
+                                        cfg.ood_policy, new_run_id(), get_settings().cluster_task_images)
     get_run_logger().info("captioned %d images in %d studies (%d out of the model's domain), %d rejected, %.1f s",
                           result.captioned, result.studies, result.out_of_domain, result.rejected, result.seconds)
     return result

@@ -1,5 +1,5 @@
-"""`radcap check-precision` tasks: a captioner's reports from fp32 and lower-precision features of the same
-held-out studies, compared; a pass is recorded on the registered version."""
+"""`radcap check-precision` tasks: a captioner's reports (or a retriever's answers) from fp32 and lower-precision
+features of the same held-out studies, compared; a pass is recorded on the registered version."""
 
 from __future__ import annotations
 
@@ -11,17 +11,40 @@ from prefect.logging import get_run_logger
 from radcap import registry
 from radcap.caption_data import load_caption_sets
 from radcap.io import write_json
-from radcap.precision import PRECISIONS_TAG, accepted_precisions, fidelity_check, store_version
+from radcap.errors import RadcapError
+from radcap.precision import (
+    PRECISIONS_TAG,
+    accepted_precisions,
+    fidelity_check,
+    retrieval_fidelity_check,
+    store_version,
+)
 from radcap.registry import LoadedModel
 from radcap.tasks import registry_task, uncached
 
 
+@registry_task
+def load_checked_model(uri: str) -> LoadedModel:
+    """The captioner or the retriever at `uri` (a precision is accepted per registered version of either)."""
+    try:
+        return registry.load_captioner(uri)
+    except RadcapError as captioner_error:
+        try:
+            return registry.load_retriever(uri)
+        except RadcapError:
+            raise RadcapError(f"{captioner_error} (nor a retriever)") from None
+
+
 @uncached
 def compare_precisions(loaded: LoadedModel, data_dir: Path, split: str, precision: str, meteor: bool) -> dict:
-    config, attention = loaded.bundle.config, loaded.bundle.model.attention
+    config, retriever = loaded.bundle.config, loaded.index is not None
+    attention = not retriever and loaded.bundle.model.attention
     sets = {p: load_caption_sets(data_dir, store_version(config.encoder_version, p), (split,), config.max_views,
                                  grid=attention)[split] for p in ("fp32", precision)}
-    check = fidelity_check(loaded.bundle, sets["fp32"], sets[precision], precision, meteor)
+    if retriever:
+        check = retrieval_fidelity_check(loaded.bundle, loaded.index, sets["fp32"], sets[precision], precision)
+    else:
+        check = fidelity_check(loaded.bundle, sets["fp32"], sets[precision], precision, meteor)
     get_run_logger().info("precision check of %s at %s on %s/%s: %s", loaded.uri, precision, data_dir, split, check)
     return {"model": loaded.uri, "data_dir": str(data_dir), "split": split, **check}
 

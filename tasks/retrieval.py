@@ -12,11 +12,13 @@ from radcap import registry, tracking
 from radcap.caption_data import CaptionSet, load_caption_sets, training_sets
 from radcap.captioning import reject_row
 from radcap.catalog import DataCatalog, RunFolder
+from radcap.cluster import dask_client
 from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
 from radcap.domain import domain_guard
-from radcap.encoders import encoder_for
-from radcap.io import atomic_path, read_table, write_json, write_table
+from radcap.encoders import at_precision, encoder_for
+from radcap.io import atomic_path, new_run_id, read_table, write_json, write_table
 from radcap.pacs import identifiers, scan
+from radcap.precision import require_precision
 from radcap.registry import LoadedModel
 from radcap.reporting import curves_figure, write_text
 from radcap.retrieval import (
@@ -28,7 +30,7 @@ from radcap.retrieval import (
     retrieve_studies,
     train_retriever,
 )
-from radcap.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules
+from radcap.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
 from radcap.tasks import registry_task, uncached
 from radcap.vocab import Vocabulary
 
@@ -128,12 +130,27 @@ def search_texts(texts: list[str], loaded: LoadedModel, top_k: int) -> pd.DataFr
 
 @uncached
 def retrieve_images(root: Path, loaded: LoadedModel, top_k: int, cfg: BulkCaptioningSettings, encoder: str | None = None,
-                    exclude: Path | None = None) -> tuple[pd.DataFrame, list[dict]]:
-    """Each study under `root` (grouped as `radcap caption` does) -> its top-k known reports; bad files -> rejects."""
-    model = encoder_for(loaded.bundle.config, encoder)
+                    exclude: Path | None = None, precision: str = "fp32",
+                    cluster: str | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """Each study under `root` (grouped as `radcap caption` does) -> its top-k known reports; bad files -> rejects.
+    Below fp32 only when the retriever passed the precision check at `precision`. In this process, or across
+    the Dask cluster `cluster`."""
+    require_precision(loaded, precision)
+    model = at_precision(encoder_for(loaded.bundle.config, encoder), precision)
+    get_run_logger().info("retriever %s on encoder %s", loaded.uri, model.store_version)
     found = scan(root, identifiers(cfg.identifiers, cfg.id_salt), exclude=exclude)
-    results, rejects = retrieve_studies(found.images, loaded.bundle, loaded.index, model.forward_fn(), cfg.batch_size,
-                                        model.input_size, top_k, loaded.uri)
+    with dask_client(cluster if found.images else None) as client:
+        if client is None:
+            results, rejects = retrieve_studies(found.images, loaded.bundle, loaded.index, model.forward_fn(),
+                                                cfg.batch_size, model.input_size, top_k, loaded.uri, model.store_version)
+        else:
+            from radcap.scaleout import retrieve_on_cluster
+
+            uri = str(Path(loaded.name).resolve()) if loaded.version == "local" else loaded.uri
+            frames, rejects = retrieve_on_cluster(client, found.images, uri, encoder, precision, cfg.batch_size, top_k,
+                                                  loaded.uri, new_run_id(), get_settings().cluster_task_images)
+            frames = [f for f in frames if len(f)]
+            results = pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()
     return results, [reject_row(r.source_path, r.sha256, r.reason) for r in found.rejects] + rejects
 
 

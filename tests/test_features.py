@@ -53,13 +53,15 @@ def test_extract_streams_batches_and_rejects_bad_files(tmp_path, images):
     assert store.load("other-version")["pooled"].shape == (0, 1024)
 
 
-def test_a_crash_loses_at_most_the_batch_in_flight(tmp_path, images):
+def test_a_crash_loses_at_most_the_part_being_filled(tmp_path, images):
+    """Parts of one batch here (`part_rows=3`): the two batches written before the crash are kept."""
     from radcap.tasks.features import plan_features
 
     store = FeatureStore(tmp_path / "features")
     good = [i for i in images if i.image_id not in ("zero", "report")]
     with pytest.raises(KeyboardInterrupt):
-        extract_features(good, fake_forward([], fail_on_call=3), store, "fake", "v1", batch_size=3, input_size=64, progress=False)
+        extract_features(good, fake_forward([], fail_on_call=3), store, "fake", "v1", batch_size=3, input_size=64,
+                         progress=False, part_rows=3)
     assert not list(store.root.glob("*.tmp")) and not list(store.root.glob(".*"))  # no half-written part
     stored = store.index()
     assert len(stored) == 6  # the two batches before the crash, each complete

@@ -62,7 +62,7 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
     missing = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "int8")
     assert missing.returncode == 2 and "--calibration" in missing.stderr and "Traceback" not in missing.stderr
 
-    assert run_cli("sample", "--out", str(root / "sample"), "--studies", "6").returncode == 0
+    assert run_cli("sample", "--out", str(root / "sample"), "--studies", "16").returncode == 0
     data = root / "data"
     done = run_cli("ingest", "--format", "iu-xml", "--source", str(root / "sample" / "ecgen-radiology"),
                    "--images", str(root / "sample" / "images"), "--views",
@@ -184,3 +184,89 @@ def test_the_check_refuses_features_that_drift_or_reports_that_change(parrot_cap
     check = fidelity_check(Muted(), reference, reference, "int8", meteor=False)
     assert not check["passed"] and check["identical_reports"] == 0.0
     assert any(f.startswith("CIDEr") for f in check["failures"])
+
+
+@pytest.fixture(scope="module")
+def retriever_uri(int8_data: Path, tmp_path_factory) -> str:
+    """A tiny contrastive retriever trained and registered on the fp32 features of `int8_data`."""
+    tiny = {"RADCAP_RETRIEVAL__DIM": "16", "RADCAP_RETRIEVAL__EMBED_DIM": "16", "RADCAP_RETRIEVAL__TEXT_UNITS": "16",
+            "RADCAP_RETRIEVAL__HIDDEN": "32", "RADCAP_RETRIEVAL__BATCH_SIZE": "8", "RADCAP_RETRIEVAL__MIN_COUNT": "1",
+            "RADCAP_RETRIEVAL__REGISTERED_NAME": "radcap-retriever-precision-test"}
+    for precision in ("fp32", "bf16"):
+        done = run_cli("features", "--data", str(int8_data), "--encoder", "random:0", "--precision", precision)
+        assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("--json", "train-retrieval", "--data", str(int8_data), "--epochs", "2", "--no-meteor",
+                   "--out", str(tmp_path_factory.mktemp("retriever")), env=tiny)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])["registered"]
+
+
+def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(int8_data: Path, retriever_uri: str,
+                                                                               tmp_path: Path):
+    data, uri = int8_data, retriever_uri
+    images = data.parent / "sample" / "images"
+
+    refused = run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri,
+                      "--precision", "bf16")
+    assert refused.returncode == 2 and "radcap check-precision" in refused.stderr and "Traceback" not in refused.stderr
+
+    split = pd.read_parquet(data / "reports.parquet")["split"].value_counts().index[0]
+    done = run_cli("--json", "check-precision", "--model", uri, "--data", str(data), "--precision", "bf16",
+                   "--split", split)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    check = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (done.returncode == 0) == check["passed"] and check["studies"] > 0
+    assert set(check["metrics"]) == {"image_to_report_R@1", "image_to_report_R@5", "image_to_report_R@10",
+                                     "mean_recall"}
+    # Whether an untrained retriever on phantoms keeps its rankings at bf16 depends on the CPU (without BF16
+    # instructions OpenVINO computes in f32); either way the verdict is what decides.
+    assert check["accepted_precisions"] == (["fp32", "bf16"] if check["passed"] else ["fp32"])
+    if not check["passed"]:
+        assert run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri,
+                       "--precision", "bf16").returncode == 2
+        from radcap.precision import PRECISIONS_TAG
+        from radcap.registry import parse_model_uri, tag_version
+
+        tag_version(*parse_model_uri(uri), {PRECISIONS_TAG: '["bf16"]'})  # as a pass records it
+
+    results = {}
+    for precision in ("fp32", "bf16"):
+        done = run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / precision), "--model", uri,
+                       "--precision", precision, "--top-k", "1")
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[precision] = pd.read_parquet(tmp_path / precision / "results.parquet")
+    assert set(results["fp32"]["encoder_version"]) == {"random-seed0"}
+    assert set(results["bf16"]["encoder_version"]) == {"random-seed0@bf16"}
+    assert results["bf16"]["query"].tolist() == results["fp32"]["query"].tolist()
+
+    # The same retrieval across a 2-process Dask cluster (tasks of 4 images): the same answers, in the same order.
+    done = run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "cluster"), "--model", uri,
+                   "--top-k", "1", "--cluster", "local:2", env={"RADCAP_CLUSTER_TASK_IMAGES": "4",
+                                                               "RADCAP_CAPTION__BATCH_SIZE": "4"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    spread = pd.read_parquet(tmp_path / "cluster" / "results.parquet")
+    assert spread["query"].tolist() == results["fp32"]["query"].tolist()
+    assert spread["item_id"].tolist() == results["fp32"]["item_id"].tolist()
+    np.testing.assert_allclose(spread["score"], results["fp32"]["score"], atol=1e-4)
+
+
+def test_the_retrieval_check_refuses_rankings_that_change(int8_data: Path, retriever_uri: str):
+    """On a trained retriever: the same features pass with every first answer kept; features of other
+    studies (a build that scrambles images) fail on recall."""
+    from radcap.caption_data import load_caption_sets
+    from radcap.precision import retrieval_fidelity_check
+    from radcap.registry import load_retriever
+
+    loaded = load_retriever(retriever_uri)
+    split = pd.read_parquet(int8_data / "reports.parquet")["split"].value_counts().index[0]
+    reference = load_caption_sets(int8_data, "random-seed0", (split,), 2)[split]
+    check = retrieval_fidelity_check(loaded.bundle, loaded.index, reference, reference, "bf16")
+    assert check["passed"] and check["identical_top1"] == 1.0 and check["cosine_mean"] == pytest.approx(1.0)
+
+    from radcap.caption_data import CaptionSet
+
+    order = np.roll(np.arange(len(reference)), 1)
+    scrambled = CaptionSet(reference.report_ids, reference.texts, reference.pooled[order], reference.view_mask[order])
+    check = retrieval_fidelity_check(loaded.bundle, loaded.index, reference, scrambled, "bf16")
+    assert not check["passed"] and check["identical_top1"] < 1.0
+    assert any(f.startswith("image_to_report_R@1") or f.startswith("mean_recall") for f in check["failures"])
