@@ -30,7 +30,7 @@ def evaluate_flow(data_dir: Path, model: str, split: str, out: Path, meteor: boo
         systems = [*systems, retrieval_captions(retriever, data_dir, quote(evaluated), split)]
     config = loaded.bundle.config
     meta = {"model": loaded.uri, "data_dir": str(data_dir), "split": split, "architecture": config.architecture,
-            "encoder_version": config.encoder_version}
+            "encoder_version": config.encoder_version, "select_on": config.select_on}
     guard = check_guard(quote(loaded), data_dir, quote(evaluated), ood_data or [])
     evaluation = score(quote(evaluated), quote(systems), meteor, meta, quote(guard))
     with tracked_run(get_settings().tracking.evaluation, f"evaluate-{split}", meta):

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import DecoderSettings, get_settings
+from radcap.settings import DecoderSettings, SplitRules, get_settings
 from radcap.tasks.train import (
     build_vocabulary,
     caption_sets,
@@ -23,10 +23,10 @@ from radcap.tracking import tracked_run
 
 @flow(name="train-captioner")
 def train_flow(data_dir: Path, out: Path, settings: DecoderSettings | None = None,
-               encoder_version: str | None = None, reuse: bool = False) -> dict:
+               encoder_version: str | None = None, reuse: bool = False, rules: SplitRules | None = None) -> dict:
     """With `reuse`, a registered version trained on the same data version, encoder and settings is
     returned instead of training again (the nightly run's cache)."""
-    cfg, rules = settings or get_settings().captioner, get_settings().split
+    cfg, rules = settings or get_settings().captioner, rules or get_settings().split
     inputs = training_inputs(data_dir, encoder_version, cfg, rules)
     if reuse and (found := find_trained(cfg.registered_name, inputs["training_key"])):
         return found

@@ -151,6 +151,30 @@ def make_train_step(model: Captioner, optimizer, clip_norm: float = 5.0):
     return train_step
 
 
+def make_scst_step(model: Captioner, optimizer, banned: tuple[int, ...], clip_norm: float = 5.0):
+    """Self-critical policy gradient (Rennie et al. 2017): tokens (N,T) are sampled captions with <start> first,
+    advantages (N,) their reward minus the greedy caption's. Loss: -advantage x log-probability of each sampled
+    token (pad excluded), averaged over tokens; banned ids are masked as when sampling. Dropout stays off, as
+    it was when the captions were sampled, so the gradient is that of the sampling distribution."""
+    penalty = tf.constant([-1e9 if i in banned else 0.0 for i in range(model.vocab_size)], tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def scst_step(features, tokens, advantages):
+        with tf.GradientTape() as tape:
+            logits, _ = model.teacher_forced(features, tokens[:, :-1], training=False)
+            logp = tf.nn.log_softmax(logits + penalty, axis=-1)
+            targets = tokens[:, 1:]
+            taken = tf.gather(logp, targets, batch_dims=2)
+            mask = tf.cast(targets != 0, tf.float32)
+            loss = -tf.reduce_sum(advantages[:, None] * taken * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+        grads = tape.gradient(loss, model.trainable_variables)
+        grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return scst_step
+
+
 def make_eval_step(model: Captioner):
     @tf.function(reduce_retracing=True)
     def eval_step(features, tokens):

@@ -40,6 +40,29 @@ class Decoder:
                 break
         return np.stack(out, 1), (np.stack(attention, 1) if attention else None)
 
+    def sample(self, features: dict, rng: np.random.Generator, samples: int = 1) -> np.ndarray:
+        """`samples` captions per study drawn from the model's distribution (temperature 1, banned ids excluded),
+        study b's at rows b*samples..: ids (B*samples, T) without <start>, ending at <end> then pad 0. What
+        self-critical training explores with; nothing is blocked, so the log-probabilities it trains on are the
+        ones it sampled from."""
+        features = {k: np.repeat(np.asarray(v), samples, axis=0) for k, v in features.items()}
+        state = self._start(features)
+        rows = len(features["view_mask"])
+        tokens = np.full(rows, self.start_id, np.int32)
+        done = np.zeros(rows, bool)
+        out = []
+        for _ in range(self.max_length - 1):
+            logits, state, _ = self._step(tf.constant(tokens), state)
+            logits = logits.numpy().astype(np.float64)
+            logits[:, self.banned] = -np.inf
+            gumbel = -np.log(-np.log(rng.uniform(1e-12, 1.0, logits.shape)))  # Gumbel-max: one categorical draw
+            tokens = np.where(done, 0, (logits + gumbel).argmax(-1)).astype(np.int32)
+            out.append(tokens)
+            done |= tokens == self.end_id
+            if done.all():
+                break
+        return np.stack(out, 1)
+
     def attention_of(self, features: dict, ids: np.ndarray) -> np.ndarray | None:
         """The attention weights (B,T,L) with which the model reads given captions `ids` (B,T) (whatever search
         produced them): step t sees the tokens before t, as when it generated them. None without attention."""
@@ -92,10 +115,11 @@ class Decoder:
 
 
 def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np.ndarray) -> None:
-    """Set -inf on tokens that would complete an n-gram already present in the same beam."""
-    batch, width, length = sequences.shape
-    if length < n - 1:
+    """Set -inf on tokens that would complete an n-gram already present in the same beam, or repeat the phrase
+    of 1..n-1 tokens just written ("lobe consolidation lobe consolidation" has no repeated 3-gram)."""
+    if n < 1:
         return
+    batch, width, length = sequences.shape
     for b in range(batch):
         for k in range(width):
             if finished[b, k]:
@@ -105,3 +129,6 @@ def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np
             for i in range(length - n + 1):
                 if tuple(seq[i: i + n - 1]) == prefix:
                     logp[b, k, seq[i + n - 1]] = -np.inf
+            for size in range(1, n):  # phrase seq[-(2size-1):-(size-1)] would be followed by itself
+                if length >= 2 * size - 1 and seq[length - 2 * size + 1: length - size] == seq[length - size + 1:]:
+                    logp[b, k, seq[length - size]] = -np.inf

@@ -167,7 +167,8 @@ def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, g
     reports = read_table(DataCatalog(data_dir).reports, REPORTS)
     group = dict(zip(reports["report_id"], reports["group_id"]))
     chosen = [rid for rid in train.report_ids if selection_group(group[rid], rules)]
-    kept = [rid for rid in train.report_ids if rid not in set(chosen)]
+    selected = set(chosen)
+    kept = [rid for rid in train.report_ids if rid not in selected]
     sets = {"train": train.subset(kept), "val": train.subset(chosen)}
     sets["train"].rejects = train.rejects
     for name, data in sets.items():

@@ -13,17 +13,18 @@ import numpy as np
 
 from radcap.caption_data import CaptionSet
 from radcap.captioner_bundle import CaptionerBundle, build_model
-from radcap.metrics import caption_metrics
+from radcap.metrics import CiderD, caption_metrics, clinical_counts
 from radcap.model_config import CaptionerConfig
 from radcap.settings import DecoderSettings
 from radcap.training import EarlyStopping, EpochRecord, FitResult, fit
-from radcap.vocab import Vocabulary
+from radcap.vocab import START, UNK, Vocabulary, tokenize
 
 
 @dataclass
 class CaptionTraining:
     bundle: CaptionerBundle
     fit: FitResult
+    self_critical: "SelfCritical | None" = None
 
 
 def model_config(cfg: DecoderSettings, **extra) -> CaptionerConfig:
@@ -85,6 +86,90 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     stopping = EarlyStopping("val_loss" if by_loss else f"val_{cfg.selection_metric}", "min" if by_loss else "max",
                              cfg.patience, cfg.min_epochs, 0.0 if by_loss else 1e-6)
     return CaptionTraining(bundle, fit(model, cfg.epochs, run_epoch, stopping, on_epoch))
+
+
+def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, cfg: DecoderSettings,
+                  on_epoch: Callable[[EpochRecord], None] = lambda e: None) -> "SelfCritical | None":
+    """Self-critical sequence training (Rennie et al. 2017) of a cross-entropy-trained bundle, in place: per
+    batch of studies, `scst_samples` sampled captions each are rewarded by CIDEr-D against the study's report
+    (document frequencies of the training reports; plus `scst_clinical_weight` x clinical agreement), minus a
+    baseline: the greedy caption's reward (Rennie et al.) or the mean of the study's other samples' rewards
+    (Luo 2020; `scst_baseline`, see the setting for why it is the default); epochs select on the selection set's greedy CIDEr like cross-entropy does,
+    and the cross-entropy weights stay when no SCST epoch beats them there. None when `scst_epochs` is 0."""
+    if not cfg.scst_epochs:
+        return None
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from radcap.models.captioner import make_scst_step
+
+    model, vocab, decoder = bundle.model, bundle.vocab, bundle.decoder
+    keras.utils.set_random_seed(cfg.seed + 1)
+    banned = (0, vocab.index[START], vocab.index[UNK])
+    step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), banned, cfg.clip_norm)
+    references = [tokenize(t) for t in train.texts]
+    cider = CiderD(references)
+    reference_vectors = [cider.vector(r) for r in references]
+    rng, bs, k = np.random.default_rng(cfg.seed + 1), min(cfg.batch_size, len(train)), cfg.scst_samples
+
+    def rewards(ids: np.ndarray, index: np.ndarray, repeat: int) -> np.ndarray:
+        words = [vocab.words(row) for row in ids]
+        rows = np.repeat(index, repeat)
+        reward = np.array([cider.score(w, reference_vectors[r]) for w, r in zip(words, rows)])
+        if cfg.scst_clinical_weight:
+            counts = clinical_counts([train.texts[r] for r in rows], [vocab.decode(row) for row in ids])
+            tp, fp, fn = counts.sum(axis=2).T.astype(float)  # per report, over the 14 observations
+            agreement = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+            reward = reward + cfg.scst_clinical_weight * agreement
+        return reward
+
+    def with_start(ids: np.ndarray) -> np.ndarray:
+        """<start> + the sampled ids (already pad after <end>), padded to max_length: one shape for every batch,
+        so the step is traced once (sampled lengths vary)."""
+        out = np.zeros((len(ids), vocab.max_length), np.int32)
+        out[:, 0] = vocab.index[START]
+        out[:, 1: ids.shape[1] + 1] = ids
+        return out
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        start, order, losses, sampled, baselines = time.perf_counter(), rng.permutation(len(train)), [], [], []
+        for i in tqdm(range(0, len(order) - bs + 1, bs), desc=f"scst {epoch}", unit="batch", leave=False):
+            index = np.sort(order[i: i + bs])
+            features = bundle._inputs(train.features(index), slice(None))
+            samples = decoder.sample(features, rng, k)
+            reward = rewards(samples, index, k)
+            if cfg.scst_baseline == "greedy":
+                greedy, _ = decoder.greedy(features, cfg.no_repeat_ngram)
+                baseline = np.repeat(rewards(greedy, index, 1), k)
+            else:  # the mean reward of the study's other samples
+                per_study = reward.reshape(-1, k)
+                baseline = ((per_study.sum(axis=1, keepdims=True) - per_study) / (k - 1)).ravel()
+            advantages = reward - baseline
+            repeated = {key: tf.constant(np.repeat(v, k, axis=0)) for key, v in features.items()}
+            losses.append(float(step(repeated, tf.constant(with_start(samples)), tf.constant(advantages, tf.float32))))
+            sampled.append(reward.mean())
+            baselines.append(baseline.mean())
+        scores = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}
+        return {"scst_loss": float(np.mean(losses)), "train_sample_reward": float(np.mean(sampled)),
+                "train_baseline_reward": float(np.mean(baselines)), **scores,
+                "train_seconds": time.perf_counter() - start}
+
+    before = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}
+    cross_entropy_weights = model.get_weights()
+    metric = "val_CIDEr" if cfg.selection_metric == "val_loss" else f"val_{cfg.selection_metric}"
+    result = fit(model, cfg.scst_epochs, run_epoch, EarlyStopping(metric, "max", cfg.patience, 1, 1e-6), on_epoch)
+    kept = result.best[metric] > before[metric]
+    if not kept:  # SCST did not beat cross-entropy on the selection set
+        model.set_weights(cross_entropy_weights)
+    return SelfCritical(result, before, kept)
+
+
+@dataclass
+class SelfCritical:
+    fit: FitResult  # the SCST epochs
+    before: dict[str, float]  # the selection set's scores of the cross-entropy model
+    kept: bool  # the bundle holds SCST's best weights (else the cross-entropy ones)
 
 
 def training_key(data_version: str, encoder_version: str, settings: dict) -> str:

@@ -250,6 +250,11 @@ class Architecture(str, Enum):
     show_attend_tell = "show-attend-tell"
 
 
+class SelectOn(str, Enum):
+    carve = "carve"
+    val = "val"
+
+
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Data directory with features (`radcap features`).")],
@@ -257,15 +262,20 @@ def train(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default: DATA/captioner-ARCH).")] = None,
     epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
     encoder_version: Annotated[Optional[str], typer.Option(help="Feature-store encoder version (default: last extracted).")] = None,
+    scst_epochs: Annotated[Optional[int], typer.Option(min=0, help="Self-critical (CIDEr-D) fine-tuning epochs after cross-entropy (default from settings: 0).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed of initialization, batches and sampling.")] = None,
+    select_on: Annotated[Optional[SelectOn], typer.Option(help="Where early stopping, the length penalty and the guard threshold are chosen: carve (a fixed 10% of the train split's groups, the default: val and test stay untouched and can be reported) or val.")] = None,
 ) -> None:
-    """Train a report decoder (teacher forcing, early stopping on a val metric), log it to MLflow and
-    register it as `radcap-captioner`."""
+    """Train a report decoder (teacher forcing, early stopping on the selection set, optionally self-critical
+    fine-tuning), log it to MLflow and register it as `radcap-captioner`."""
     _existing(DataCatalog(data).reports, "reports table (run `radcap ingest` first)")
     from radcap.flows.train import train_flow
 
-    cfg = _with_overrides(get_settings().captioner, architecture=architecture.value if architecture else None, epochs=epochs)
+    cfg = _with_overrides(get_settings().captioner, architecture=architecture.value if architecture else None, epochs=epochs,
+                          scst_epochs=scst_epochs, seed=seed)
+    rules = _with_overrides(get_settings().split, select_on=select_on.value if select_on else None)
     hide_user_error_tracebacks()
-    summary = train_flow(data, out or DataCatalog(data).captioner_run(cfg.architecture), cfg, encoder_version)
+    summary = train_flow(data, out or DataCatalog(data).captioner_run(cfg.architecture), cfg, encoder_version, rules=rules)
     _print_summary(f"train {cfg.architecture}", summary, list(summary))
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
 

@@ -9,6 +9,7 @@ image by pooled cosine; and, when a retriever is given, the contrastive retrieve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ from radcap.caption_data import CaptionSet, mean_view
 from radcap.catalog import RunFolder
 from radcap.domain import study_scores
 from radcap.io import atomic_path, write_json
-from radcap.metrics import CAPTION_METRICS, ReportScores, score_reports
+from radcap.metrics import CAPTION_METRICS, ReportScores, paired_bootstrap, score_reports
 from radcap.reporting import markdown_table, metrics_figure, write_text
 
-TABLE_COLUMNS = [*CAPTION_METRICS, "clinical_micro_f1", "clinical_macro_f1"]
+TABLE_COLUMNS = [*CAPTION_METRICS, "clinical_micro_f1", "clinical_macro_f1", "repetition_rate", "stutter_rate"]
+HEADLINE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "clinical_micro_f1")
+BOOTSTRAP_SAMPLES = 1000
 
 
 @dataclass
@@ -69,6 +72,25 @@ class Evaluation:
         summaries = self.summaries()
         return pd.DataFrame([{"system": s.label, **{c: summaries[s.key][c] for c in TABLE_COLUMNS}} for s in self.systems])
 
+    @cached_property
+    def against_best_baseline(self) -> list[dict]:
+        """Per headline metric: the model against the baseline that scores best on it, with the paired
+        bootstrap interval of the difference (`radcap.metrics.paired_bootstrap`, as the promotion gate uses)."""
+        if "model" not in self.scores:
+            return []
+        model, labels, rows = self.scores["model"], {s.key: s.label for s in self.systems}, []
+        for metric in HEADLINE_METRICS:
+            values = {k: v for k, scores in self.scores.items() if k != "model" and (v := scores.metric(metric)) is not None}
+            if not values or model.metric(metric) is None:
+                continue
+            best = max(values, key=values.get)
+            gain = paired_bootstrap(model, self.scores[best], metric, BOOTSTRAP_SAMPLES)
+            rows.append({"metric": metric, "model": model.metric(metric), "best_baseline": labels[best],
+                         "baseline": values[best], "ratio": model.metric(metric) / values[best] if values[best] else None,
+                         "difference": gain["delta"], "low": gain["low"], "high": gain["high"],
+                         "p_not_better": gain["p_not_better"]})
+        return rows
+
     def findings(self) -> pd.DataFrame:
         summaries = self.summaries()
         first = summaries[self.systems[0].key]["per_finding"]
@@ -76,16 +98,42 @@ class Evaluation:
         columns.update({s.label: {o: v["f1"] for o, v in summaries[s.key]["per_finding"].items()} for s in self.systems})
         return pd.DataFrame(columns).reset_index(names="finding")
 
+    def selection_note(self) -> str:
+        where, split = self.meta.get("select_on"), self.meta["split"]
+        if where == "carve":
+            return (f"Selection (early stopping, length penalty, guard threshold) happened on a carve of the train split: "
+                    f"split `{split}` was never read in training.")
+        if where == "val" and split == "val":
+            return ("**Warning: this model was selected on the val split it is scored on here; these numbers "
+                    "overstate what unseen reports get.**")
+        return f"Selection happened on: {where or 'not recorded (a model saved before radcap 0.2)'}."
+
+    def comparison_markdown(self) -> str:
+        if not self.against_best_baseline:
+            return ""
+        table = pd.DataFrame([{"metric": r["metric"], "model": r["model"], "best baseline": r["best_baseline"],
+                               "baseline": r["baseline"], "ratio": r["ratio"], "difference": r["difference"],
+                               "95% interval": f"{r['low']:+.4f} .. {r['high']:+.4f}",
+                               "resamples not better": r["p_not_better"]} for r in self.against_best_baseline])
+        return (f"## Against the best baseline (paired bootstrap, {BOOTSTRAP_SAMPLES:,} resamples of these reports)\n\n"
+                f"For each metric the baseline that scores best on it; a difference whose interval excludes 0 is "
+                f"larger than what resampling these reports moves.\n\n{markdown_table(table)}\n")
+
     def markdown(self) -> str:
         return (f"# radcap evaluation\n\n{self.meta['model']} on `{self.meta['data_dir']}` split `{self.meta['split']}` "
-                f"({len(self.evaluated)} reports).\n\nTokenization and metric definitions: `radcap/metrics.py`.\n\n"
-                f"## Caption and clinical metrics\n\n{markdown_table(self.table())}\n"
+                f"({len(self.evaluated)} reports). {self.selection_note()}\n\nTokenization and metric definitions: "
+                f"`radcap/metrics.py`; repetition_rate: share of reports repeating a 3-gram; stutter_rate: share immediately repeating a phrase of 1-3 tokens.\n\n"
+                f"## Caption and clinical metrics\n\n{markdown_table(self.table())}\n{self.comparison_markdown()}"
                 f"## Clinical F1 per finding (rule-based labeler, uncertain counted positive)\n\n"
                 f"{markdown_table(self.findings(), 3)}" + (f"\n{guard_markdown(self.guard)}" if self.guard else ""))
 
     def model_summary(self) -> dict:
         scores = self.summaries()["model"]
         summary = {"reports": len(self.evaluated), **{k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}}
+        for row in self.against_best_baseline:
+            if row["metric"] == "CIDEr":
+                summary.update({"CIDEr_best_baseline": round(row["baseline"], 4), "CIDEr_gain_low": round(row["low"], 4),
+                                "CIDEr_gain_high": round(row["high"], 4)})
         if self.guard:
             summary["ood_flagged_held_out"] = round(self.guard["held_out"]["flagged_by_score"], 4)
             summary.update({f"ood_caught_{name}": round(q["flagged_by_score"], 4)
@@ -98,7 +146,8 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> Path:
     folder = RunFolder(out)
     summaries = evaluation.summaries()
     write_json({**evaluation.meta, "reports": len(evaluation.evaluated), "domain_guard": evaluation.guard,
-                "systems": {s.label: summaries[s.key] for s in evaluation.systems}}, folder.metrics)
+                "systems": {s.label: summaries[s.key] for s in evaluation.systems},
+                "against_best_baseline": evaluation.against_best_baseline}, folder.metrics)
     write_text(evaluation.markdown(), folder.report)
     captions = pd.DataFrame({"report_id": evaluation.evaluated.report_ids, "reference": evaluation.evaluated.texts,
                              **{s.label: s.captions for s in evaluation.systems}})

@@ -20,7 +20,18 @@ So a model that invents findings is penalized, whatever the references contain.
 Paired bootstrap (`paired_bootstrap`): reports are resampled with replacement (the same resample for both
 systems); each resample's metric difference is computed from the per-report statistics (BLEU and clinical
 F1 from their summed counts, CIDEr/ROUGE-L/METEOR as means of per-report scores with CIDEr's document
-frequencies fixed); the interval is the percentile interval of those differences.
+frequencies fixed); the interval is the percentile interval of those differences, and the difference it
+brackets is the same statistic on all reports (for METEOR the mean of per-report scores, which differs a little
+from METEOR's corpus score in the tables: the corpus score is not a function of per-report statistics).
+
+Repetition (`repetition_rate`): the share of reports in which some 3-gram occurs twice, as the issue tracker and
+the decoding literature count it; `stutter_rate`: the share in which a phrase of 1..3 tokens is immediately
+followed by itself ("lobe consolidation lobe consolidation"), which 3-gram blocking alone lets through.
+
+`CiderD` is CIDEr-D with document frequencies fixed on a corpus (the training references): the reward of
+self-critical training, where a batch's own references would give every batch different weights. It follows
+pycocoevalcap's `CiderScorer` term for term (including its length, counted in bigrams), so on the corpus it
+was built from it gives pycocoevalcap's per-report scores (tested).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import math
 import shutil
 import subprocess
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +52,7 @@ from radcap.finding_labeler import OBSERVATIONS, BinaryLabels
 from radcap.vocab import tokenize
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+QUALITY_METRICS = ("repetition_rate", "stutter_rate")
 CLINICAL_METRICS = ("clinical_micro_precision", "clinical_micro_recall", "clinical_micro_f1",
                     "clinical_macro_precision", "clinical_macro_recall", "clinical_macro_f1")
 log = logging.getLogger(__name__)
@@ -158,6 +171,8 @@ class ReportScores:
     meteor: np.ndarray | None  # (N,) per-report METEOR, None when skipped
     meteor_corpus: float | None  # METEOR's own aggregate over all N reports
     clinical: np.ndarray  # (N, 3, 14) bool
+    repeats: np.ndarray | None = None  # (N,) bool: a 3-gram occurs twice
+    stutters: np.ndarray | None = None  # (N,) bool: a 1..3-token phrase immediately repeated
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -177,12 +192,15 @@ class ReportScores:
             return self.meteor_corpus if index is None else float(take(self.meteor).mean())
         if name.startswith("clinical_"):
             return clinical_from_counts(take(self.clinical))[name.removeprefix("clinical_")]
+        if name in QUALITY_METRICS:
+            flags = self.repeats if name == "repetition_rate" else self.stutters
+            return None if flags is None else float(take(flags).mean())
         raise KeyError(name)
 
     def summary(self) -> dict:
         """Every caption and clinical metric over all reports, and the per-finding table."""
         clinical = clinical_from_counts(self.clinical)
-        return {**{m: self.metric(m) for m in CAPTION_METRICS},
+        return {**{m: self.metric(m) for m in CAPTION_METRICS}, **{m: self.metric(m) for m in QUALITY_METRICS},
                 **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"},
                 "per_finding": clinical["per_finding"]}
 
@@ -200,10 +218,61 @@ def score_reports(references: dict[str, str], hypotheses: dict[str, str], meteor
     rouge = np.asarray(Rouge().compute_score(gts, res)[1], dtype=np.float64)
     cider = np.asarray(Cider().compute_score(gts, res)[1], dtype=np.float64)
     met = _meteor_scores(gts, res) if meteor else None
+    words = [res[i][0].split() for i in ids]
     return ReportScores(ids, _bleu_counts(gts, res, ids), rouge, cider,
                         None if met is None else np.asarray(met[1], dtype=np.float64),
                         None if met is None else met[0],
-                        clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids]))
+                        clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids]),
+                        np.array([repeats_ngram(w, 3) for w in words], bool).reshape(-1),
+                        np.array([stutters(w, 3) for w in words], bool).reshape(-1))
+
+
+def repeats_ngram(tokens: list, n: int = 3) -> bool:
+    """Does some n-gram occur twice in `tokens`?"""
+    grams = [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def stutters(tokens: list, longest: int = 3) -> bool:
+    """Is some phrase of 1..`longest` tokens immediately followed by itself?"""
+    return any(tokens[i: i + k] == tokens[i + k: i + 2 * k]
+               for k in range(1, longest + 1) for i in range(len(tokens) - 2 * k + 1))
+
+
+class CiderD:
+    """CIDEr-D of hypotheses against one reference each, with document frequencies from `corpus` (token
+    lists, one per reference document). See the module doc."""
+
+    def __init__(self, corpus: list[list[str]], n: int = 4, sigma: float = 6.0):
+        self.n, self.sigma = n, sigma
+        self.document_frequency = Counter(g for tokens in corpus for g in set(self._ngrams(tokens)))
+        self.log_documents = math.log(float(max(len(corpus), 1)))
+
+    def _ngrams(self, tokens: list[str]) -> list[tuple]:
+        return [tuple(tokens[i: i + k]) for k in range(1, self.n + 1) for i in range(len(tokens) - k + 1)]
+
+    def vector(self, tokens: list[str]) -> tuple[list[dict], np.ndarray, int]:
+        """tf-idf weights per n-gram order, their norms, and pycocoevalcap's length (the bigram count)."""
+        vec, norm = [dict() for _ in range(self.n)], np.zeros(self.n)
+        for gram, tf in Counter(self._ngrams(tokens)).items():
+            weight = tf * (self.log_documents - math.log(max(1.0, self.document_frequency.get(gram, 0.0))))
+            vec[len(gram) - 1][gram] = weight
+            norm[len(gram) - 1] += weight * weight
+        return vec, np.sqrt(norm), max(len(tokens) - 1, 0)
+
+    def score(self, hypothesis: list[str], reference) -> float:
+        """`reference`: a token list, or a `vector()` of one (precomputed: the training loop scores each
+        reference many times)."""
+        vec_h, norm_h, len_h = self.vector(hypothesis)
+        vec_r, norm_r, len_r = reference if isinstance(reference, tuple) else self.vector(reference)
+        penalty = math.exp(-((len_h - len_r) ** 2) / (2 * self.sigma ** 2))
+        total = 0.0
+        for k in range(self.n):
+            value = sum(min(w, vec_r[k].get(g, 0.0)) * vec_r[k].get(g, 0.0) for g, w in vec_h[k].items())
+            if norm_h[k] != 0 and norm_r[k] != 0:
+                value /= norm_h[k] * norm_r[k]
+            total += value * penalty
+        return 10.0 * total / self.n
 
 
 def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True) -> dict[str, float]:
@@ -234,6 +303,7 @@ def paired_bootstrap(candidate: ReportScores, baseline: ReportScores, metric: st
         index = rng.integers(0, n, n)
         deltas[s] = candidate.metric(metric, index) - baseline.metric(metric, index)
     alpha = (1.0 - confidence) / 2
-    return {"delta": float(candidate.metric(metric) - baseline.metric(metric)),
+    everything = np.arange(n)  # the same statistic as the resamples' (METEOR: per-report mean, not its corpus score)
+    return {"delta": float(candidate.metric(metric, everything) - baseline.metric(metric, everything)),
             "low": float(np.quantile(deltas, alpha)), "high": float(np.quantile(deltas, 1 - alpha)),
             "p_not_better": float(np.mean(deltas <= 0))}

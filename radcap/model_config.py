@@ -76,6 +76,8 @@ class CaptionerConfig(SavedModelConfig):
     dropout: float
     max_views: int
     decoding: DecodingConfig = DecodingConfig()
+    select_on: Literal["carve", "val"] | None = Field(None, description="Where its selection happened (SplitRules."
+                                                      "select_on); None: saved before this was recorded.")
 
 
 class RetrieverConfig(SavedModelConfig):

@@ -10,7 +10,7 @@ from prefect.logging import get_run_logger
 
 from radcap import registry, tracking
 from radcap.caption_data import CaptionSet, training_sets
-from radcap.caption_training import CaptionTraining, choose_length_penalty, train_captioner, training_key
+from radcap.caption_training import CaptionTraining, choose_length_penalty, self_critical, train_captioner, training_key
 from radcap.catalog import DataCatalog, RunFolder
 from radcap.data_contracts import IMAGES, REPORTS
 from radcap.data_contracts.features import GRID_SIDE
@@ -20,6 +20,7 @@ from radcap.imaging import prepare
 from radcap.io import read_table, write_rejects
 from radcap.reporting import attention_figure, curves_figure, markdown_table
 from radcap.settings import DecoderSettings, DomainSettings, SplitRules
+from radcap.training import EpochRecord
 from radcap.tasks import registry_task, uncached
 from radcap.vocab import Vocabulary
 
@@ -66,8 +67,19 @@ def build_vocabulary(train: CaptionSet, cfg: DecoderSettings) -> Vocabulary:
 
 @uncached
 def fit_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: DecoderSettings, inputs: dict) -> CaptionTraining:
-    extra = {k: inputs[k] for k in ("encoder_version", "encoder_spec", "data_version")}
-    return train_captioner(train, val, vocab, cfg, extra, on_epoch=tracking.epoch_logger(get_run_logger()))
+    extra = {k: inputs[k] for k in ("encoder_version", "encoder_spec", "data_version", "select_on")}
+    log = tracking.epoch_logger(get_run_logger())
+    result = train_captioner(train, val, vocab, cfg, extra, on_epoch=log)
+    offset = len(result.fit.history)  # SCST epochs continue the same curves in MLflow
+    result.self_critical = self_critical(result.bundle, train, val, cfg,
+                                         on_epoch=lambda r: log(EpochRecord(offset + r.epoch, r.metrics, r.seconds)))
+    if result.self_critical:
+        sc = result.self_critical
+        get_run_logger().info("self-critical training %s: selection %s %.4f -> %.4f", "kept" if sc.kept else
+                              "not kept (cross-entropy weights stay)", cfg.selection_metric,
+                              sc.before.get(f"val_{cfg.selection_metric}", float("nan")),
+                              sc.fit.best.metrics.get(f"val_{cfg.selection_metric}", float("nan")))
+    return result
 
 
 @uncached
@@ -118,6 +130,12 @@ def log_and_register(result: CaptionTraining, sets: dict[str, CaptionSet], data_
     tracking.log_figure(curves_figure(fit, {"train_loss": "train", "val_loss": "val"},
                                       {f"val_{m}": m for m in metrics}, "masked cross-entropy",
                                       f"validation (selection: {cfg.selection_metric})"), "loss_curve.png")
+    sc = result.self_critical
+    if sc:
+        tracking.log_figure(curves_figure(sc.fit, {"scst_loss": "policy-gradient loss"},
+                                          {"val_CIDEr": "val CIDEr (greedy)", "train_sample_reward": "sampled reward",
+                                           "train_baseline_reward": f"baseline reward ({cfg.scst_baseline})"}, "self-critical training",
+                                          "reward and validation"), "scst_curve.png")
     val = sets["val"]
     samples = bundle.caption(val.features(slice(0, 8)))
     tracking.log_text(markdown_table(pd.DataFrame({"report_id": val.report_ids[:8], "reference": val.texts[:8],
@@ -125,7 +143,8 @@ def log_and_register(result: CaptionTraining, sets: dict[str, CaptionSet], data_
     if bundle.model.attention:
         tracking.log_figure(_attention_maps(result, val, data_dir), "attention_maps.png")
     tracking.log_dict(bundle.vocab.to_json(), "vocab.json")
-    best = {k: v for k, v in fit.best.metrics.items() if k.startswith("val_")}
+    kept = sc.fit.best if sc and sc.kept else fit.best
+    best = {k: v for k, v in kept.metrics.items() if k.startswith("val_")}
     version = registry.register_captioner(run.captioner, cfg.registered_name,
                                           {**tags, "best_epoch": fit.best_epoch, **{k: f"{v:.4f}" for k, v in best.items()}})
     return {
@@ -134,6 +153,8 @@ def log_and_register(result: CaptionTraining, sets: dict[str, CaptionSet], data_
         "architecture": cfg.architecture,
         "epochs_run": len(fit.history),
         "best_epoch": fit.best_epoch,
+        **({"scst_epochs_run": len(sc.fit.history), "scst_kept": sc.kept,
+            "val_CIDEr_before_scst": round(sc.before.get("val_CIDEr", float("nan")), 4)} if sc else {}),
         "vocabulary": len(bundle.vocab),
         **{k: round(v, 4) for k, v in best.items()},
         "train_examples": len(sets["train"]),

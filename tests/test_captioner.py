@@ -62,7 +62,25 @@ def test_no_repeat_ngram_blocks_repeats():
     logp = np.zeros((1, 1, 6))
     sequences = np.array([[[3, 4, 3]]])
     _block_repeats(logp, sequences, 2, np.zeros((1, 1), bool))
-    assert logp[0, 0, 4] == -np.inf and np.isfinite(logp[0, 0, [0, 1, 2, 3, 5]]).all()
+    # 4 would repeat the bigram (3, 4); 3 would repeat the word just written ("3 3")
+    assert np.isinf(logp[0, 0, [3, 4]]).all() and np.isfinite(logp[0, 0, [0, 1, 2, 5]]).all()
+
+
+def test_no_repeat_ngram_blocks_stutters_that_3gram_blocking_lets_through():
+    """'lobe consolidation lobe consolidation' repeats no 3-gram, yet no report should say it."""
+    from radcap.models.decoding import _block_repeats
+
+    lobe, consolidation, left, upper = 5, 6, 7, 8
+    logp = np.zeros((1, 1, 10))
+    _block_repeats(logp, np.array([[[left, upper, lobe, consolidation, lobe]]]), 3, np.zeros((1, 1), bool))
+    blocked = set(np.flatnonzero(np.isinf(logp[0, 0])))
+    assert blocked == {consolidation, lobe}  # "... lobe consolidation" again, or "lobe lobe"
+    logp = np.zeros((1, 1, 10))
+    _block_repeats(logp, np.array([[[left, upper, lobe, consolidation, lobe]]]), 3, np.ones((1, 1), bool))
+    assert np.isfinite(logp).all()  # a finished beam is left alone
+    logp = np.zeros((1, 1, 10))
+    _block_repeats(logp, np.array([[[left, upper, lobe, consolidation, lobe]]]), 0, np.zeros((1, 1), bool))
+    assert np.isfinite(logp).all()  # 0: no blocking
 
 
 def _trim(ids: np.ndarray) -> list[list[int]]:
@@ -76,7 +94,8 @@ def _trim(ids: np.ndarray) -> list[list[int]]:
 @pytest.mark.slow
 def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     """Train twice through the real flow, once with the val and test reports' texts replaced: the same model
-    (weights, chosen length penalty, guard threshold), since selection happens on a set carved from train."""
+    (weights, chosen length penalty, guard threshold), since selection happens on a set carved from train;
+    self-critical training included (its rewards and its selection read only the train split)."""
     import shutil
 
     import pandas as pd
@@ -101,12 +120,15 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     reports.loc[held_out, "target"] = "something else entirely."
     reports.to_parquet(tmp_path / "b" / "reports.parquet")
     cfg = settings.captioner.model_copy(update={"architecture": "show-tell", "embed_dim": 8, "units": 16, "epochs": 3,
-                                                "min_epochs": 1, "min_count": 1, "beam_width": 2,
+                                                "min_epochs": 1, "min_count": 1, "beam_width": 2, "scst_epochs": 2,
+                                                "scst_samples": 2, "scst_learning_rate": 1e-2,
                                                 "registered_name": "radcap-selection-test"})
-    bundles = []
+    bundles, summaries = [], []
     for name in ("a", "b"):
-        train_flow(tmp_path / name, tmp_path / f"run-{name}", cfg, "random-seed0")
+        summaries.append(train_flow(tmp_path / name, tmp_path / f"run-{name}", cfg, "random-seed0"))
         bundles.append(load_bundle(tmp_path / f"run-{name}" / "captioner"))
+    assert summaries[0]["scst_epochs_run"] == summaries[1]["scst_epochs_run"] >= 1
+    assert summaries[0]["scst_kept"] == summaries[1]["scst_kept"]
     first, second = bundles
     for w1, w2 in zip(first.model.get_weights(), second.model.get_weights()):
         np.testing.assert_array_equal(w1, w2)

@@ -93,12 +93,14 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     data_dir = featured_data
     env = {"RADCAP_CAPTIONER__UNITS": "32", "RADCAP_CAPTIONER__EMBED_DIM": "16", "RADCAP_CAPTIONER__ATTENTION_UNITS": "16",
            "RADCAP_CAPTIONER__MIN_COUNT": "1", "RADCAP_CAPTIONER__BATCH_SIZE": "4"}
-    done = run_cli("--json", "train", "--data", str(data_dir), "--architecture", "show-attend-tell", "--epochs", "2", env=env)
+    done = run_cli("--json", "train", "--data", str(data_dir), "--architecture", "show-attend-tell", "--epochs", "2",
+                   "--scst-epochs", "1", "--seed", "3", env={**env, "RADCAP_CAPTIONER__SCST_SAMPLES": "2"})
     assert done.returncode in (0, 1), done.stderr[-3000:]
     trained = json.loads(done.stdout.strip().splitlines()[-1])
+    assert trained["scst_epochs_run"] == 1 and isinstance(trained["scst_kept"], bool)
     bundle_dir = data_dir / "captioner-show-attend-tell" / "captioner"
     config = json.loads((bundle_dir / "config.json").read_text())
-    assert config["architecture"] == "show-attend-tell" and config["encoder_version"]
+    assert config["architecture"] == "show-attend-tell" and config["encoder_version"] and config["select_on"] == "carve"
     assert json.loads((bundle_dir / "vocab.json").read_text())["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
 
     done = run_cli("evaluate", "--data", str(data_dir), "--model", "models:/no-such-model/1", "--split", "val")
@@ -117,7 +119,20 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     assert len(systems) == 4 and all(isinstance(s["METEOR"], float) for s in systems.values())
     assert "Cardiomegaly" in next(iter(systems.values()))["per_finding"]
     captions = pd.read_csv(data_dir / "evaluation-val" / "captions.csv")
-    assert len(captions) == metrics["reports"] and "## Caption and clinical metrics" in (data_dir / "evaluation-val" / "report.md").read_text()
+    report = (data_dir / "evaluation-val" / "report.md").read_text()
+    assert len(captions) == metrics["reports"] and "## Caption and clinical metrics" in report
+    assert "split `val` was never read in training" in report and "## Against the best baseline" in report
+    # Each headline metric is compared with the baseline that is best on it, with an interval around the difference.
+    comparisons = {row["metric"]: row for row in metrics["against_best_baseline"]}
+    assert set(comparisons) == {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "clinical_micro_f1"}
+    model_label = next(label for label in systems if label.startswith("model"))
+    for metric, row in comparisons.items():
+        baselines = {label: s[metric] for label, s in systems.items() if label != model_label}
+        assert row["baseline"] == max(baselines.values()) and baselines[row["best_baseline"]] == row["baseline"]
+        if metric != "METEOR":  # METEOR's difference is over per-report scores (radcap.metrics.paired_bootstrap)
+            assert abs(row["difference"] - (systems[model_label][metric] - row["baseline"])) < 1e-9
+        assert row["low"] <= row["high"] and 0 <= row["p_not_better"] <= 1
+    assert all(0 <= s["repetition_rate"] <= 1 for s in systems.values())
 
     # The registered pyfunc model captions image files and agrees with the saved bundle.
     from radcap.captioner_bundle import load_bundle

@@ -79,6 +79,20 @@ def test_paired_bootstrap_sees_a_real_gain_and_no_gain():
         paired_bootstrap(good, score_reports({"x": "a"}, {"x": "a"}, meteor=False), "CIDEr")
 
 
+def test_bootstrap_interval_brackets_the_difference_it_is_for_meteor_too():
+    """METEOR's corpus score is not the mean of its per-report scores; the bootstrap's difference and interval
+    are both over per-report scores, so the interval is around the difference it reports."""
+    refs = {str(i): f"{['left', 'right'][i % 2]} lower lobe {['opacity', 'effusion', 'mass'][i % 3]} number {i % 5}"
+            for i in range(40)}
+    hyps_a = {k: " ".join(v.split()[:3]) for k, v in refs.items()}
+    hyps_b = {k: "no acute disease of the " + v.split()[0] + " lung" for k, v in refs.items()}
+    a, b = score_reports(refs, hyps_a), score_reports(refs, hyps_b)
+    for metric in ("METEOR", "CIDEr", "BLEU-2"):
+        gain = paired_bootstrap(a, b, metric, samples=300)
+        assert gain["low"] <= gain["delta"] <= gain["high"], (metric, gain)
+    assert paired_bootstrap(a, b, "METEOR", samples=50)["delta"] == pytest.approx(a.meteor.mean() - b.meteor.mean())
+
+
 def test_meteor_is_skipped_with_a_reason_when_no_java(monkeypatch, caplog):
     import radcap.metrics as metrics
 

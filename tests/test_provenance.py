@@ -85,7 +85,8 @@ def test_greedy_decoding_honours_no_repeat_ngram():
     tokens = blocked[0].tolist()
     tokens = tokens[: tokens.index(2)] if 2 in tokens else tokens
     pairs = list(zip(tokens, tokens[1:]))
-    assert len(pairs) == len(set(pairs)) and tokens[:3] == [4, 4, 5]  # no bigram twice
+    assert len(pairs) == len(set(pairs)) and tokens[:3] == [4, 5, 4]  # no bigram twice, no word twice in a row
+    assert all(a != b for a, b in pairs)
     beam = decoder.beam(features, width=1, no_repeat_ngram=2)
     np.testing.assert_array_equal(beam[0][: blocked.shape[1]], blocked[0][: beam.shape[1]])
 

@@ -1,0 +1,139 @@
+"""Self-critical training's parts: the CIDEr-D reward, sampling, the policy-gradient step, the keep-or-restore
+rule; and the repetition measures reported beside the metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from radcap.metrics import CiderD, repeats_ngram, score_reports, stutters
+
+REPORTS = [
+    "no acute cardiopulmonary abnormality.", "left lower lobe consolidation.", "right pleural effusion.",
+    "heart size is normal. lungs are clear.", "mild cardiomegaly without edema.", "no pneumothorax.",
+    "right upper lobe mass concerning for malignancy.", "left pleural effusion with atelectasis.",
+    "clear lungs. no effusion.", "stable postoperative changes of the chest.",
+]
+
+
+def test_cider_d_with_corpus_frequencies_is_pycocoevalcaps_cider_on_that_corpus():
+    from radcap.metrics import _prepare
+
+    hypotheses = REPORTS[3:] + REPORTS[:3]
+    ids = [f"{i:02d}" for i in range(len(REPORTS))]
+    expected = score_reports(dict(zip(ids, REPORTS)), dict(zip(ids, hypotheses)), meteor=False).cider
+    tokens = lambda texts: [t.split() for t in _prepare({"x": texts})["x"]]  # noqa: E731
+    cider = CiderD(tokens(REPORTS))
+    got = [cider.score(h, r) for h, r in zip(tokens(hypotheses), tokens(REPORTS))]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    assert cider.score(tokens(REPORTS[:1])[0], cider.vector(tokens(REPORTS[:1])[0])) == pytest.approx(
+        cider.score(tokens(REPORTS[:1])[0], tokens(REPORTS[:1])[0]))
+    # fixed frequencies: a batch of one is scored as it is within the corpus (pycocoevalcap's would not be)
+    assert cider.score(tokens(hypotheses[:1])[0], tokens(REPORTS[:1])[0]) == pytest.approx(expected[0])
+
+
+def test_repetition_measures():
+    assert repeats_ngram("a b c d a b c".split(), 3) and not repeats_ngram("a b c d a b".split(), 3)
+    assert stutters("left lobe consolidation lobe consolidation".split())
+    assert stutters("no no effusion".split()) and not stutters("no effusion . no pneumothorax".split())
+    assert not repeats_ngram("lobe consolidation lobe consolidation".split(), 3)  # why stutters exist
+    ids = ["1", "2", "3", "4"]
+    hypotheses = ["left lobe consolidation lobe consolidation.", "a b c a b c.", "no effusion.", "clear lungs."]
+    scores = score_reports(dict(zip(ids, ["no effusion."] * 4)), dict(zip(ids, hypotheses)), meteor=False)
+    assert scores.metric("repetition_rate") == 0.25 and scores.metric("stutter_rate") == 0.5
+    assert scores.summary()["repetition_rate"] == 0.25
+    assert scores.metric("repetition_rate", np.array([1, 1])) == 1.0
+
+
+def _tiny_model(vocab_size: int = 6, seed: int = 0):
+    import keras
+
+    from radcap.models.captioner import ShowAndTell
+
+    keras.utils.set_random_seed(seed)
+    model = ShowAndTell(vocab_size, max_views=1, feature_dim=1024, embed_dim=8, units=16, dropout=0.0)
+    features = {"pooled": np.random.default_rng(seed).random((4, 1, 1024)).astype(np.float32),
+                "view_mask": np.ones((4, 1), np.float32)}
+    model.teacher_forced(features, np.ones((4, 2), np.int32))
+    return model, features
+
+
+def _sequence_logp(model, features, tokens, banned):
+    import tensorflow as tf
+
+    logits, _ = model.teacher_forced(features, tokens[:, :-1])
+    penalty = np.array([-1e9 if i in banned else 0.0 for i in range(model.vocab_size)], np.float32)
+    logp = tf.nn.log_softmax(logits + penalty).numpy()
+    targets = tokens[:, 1:]
+    taken = np.take_along_axis(logp, targets[..., None], axis=2)[..., 0]
+    return (taken * (targets != 0)).sum(axis=1)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_scst_step_moves_a_sampled_caption_by_the_sign_of_its_advantage(sign):
+    import keras
+    import tensorflow as tf
+
+    from radcap.models.captioner import make_scst_step
+
+    model, features = _tiny_model()
+    banned = (0, 1, 3)
+    tokens = np.array([[1, 4, 5, 2, 0]] * 4, np.int32)  # <start> 4 5 <end> <pad>
+    before = _sequence_logp(model, features, tokens, banned)
+    step = make_scst_step(model, keras.optimizers.SGD(0.1), banned)
+    step({k: tf.constant(v) for k, v in features.items()}, tf.constant(tokens), tf.constant([sign] * 4, tf.float32))
+    after = _sequence_logp(model, features, tokens, banned)
+    assert (np.sign(after - before) == sign).all()
+    zero = make_scst_step(model, keras.optimizers.SGD(0.1), banned)
+    weights = [w.copy() for w in model.get_weights()]
+    zero({k: tf.constant(v) for k, v in features.items()}, tf.constant(tokens), tf.constant([0.0] * 4, tf.float32))
+    for a, b in zip(weights, model.get_weights()):  # no advantage, no change
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sampling_follows_the_model_and_never_writes_banned_tokens():
+    from radcap.models.decoding import Decoder
+
+    model, features = _tiny_model()
+    # word 4 with probability e^2/(e^2+e^1+1) at every step, then 5, then <end> (2); 0, 1, 3 banned
+    model.logits.set_weights([np.zeros_like(model.logits.get_weights()[0]), np.array([9.0, 9.0, 0.0, 9.0, 2.0, 1.0])])
+    decoder = Decoder(model, start_id=1, end_id=2, max_length=8, banned=(3,))
+    ids = decoder.sample(features, np.random.default_rng(0), samples=500)
+    assert ids.shape[0] == 4 * 500 and not np.isin(ids, [1, 3]).any()
+    first = ids[:, 0]
+    p = np.exp([2.0, 1.0, 0.0]) / np.exp([2.0, 1.0, 0.0]).sum()
+    np.testing.assert_allclose([np.mean(first == 4), np.mean(first == 5), np.mean(first == 2)], p, atol=0.03)
+    for row in ids:  # pad, and only pad, after <end>
+        ends = np.flatnonzero(row == 2)
+        if len(ends):
+            assert (row[ends[0] + 1:] == 0).all()
+        assert (row[: ends[0] if len(ends) else len(row)] != 0).all()
+    again = decoder.sample(features, np.random.default_rng(0), samples=500)
+    np.testing.assert_array_equal(ids, again)  # the generator decides
+
+
+def test_self_critical_keeps_the_cross_entropy_weights_unless_the_selection_set_improves():
+    """With a learning rate of 0 SCST cannot beat cross-entropy on the selection set: the weights are the
+    cross-entropy ones, bit for bit, and the result says so."""
+    from radcap.caption_data import CaptionSet
+    from radcap.caption_training import self_critical, train_captioner
+    from radcap.settings import DecoderSettings
+    from radcap.vocab import Vocabulary
+
+    rng = np.random.default_rng(0)
+    texts = [REPORTS[i % len(REPORTS)] for i in range(24)]
+    data = CaptionSet([str(i) for i in range(24)], texts, rng.random((24, 2, 1024), np.float32),
+                      np.ones((24, 2), np.float32))
+    cfg = DecoderSettings(architecture="show-tell", embed_dim=8, units=16, epochs=1, min_epochs=1, min_count=1,
+                          batch_size=8, scst_epochs=2, scst_samples=2, scst_learning_rate=0.0)
+    vocab = Vocabulary.build(texts, 1, 16)
+    trained = train_captioner(data, data, vocab, cfg, {"encoder_version": "test"})
+    weights = [w.copy() for w in trained.bundle.model.get_weights()]
+    result = self_critical(trained.bundle, data, data, cfg)
+    assert not result.kept and len(result.fit.history) == 2
+    assert {"scst_loss", "train_sample_reward", "train_baseline_reward", "val_CIDEr"} <= set(result.fit.history[0].metrics)
+    for a, b in zip(weights, trained.bundle.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_epochs": 0})) is None
+    greedy = self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_baseline": "greedy", "scst_epochs": 1}))
+    assert not greedy.kept and greedy.fit.history[0]["train_baseline_reward"] >= 0
