@@ -153,7 +153,7 @@ def make_train_step(model: Captioner, optimizer, clip_norm: float = 5.0):
 
 def make_scst_step(model: Captioner, optimizer, banned: tuple[int, ...], clip_norm: float = 5.0):
     """Self-critical policy gradient (Rennie et al. 2017): tokens (N,T) are sampled captions with <start> first,
-    advantages (N,) their reward minus the greedy caption's. Loss: -advantage x log-probability of each sampled
+    advantages (N,) their reward minus a baseline's. Loss: -advantage x log-probability of each sampled
     token (pad excluded), averaged over tokens; banned ids are masked as when sampling. Dropout stays off, as
     it was when the captions were sampled, so the gradient is that of the sampling distribution."""
     penalty = tf.constant([-1e9 if i in banned else 0.0 for i in range(model.vocab_size)], tf.float32)

@@ -17,7 +17,7 @@ from radcap.metrics import CiderD, caption_metrics, clinical_counts
 from radcap.model_config import CaptionerConfig
 from radcap.settings import DecoderSettings
 from radcap.training import EarlyStopping, EpochRecord, FitResult, fit
-from radcap.vocab import START, UNK, Vocabulary, tokenize
+from radcap.vocab import START, Vocabulary, tokenize
 
 
 @dataclass
@@ -93,9 +93,9 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
     """Self-critical sequence training (Rennie et al. 2017) of a cross-entropy-trained bundle, in place: per
     batch of studies, `scst_samples` sampled captions each are rewarded by CIDEr-D against the study's report
     (document frequencies of the training reports; plus `scst_clinical_weight` x clinical agreement), minus a
-    baseline: the greedy caption's reward (Rennie et al.) or the mean of the study's other samples' rewards
-    (Luo 2020; `scst_baseline`, see the setting for why it is the default); epochs select on the selection set's greedy CIDEr like cross-entropy does,
-    and the cross-entropy weights stay when no SCST epoch beats them there. None when `scst_epochs` is 0."""
+    baseline: the mean of the study's other samples' rewards (Luo 2020, the default; see `scst_baseline`) or
+    the greedy caption's (Rennie et al.). Epochs select on the selection set's greedy CIDEr as cross-entropy
+    does, and the cross-entropy weights stay when no SCST epoch beats them there. None when `scst_epochs` is 0."""
     if not cfg.scst_epochs:
         return None
     import keras
@@ -106,8 +106,9 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
 
     model, vocab, decoder = bundle.model, bundle.vocab, bundle.decoder
     keras.utils.set_random_seed(cfg.seed + 1)
-    banned = (0, vocab.index[START], vocab.index[UNK])
-    step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), banned, cfg.clip_norm)
+    # the decoder's banned ids (pad, <start>, <unk>): the step masks exactly what sampling excluded
+    step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), tuple(decoder.banned.tolist()),
+                          cfg.clip_norm)
     references = [tokenize(t) for t in train.texts]
     cider = CiderD(references)
     reference_vectors = [cider.vector(r) for r in references]
@@ -136,8 +137,9 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
         start, order, losses, sampled, baselines = time.perf_counter(), rng.permutation(len(train)), [], [], []
         for i in tqdm(range(0, len(order) - bs + 1, bs), desc=f"scst {epoch}", unit="batch", leave=False):
             index = np.sort(order[i: i + bs])
-            features = bundle._inputs(train.features(index), slice(None))
-            samples = decoder.sample(features, rng, k)
+            features = bundle.model_inputs(train.features(index), slice(None))
+            repeated = {key: np.repeat(v, k, axis=0) for key, v in features.items()}  # study b at rows b*k..
+            samples = decoder.sample(repeated, rng)
             reward = rewards(samples, index, k)
             if cfg.scst_baseline == "greedy":
                 greedy, _ = decoder.greedy(features, cfg.no_repeat_ngram)
@@ -146,8 +148,8 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
                 per_study = reward.reshape(-1, k)
                 baseline = ((per_study.sum(axis=1, keepdims=True) - per_study) / (k - 1)).ravel()
             advantages = reward - baseline
-            repeated = {key: tf.constant(np.repeat(v, k, axis=0)) for key, v in features.items()}
-            losses.append(float(step(repeated, tf.constant(with_start(samples)), tf.constant(advantages, tf.float32))))
+            losses.append(float(step({key: tf.constant(v) for key, v in repeated.items()}, tf.constant(with_start(samples)),
+                                     tf.constant(advantages, tf.float32))))
             sampled.append(reward.mean())
             baselines.append(baseline.mean())
         scores = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}

@@ -48,7 +48,7 @@ class CaptionerBundle:
         decoder, out = self.decoder, []
         n = len(features["view_mask"])
         for i in range(0, n, batch_size):
-            part = self._inputs(features, slice(i, i + batch_size))
+            part = self.model_inputs(features, slice(i, i + batch_size))
             if beam_width <= 1:
                 ids, _ = decoder.greedy(part, no_repeat_ngram)
             else:
@@ -56,7 +56,8 @@ class CaptionerBundle:
             out.extend(ids)
         return out
 
-    def _inputs(self, features: dict, rows: slice) -> dict:
+    def model_inputs(self, features: dict, rows: slice) -> dict:
+        """The arrays the network reads for `rows`: grids as float32 (stored as float16), none without attention."""
         return {k: (v[rows].astype(np.float32) if k == "grid" else v[rows])
                 for k, v in features.items() if k != "grid" or self.model.attention}
 
@@ -83,7 +84,7 @@ class CaptionerBundle:
             weights = None
             if self.model.attention and words:
                 steps = np.asarray(ids[: len(words)])[None, :]
-                flat = self.decoder.attention_of(self._inputs(features, slice(i, i + 1)), steps)[0]
+                flat = self.decoder.attention_of(self.model_inputs(features, slice(i, i + 1)), steps)[0]
                 weights = flat.reshape(len(words), self.config.max_views, -1)
             out.append(Explanation(self.vocab.decode(ids), words, weights))
         return out

@@ -156,7 +156,7 @@ class DecoderSettings(BaseModel):
     no_repeat_ngram: int = Field(3, description="Decoding never repeats an n-gram of this size, nor immediately "
                                  "repeats a phrase shorter than it (0: no blocking).")
     scst_epochs: int = Field(0, ge=0, description="Self-critical fine-tuning after cross-entropy (0: none): "
-                             "REINFORCE with the greedy caption as baseline and CIDEr-D as reward; the selection "
+                             "REINFORCE with CIDEr-D as reward (`scst_baseline`); the selection "
                              "set decides whether its weights replace the cross-entropy ones.")
     scst_samples: int = Field(5, ge=2, description="Captions sampled per study in each SCST step.")
     scst_baseline: Literal["samples", "greedy"] = Field(
