@@ -8,6 +8,8 @@ Target (issue 3): the trained encoder at least +10 points accuracy on MedPix loc
 
     .venv/bin/python benchmarks/encoder_probe.py --epochs 16 --image-size 160   # ~60 min on 2 CPU cores
     .venv/bin/python benchmarks/encoder_probe.py --encoder models:/radcap-encoder/3   # reuse a trained one
+    .venv/bin/python benchmarks/encoder_probe.py --work out/bench/ood \
+        --encoder models:/radcap-encoder-oodbench/2 --encoder models:/radcap-encoder-qualitybench/1   # compare
 """
 
 from __future__ import annotations
@@ -96,7 +98,8 @@ def probe(frame: pd.DataFrame, label: str, train: str, test: str, min_count: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "encoder_probe")
-    parser.add_argument("--encoder", help="a trained encoder URI; default: pretrain one now")
+    parser.add_argument("--encoder", action="append", help="a trained encoder URI (repeatable: each is probed); "
+                        "default: pretrain one now")
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--random-seed", type=int, default=0)
@@ -108,14 +111,15 @@ def main() -> None:
         cli("ingest", "--format", "medpix2", "--source", str(DATA / "medpix2"), "--images", str(DATA / "medpix2" / "images"), "--out", str(medpix))
     if not (covid / "ingest.json").exists():
         cli("ingest", "--format", "manifest", "--source", str(covid_manifest(args.work / "covid_manifest.csv")), "--out", str(covid))
-    encoder = args.encoder
-    if encoder is None:
+    encoders = args.encoder or []
+    if not encoders:
         run = args.work / "encoder"
         cli("pretrain-encoder", "--data", str(medpix), "--data", str(covid), "--out", str(run),
             "--epochs", str(args.epochs), "--image-size", str(args.image_size))
-        encoder = json.loads((run / "pretrain.json").read_text())["registered"]
+        encoders = [json.loads((run / "pretrain.json").read_text())["registered"]]
     versions = {}
-    for name, spec in (("trained", encoder), ("random", f"random:{args.random_seed}")):
+    named = [(f"trained {i + 1}" if len(encoders) > 1 else "trained", e) for i, e in enumerate(encoders)]
+    for name, spec in (*named, ("random", f"random:{args.random_seed}")):
         for data_dir in (medpix, covid):
             cli("features", "--data", str(data_dir), "--encoder", spec)
         versions[name] = json.loads((medpix / "features" / "features.json").read_text())["encoder_version"]
@@ -141,12 +145,14 @@ def main() -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     out = args.work / "probe_results.json"
     out.write_text(json.dumps(rows, indent=2))
-    trained = table[table["encoder"].str.startswith("trained")].set_index("task")["accuracy"]
     random = table[table["encoder"].str.startswith("random")].set_index("task")["accuracy"]
-    gain = 100 * (trained - random)
-    print("\naccuracy gain of the trained encoder (points):")
-    print(gain.round(1).to_string())
-    print(f"\ntarget: >= +10 points on MedPix location category -> {gain['MedPix location category']:+.1f}")
+    for name, version in versions.items():
+        if name == "random":
+            continue
+        gain = 100 * (table[table["encoder"] == f"{name} ({version})"].set_index("task")["accuracy"] - random)
+        print(f"\naccuracy gain of {version} over random init (points):")
+        print(gain.round(1).to_string())
+        print(f"target: >= +10 points on MedPix location category -> {gain['MedPix location category']:+.1f}")
     print(f"results: {out}")
 
 

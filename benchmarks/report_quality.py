@@ -51,6 +51,18 @@ def spread(values: list[float]) -> str:
     return f"{np.mean(values):.4f} [{min(values):.4f}, {max(values):.4f}]" if values else "n/a"
 
 
+def setting(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    if value in ("True", "False"):
+        return key, value == "True"
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -61,6 +73,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--scst-epochs", type=int, default=8)
     parser.add_argument("--scst-clinical-weight", type=float, default=0.0)
+    parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other captioner setting (e.g. scst_top_k=5), chosen on the carve (scst_variants.py)")
     parser.add_argument("--retriever", help="a retriever run folder or models:/ URI: its top-1 report is a baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "report_quality.json")
     args = parser.parse_args()
@@ -80,7 +94,8 @@ def main() -> None:
     retrieval = None
     cfg = settings.captioner.model_copy(update={"architecture": args.architecture, "epochs": args.epochs,
                                                 "scst_epochs": args.scst_epochs,
-                                                "scst_clinical_weight": args.scst_clinical_weight})
+                                                "scst_clinical_weight": args.scst_clinical_weight,
+                                                **dict(map(setting, args.setting))})
     grid = args.architecture == "show-attend-tell"
     sets = training_sets(args.data, args.encoder_version, rules, cfg.max_views, grid)
     evaluated = load_caption_sets(args.data, args.encoder_version, (args.split,), cfg.max_views, grid)[args.split]
@@ -111,7 +126,7 @@ def main() -> None:
         record = {"seed": seed, "xe": row(xe), "xe_epochs": len(trained.fit.history), "xe_best_epoch": trained.fit.best_epoch,
                   "xe_length_penalty": trained.bundle.config.decoding.length_penalty, "xe_seconds": round(xe_seconds, 1)}
         print(f"seed {seed} cross-entropy: {json.dumps(record['xe'])}", flush=True)
-        trained.bundle.save(args.out.parent / f"report_quality-seed{seed}-xe")  # for SCST experiments without retraining
+        trained.bundle.save(args.out.with_name(f"{args.out.stem}-seed{seed}-xe"))  # for SCST experiments without retraining
         if args.scst_epochs:
             start = time.perf_counter()
             sc = self_critical(trained.bundle, sets["train"], sets["val"], seed_cfg,

@@ -35,6 +35,7 @@ LABELLED_IMAGES = Contract(
         Column("image_id", pa.string(), nullable=False),
         Column("path", pa.string(), nullable=False),
         Column("split", pa.string(), nullable=False, isin=("train", "val", "test", "unassigned")),
+        Column("group_id", pa.string(), nullable=False),
         Column("labels", pa.list_(pa.string()), nullable=False),
         Column("namespaces", pa.list_(pa.string()), nullable=False),
     ),

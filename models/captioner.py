@@ -151,22 +151,29 @@ def make_train_step(model: Captioner, optimizer, clip_norm: float = 5.0):
     return train_step
 
 
-def make_scst_step(model: Captioner, optimizer, banned: tuple[int, ...], clip_norm: float = 5.0):
+def make_scst_step(model: Captioner, optimizer, banned: tuple[int, ...], clip_norm: float = 5.0,
+                   xe_weight: float = 0.0, dropout: bool = False):
     """Self-critical policy gradient (Rennie et al. 2017): tokens (N,T) are sampled captions with <start> first,
     advantages (N,) their reward minus a baseline's. Loss: -advantage x log-probability of each sampled
-    token (pad excluded), averaged over tokens; banned ids are masked as when sampling. Dropout stays off, as
-    it was when the captions were sampled, so the gradient is that of the sampling distribution."""
+    token (pad excluded), averaged over tokens; banned ids are masked as when sampling. Plus `xe_weight` x the
+    teacher-forced cross-entropy of the studies' own reports `truth` (B,T) (a mixed objective, Paulus et al.
+    2018: it keeps the language of the reports while the reward moves the choice of words). Dropout is off by
+    default, as it was when the captions were sampled, so the gradient is that of the sampling distribution;
+    `dropout` turns it on in the step (a regularized surrogate, as most SCST code trains)."""
     penalty = tf.constant([-1e9 if i in banned else 0.0 for i in range(model.vocab_size)], tf.float32)
 
     @tf.function(reduce_retracing=True)
-    def scst_step(features, tokens, advantages):
+    def scst_step(features, tokens, advantages, study_features=None, truth=None):
         with tf.GradientTape() as tape:
-            logits, _ = model.teacher_forced(features, tokens[:, :-1], training=False)
+            logits, _ = model.teacher_forced(features, tokens[:, :-1], training=dropout)
             logp = tf.nn.log_softmax(logits + penalty, axis=-1)
             targets = tokens[:, 1:]
             taken = tf.gather(logp, targets, batch_dims=2)
             mask = tf.cast(targets != 0, tf.float32)
             loss = -tf.reduce_sum(advantages[:, None] * taken * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+            if xe_weight and truth is not None:
+                truth_logits, _ = model.teacher_forced(study_features, truth[:, :-1], training=dropout)
+                loss += xe_weight * masked_loss(truth[:, 1:], truth_logits)
         grads = tape.gradient(loss, model.trainable_variables)
         grads, _ = tf.clip_by_global_norm(grads, clip_norm)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))

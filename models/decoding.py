@@ -40,11 +40,11 @@ class Decoder:
                 break
         return np.stack(out, 1), (np.stack(attention, 1) if attention else None)
 
-    def sample(self, features: dict, rng: np.random.Generator, samples: int = 1) -> np.ndarray:
-        """`samples` captions per study drawn from the model's distribution (temperature 1, banned ids excluded),
-        study b's at rows b*samples..: ids (B*samples, T) without <start>, ending at <end> then pad 0. What
-        self-critical training explores with; nothing is blocked, so the log-probabilities it trains on are the
-        ones it sampled from."""
+    def sample(self, features: dict, rng: np.random.Generator, samples: int = 1, top_k: int = 0) -> np.ndarray:
+        """`samples` captions per study drawn from the model's distribution (temperature 1, banned ids excluded;
+        `top_k` > 0: from its k most probable words only), study b's at rows b*samples..: ids (B*samples, T)
+        without <start>, ending at <end> then pad 0. What self-critical training explores with; no n-gram is
+        blocked, so the captions are ones the model itself proposes."""
         features = {k: np.repeat(np.asarray(v), samples, axis=0) for k, v in features.items()}
         state = self._start(features)
         rows = len(features["view_mask"])
@@ -55,6 +55,9 @@ class Decoder:
             logits, state, _ = self._step(tf.constant(tokens), state)
             logits = logits.numpy().astype(np.float64)
             logits[:, self.banned] = -np.inf
+            if 0 < top_k < logits.shape[1]:
+                kth = np.partition(logits, -top_k, axis=1)[:, -top_k, None]
+                logits[logits < kth] = -np.inf
             gumbel = -np.log(-np.log(rng.uniform(1e-12, 1.0, logits.shape)))  # Gumbel-max: one categorical draw
             tokens = np.where(done, 0, (logits + gumbel).argmax(-1)).astype(np.int32)
             out.append(tokens)

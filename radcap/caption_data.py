@@ -7,7 +7,6 @@ whose images have no stored features for the chosen encoder are listed as reject
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from radcap.data_contracts.features import GRID_CELLS
 from radcap.errors import RadcapError
 from radcap.features import FeatureStore, current_sha256
 from radcap.io import read_table
+from radcap.splits import in_selection_carve
 from radcap.vocab import Vocabulary
 
 VIEW_ORDER = {"frontal": 0, "lateral": 1, "unknown": 2}
@@ -150,12 +150,6 @@ def load_caption_sets(data_dir: Path, encoder_version: str, splits: tuple[str, .
     return sets
 
 
-def selection_group(group_id: str, rules) -> bool:
-    """True when a train group (patient, case) is in the carved selection set (`SplitRules.select_*`)."""
-    digest = hashlib.sha256(f"{rules.select_salt}:{group_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < rules.select_fraction
-
-
 def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, grid: bool = False,
                   min_size: int = 1) -> dict[str, CaptionSet]:
     """{'train': what the model fits, 'val': what every choice is made on}. With `rules.select_on == "carve"`
@@ -166,7 +160,7 @@ def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, g
     train = load_caption_sets(data_dir, encoder_version, ("train",), max_views, grid)["train"]
     reports = read_table(DataCatalog(data_dir).reports, REPORTS)
     group = dict(zip(reports["report_id"], reports["group_id"]))
-    chosen = [rid for rid in train.report_ids if selection_group(group[rid], rules)]
+    chosen = [rid for rid in train.report_ids if in_selection_carve(group[rid], rules)]
     selected = set(chosen)
     kept = [rid for rid in train.report_ids if rid not in selected]
     sets = {"train": train.subset(kept), "val": train.subset(chosen)}

@@ -108,7 +108,8 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
     keras.utils.set_random_seed(cfg.seed + 1)
     # the decoder's banned ids (pad, <start>, <unk>): the step masks exactly what sampling excluded
     step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), tuple(decoder.banned.tolist()),
-                          cfg.clip_norm)
+                          cfg.clip_norm, cfg.scst_xe_weight, cfg.scst_dropout)
+    truth = token_matrix(train, vocab)
     references = [tokenize(t) for t in train.texts]
     cider = CiderD(references)
     reference_vectors = [cider.vector(r) for r in references]
@@ -139,7 +140,7 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
             index = np.sort(order[i: i + bs])
             features = bundle.model_inputs(train.features(index), slice(None))
             repeated = {key: np.repeat(v, k, axis=0) for key, v in features.items()}  # study b at rows b*k..
-            samples = decoder.sample(repeated, rng)
+            samples = decoder.sample(repeated, rng, top_k=cfg.scst_top_k)
             reward = rewards(samples, index, k)
             if cfg.scst_baseline == "greedy":
                 greedy, _ = decoder.greedy(features, cfg.no_repeat_ngram)
@@ -149,7 +150,8 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
                 baseline = ((per_study.sum(axis=1, keepdims=True) - per_study) / (k - 1)).ravel()
             advantages = reward - baseline
             losses.append(float(step({key: tf.constant(v) for key, v in repeated.items()}, tf.constant(with_start(samples)),
-                                     tf.constant(advantages, tf.float32))))
+                                     tf.constant(advantages, tf.float32),
+                                     {key: tf.constant(v) for key, v in features.items()}, tf.constant(truth[index]))))
             sampled.append(reward.mean())
             baselines.append(baseline.mean())
         scores = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}

@@ -224,6 +224,16 @@ def check_precision_command(
     raise typer.Exit(EXIT_OK if summary["passed"] else EXIT_REJECTS)
 
 
+class SelectOn(str, Enum):
+    carve = "carve"
+    val = "val"
+
+
+SELECT_ON_HELP = ("Where early stopping (and for `train` the length penalty and the guard threshold) is chosen: carve "
+                  "(a fixed 10% of the train split's groups, the default: val and test stay untouched and can be "
+                  "reported) or val.")
+
+
 @app.command("pretrain-encoder")
 def pretrain_encoder(
     data: Annotated[list[Path], typer.Option(help="Data directory written by `radcap ingest` (repeatable).")],
@@ -231,6 +241,7 @@ def pretrain_encoder(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default from settings).")] = None,
     image_size: Annotated[Optional[int], typer.Option(min=32, help="Training resolution (default from settings).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
+    select_on: Annotated[Optional[SelectOn], typer.Option(help=SELECT_ON_HELP)] = None,
 ) -> None:
     """Train the CheXNet encoder on labels derived from the data (MeSH, MedPix metadata, manifest labels),
     log it to MLflow and register it as `radcap-encoder`."""
@@ -241,18 +252,14 @@ def pretrain_encoder(
     cfg = _with_overrides(get_settings().encoder, epochs=epochs, pretrain_size=image_size, pretrain_batch_size=batch_size)
     out = out or DataCatalog(data[0]).encoder_run
     hide_user_error_tracebacks()
-    summary = pretrain_encoder_flow(list(data), out, cfg)
+    rules = _with_overrides(get_settings().split, select_on=select_on.value if select_on else None)
+    summary = pretrain_encoder_flow(list(data), out, cfg, rules)
     _finish("pretrain-encoder", summary, "images", RunFolder(out).rejects)
 
 
 class Architecture(str, Enum):
     show_tell = "show-tell"
     show_attend_tell = "show-attend-tell"
-
-
-class SelectOn(str, Enum):
-    carve = "carve"
-    val = "val"
 
 
 @app.command()
@@ -264,7 +271,7 @@ def train(
     encoder_version: Annotated[Optional[str], typer.Option(help="Feature-store encoder version (default: last extracted).")] = None,
     scst_epochs: Annotated[Optional[int], typer.Option(min=0, help="Self-critical (CIDEr-D) fine-tuning epochs after cross-entropy (default from settings: 0).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed of initialization, batches and sampling.")] = None,
-    select_on: Annotated[Optional[SelectOn], typer.Option(help="Where early stopping, the length penalty and the guard threshold are chosen: carve (a fixed 10% of the train split's groups, the default: val and test stay untouched and can be reported) or val.")] = None,
+    select_on: Annotated[Optional[SelectOn], typer.Option(help=SELECT_ON_HELP)] = None,
 ) -> None:
     """Train a report decoder (teacher forcing, early stopping on the selection set, optionally self-critical
     fine-tuning), log it to MLflow and register it as `radcap-captioner`."""

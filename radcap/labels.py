@@ -97,7 +97,8 @@ def labelled_images(images: pd.DataFrame, reports: pd.DataFrame) -> pd.DataFrame
     for image in images.to_dict("records"):
         if not _present(image.get("path")):
             continue
-        labels = image_labels(image, report_of.get(image["report_id"]))
+        report = report_of.get(image["report_id"])
+        labels = image_labels(image, report)
         namespaces = sorted({label.split(":", 1)[0] for label in labels})
         if namespaces:
             rows.append(
@@ -105,11 +106,12 @@ def labelled_images(images: pd.DataFrame, reports: pd.DataFrame) -> pd.DataFrame
                     "image_id": image["image_id"],
                     "path": image["path"],
                     "split": image["split"],
+                    "group_id": str((report or {}).get("group_id") or image["report_id"]),  # patient / case
                     "labels": [label for label in labels if label != "cxr14:*"],
                     "namespaces": namespaces,
                 }
             )
-    return pd.DataFrame(rows, columns=["image_id", "path", "split", "labels", "namespaces"])
+    return pd.DataFrame(rows, columns=["image_id", "path", "split", "group_id", "labels", "namespaces"])
 
 
 @dataclass(frozen=True)

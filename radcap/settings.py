@@ -167,6 +167,10 @@ class DecoderSettings(BaseModel):
     scst_learning_rate: float = Field(5e-5, description="Adam moves each weight by about this much per step, whatever "
                                       "the reward's scale; rewards of sampled reports are sparse and noisy, and 2e-4 "
                                       "lost half the selection CIDEr in one epoch on MedPix 2.0.")
+    scst_top_k: int = Field(0, ge=0, description="Sample each word from the model's k most probable (0: from all).")
+    scst_xe_weight: float = Field(0.0, ge=0, description="Adds this x the teacher-forced cross-entropy of the "
+                                  "studies' own reports to the SCST loss (a mixed objective; 0: SCST alone).")
+    scst_dropout: bool = Field(False, description="Dropout on in the SCST step (the captions are sampled without).")
     scst_clinical_weight: float = Field(0.0, ge=0, description="Adds this x the report's clinical agreement "
                                         "(finding labeler, invented findings count) to the CIDEr-D reward.")
     registered_name: str = "radcap-captioner"

@@ -23,6 +23,21 @@ def hash_split(group_id: str, rules: SplitRules) -> str:
     return "val" if u < rules.train + rules.val else "test"
 
 
+def in_selection_carve(group_id: str, rules: SplitRules) -> bool:
+    """True when a train group (patient, case) is in the carved selection set (`SplitRules.select_*`): where
+    every model's choices (early stopping, penalties, thresholds) are made when `select_on` is "carve"."""
+    digest = hashlib.sha256(f"{rules.select_salt}:{group_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rules.select_fraction
+
+
+def selection_mask(splits, groups, rules: SplitRules) -> list[bool]:
+    """Which rows (their split, their group) form the selection set: the train rows of carved groups with
+    `select_on == "carve"`, else the val rows. Never a val/test row under "carve"."""
+    if rules.select_on == "val":
+        return [split == "val" for split in splits]
+    return [split == "train" and in_selection_carve(str(group), rules) for split, group in zip(splits, groups)]
+
+
 def read_r2gen_split(path: Path) -> dict[str, str]:
     """R2Gen `annotation.json` -> {study key (image name without its last '-NNNN'): split}."""
     try:

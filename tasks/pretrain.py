@@ -17,7 +17,8 @@ from radcap.io import read_table, write_json, write_rejects, write_table
 from radcap.labels import LabelSpace, labelled_images
 from radcap.reporting import curves_figure
 from radcap.pretraining import decode_images, train_encoder
-from radcap.settings import EncoderSettings
+from radcap.settings import EncoderSettings, SplitRules
+from radcap.splits import selection_mask
 from radcap.tasks import registry_task, uncached
 from radcap.training import FitResult
 
@@ -39,6 +40,21 @@ def gather_labelled_images(data_dirs: list[Path], out: Path) -> pd.DataFrame:
     write_table(frame, RunFolder(out).labelled_images, LABELLED_IMAGES)
     get_run_logger().info("%d labelled images (%s)", len(frame), frame["split"].value_counts().to_dict())
     return frame
+
+
+SELECTION = "selection"
+
+
+@uncached
+def mark_selection(frame: pd.DataFrame, rules: SplitRules) -> pd.DataFrame:
+    """Mark as split 'selection' the images the best epoch and early stopping are chosen on: with
+    `rules.select_on == "carve"` (the default) the train images of the carved groups, as `radcap train` carves
+    them, so the val and test images never steer the encoder whose features are later scored there; with
+    "val", the val split."""
+    chosen = pd.Series(selection_mask(frame["split"], frame["group_id"], rules), index=frame.index, dtype=bool)
+    get_run_logger().info("best epoch chosen on %d %s images", int(chosen.sum()),
+                          "val" if rules.select_on == "val" else "carved train")
+    return frame.assign(split=frame["split"].where(~chosen, SELECTION))
 
 
 @uncached

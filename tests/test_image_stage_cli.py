@@ -29,19 +29,40 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
 
 
 def test_pretrain_register_and_extract(data_dir: Path):
-    env = {"RADCAP_ENCODER__MIN_LABEL_COUNT": "2"}
-    done = run_cli("pretrain-encoder", "--data", str(data_dir), "--epochs", "1", "--image-size", "64",
-                   "--batch-size", "8", env=env)
+    from radcap.settings import SplitRules
+    from radcap.splits import in_selection_carve
+
+    env = {"RADCAP_ENCODER__MIN_LABEL_COUNT": "2", "RADCAP_SPLIT__SELECT_FRACTION": "0.3"}
+    images = pd.read_parquet(data_dir / "images.parquet")
+    reports = pd.read_parquet(data_dir / "reports.parquet")
+    group = dict(zip(reports["report_id"], reports["group_id"]))
+    carved = images["split"].eq("train") & images["report_id"].map(group).map(
+        lambda g: in_selection_carve(g, SplitRules(select_fraction=0.3)))
+    assert 0 < carved.sum() < images["split"].eq("train").sum()
+    # The best epoch is chosen on carved train images: val and test images are never even decoded, so
+    # breaking every one of them changes nothing (no reject, same counts).
+    held_out = [Path(p) for p in images.loc[~images["split"].eq("train"), "path"]]
+    assert held_out
+    saved = {p: p.read_bytes() for p in held_out}
+    for p in held_out:
+        p.write_bytes(b"not an image")
+    try:
+        done = run_cli("pretrain-encoder", "--data", str(data_dir), "--epochs", "1", "--image-size", "64",
+                       "--batch-size", "8", env=env)
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((data_dir / "encoder" / "pretrain.json").read_text())
     assert summary["registered"].startswith("models:/radcap-encoder/") and summary["output_units"] >= 2
-    assert summary["train_images"] > 0 and summary["rejected"] == 0
+    assert summary["rejected"] == 0 and summary["select_on"] == "carve"
+    assert summary["selection_images"] == carved.sum()
+    assert summary["train_images"] == images["split"].eq("train").sum() - carved.sum()
     assert (data_dir / "encoder" / "encoder.keras").exists()
     labels = json.loads((data_dir / "encoder" / "labels.json").read_text())
     assert any(label.startswith("cxr14:") for label in labels["labels"])
 
     # No --encoder: the latest registered version is used and named in the store.
-    images = pd.read_parquet(data_dir / "images.parquet")
     broken = Path(images["path"].iloc[0])
     broken.write_bytes(broken.read_bytes()[:200])  # truncated after ingestion
     done = run_cli("features", "--data", str(data_dir), "--batch-size", "8")

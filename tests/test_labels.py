@@ -7,6 +7,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from radcap.labels import LabelSpace, image_labels, labelled_images, mesh_to_cxr14
 from radcap.sources.manifest import parse_labels
@@ -83,3 +85,29 @@ def test_labelled_images_skip_missing_files_and_unlabelled():
     frame = labelled_images(images, reports)
     assert frame["image_id"].tolist() == ["a"]
     assert frame.iloc[0]["labels"] == ["view:frontal"] and frame.iloc[0]["namespaces"] == ["cxr14", "view"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["train", "val", "test", "unassigned"]), st.integers(0, 30)),
+                     min_size=1, max_size=60),
+       fraction=st.floats(0.05, 0.45), select_on=st.sampled_from(["carve", "val"]))
+def test_the_encoder_is_selected_on_a_carve_of_train_only(rows, fraction, select_on):
+    """Whatever the frame: with select_on=carve the selection images are train images of whole carved groups
+    (never val, test or unassigned ones); with select_on=val exactly the val images."""
+    from radcap.settings import SplitRules
+    from radcap.splits import in_selection_carve, selection_mask
+
+    # a group keeps one split, as ingestion guarantees
+    split_of = {}
+    frame = pd.DataFrame([{"image_id": str(i), "group_id": f"g{g}", "split": split_of.setdefault(g, s)}
+                          for i, (s, g) in enumerate(rows)])
+    rules = SplitRules(select_on=select_on, select_fraction=fraction)
+    chosen = pd.Series(selection_mask(frame["split"], frame["group_id"], rules))
+    if select_on == "val":
+        assert chosen.tolist() == (frame["split"] == "val").tolist()
+    else:
+        expected = (frame["split"] == "train") & frame["group_id"].map(lambda g: in_selection_carve(g, rules))
+        assert chosen.tolist() == expected.tolist()
+        assert set(frame.loc[chosen, "split"]) <= {"train"}
+        carved_groups = set(frame.loc[chosen, "group_id"])  # whole groups: no carved group keeps a train row
+        assert not (frame["group_id"].isin(carved_groups) & ~chosen & (frame["split"] == "train")).any()

@@ -91,6 +91,36 @@ def test_scst_step_moves_a_sampled_caption_by_the_sign_of_its_advantage(sign):
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_mixed_objective_pulls_towards_the_report_when_no_sample_is_better():
+    """With every advantage 0 only the cross-entropy term acts: the study's own report becomes more likely."""
+    import keras
+    import tensorflow as tf
+
+    from radcap.models.captioner import make_scst_step
+
+    model, features = _tiny_model()
+    banned = (0, 1, 3)
+    sampled = np.array([[1, 4, 5, 2, 0]] * 4, np.int32)
+    truth = np.array([[1, 5, 4, 4, 2]] * 4, np.int32)
+    before = _sequence_logp(model, features, truth, banned)
+    step = make_scst_step(model, keras.optimizers.SGD(0.1), banned, xe_weight=1.0)
+    tensors = {k: tf.constant(v) for k, v in features.items()}
+    step(tensors, tf.constant(sampled), tf.constant([0.0] * 4, tf.float32), tensors, tf.constant(truth))
+    assert (_sequence_logp(model, features, truth, banned) > before).all()
+
+
+def test_top_k_sampling_draws_only_the_k_most_probable_words():
+    from radcap.models.decoding import Decoder
+
+    model, features = _tiny_model()
+    model.logits.set_weights([np.zeros_like(model.logits.get_weights()[0]), np.array([9.0, 9.0, 0.0, 9.0, 2.0, 1.0])])
+    decoder = Decoder(model, start_id=1, end_id=2, max_length=8, banned=(3,))
+    ids = decoder.sample(features, np.random.default_rng(0), samples=300, top_k=2)
+    assert set(np.unique(ids)) <= {0, 4, 5}  # <end> (logit 0) is third: never drawn, captions run to max length
+    first = ids[:, 0]
+    np.testing.assert_allclose(np.mean(first == 4), np.e / (np.e + 1), atol=0.04)
+
+
 def test_sampling_follows_the_model_and_never_writes_banned_tokens():
     from radcap.models.decoding import Decoder
 
