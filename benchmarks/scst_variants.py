@@ -20,27 +20,15 @@ import json
 import time
 from pathlib import Path
 
+from report_quality import setting  # noqa: E402 - benchmarks/ is the script folder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
+    """NAME:key=value,... -> (NAME, {key: value}), values typed as report_quality.py's --setting."""
     name, _, assignments = text.partition(":")
-    update = {}
-    for item in filter(None, assignments.split(",")):
-        key, _, value = item.partition("=")
-        update[key] = type_of(value)
-    return name, update
-
-
-def type_of(value: str):
-    if value in ("True", "False"):
-        return value == "True"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
+    return name, dict(map(setting, filter(None, assignments.split(","))))
 
 
 def main() -> None:
@@ -93,18 +81,18 @@ def main() -> None:
 def crossfit(args, sets, settings, reference):
     """Cross-entropy on train minus `args.crossfit` of its groups (same vocabulary and settings as `reference`),
     saved beside `--out`; returns (the held-back set, the saved bundle, its record)."""
-    import hashlib
-
     from radcap.caption_data import DataCatalog, read_table
     from radcap.caption_training import train_captioner
     from radcap.data_contracts import REPORTS
+    from radcap.splits import in_selection_carve
 
     reports = read_table(DataCatalog(args.data).reports, REPORTS)
     group = dict(zip(reports["report_id"], reports["group_id"]))
+    # the same group hashing as the selection carve, with its own salt: a different slice of the groups
+    rules = settings.split.model_copy(update={"select_salt": "radcap-crossfit-v1", "select_fraction": args.crossfit})
 
     def held_back(report_id: str) -> bool:
-        digest = hashlib.sha256(f"radcap-crossfit-v1:{group[report_id]}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < args.crossfit
+        return in_selection_carve(group[report_id], rules)
 
     train = sets["train"]
     back = [r for r in train.report_ids if held_back(r)]

@@ -109,7 +109,7 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
     # the decoder's banned ids (pad, <start>, <unk>): the step masks exactly what sampling excluded
     step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), tuple(decoder.banned.tolist()),
                           cfg.clip_norm, cfg.scst_xe_weight, cfg.scst_dropout)
-    truth = token_matrix(train, vocab)
+    truth = token_matrix(train, vocab) if cfg.scst_xe_weight else None  # the mixed objective's targets
     references = [tokenize(t) for t in train.texts]
     cider = CiderD(references)
     reference_vectors = [cider.vector(r) for r in references]
@@ -149,9 +149,9 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
                 per_study = reward.reshape(-1, k)
                 baseline = ((per_study.sum(axis=1, keepdims=True) - per_study) / (k - 1)).ravel()
             advantages = reward - baseline
+            mixed = () if truth is None else ({key: tf.constant(v) for key, v in features.items()}, tf.constant(truth[index]))
             losses.append(float(step({key: tf.constant(v) for key, v in repeated.items()}, tf.constant(with_start(samples)),
-                                     tf.constant(advantages, tf.float32),
-                                     {key: tf.constant(v) for key, v in features.items()}, tf.constant(truth[index]))))
+                                     tf.constant(advantages, tf.float32), *mixed)))
             sampled.append(reward.mean())
             baselines.append(baseline.mean())
         scores = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}
