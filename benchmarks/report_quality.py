@@ -77,6 +77,9 @@ def main() -> None:
                         help="any other captioner setting (e.g. scst_top_k=5), chosen on the carve (scst_variants.py)")
     parser.add_argument("--retriever", help="a retriever run folder or models:/ URI: its top-1 report is a baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "report_quality.json")
+    parser.add_argument("--reuse-xe", metavar="STEM",
+                        help="load each seed's cross-entropy bundle from STEM-seedN-xe (saved by an earlier run with "
+                             "--out STEM.json) instead of training it again")
     args = parser.parse_args()
 
     from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
@@ -84,7 +87,9 @@ def main() -> None:
     apply_offline_defaults()
     import_tensorflow_quietly()
     from radcap.caption_data import load_caption_sets, training_sets
-    from radcap.caption_training import choose_length_penalty, self_critical, train_captioner
+    from radcap.caption_training import CaptionTraining, choose_length_penalty, self_critical, train_captioner
+    from radcap.captioner_bundle import load_bundle
+    from radcap.training import FitResult
     from radcap.settings import get_settings
     from radcap.vocab import Vocabulary
 
@@ -116,17 +121,24 @@ def main() -> None:
     for seed in args.seeds:
         seed_cfg = cfg.model_copy(update={"seed": seed})
         start = time.perf_counter()
-        trained = train_captioner(sets["train"], sets["val"], vocab, seed_cfg,
-                                  {"encoder_version": args.encoder_version, "select_on": "carve"})
-        choose_length_penalty(trained.bundle, sets["val"], seed_cfg)
+        if args.reuse_xe:  # the same vocabulary, data and settings: its fit is not recorded again
+            bundle = load_bundle(Path(f"{args.reuse_xe}-seed{seed}-xe"))
+            assert bundle.vocab.tokens == vocab.tokens, "the saved bundle was trained on other data"
+            trained = CaptionTraining(bundle, FitResult())
+        else:
+            trained = train_captioner(sets["train"], sets["val"], vocab, seed_cfg,
+                                      {"encoder_version": args.encoder_version, "select_on": "carve"})
+            choose_length_penalty(trained.bundle, sets["val"], seed_cfg)
         xe_seconds = time.perf_counter() - start
         meta = {"model": f"seed {seed}", "data_dir": str(args.data), "split": args.split, "select_on": "carve"}
         xe = evaluate(trained.bundle, args.architecture, evaluated, train_all, retrieval, meta)
         baselines = {s.label: row(xe, s.key) for s in xe.systems if s.key != "model"}
-        record = {"seed": seed, "xe": row(xe), "xe_epochs": len(trained.fit.history), "xe_best_epoch": trained.fit.best_epoch,
+        record = {"seed": seed, "xe": row(xe), "xe_epochs": len(trained.fit.history) or None,
+                  "xe_best_epoch": trained.fit.best_epoch or None,
                   "xe_length_penalty": trained.bundle.config.decoding.length_penalty, "xe_seconds": round(xe_seconds, 1)}
         print(f"seed {seed} cross-entropy: {json.dumps(record['xe'])}", flush=True)
-        trained.bundle.save(args.out.with_name(f"{args.out.stem}-seed{seed}-xe"))  # for SCST experiments without retraining
+        if not args.reuse_xe:
+            trained.bundle.save(args.out.with_name(f"{args.out.stem}-seed{seed}-xe"))  # for SCST runs without retraining
         if args.scst_epochs:
             start = time.perf_counter()
             sc = self_critical(trained.bundle, sets["train"], sets["val"], seed_cfg,

@@ -34,6 +34,7 @@ class CaptionSet:
     grid: np.ndarray | None = None  # (N, V, cells, D) float16
     image_ids: list[list[str]] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+    group_ids: list[str] = field(default_factory=list)  # patient / case of each report (empty: unknown)
 
     def __len__(self) -> int:
         return len(self.report_ids)
@@ -53,7 +54,8 @@ class CaptionSet:
         index = np.array([position[r] for r in report_ids], dtype=np.int64)
         return CaptionSet(list(report_ids), [self.texts[i] for i in index], self.pooled[index], self.view_mask[index],
                           None if self.grid is None else self.grid[index],
-                          [self.image_ids[i] for i in index] if self.image_ids else [])
+                          [self.image_ids[i] for i in index] if self.image_ids else [],
+                          group_ids=[self.group_ids[i] for i in index] if self.group_ids else [])
 
     @staticmethod
     def concat(sets: list["CaptionSet"]) -> "CaptionSet":
@@ -63,7 +65,8 @@ class CaptionSet:
             return CaptionSet([], [], np.zeros((0, 1, 0), np.float32), np.zeros((0, 1), np.float32))
         return CaptionSet([r for s in sets for r in s.report_ids], [t for s in sets for t in s.texts],
                           np.concatenate([s.pooled for s in sets]), np.concatenate([s.view_mask for s in sets]),
-                          None, [i for s in sets for i in s.image_ids])
+                          None, [i for s in sets for i in s.image_ids],
+                          group_ids=[g for s in sets for g in s.group_ids] if all(s.group_ids for s in sets) else [])
 
     def feature_statistics(self, attention: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std over the images present (grid cells for attention, pooled vectors else)."""
@@ -131,8 +134,9 @@ def build_caption_set(
         views.append(present)
     packed = pack_views([[row_of[i] for i in present] for present in views], stored["pooled"],
                         stored["grid"] if grid else None, max_views)
-    texts = chosen.set_index("report_id").loc[keep, "target"].tolist()
-    return CaptionSet(keep, texts, packed["pooled"], packed["view_mask"], packed.get("grid"), views, rejects)
+    kept = chosen.set_index("report_id").loc[keep]
+    return CaptionSet(keep, kept["target"].tolist(), packed["pooled"], packed["view_mask"], packed.get("grid"), views,
+                      rejects, kept["group_id"].astype(str).tolist())
 
 
 def load_caption_sets(data_dir: Path, encoder_version: str, splits: tuple[str, ...], max_views: int,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radcap.caption_data import CaptionSet
+from radcap.caption_data import CaptionSet, mean_view
 from radcap.captioner_bundle import CaptionerBundle, build_model
 from radcap.metrics import CiderD, caption_metrics, clinical_counts
 from radcap.model_config import CaptionerConfig
@@ -91,10 +91,10 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
 def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, cfg: DecoderSettings,
                   on_epoch: Callable[[EpochRecord], None] = lambda e: None) -> "SelfCritical | None":
     """Self-critical sequence training (Rennie et al. 2017) of a cross-entropy-trained bundle, in place: per
-    batch of studies, `scst_samples` sampled captions each are rewarded by CIDEr-D against the study's report
-    (document frequencies of the training reports; plus `scst_clinical_weight` x clinical agreement), minus a
-    baseline: the mean of the study's other samples' rewards (Luo 2020, the default; see `scst_baseline`) or
-    the greedy caption's (Rennie et al.). Epochs select on the selection set's greedy CIDEr as cross-entropy
+    batch of studies, `scst_samples` sampled captions each are rewarded (`SampleReward`: CIDEr-D against the
+    study's report, optionally mixed with its similar studies' reports and clinical agreement), minus a
+    baseline: the mean of the study's other samples' rewards (Luo 2020, the default; see `scst_baseline`) or the
+    greedy caption's (Rennie et al.). Epochs select on the selection set's greedy CIDEr as cross-entropy
     does, and the cross-entropy weights stay when no SCST epoch beats them there. None when `scst_epochs` is 0."""
     if not cfg.scst_epochs:
         return None
@@ -110,21 +110,8 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
     step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), tuple(decoder.banned.tolist()),
                           cfg.clip_norm, cfg.scst_xe_weight, cfg.scst_dropout)
     truth = token_matrix(train, vocab) if cfg.scst_xe_weight else None  # the mixed objective's targets
-    references = [tokenize(t) for t in train.texts]
-    cider = CiderD(references)
-    reference_vectors = [cider.vector(r) for r in references]
+    rewards = SampleReward(train, vocab, cfg)
     rng, bs, k = np.random.default_rng(cfg.seed + 1), min(cfg.batch_size, len(train)), cfg.scst_samples
-
-    def rewards(ids: np.ndarray, index: np.ndarray, repeat: int) -> np.ndarray:
-        words = [vocab.words(row) for row in ids]
-        rows = np.repeat(index, repeat)
-        reward = np.array([cider.score(w, reference_vectors[r]) for w, r in zip(words, rows)])
-        if cfg.scst_clinical_weight:
-            counts = clinical_counts([train.texts[r] for r in rows], [vocab.decode(row) for row in ids])
-            tp, fp, fn = counts.sum(axis=2).T.astype(float)  # per report, over the 14 observations
-            agreement = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
-            reward = reward + cfg.scst_clinical_weight * agreement
-        return reward
 
     def with_start(ids: np.ndarray) -> np.ndarray:
         """<start> + the sampled ids (already pad after <end>), padded to max_length: one shape for every batch,
@@ -141,10 +128,10 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
             features = bundle.model_inputs(train.features(index), slice(None))
             repeated = {key: np.repeat(v, k, axis=0) for key, v in features.items()}  # study b at rows b*k..
             samples = decoder.sample(repeated, rng, top_k=cfg.scst_top_k)
-            reward = rewards(samples, index, k)
+            reward = rewards(samples, np.repeat(index, k))
             if cfg.scst_baseline == "greedy":
                 greedy, _ = decoder.greedy(features, cfg.no_repeat_ngram)
-                baseline = np.repeat(rewards(greedy, index, 1), k)
+                baseline = np.repeat(rewards(greedy, index), k)
             else:  # the mean reward of the study's other samples
                 per_study = reward.reshape(-1, k)
                 baseline = ((per_study.sum(axis=1, keepdims=True) - per_study) / (k - 1)).ravel()
@@ -167,6 +154,49 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
     if not kept:  # SCST did not beat cross-entropy on the selection set
         model.set_weights(cross_entropy_weights)
     return SelfCritical(result, before, kept)
+
+
+class SampleReward:
+    """What a caption (token ids) written for training study `row` earns in self-critical training: CIDEr-D
+    against the study's report with document frequencies of the training reports; with `scst_neighbours`,
+    (1 - `scst_neighbour_weight`) x that + the weight x its mean CIDEr-D against the reports of the study's most
+    similar studies of other patients or cases (`similar_studies`); plus `scst_clinical_weight` x the finding
+    labeler's agreement with the study's report (invented findings lower it)."""
+
+    def __init__(self, train: CaptionSet, vocab: Vocabulary, cfg: DecoderSettings):
+        references = [tokenize(t) for t in train.texts]
+        self.cider, self.vocab, self.texts, self.cfg = CiderD(references), vocab, train.texts, cfg
+        self.vectors = [self.cider.vector(r) for r in references]  # each report is scored many times
+        self.neighbours = similar_studies(train, cfg.scst_neighbours) if cfg.scst_neighbours else None
+
+    def cider_d(self, words: list[str], row: int) -> float:
+        others = [] if self.neighbours is None else self.neighbours[row]
+        own, *theirs = self.cider.scores(words, [self.vectors[row], *(self.vectors[j] for j in others)])
+        if not theirs:
+            return own
+        weight = self.cfg.scst_neighbour_weight
+        return (1 - weight) * own + weight * float(np.mean(theirs))
+
+    def __call__(self, ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        reward = np.array([self.cider_d(self.vocab.words(caption), r) for caption, r in zip(ids, rows)])
+        if self.cfg.scst_clinical_weight:
+            counts = clinical_counts([self.texts[r] for r in rows], [self.vocab.decode(caption) for caption in ids])
+            tp, fp, fn = counts.sum(axis=2).T.astype(float)  # per report, over the 14 observations
+            agreement = np.where(tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+            reward = reward + self.cfg.scst_clinical_weight * agreement
+        return reward
+
+
+def similar_studies(data: CaptionSet, k: int) -> list[np.ndarray]:
+    """Each study's k most similar studies of `data` by pooled cosine (the nearest-neighbour baseline's measure),
+    most similar first, never the study itself nor one of its own patient or case: a new image comes from a
+    patient the model has not seen, and a case's other images share its report's words."""
+    vectors = mean_view(data.pooled, data.view_mask)
+    similarity = vectors @ vectors.T
+    groups = np.asarray(data.group_ids if data.group_ids else data.report_ids)
+    similarity[groups[:, None] == groups[None, :]] = -np.inf
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return [row[np.isfinite(similarity[i, row])] for i, row in enumerate(order)]
 
 
 @dataclass

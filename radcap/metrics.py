@@ -263,8 +263,16 @@ class CiderD:
     def score(self, hypothesis: list[str], reference) -> float:
         """`reference`: a token list, or a `vector()` of one (precomputed: the training loop scores each
         reference many times)."""
-        vec_h, norm_h, len_h = self.vector(hypothesis)
-        vec_r, norm_r, len_r = reference if isinstance(reference, tuple) else self.vector(reference)
+        return self.scores(hypothesis, [reference])[0]
+
+    def scores(self, hypothesis: list[str], references: list) -> list[float]:
+        """The hypothesis against each of several references (token lists or `vector()`s), vectorized once."""
+        hypothesis = self.vector(hypothesis)
+        return [self._similarity(hypothesis, r if isinstance(r, tuple) else self.vector(r)) for r in references]
+
+    def _similarity(self, hypothesis: tuple, reference: tuple) -> float:
+        vec_h, norm_h, len_h = hypothesis
+        vec_r, norm_r, len_r = reference
         penalty = math.exp(-((len_h - len_r) ** 2) / (2 * self.sigma ** 2))
         total = 0.0
         for k in range(self.n):

@@ -171,6 +171,13 @@ class DecoderSettings(BaseModel):
     scst_xe_weight: float = Field(0.0, ge=0, description="Adds this x the teacher-forced cross-entropy of the "
                                   "studies' own reports to the SCST loss (a mixed objective; 0: SCST alone).")
     scst_dropout: bool = Field(False, description="Dropout on in the SCST step (the captions are sampled without).")
+    scst_neighbours: int = Field(0, ge=0, description="Also reward a sampled caption by CIDEr-D against the reports "
+                                 "of its study's k most similar training studies of other patients or cases (pooled "
+                                 "cosine; 0: its own report only). A decoder that has memorised its training reports "
+                                 "is rewarded for reproducing them; what similar images' reports share is what a "
+                                 "new image's report is likely to say.")
+    scst_neighbour_weight: float = Field(0.5, ge=0, le=1, description="With `scst_neighbours`: reward = (1 - w) x "
+                                         "CIDEr-D against the own report + w x its mean against the neighbours'.")
     scst_clinical_weight: float = Field(0.0, ge=0, description="Adds this x the report's clinical agreement "
                                         "(finding labeler, invented findings count) to the CIDEr-D reward.")
     registered_name: str = "radcap-captioner"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from radcap.metrics import CiderD, repeats_ngram, score_reports, stutters
 
@@ -167,3 +169,67 @@ def test_self_critical_keeps_the_cross_entropy_weights_unless_the_selection_set_
     assert self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_epochs": 0})) is None
     greedy = self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_baseline": "greedy", "scst_epochs": 1}))
     assert not greedy.kept and greedy.fit.history[0]["train_baseline_reward"] >= 0
+
+
+def test_cider_d_against_several_references_is_each_ones_score():
+    cider = CiderD([r.split() for r in REPORTS])
+    hypothesis = "left pleural effusion.".split()
+    got = cider.scores(hypothesis, [r.split() for r in REPORTS[:4]] + [cider.vector(REPORTS[7].split())])
+    assert got == pytest.approx([cider.score(hypothesis, r.split()) for r in REPORTS[:4] + [REPORTS[7]]])
+
+
+def _caption_set(vectors: np.ndarray, groups: list[str], texts: list[str] | None = None):
+    from radcap.caption_data import CaptionSet
+
+    n = len(vectors)
+    return CaptionSet([f"r{i}" for i in range(n)], texts or ["x."] * n, vectors[:, None, :].astype(np.float32),
+                      np.ones((n, 1), np.float32), group_ids=groups)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 12).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 4), min_size=n, max_size=n), st.integers(1, 6), st.integers(0, 2**16))))
+def test_similar_studies_are_the_most_similar_of_other_groups(case):
+    """Property: each study's neighbours are, most similar first, exactly the k studies of other groups with the
+    highest pooled cosine; never itself, never its own patient or case (a new image comes from a new patient)."""
+    from radcap.caption_data import mean_view
+    from radcap.caption_training import similar_studies
+
+    group_of, k, seed = case
+    vectors = np.random.default_rng(seed).normal(size=(len(group_of), 8))
+    data = _caption_set(vectors, [f"g{g}" for g in group_of])
+    unit = mean_view(data.pooled, data.view_mask)
+    for i, row in enumerate(similar_studies(data, k)):
+        others = [j for j in range(len(group_of)) if group_of[j] != group_of[i]]
+        assert len(row) == min(k, len(others)) and all(group_of[j] != group_of[i] for j in row)
+        cosine = unit[row] @ unit[i]
+        assert (np.diff(cosine) <= 1e-6).all()
+        if len(row) < len(others):  # nothing left out is more similar than the last one kept
+            left = [j for j in others if j not in set(row)]
+            assert (unit[left] @ unit[i]).max() <= cosine[-1] + 1e-6
+
+
+def test_the_neighbour_reward_prefers_what_similar_studies_of_other_patients_say():
+    """Study 0's own report says one thing, the two studies most like it (other patients) another, and its
+    own patient's second study is the most similar of all but must not count. With the neighbours' weight at 1
+    a caption of the neighbours' words earns more than the own report's; at 0 the own report wins, as plain SCST."""
+    from radcap.caption_training import SampleReward
+    from radcap.settings import DecoderSettings
+    from radcap.vocab import Vocabulary
+
+    texts = ["right upper lobe mass.", "right upper lobe mass.", "left pleural effusion.", "left pleural effusion.",
+             "no pneumothorax.", "clear lungs. no effusion."]
+    vectors = np.array([[1, 0, 0], [1, 0.01, 0], [0.9, 0.1, 0], [0.9, 0, 0.1], [0, 1, 0], [0, 0, 1]], float)
+    data = _caption_set(vectors, ["p0", "p0", "p1", "p2", "p3", "p4"], texts)
+    vocab = Vocabulary.build(texts, 1, 16)
+    ids = np.array(vocab.encode_padded(["right upper lobe mass.", "left pleural effusion."]))[:, 1:]
+    rows = np.array([0, 0])
+    neighbours = DecoderSettings(scst_neighbours=2, scst_neighbour_weight=1.0)
+    own_only = neighbours.model_copy(update={"scst_neighbours": 0})
+    as_own, as_neighbours = SampleReward(data, vocab, neighbours)(ids, rows)
+    assert as_neighbours > as_own
+    as_own, as_neighbours = SampleReward(data, vocab, own_only)(ids, rows)
+    assert as_own > as_neighbours
+    half = SampleReward(data, vocab, neighbours.model_copy(update={"scst_neighbour_weight": 0.5}))(ids, rows)
+    full, plain = SampleReward(data, vocab, neighbours)(ids, rows), SampleReward(data, vocab, own_only)(ids, rows)
+    np.testing.assert_allclose(half, (full + plain) / 2)
