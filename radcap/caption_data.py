@@ -162,9 +162,7 @@ def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, g
     if rules.select_on == "val":
         return load_caption_sets(data_dir, encoder_version, ("train", "val"), max_views, grid, min_size)
     train = load_caption_sets(data_dir, encoder_version, ("train",), max_views, grid)["train"]
-    reports = read_table(DataCatalog(data_dir).reports, REPORTS)
-    group = dict(zip(reports["report_id"], reports["group_id"]))
-    chosen = [rid for rid in train.report_ids if in_selection_carve(group[rid], rules)]
+    chosen = [rid for rid, group in zip(train.report_ids, train.group_ids) if in_selection_carve(group, rules)]
     selected = set(chosen)
     kept = [rid for rid in train.report_ids if rid not in selected]
     sets = {"train": train.subset(kept), "val": train.subset(chosen)}

@@ -10,7 +10,8 @@ from radcap.features import FeatureStore, ImageItem, features_table
 
 
 def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
-    reports = pd.DataFrame({"report_id": ["r1", "r2", "r3"], "split": "train", "target": ["a.", "b.", "c."]})
+    reports = pd.DataFrame({"report_id": ["r1", "r2", "r3"], "split": "train", "target": ["a.", "b.", "c."],
+                            "group_id": ["p1", "p2", "p3"]})
     images = pd.DataFrame(
         {
             "image_id": ["r1-lat", "r1-front", "r2-only", "r3-nofeat"],
@@ -25,7 +26,7 @@ def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
     store.write_part(features_table(stored, pooled, np.zeros((3, 7, 7, 1024)), "enc", "v1"), "run", 0)
 
     data = build_caption_set(reports, images, store, "v1", "train", grid=True)
-    assert data.report_ids == ["r1", "r2"] and data.texts == ["a.", "b."]
+    assert data.report_ids == ["r1", "r2"] and data.texts == ["a.", "b."] and data.group_ids == ["p1", "p2"]
     assert data.image_ids == [["r1-front", "r1-lat"], ["r2-only"]]  # frontal first
     assert data.pooled[0, 0, 0] == 1 and data.pooled[0, 1, 0] == 0  # r1-front is row 1, r1-lat row 0
     np.testing.assert_array_equal(data.view_mask, [[1, 1], [1, 0]])
