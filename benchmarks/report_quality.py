@@ -30,11 +30,18 @@ sys.path.insert(0, str(ROOT))
 HEADLINE = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "clinical_micro_f1", "repetition_rate")
 
 
-def evaluate(bundle, architecture, evaluated, train, retrieval, meta):
+def evaluate(bundle, architecture, evaluated, train, retrieval, meta, decoding: dict):
+    """Scores on the reported split, the model decoding with its own settings and `decoding` on top."""
     from radcap.evaluation import Evaluation, caption_with_baselines, score_systems
 
-    systems = caption_with_baselines(bundle, architecture, evaluated, train) + ([retrieval] if retrieval else [])
-    return Evaluation(evaluated, systems, score_systems(evaluated, systems), meta)
+    tuned = bundle.config.decoding
+    bundle.config.decoding = tuned.model_copy(update=decoding)
+    try:
+        systems = caption_with_baselines(bundle, architecture, evaluated, train) + ([retrieval] if retrieval else [])
+    finally:
+        bundle.config.decoding = tuned
+    return Evaluation(evaluated, systems, score_systems(evaluated, systems), {**meta, "decoding": tuned.model_copy(
+        update=decoding).model_dump()})
 
 
 def row(evaluation, key="model") -> dict:
@@ -75,6 +82,8 @@ def main() -> None:
     parser.add_argument("--scst-clinical-weight", type=float, default=0.0)
     parser.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                         help="any other captioner setting (e.g. scst_top_k=5), chosen on the carve (scst_variants.py)")
+    parser.add_argument("--decoding", action="append", default=[], metavar="KEY=VALUE",
+                        help="decode every model with this on top of its own decoding settings (e.g. consensus_samples=20)")
     parser.add_argument("--retriever", help="a retriever run folder or models:/ URI: its top-1 report is a baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "report_quality.json")
     parser.add_argument("--reuse-xe", metavar="STEM",
@@ -114,6 +123,7 @@ def main() -> None:
         own = load_caption_sets(args.data, retriever.bundle.config.encoder_version, (args.split,), 2)[args.split]
         found = dict(zip(own.report_ids, retrieved_captions(retriever.bundle, retriever.index, own)))
         retrieval = retrieval_system([found[r] for r in evaluated.report_ids])
+    decoding = dict(map(setting, args.decoding))
     vocab = Vocabulary.build(sets["train"].texts, cfg.min_count, cfg.max_length)
     print(f"fit {len(sets['train'])}, selection {len(sets['val'])} (carved from train), reported {len(evaluated)} "
           f"({args.split}); vocabulary {len(vocab)}", flush=True)
@@ -127,15 +137,18 @@ def main() -> None:
             trained = CaptionTraining(bundle, FitResult())
         else:
             trained = train_captioner(sets["train"], sets["val"], vocab, seed_cfg,
-                                      {"encoder_version": args.encoder_version, "select_on": "carve"})
+                                      {"encoder_version": args.encoder_version, "select_on": "carve"},
+                                      on_epoch=lambda r: print(f"  epoch {r.epoch}: carve CIDEr "
+                                                               f"{r.metrics.get('val_CIDEr', float('nan')):.4f}", flush=True))
             choose_length_penalty(trained.bundle, sets["val"], seed_cfg)
         xe_seconds = time.perf_counter() - start
         meta = {"model": f"seed {seed}", "data_dir": str(args.data), "split": args.split, "select_on": "carve"}
-        xe = evaluate(trained.bundle, args.architecture, evaluated, train_all, retrieval, meta)
+        xe = evaluate(trained.bundle, args.architecture, evaluated, train_all, retrieval, meta, decoding)
         baselines = {s.label: row(xe, s.key) for s in xe.systems if s.key != "model"}
         record = {"seed": seed, "xe": row(xe), "xe_epochs": len(trained.fit.history) or None,
+                  "xe_selection_CIDEr_by_epoch": [e.metrics.get("val_CIDEr") for e in trained.fit.history] or None,
                   "xe_best_epoch": trained.fit.best_epoch or None,
-                  "xe_length_penalty": trained.bundle.config.decoding.length_penalty, "xe_seconds": round(xe_seconds, 1)}
+                  "xe_decoding": xe.meta["decoding"], "xe_seconds": round(xe_seconds, 1)}
         print(f"seed {seed} cross-entropy: {json.dumps(record['xe'])}", flush=True)
         if not args.reuse_xe:
             trained.bundle.save(args.out.with_name(f"{args.out.stem}-seed{seed}-xe"))  # for SCST runs without retraining
@@ -145,7 +158,7 @@ def main() -> None:
                                on_epoch=lambda r: print(f"  scst epoch {r.epoch}: " + ", ".join(
                                    f"{k} {v:.4f}" for k, v in r.metrics.items()), flush=True))
             choose_length_penalty(trained.bundle, sets["val"], seed_cfg)
-            scst = evaluate(trained.bundle, args.architecture, evaluated, train_all, retrieval, meta)
+            scst = evaluate(trained.bundle, args.architecture, evaluated, train_all, retrieval, meta, decoding)
             record.update({"scst": row(scst), "scst_kept": sc.kept, "scst_best_epoch": sc.fit.best_epoch,
                            "selection_CIDEr_before": sc.before.get("val_CIDEr"),
                            "selection_CIDEr_by_epoch": [e.metrics.get("val_CIDEr") for e in sc.fit.history],

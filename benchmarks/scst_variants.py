@@ -11,6 +11,9 @@ learning rate) are chosen where every other choice is: inside train.
 `--crossfit F` instead trains the cross-entropy model afresh on the train part minus a fraction F of its
 groups, and runs each variant's SCST on that held-back fraction only: rewards on reports the model never
 fitted (a model that has memorised its training reports is rewarded for reproducing them).
+`--crossfit F --judge-held-back` runs SCST as `radcap train` does, on what the cross-entropy model fitted, and
+scores each epoch on the held-back groups instead of the carve: the carve chose the cross-entropy epoch as the
+best of many, so its score there is inflated and any change looks worse; the held-back groups chose nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", action="append", required=True, help="NAME:setting=value,... (DecoderSettings)")
     parser.add_argument("--crossfit", type=float, default=0.0, help="hold back this fraction of train groups for SCST")
+    parser.add_argument("--judge-held-back", action="store_true",
+                        help="with --crossfit: SCST on the part the model fitted (as `radcap train` does), each epoch "
+                             "scored on the held-back groups, which nothing was selected on (no winner's curse of "
+                             "the carve, where the cross-entropy epoch was the best of many)")
+    parser.add_argument("--crossfit-bundle", type=Path, help="with --crossfit: that cross-entropy model, already trained")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "scst_variants.json")
     args = parser.parse_args()
 
@@ -57,56 +65,60 @@ def main() -> None:
     grid = load_bundle(args.bundle).model.attention
     sets = training_sets(args.data, args.encoder_version, settings.split, settings.captioner.max_views, grid)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    scst_set, start_from = sets["train"], args.bundle
-    if args.crossfit:
+    scst_set, judged, start_from = sets["train"], sets["val"], args.bundle
+    if args.crossfit and args.crossfit_bundle:
+        scst_set, fitted = held_back_groups(sets["train"], settings, args.crossfit)
+        start_from = args.crossfit_bundle
+    elif args.crossfit:
         scst_set, start_from, results["crossfit-xe"] = crossfit(args, sets, settings, load_bundle(args.bundle))
+        fitted = held_back_groups(sets["train"], settings, args.crossfit)[1]
+    if args.judge_held_back:
+        scst_set, judged = fitted, scst_set
     for name, update in map(parse_variant, args.variant):
-        name = f"crossfit{args.crossfit:g}-{name}" if args.crossfit else name
+        name = f"crossfit{args.crossfit:g}-{'judged-' if args.judge_held_back else ''}{name}" if args.crossfit else name
         bundle = load_bundle(start_from)
         cfg = settings.captioner.model_copy(update={"scst_epochs": args.epochs, "patience": args.epochs,
                                                     "seed": args.seed, **update})
         start = time.perf_counter()
-        sc = self_critical(bundle, scst_set, sets["val"], cfg, on_epoch=lambda r: print(
+        sc = self_critical(bundle, scst_set, judged, cfg, on_epoch=lambda r: print(
             f"  {name} epoch {r.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()), flush=True))
         results[name] = {"settings": update, "before": sc.before.get("val_CIDEr"),
                          "by_epoch": [e.metrics.get("val_CIDEr") for e in sc.fit.history],
                          "sample_reward": [e.metrics.get("train_sample_reward") for e in sc.fit.history],
                          "seconds": round(time.perf_counter() - start, 1)}
-        print(f"{name}: carve CIDEr {results[name]['before']:.4f} -> "
+        print(f"{name}: {'held-back' if args.judge_held_back else 'carve'} CIDEr {results[name]['before']:.4f} -> "
               + " ".join(f"{c:.4f}" for c in results[name]["by_epoch"]), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
 
 
+def held_back_groups(train, settings, fraction: float):
+    """(held-back set, fitted set): `fraction` of the train set's groups, by the same group hashing as the
+    selection carve with its own salt (a different slice of the groups)."""
+    from radcap.splits import in_selection_carve
+
+    rules = settings.split.model_copy(update={"select_salt": "radcap-crossfit-v1", "select_fraction": fraction})
+    held_back = {r: in_selection_carve(g, rules) for r, g in zip(train.report_ids, train.group_ids)}
+    return (train.subset([r for r in train.report_ids if held_back[r]]),
+            train.subset([r for r in train.report_ids if not held_back[r]]))
+
+
 def crossfit(args, sets, settings, reference):
     """Cross-entropy on train minus `args.crossfit` of its groups (same vocabulary and settings as `reference`),
     saved beside `--out`; returns (the held-back set, the saved bundle, its record)."""
-    from radcap.caption_data import DataCatalog, read_table
     from radcap.caption_training import train_captioner
-    from radcap.data_contracts import REPORTS
-    from radcap.splits import in_selection_carve
 
-    reports = read_table(DataCatalog(args.data).reports, REPORTS)
-    group = dict(zip(reports["report_id"], reports["group_id"]))
-    # the same group hashing as the selection carve, with its own salt: a different slice of the groups
-    rules = settings.split.model_copy(update={"select_salt": "radcap-crossfit-v1", "select_fraction": args.crossfit})
-
-    def held_back(report_id: str) -> bool:
-        return in_selection_carve(group[report_id], rules)
-
-    train = sets["train"]
-    back = [r for r in train.report_ids if held_back(r)]
-    fit = [r for r in train.report_ids if not held_back(r)]
+    back, fit = held_back_groups(sets["train"], settings, args.crossfit)
     cfg = settings.captioner.model_copy(update={"architecture": reference.config.architecture, "seed": args.seed})
     start = time.perf_counter()
-    trained = train_captioner(train.subset(fit), sets["val"], reference.vocab, cfg,
+    trained = train_captioner(fit, sets["val"], reference.vocab, cfg,
                               {"encoder_version": args.encoder_version, "select_on": "carve"})
     path = args.out.with_name(f"{args.out.stem}-crossfit{args.crossfit:g}-seed{args.seed}-xe")
     trained.bundle.save(path)
     record = {"fit": len(fit), "held_back": len(back), "best_epoch": trained.fit.best_epoch,
               "carve_CIDEr": trained.fit.best.metrics.get("val_CIDEr"), "seconds": round(time.perf_counter() - start, 1)}
     print(f"cross-entropy on {len(fit)} reports ({len(back)} held back for SCST): {record}", flush=True)
-    return train.subset(back), path, record
+    return back, path, record
 
 
 if __name__ == "__main__":

@@ -40,11 +40,12 @@ class Decoder:
                 break
         return np.stack(out, 1), (np.stack(attention, 1) if attention else None)
 
-    def sample(self, features: dict, rng: np.random.Generator, samples: int = 1, top_k: int = 0) -> np.ndarray:
+    def sample(self, features: dict, rng, samples: int = 1, top_k: int = 0) -> np.ndarray:
         """`samples` captions per study drawn from the model's distribution (temperature 1, banned ids excluded;
         `top_k` > 0: from its k most probable words only), study b's at rows b*samples..: ids (B*samples, T)
         without <start>, ending at <end> then pad 0. What self-critical training explores with; no n-gram is
-        blocked, so the captions are ones the model itself proposes."""
+        blocked, so the captions are ones the model itself proposes. `rng`: a numpy Generator for the batch, or
+        a list of one per study (a study's samples then do not depend on the batch it is decoded in)."""
         features = {k: np.repeat(np.asarray(v), samples, axis=0) for k, v in features.items()}
         state = self._start(features)
         rows = len(features["view_mask"])
@@ -58,7 +59,9 @@ class Decoder:
             if 0 < top_k < logits.shape[1]:
                 kth = np.partition(logits, -top_k, axis=1)[:, -top_k, None]
                 logits[logits < kth] = -np.inf
-            gumbel = -np.log(-np.log(rng.uniform(1e-12, 1.0, logits.shape)))  # Gumbel-max: one categorical draw
+            uniform = (rng.uniform(1e-12, 1.0, logits.shape) if isinstance(rng, np.random.Generator) else
+                       np.concatenate([g.uniform(1e-12, 1.0, (samples, logits.shape[1])) for g in rng]))
+            gumbel = -np.log(-np.log(uniform))  # Gumbel-max: one categorical draw
             tokens = np.where(done, 0, (logits + gumbel).argmax(-1)).astype(np.int32)
             out.append(tokens)
             done |= tokens == self.end_id
@@ -83,6 +86,13 @@ class Decoder:
     def beam(self, features: dict, width: int = 3, length_penalty: float = 0.7, no_repeat_ngram: int = 0) -> np.ndarray:
         """Beam search: scores are summed log-probabilities divided by length**length_penalty (0: none);
         `no_repeat_ngram` > 0 forbids repeating any n-gram of that size in a caption. Returns ids (B,T)."""
+        sequences, scores = self.beam_candidates(features, width, length_penalty, no_repeat_ngram)
+        return sequences[np.arange(len(sequences)), scores.argmax(1)]
+
+    def beam_candidates(self, features: dict, width: int = 3, length_penalty: float = 0.7,
+                        no_repeat_ngram: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Every beam at the end of beam search (`beam`'s rules): ids (B,width,T) and their length-normalized
+        scores (B,width), -inf for a beam that never had a finite score (width above the captions possible)."""
         state = self._start(features)
         batch = int(tf.shape(next(iter(features.values())))[0])
         order = np.repeat(np.arange(batch), width)  # beam b*width+k belongs to study b
@@ -113,8 +123,7 @@ class Decoder:
             if finished.all():
                 break
         lengths = np.maximum((sequences != 0).sum(-1), 1)
-        normalized = scores / (lengths ** length_penalty if length_penalty else 1.0)
-        return sequences[np.arange(batch), normalized.argmax(1)]
+        return sequences, scores / (lengths ** length_penalty if length_penalty else 1.0)
 
 
 def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np.ndarray) -> None:

@@ -59,7 +59,7 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     mean, std = train.feature_statistics(model.attention)
     model.feature_mean.assign(mean)
     model.feature_std.assign(std)
-    bundle = CaptionerBundle(model, vocab, config)
+    bundle = CaptionerBundle(model, vocab, config, cider=CiderD([tokenize(t) for t in train.texts]))
     train_step = make_train_step(model, keras.optimizers.Adam(cfg.learning_rate), cfg.clip_norm)
     eval_step = make_eval_step(model)
     train_tokens, val_tokens = token_matrix(train, vocab), token_matrix(val, vocab)
@@ -217,9 +217,10 @@ def choose_length_penalty(bundle: CaptionerBundle, val: CaptionSet, cfg: Decoder
     MedPix captions long). Score each penalty of `cfg.length_penalty_grid` on the validation reports by the
     selection metric, keep the best in the bundle's decoding config, return every penalty's score."""
     bundle.config.decoding = bundle.config.decoding.model_copy(update={
-        "beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty, "no_repeat_ngram": cfg.no_repeat_ngram})
-    if not cfg.length_penalty_grid or cfg.beam_width <= 1:
-        return {}
+        "beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty, "no_repeat_ngram": cfg.no_repeat_ngram,
+        "consensus_samples": cfg.consensus_samples})
+    if not cfg.length_penalty_grid or cfg.beam_width <= 1 or cfg.consensus_samples:
+        return {}  # (consensus decoding: the beam keeps the same reports whatever the penalty, which only ranks them)
     metric = "CIDEr" if cfg.selection_metric == "val_loss" else cfg.selection_metric
     references = {rid: [text] for rid, text in zip(val.report_ids, val.texts)}
     scores = {}

@@ -7,6 +7,7 @@ encoder its features came from, so captioning new images extracts features with 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,8 +16,13 @@ import numpy as np
 
 from radcap.domain import DomainGuard
 from radcap.errors import RadcapError
-from radcap.model_config import CAPTIONER_FORMATS, CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, CaptionerConfig, SavedModelConfig
+from radcap.io import write_json
+from radcap.metrics import CiderD
+from radcap.model_config import (CAPTIONER_FORMATS, CONFIG_FILE, CONSENSUS_FILE, VOCAB_FILE, WEIGHTS_FILE,
+                                 CaptionerConfig, SavedModelConfig)
 from radcap.vocab import END, START, UNK, Vocabulary
+
+CONSENSUS_SEED = 0  # every study's sampled pseudo-references come from this seed: its report is reproducible
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class CaptionerBundle:
     vocab: Vocabulary
     config: CaptionerConfig
     domain: DomainGuard | None = None  # the out-of-domain guard (None: saved before radcap 0.2)
+    cider: CiderD | None = None  # the training reports' CIDEr-D weights, for consensus decoding (None: before 0.3)
 
     @cached_property
     def decoder(self):
@@ -42,19 +49,45 @@ class CaptionerBundle:
                        banned=(self.vocab.index[UNK],))
 
     def generate(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
-                 batch_size: int = 64) -> list[np.ndarray]:
+                 consensus_samples: int = 0, batch_size: int = 64) -> list[np.ndarray]:
         """Token ids of each study's report, for a batch of study features ({'pooled', 'view_mask'[, 'grid']}
-        numpy arrays): greedy with `beam_width` 1, beam search above."""
+        numpy arrays): greedy with `beam_width` 1, beam search above; with `consensus_samples` N, of the beam's
+        reports the one that agrees most with N reports sampled from the model (`consensus`)."""
         decoder, out = self.decoder, []
+        if consensus_samples and beam_width > 1 and self.cider is None:
+            raise RadcapError("this captioner was saved without its training reports' document frequencies "
+                              f"({CONSENSUS_FILE}): decode it with consensus_samples=0, or train it again")
         n = len(features["view_mask"])
         for i in range(0, n, batch_size):
             part = self.model_inputs(features, slice(i, i + batch_size))
             if beam_width <= 1:
                 ids, _ = decoder.greedy(part, no_repeat_ngram)
+            elif consensus_samples:
+                ids = self.consensus(part, beam_width, length_penalty, no_repeat_ngram, consensus_samples)
             else:
                 ids = decoder.beam(part, beam_width, length_penalty, no_repeat_ngram)
             out.extend(ids)
         return out
+
+    def consensus(self, part: dict, beam_width: int, length_penalty: float, no_repeat_ngram: int,
+                  samples: int) -> list[np.ndarray]:
+        """Minimum Bayes risk decoding (Kumar & Byrne 2004; for captions, CIDEr as the utility): the beam's
+        reports are the candidates, `samples` reports drawn from the model per study stand for the unknown
+        reference, and the candidate with the highest mean CIDEr-D against them wins (ties: the beam's order).
+        Beam search alone returns the most probable report, which for a model trained on one report per image
+        is often one training report's specific wording; the consensus candidate says what the model's likely
+        reports share."""
+        candidates, scores = self.decoder.beam_candidates(part, beam_width, length_penalty, no_repeat_ngram)
+        studies = len(candidates)
+        drawn = self.decoder.sample(part, [np.random.default_rng(CONSENSUS_SEED) for _ in range(studies)], samples)
+        drawn = drawn.reshape(studies, samples, -1)
+        chosen = []
+        for b in range(studies):
+            order = [k for k in np.argsort(-scores[b], kind="stable") if np.isfinite(scores[b, k])]
+            utility = self.cider.consensus([self.vocab.words(candidates[b, k]) for k in order],
+                                           [self.vocab.words(ids) for ids in drawn[b]])
+            chosen.append(candidates[b, order[int(utility.argmax())]])
+        return chosen
 
     def model_inputs(self, features: dict, rows: slice) -> dict:
         """The arrays the network reads for `rows`: grids as float32 (stored as float16), none without attention."""
@@ -62,10 +95,10 @@ class CaptionerBundle:
                 for k, v in features.items() if k != "grid" or self.model.attention}
 
     def caption(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
-                batch_size: int = 64) -> list[str]:
+                consensus_samples: int = 0, batch_size: int = 64) -> list[str]:
         """Captions for a batch of study features (see `generate`)."""
         return [self.vocab.decode(row) for row in self.generate(features, beam_width, length_penalty,
-                                                                  no_repeat_ngram, batch_size)]
+                                                                  no_repeat_ngram, consensus_samples, batch_size)]
 
     def report(self, features: dict, **overrides) -> list[str]:
         """Captions decoded as the model was tuned to be (its config's `decoding`), with `overrides` (e.g. a
@@ -102,6 +135,8 @@ def save_bundle(bundle, folder: Path) -> None:
     bundle.model.save_weights(folder / WEIGHTS_FILE)
     if bundle.domain is not None:
         bundle.domain.save(folder)
+    if getattr(bundle, "cider", None) is not None:
+        write_json(bundle.cider.to_json(), folder / CONSENSUS_FILE, indent=None)
 
 
 def build_model(config: CaptionerConfig, vocab_size: int):
@@ -137,4 +172,14 @@ def read_saved_model(folder: Path, config_class: type[SavedModelConfig], formats
 
 def load_bundle(folder: Path) -> CaptionerBundle:
     return CaptionerBundle(*read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model),
-                           DomainGuard.load(Path(folder)))
+                           DomainGuard.load(Path(folder)), read_consensus(Path(folder)))
+
+
+def read_consensus(folder: Path) -> CiderD | None:
+    path = folder / CONSENSUS_FILE
+    if not path.exists():
+        return None
+    try:
+        return CiderD.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise RadcapError(f"{path}: not a CIDEr-D document-frequency table: {exc}") from None

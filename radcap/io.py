@@ -102,9 +102,10 @@ def read_table(path: Path, contract: Contract) -> pd.DataFrame:
         raise RadcapError(f"{path}: {exc}") from exc
 
 
-def write_json(payload: dict, path: Path) -> None:
+def write_json(payload: dict, path: Path, indent: int | None = 2) -> None:
+    """Atomically; `indent=None` writes one line (large tables)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(payload, indent=indent, sort_keys=True, default=str) + "\n", encoding="utf-8")
 
 
 def files_fingerprint(paths: list[Path], settings_dump: dict) -> str:

@@ -244,9 +244,33 @@ class CiderD:
     lists, one per reference document). See the module doc."""
 
     def __init__(self, corpus: list[list[str]], n: int = 4, sigma: float = 6.0):
-        self.n, self.sigma = n, sigma
+        self.n, self.sigma, self.documents = n, sigma, len(corpus)
         self.document_frequency = Counter(g for tokens in corpus for g in set(self._ngrams(tokens)))
         self.log_documents = math.log(float(max(len(corpus), 1)))
+
+    def to_json(self) -> dict:
+        """The document frequencies without the corpus, for a saved model. Only n-grams of two documents or more
+        are kept: one in a single document weighs what an unseen one does (log max(1, df) = 0 for both)."""
+        return {"documents": self.documents, "n": self.n, "sigma": self.sigma,
+                "document_frequency": [[list(g), c] for g, c in sorted(self.document_frequency.items()) if c >= 2]}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "CiderD":
+        """The inverse of `to_json`; ValueError, KeyError or TypeError for anything else."""
+        cider = cls([], int(raw["n"]), float(raw["sigma"]))
+        cider.documents = int(raw["documents"])
+        if cider.n < 1 or not cider.sigma > 0 or cider.documents < 0:
+            raise ValueError(f"n {cider.n}, sigma {cider.sigma}, documents {cider.documents} out of range")
+        cider.log_documents = math.log(float(max(cider.documents, 1)))
+        cider.document_frequency = Counter({tuple(str(t) for t in gram): int(c) for gram, c in raw["document_frequency"]})
+        return cider
+
+    def consensus(self, candidates: list[list[str]], pseudo_references: list[list[str]]) -> np.ndarray:
+        """Each candidate's mean CIDEr-D against `pseudo_references` (minimum Bayes risk decoding: reports
+        sampled from the model stand for the unknown reference, so the candidate that agrees most with what the
+        model might say is the one least likely to be wrong)."""
+        references = [self.vector(r) for r in pseudo_references]
+        return np.array([np.mean(self.scores(c, references)) if references else 0.0 for c in candidates])
 
     def _ngrams(self, tokens: list[str]) -> list[tuple]:
         return [tuple(tokens[i: i + k]) for k in range(1, self.n + 1) for i in range(len(tokens) - k + 1)]

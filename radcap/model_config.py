@@ -7,6 +7,8 @@ from (encoder version and the spec that reloads exactly it). Format history:
 * `radcap-captioner/1`, `radcap-retriever/1` (radcap 0.1): no feature dimensions (they were 1024 and 7x7);
   read with those defaults.
 * `radcap-captioner/2`, `radcap-retriever/2` (radcap 0.2): `feature_dim` and `grid_cells` recorded.
+* `radcap-captioner/3` (radcap 0.3): `decoding.consensus_samples`; the bundle may carry `consensus.json`
+  (the training reports' CIDEr-D document frequencies, which consensus decoding scores with).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from radcap.errors import RadcapError
 from radcap.io import write_json
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.weights.h5"  # a bundle's files
-CAPTIONER_FORMATS = ("radcap-captioner/1", "radcap-captioner/2")
+CONSENSUS_FILE = "consensus.json"  # a captioner's CIDEr-D document frequencies (consensus decoding)
+CAPTIONER_FORMATS = ("radcap-captioner/1", "radcap-captioner/2", "radcap-captioner/3")
 RETRIEVER_FORMATS = ("radcap-retriever/1", "radcap-retriever/2")
 
 
@@ -34,6 +37,9 @@ class DecodingConfig(BaseModel):
     beam_width: int = Field(1, ge=1)
     length_penalty: float = 0.7
     no_repeat_ngram: int = Field(0, ge=0)
+    consensus_samples: int = Field(0, ge=0, description="0: the beam's best report; N: of the beam's reports, the "
+                                   "one with the highest mean CIDEr-D against N reports sampled from the model "
+                                   "(minimum Bayes risk).")
 
 
 class SavedModelConfig(BaseModel):
@@ -68,7 +74,7 @@ class SavedModelConfig(BaseModel):
 
 
 class CaptionerConfig(SavedModelConfig):
-    format: Literal["radcap-captioner/1", "radcap-captioner/2"] = "radcap-captioner/2"
+    format: Literal["radcap-captioner/1", "radcap-captioner/2", "radcap-captioner/3"] = "radcap-captioner/3"
     architecture: Literal["show-tell", "show-attend-tell"]
     embed_dim: int
     units: int

@@ -263,6 +263,7 @@ def captioner_signature(decoding):
         ParamSpec("beam_width", "long", int(decoding.beam_width)),
         ParamSpec("length_penalty", "double", float(decoding.length_penalty)),
         ParamSpec("no_repeat_ngram", "long", int(decoding.no_repeat_ngram)),
+        ParamSpec("consensus_samples", "long", int(decoding.consensus_samples)),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 

@@ -155,6 +155,10 @@ class DecoderSettings(BaseModel):
         "captions long).")
     no_repeat_ngram: int = Field(3, description="Decoding never repeats an n-gram of this size, nor immediately "
                                  "repeats a phrase shorter than it (0: no blocking).")
+    consensus_samples: int = Field(0, ge=0, description="Consensus (minimum Bayes risk) decoding: of the beam's "
+                                   "`beam_width` reports, write the one with the highest mean CIDEr-D against this "
+                                   "many reports sampled from the model (0: the beam's most probable report). The "
+                                   "beam's reports do not depend on the length penalty, so none is chosen with it.")
     scst_epochs: int = Field(0, ge=0, description="Self-critical fine-tuning after cross-entropy (0: none): "
                              "REINFORCE with CIDEr-D as reward (`scst_baseline`); the selection "
                              "set decides whether its weights replace the cross-entropy ones.")

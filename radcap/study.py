@@ -141,7 +141,7 @@ class StudyReader:
         return report
 
     def read(self, images: list[StudyImage], beam_width: int | None = None, length_penalty: float | None = None,
-             no_repeat_ngram: int | None = None) -> StudyReport:
+             no_repeat_ngram: int | None = None, consensus_samples: int | None = None) -> StudyReport:
         config, seconds = self.bundle.config, {}
         if not images or len(images) > config.max_views:
             raise RadcapError(f"{len(images)} images: this model reads 1 to {config.max_views} per study")
@@ -159,7 +159,7 @@ class StudyReader:
 
         clock = time.perf_counter()
         explained = self.bundle.explain(features, beam_width=beam_width, length_penalty=length_penalty,
-                                        no_repeat_ngram=no_repeat_ngram)[0]
+                                        no_repeat_ngram=no_repeat_ngram, consensus_samples=consensus_samples)[0]
         attention = None
         if explained.attention is not None:
             attention = explained.attention[:, : len(images)].reshape(len(explained.words), len(images), GRID_SIDE, GRID_SIDE)

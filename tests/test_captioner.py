@@ -133,4 +133,5 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     for w1, w2 in zip(first.model.get_weights(), second.model.get_weights()):
         np.testing.assert_array_equal(w1, w2)
     assert first.config.decoding == second.config.decoding and first.vocab == second.vocab
+    assert first.cider.to_json() == second.cider.to_json()  # consensus decoding's weights: train reports only
     assert first.domain.threshold == second.domain.threshold

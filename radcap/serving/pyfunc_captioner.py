@@ -6,7 +6,7 @@ carries; one row per image; rows sharing a `study_id` make one report, in fronta
 column is given), or with `pooled` (and `grid` for attention models) feature
 vectors instead of paths. Output: a DataFrame with `study_id`, `caption`, and the domain guard's `ood_score`,
 `in_domain` and `ood_reason` (null for a model saved without a guard).
-Params: `beam_width`, `length_penalty`, `no_repeat_ngram` (defaults: the bundle's, chosen on validation).
+Params: `beam_width`, `length_penalty`, `no_repeat_ngram`, `consensus_samples` (defaults: the bundle's).
 The encoder is exactly the one of the training features (radcap.encoders.encoder_for), loaded at first use.
 """
 

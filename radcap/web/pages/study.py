@@ -64,6 +64,9 @@ def study_page() -> None:
     st.sidebar.markdown("**Decoding** (defaults: the model's tuned values)")
     beam = st.sidebar.slider("Beam width (1: greedy)", 1, 10, int(defaults.beam_width), key="beam_width")
     penalty = st.sidebar.slider("Length penalty", 0.0, 3.0, float(defaults.length_penalty), 0.1, key="length_penalty")
+    consensus = st.sidebar.slider("Consensus samples (0: the beam's most probable report)", 0, 40,
+                                  int(defaults.consensus_samples), key="consensus_samples",
+                                  disabled=reader.bundle.cider is None)
     if note:
         st.sidebar.caption(note)
 
@@ -80,7 +83,7 @@ def study_page() -> None:
         column.image(display(image.image.pixels), caption=f"{image.view}: {image.name}")
 
     with st.spinner("Writing the report..."):
-        report = reader.read(images, beam_width=beam, length_penalty=penalty)
+        report = reader.read(images, beam_width=beam, length_penalty=penalty, consensus_samples=consensus)
     log.info("report for %d image(s): %s", len(images), {k: round(v, 3) for k, v in report.seconds.items()})
 
     st.subheader("Report")
