@@ -82,14 +82,15 @@ def main() -> None:
         else:
             held, saved, _ = crossfit(seed_args, sets, settings, reference)
             bundle = load_bundle(saved)
-        cfg = settings.captioner.model_copy(update={"seed": seed, "consensus_samples": 0})
-        choose_length_penalty(bundle, sets["val"], cfg)  # on the carve, as `radcap train` does
         features = held.features(slice(None))
         references = dict(zip(held.report_ids, held.texts))
         first = None  # the first rule: what every other is compared with, on the same reports
         for label, update in rules:
+            # the decoding `radcap train` would save with these settings: beam search's length penalty chosen
+            # on the carve at this width (consensus decoding needs none)
+            choose_length_penalty(bundle, sets["val"], settings.captioner.model_copy(update={"seed": seed, **update}))
             start = time.perf_counter()
-            captions = bundle.report(features, **update)
+            captions = bundle.report(features)
             seconds = time.perf_counter() - start
             scores = score_reports(references, dict(zip(held.report_ids, captions)), meteor=args.meteor)
             summary = scores.summary()

@@ -98,9 +98,10 @@ def main() -> None:
     from radcap.caption_data import load_caption_sets, training_sets
     from radcap.caption_training import CaptionTraining, choose_length_penalty, self_critical, train_captioner
     from radcap.captioner_bundle import load_bundle
+    from radcap.metrics import CiderD
     from radcap.training import FitResult
     from radcap.settings import get_settings
-    from radcap.vocab import Vocabulary
+    from radcap.vocab import Vocabulary, tokenize
 
     settings = get_settings()
     rules = settings.split  # select_on=carve: the reported split is never read while training
@@ -134,6 +135,8 @@ def main() -> None:
         if args.reuse_xe:  # the same vocabulary, data and settings: its fit is not recorded again
             bundle = load_bundle(Path(f"{args.reuse_xe}-seed{seed}-xe"))
             assert bundle.vocab.tokens == vocab.tokens, "the saved bundle was trained on other data"
+            if bundle.cider is None:  # saved before bundles carried it: what training on this set attaches
+                bundle.cider = CiderD([tokenize(t) for t in sets["train"].texts])
             trained = CaptionTraining(bundle, FitResult())
         else:
             trained = train_captioner(sets["train"], sets["val"], vocab, seed_cfg,

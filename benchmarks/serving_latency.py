@@ -8,8 +8,8 @@ lateral), `--requests` requests after `--warmup` ones:
     base64 JSON (`dataframe_split` with `image_base64`), timed at the client (HTTP + JSON + base64 included).
 The default model is the demo champion (`make demo` registers it: Show-Attend-Tell 256/512, beam 5, on the
 demo's DenseNet-121 encoder, which reads 96 px images), so run `make demo` first or give --model.
-`--untrained` instead registers the worst case a user can meet: the default Show-Attend-Tell (256/512, beam 5,
-no-repeat 3) with the IU X-Ray vocabulary, untrained (so it writes the 59 words of the length limit), on a
+`--untrained` instead registers the worst case a user can meet: the default Show-Attend-Tell (256/512, the
+default decoding: consensus among 20 samples of 10 beams, no-repeat 3) with the IU X-Ray vocabulary, untrained (so it writes the 59 words of the length limit), on a
 224 px DenseNet-121. `--dicom` sends the study as two 2,048 x 2,048 16-bit DICOM files (the real pixels
 enlarged), as a PACS would, instead of the PNG files.
 
@@ -111,8 +111,9 @@ def untrained_model() -> str:
     from radcap.captioner_bundle import CaptionerBundle, build_model
     from radcap.model_config import CaptionerConfig
     from radcap.registry import register_captioner
+    from radcap.metrics import CiderD
     from radcap.settings import DecoderSettings
-    from radcap.vocab import Vocabulary
+    from radcap.vocab import Vocabulary, tokenize
 
     cfg = DecoderSettings()
     reports = pd.read_csv(DATA / "iu_xray" / "indiana_reports.csv")
@@ -122,9 +123,10 @@ def untrained_model() -> str:
                              attention_units=cfg.attention_units, dropout=cfg.dropout, max_views=cfg.max_views,
                              encoder_version="random-seed0", encoder_spec="random:0", data_version="latency-bench",
                              decoding={"beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty,
-                                       "no_repeat_ngram": 3})
+                                       "no_repeat_ngram": 3, "consensus_samples": cfg.consensus_samples})
     folder = Path(tempfile.mkdtemp(prefix="radcap-latency-")) / "captioner"
-    CaptionerBundle(build_model(config, len(vocab)), vocab, config).save(folder)
+    cider = CiderD([tokenize(t) for t in texts])  # what training on these reports attaches
+    CaptionerBundle(build_model(config, len(vocab)), vocab, config, cider=cider).save(folder)
     mlflow.set_experiment("radcap-benchmarks")
     with mlflow.start_run(run_name="serving-latency-untrained"):
         version = register_captioner(folder, "radcap-captioner-latency-bench", {})

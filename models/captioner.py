@@ -35,6 +35,7 @@ class Captioner(keras.Model):
     """Shared parts: embedding, LSTM cell, deep output layer, dropout."""
 
     attention = False
+    recurrent_state = ("h", "c")  # what `step` changes; the rest of its state is fixed per study
 
     def __init__(self, vocab_size: int, max_views: int, feature_dim: int, embed_dim: int = 256, units: int = 512,
                  dropout: float = 0.3, **kwargs):

@@ -13,6 +13,7 @@ class Decoder:
         """`banned`: ids never generated besides pad and <start> (the bundle bans <unk>: a report saying
         "<unk>" is useless to a reader, and the model's next-best word is usually right)."""
         self.model, self.start_id, self.end_id, self.max_length = model, start_id, end_id, max_length
+        self.recurrent = getattr(model, "recurrent_state", None)  # state entries each token changes (None: all)
         self.banned = np.array(sorted({0, start_id, *banned}), np.int64)
         self._start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
         self._step = tf.function(lambda tokens, state: model.step(tokens, state, training=False), reduce_retracing=True)
@@ -46,9 +47,10 @@ class Decoder:
         without <start>, ending at <end> then pad 0. What self-critical training explores with; no n-gram is
         blocked, so the captions are ones the model itself proposes. `rng`: a numpy Generator for the batch, or
         a list of one per study (a study's samples then do not depend on the batch it is decoded in)."""
-        features = {k: np.repeat(np.asarray(v), samples, axis=0) for k, v in features.items()}
-        state = self._start(features)
-        rows = len(features["view_mask"])
+        state = self._start(features)  # once per study, then repeated: the image side is the same for its samples
+        if samples > 1:
+            state = tf.nest.map_structure(lambda s: tf.repeat(s, samples, axis=0), state)
+        rows = len(features["view_mask"]) * samples
         tokens = np.full(rows, self.start_id, np.int32)
         done = np.zeros(rows, bool)
         out = []
@@ -111,19 +113,35 @@ class Decoder:
             if no_repeat_ngram:
                 _block_repeats(logp, sequences, no_repeat_ngram, finished)
             total = (scores[..., None] + logp).reshape(batch, -1)
-            best = np.argsort(-total, axis=1, kind="stable")[:, :width]
+            best = top_k(total, width)
             beam_idx, token = best // vocab, (best % vocab).astype(np.int32)
             scores = np.take_along_axis(total, best, axis=1)
             sequences = np.concatenate(
                 [np.take_along_axis(sequences, beam_idx[..., None], axis=1), token[..., None]], axis=2)
             finished = np.take_along_axis(finished, beam_idx, axis=1) | (token == self.end_id)
             flat = (np.arange(batch)[:, None] * width + beam_idx).ravel()
-            state = tf.nest.map_structure(lambda s: tf.gather(s, flat), state)
+            # a beam continues a beam of its own study, whose per-study entries (an attention model's memory) are
+            # the same rows: only the recurrent ones need reordering
+            state = {k: tf.gather(v, flat) if self.recurrent is None or k in self.recurrent else v
+                     for k, v in state.items()}
             tokens = token.ravel()
             if finished.all():
                 break
         lengths = np.maximum((sequences != 0).sum(-1), 1)
         return sequences, scores / (lengths ** length_penalty if length_penalty else 1.0)
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k largest values' indices, largest first and ties by position: `np.argsort(-values, axis=1,
+    kind="stable")[:, :k]` without sorting whole rows (beam search ranks width x vocabulary scores per step)."""
+    if k >= values.shape[1]:
+        return np.argsort(-values, axis=1, kind="stable")[:, :k]
+    kth = -np.partition(-values, k - 1, axis=1)[:, k - 1]  # each row's k-th largest value
+    out = np.empty((len(values), k), np.int64)
+    for r, row in enumerate(values):
+        index = np.flatnonzero(row >= kth[r])  # at least k, in position order
+        out[r] = index[np.argsort(-row[index], kind="stable")[:k]]
+    return out
 
 
 def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np.ndarray) -> None:

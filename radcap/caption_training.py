@@ -127,7 +127,7 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
             index = np.sort(order[i: i + bs])
             features = bundle.model_inputs(train.features(index), slice(None))
             repeated = {key: np.repeat(v, k, axis=0) for key, v in features.items()}  # study b at rows b*k..
-            samples = decoder.sample(repeated, rng, top_k=cfg.scst_top_k)
+            samples = decoder.sample(features, rng, samples=k, top_k=cfg.scst_top_k)
             reward = rewards(samples, np.repeat(index, k))
             if cfg.scst_baseline == "greedy":
                 greedy, _ = decoder.greedy(features, cfg.no_repeat_ngram)

@@ -322,12 +322,16 @@ def caption(
                                                      "registered optimized build, at which the captioner passed `radcap check-precision`).")] = None,
     cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
                                                    "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
+    consensus_samples: Annotated[Optional[int], typer.Option(help="0: the beam's most probable report (several "
+                                                             "times faster); N: consensus among N sampled reports "
+                                                             "(default: as the model was saved).")] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
     from radcap.flows.caption import caption_flow
 
-    cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers, precision=precision)
+    cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers, precision=precision,
+                          consensus_samples=consensus_samples)
     hide_user_error_tracebacks()
     summary = caption_flow(input, out, model, cfg, encoder, _cluster(cluster))
     _finish(f"caption -> {out}", summary, "files", summary["rejects"])

@@ -102,10 +102,10 @@ def _captioner(uri: str, encoder: str | None, precision: str):
 
 
 def _caption_task(images: list, number: int, run_id: str, uri: str, encoder: str | None, precision: str, out: str,
-                  batch_size: int, ood_policy: str) -> CaptionResult:
+                  batch_size: int, ood_policy: str, decoding: dict) -> CaptionResult:
     model, forward = _captioner(uri, encoder, precision)
-    return caption_images(images, model, CaptionStore(Path(out)), batch_size, progress=False, forward=forward,
-                          ood_policy=ood_policy, run_id=f"{run_id}-{number:06d}")
+    return caption_images(images, model, CaptionStore(Path(out)), batch_size, decoding=decoding, progress=False,
+                          forward=forward, ood_policy=ood_policy, run_id=f"{run_id}-{number:06d}")
 
 
 def study_chunks(images: list, batch_size: int, task_images: int = TASK_IMAGES) -> list[list]:
@@ -118,14 +118,15 @@ def study_chunks(images: list, batch_size: int, task_images: int = TASK_IMAGES) 
 
 
 def caption_on_cluster(client, images: list, uri: str, encoder: str | None, precision: str, out: Path,
-                       batch_size: int, ood_policy: str, run_id: str, task_images: int = TASK_IMAGES) -> CaptionResult:
+                       batch_size: int, ood_policy: str, run_id: str, task_images: int = TASK_IMAGES,
+                       decoding: dict | None = None) -> CaptionResult:
     """`caption_images` of `images` across the cluster (the caller holds OUT's lock and consolidates)."""
     import time
 
     start, total = time.perf_counter(), CaptionResult()
     chunks = study_chunks(images, batch_size, task_size(client, len(images), task_images, batch_size))
     for _, result in run_tasks(client, _caption_task, chunks, (uri, encoder, precision, str(Path(out).resolve()),
-                                                                batch_size, ood_policy),
+                                                                batch_size, ood_policy, decoding or {}),
                             run_id, [len(c) for c in chunks], "caption"):
         for name in ("captioned", "rejected", "studies", "out_of_domain"):
             setattr(total, name, getattr(total, name) + getattr(result, name))

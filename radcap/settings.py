@@ -146,7 +146,7 @@ class DecoderSettings(BaseModel):
                             "degenerate, so caption metrics are noise for the first epochs.")
     selection_metric: Literal["CIDEr", "BLEU-4", "ROUGE-L", "val_loss"] = "CIDEr"
     seed: int = 0
-    beam_width: int = 5
+    beam_width: int = Field(10, description="Beam search width: with consensus decoding, the candidates.")
     length_penalty: float = Field(0.7, description="Used when `length_penalty_grid` is empty.")
     length_penalty_grid: tuple[float, ...] = Field(
         (0.7, 1.0, 1.5, 2.0, 3.0), description="After training, the length penalty giving the best validation "
@@ -155,10 +155,11 @@ class DecoderSettings(BaseModel):
         "captions long).")
     no_repeat_ngram: int = Field(3, description="Decoding never repeats an n-gram of this size, nor immediately "
                                  "repeats a phrase shorter than it (0: no blocking).")
-    consensus_samples: int = Field(0, ge=0, description="Consensus (minimum Bayes risk) decoding: of the beam's "
+    consensus_samples: int = Field(20, ge=0, description="Consensus (minimum Bayes risk) decoding: of the beam's "
                                    "`beam_width` reports, write the one with the highest mean CIDEr-D against this "
                                    "many reports sampled from the model (0: the beam's most probable report). The "
-                                   "beam's reports do not depend on the length penalty, so none is chosen with it.")
+                                   "beam's reports do not depend on the length penalty, so none is chosen with it. "
+                                   "Chosen on held-back train groups (benchmarks/consensus_decoding.py).")
     scst_epochs: int = Field(0, ge=0, description="Self-critical fine-tuning after cross-entropy (0: none): "
                              "REINFORCE with CIDEr-D as reward (`scst_baseline`); the selection "
                              "set decides whether its weights replace the cross-entropy ones.")
@@ -227,6 +228,9 @@ class BulkCaptioningSettings(BaseModel):
     ood_policy: Literal["flag", "withhold"] = Field(
         "flag", description="A study out of the model's domain: `flag` writes its caption with in_domain false; "
         "`withhold` writes no caption, and the row says why.")
+    consensus_samples: int | None = Field(None, ge=0, description="None: decode as the model was saved to; 0: the "
+                                          "beam's most probable report (several times faster than consensus "
+                                          "decoding); N: consensus among N sampled reports.")
     ready_marker: str = Field(".complete", description="A batch folder holding this file is complete.")
     settle_seconds: float = Field(300.0, description="A batch folder without the marker is complete once "
                                   "nothing in it changed for this long.")

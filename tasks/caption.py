@@ -67,14 +67,16 @@ def model_uri(model: CaptioningModel) -> str:
 def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings,
                   cluster: str | None = None, encoder: str | None = None) -> CaptionResult:
     """Caption `todo` in this process, or across the Dask cluster `cluster` (radcap.cluster)."""
+    decoding = {} if cfg.consensus_samples is None else {"consensus_samples": cfg.consensus_samples}
     with dask_client(cluster) as client:
         if client is None:
-            result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, ood_policy=cfg.ood_policy)
+            result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, decoding=decoding,
+                                    ood_policy=cfg.ood_policy)
         else:
             from radcap.scaleout import caption_on_cluster
 
             result = caption_on_cluster(client, todo, model_uri(model), encoder, cfg.precision, out, cfg.batch_size,
-                                        cfg.ood_policy, new_run_id(), get_settings().cluster_task_images)
+                                        cfg.ood_policy, new_run_id(), get_settings().cluster_task_images, decoding)
     get_run_logger().info("captioned %d images in %d studies (%d out of the model's domain), %d rejected, %.1f s",
                           result.captioned, result.studies, result.out_of_domain, result.rejected, result.seconds)
     return result

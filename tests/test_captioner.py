@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from radcap.models.captioner import ARCHITECTURES, make_eval_step, make_train_step
 from radcap.models.decoding import Decoder
@@ -135,3 +137,16 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     assert first.config.decoding == second.config.decoding and first.vocab == second.vocab
     assert first.cider.to_json() == second.cider.to_json()  # consensus decoding's weights: train reports only
     assert first.domain.threshold == second.domain.threshold
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 40), st.integers(1, 12), st.integers(0, 2**16))
+def test_top_k_is_the_stable_argsorts_first_k(rows, columns, k, seed):
+    """Property: beam search's partial ranking equals a full stable sort's first k, ties (and -inf, which a
+    finished beam or a banned word gives) broken by position."""
+    from radcap.models.decoding import top_k
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-3, 3, (rows, columns)).astype(float)  # many ties
+    values[rng.random(values.shape) < 0.3] = -np.inf
+    np.testing.assert_array_equal(top_k(values, k), np.argsort(-values, axis=1, kind="stable")[:, :k])

@@ -94,6 +94,28 @@ def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, parrot_ca
     assert len(outputs["cluster"]) == 40
 
 
+def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(xray_folder, tmp_path, prefect_api):
+    """A model saved to decode by consensus, but without the document frequencies that needs, cannot caption as
+    saved (one line naming the fix); `--consensus-samples 0` captions with its beam, in both paths."""
+    from tests.conftest import make_parrot_captioner
+
+    model = make_parrot_captioner(tmp_path / "model", decoding={"beam_width": 3, "length_penalty": 0.7,
+                                                                 "no_repeat_ngram": 3, "consensus_samples": 5})
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(xray_folder.glob("*.png"))[:12]:
+        shutil.copyfile(path, images / path.name)
+    as_saved = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "as-saved"), "--model", str(model))
+    assert as_saved.returncode == 2 and "consensus_samples=0" in as_saved.stderr, as_saved.stderr[-2000:]
+    assert "Traceback" not in as_saved.stderr
+    for name, extra in (("local", []), ("cluster", ["--cluster", "local:2"])):
+        done = run_cli("--json", "caption", "--input", str(images), "--out", str(tmp_path / name), "--model",
+                       str(model), "--consensus-samples", "0", *extra, env=SMALL_TASKS)
+        assert done.returncode == 0, done.stderr[-3000:]
+        captions = pd.read_parquet(tmp_path / name / "captions.parquet")
+        assert len(captions) == 12 and (captions["caption"] == "left pleural effusion.").all()
+
+
 def _worker_pids(parent: int) -> list[int]:
     """The Dask worker processes of a `radcap ... --cluster local:N` process (multiprocessing children)."""
     import psutil

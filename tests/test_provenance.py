@@ -98,7 +98,7 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
     from radcap.model_config import DecodingConfig
     from radcap.registry import captioner_signature, register_captioner
 
-    tuned = {"beam_width": 3, "length_penalty": 2.5, "no_repeat_ngram": 2}
+    tuned = {"beam_width": 3, "length_penalty": 2.5, "no_repeat_ngram": 2, "consensus_samples": 4}
     params = {p.name: p.default for p in captioner_signature(DecodingConfig(**tuned)).params.params}
     assert params == tuned
     bundle = make_tiny_captioner(tmp_path / "bundle", decoding=tuned)
@@ -115,7 +115,7 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
     loaded = load_bundle(bundle)
     features = {"pooled": np.stack(frame["pooled"]).astype(np.float32)[:, None, :].repeat(2, 1) * np.array([1, 0])[None, :, None],
                 "view_mask": np.array([[1, 0], [1, 0]], np.float32)}
-    expected = loaded.caption(features, beam_width=3, length_penalty=2.5, no_repeat_ngram=2)
+    expected = loaded.caption(features, beam_width=3, length_penalty=2.5, no_repeat_ngram=2, consensus_samples=4)
     assert model.predict(frame)["caption"].tolist() == expected
 
 
