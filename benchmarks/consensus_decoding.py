@@ -16,7 +16,6 @@ split (MedPix 2.0: dev) is scored only by `report_quality.py` afterwards.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -58,32 +57,23 @@ def main() -> None:
 
     apply_offline_defaults()
     import_tensorflow_quietly()
-    from scst_variants import crossfit, held_back_groups
+    from scst_variants import carve_sets, crossfit, crossfit_path, held_back_groups, read_results, write_results
 
-    from radcap.caption_data import training_sets
     from radcap.caption_training import choose_length_penalty
     from radcap.captioner_bundle import load_bundle
     from radcap.metrics import paired_bootstrap, score_reports
-    from radcap.settings import get_settings
 
-    settings = get_settings()
-    assert settings.split.select_on == "carve"
     reference = load_bundle(args.reference)
-    sets = training_sets(args.data, args.encoder_version, settings.split, reference.config.max_views,
-                         reference.model.attention)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    settings, sets = carve_sets(args, reference)
+    results = read_results(args.out)
     rules = list(map(parse_rule, args.rule))
+    held, fit = held_back_groups(sets["train"], settings, args.crossfit)  # the same groups for every seed
+    features, references = held.features(slice(None)), dict(zip(held.report_ids, held.texts))
     for seed in args.seeds:
-        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
-        saved = args.out.with_name(f"{args.out.stem}-crossfit{args.crossfit:g}-seed{seed}-xe")
-        if saved.exists():  # the same split of the groups: reuse the model
-            held, _ = held_back_groups(sets["train"], settings, args.crossfit)
-            bundle = load_bundle(saved)
-        else:
-            held, saved, _ = crossfit(seed_args, sets, settings, reference)
-            bundle = load_bundle(saved)
-        features = held.features(slice(None))
-        references = dict(zip(held.report_ids, held.texts))
+        saved = crossfit_path(args, seed)
+        if not saved.exists():  # else the same split of the groups: reuse the model
+            crossfit(argparse.Namespace(**{**vars(args), "seed": seed}), fit, held, sets["val"], settings, reference)
+        bundle = load_bundle(saved)
         first = None  # the first rule: what every other is compared with, on the same reports
         for label, update in rules:
             # the decoding `radcap train` would save with these settings: beam search's length penalty chosen
@@ -105,8 +95,7 @@ def main() -> None:
                   + f", {record['ms_per_study']:.0f} ms/study"
                   + (" (CIDEr difference to {}: {delta:+.4f}, 95% interval {low:+.4f}..{high:+.4f})".format(
                       rules[0][0], **record["CIDEr_vs_first"]) if "CIDEr_vs_first" in record else ""), flush=True)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=1))
+            write_results(results, args.out)
 
     print(f"\nheld-back groups of train ({args.crossfit:g}), mean over seeds {args.seeds}")
     print("| decoding | " + " | ".join(METRICS) + " | ms/study |\n|---|" + "---|" * (len(METRICS) + 1))

@@ -55,23 +55,18 @@ def main() -> None:
 
     apply_offline_defaults()
     import_tensorflow_quietly()
-    from radcap.caption_data import training_sets
     from radcap.caption_training import self_critical
     from radcap.captioner_bundle import load_bundle
-    from radcap.settings import get_settings
 
-    settings = get_settings()
-    assert settings.split.select_on == "carve"
-    grid = load_bundle(args.bundle).model.attention
-    sets = training_sets(args.data, args.encoder_version, settings.split, settings.captioner.max_views, grid)
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    reference = load_bundle(args.bundle)
+    settings, sets = carve_sets(args, reference)
+    results = read_results(args.out)
     scst_set, judged, start_from = sets["train"], sets["val"], args.bundle
-    if args.crossfit and args.crossfit_bundle:
+    if args.crossfit:
         scst_set, fitted = held_back_groups(sets["train"], settings, args.crossfit)
         start_from = args.crossfit_bundle
-    elif args.crossfit:
-        scst_set, start_from, results["crossfit-xe"] = crossfit(args, sets, settings, load_bundle(args.bundle))
-        fitted = held_back_groups(sets["train"], settings, args.crossfit)[1]
+        if not start_from:
+            start_from, results["crossfit-xe"] = crossfit(args, fitted, scst_set, sets["val"], settings, reference)
     if args.judge_held_back:
         scst_set, judged = fitted, scst_set
     for name, update in map(parse_variant, args.variant):
@@ -88,8 +83,34 @@ def main() -> None:
                          "seconds": round(time.perf_counter() - start, 1)}
         print(f"{name}: {'held-back' if args.judge_held_back else 'carve'} CIDEr {results[name]['before']:.4f} -> "
               + " ".join(f"{c:.4f}" for c in results[name]["by_epoch"]), flush=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        write_results(results, args.out)
+
+
+def carve_sets(args, reference):
+    """(settings, the fit / carve / reported sets) of `args.data` in `reference`'s feature shape, selection on the
+    carve of train as `radcap train` does by default."""
+    from radcap.caption_data import training_sets
+    from radcap.settings import get_settings
+
+    settings = get_settings()
+    assert settings.split.select_on == "carve"
+    return settings, training_sets(args.data, args.encoder_version, settings.split, reference.config.max_views,
+                                   reference.model.attention)
+
+
+def read_results(path: Path) -> dict:
+    """What earlier runs wrote to `path` (each run adds its entries)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_results(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+
+
+def crossfit_path(args, seed: int) -> Path:
+    """Where `crossfit` saves seed `seed`'s cross-entropy model, beside `args.out`."""
+    return args.out.with_name(f"{args.out.stem}-crossfit{args.crossfit:g}-seed{seed}-xe")
 
 
 def held_back_groups(train, settings, fraction: float):
@@ -103,22 +124,21 @@ def held_back_groups(train, settings, fraction: float):
             train.subset([r for r in train.report_ids if not held_back[r]]))
 
 
-def crossfit(args, sets, settings, reference):
-    """Cross-entropy on train minus `args.crossfit` of its groups (same vocabulary and settings as `reference`),
-    saved beside `--out`; returns (the held-back set, the saved bundle, its record)."""
+def crossfit(args, fit, back, carve, settings, reference):
+    """Cross-entropy on `fit` (train minus the held-back groups `back`; same vocabulary and settings as
+    `reference`), selected on `carve`, saved at `crossfit_path`; returns (that path, its record)."""
     from radcap.caption_training import train_captioner
 
-    back, fit = held_back_groups(sets["train"], settings, args.crossfit)
     cfg = settings.captioner.model_copy(update={"architecture": reference.config.architecture, "seed": args.seed})
     start = time.perf_counter()
-    trained = train_captioner(fit, sets["val"], reference.vocab, cfg,
+    trained = train_captioner(fit, carve, reference.vocab, cfg,
                               {"encoder_version": args.encoder_version, "select_on": "carve"})
-    path = args.out.with_name(f"{args.out.stem}-crossfit{args.crossfit:g}-seed{args.seed}-xe")
+    path = crossfit_path(args, args.seed)
     trained.bundle.save(path)
     record = {"fit": len(fit), "held_back": len(back), "best_epoch": trained.fit.best_epoch,
               "carve_CIDEr": trained.fit.best.metrics.get("val_CIDEr"), "seconds": round(time.perf_counter() - start, 1)}
     print(f"cross-entropy on {len(fit)} reports ({len(back)} held back for SCST): {record}", flush=True)
-    return back, path, record
+    return path, record
 
 
 if __name__ == "__main__":

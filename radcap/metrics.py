@@ -43,7 +43,7 @@ import subprocess
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -246,7 +246,10 @@ class CiderD:
     def __init__(self, corpus: list[list[str]], n: int = 4, sigma: float = 6.0):
         self.n, self.sigma, self.documents = n, sigma, len(corpus)
         self.document_frequency = Counter(g for tokens in corpus for g in set(self._ngrams(tokens)))
-        self.log_documents = math.log(float(max(len(corpus), 1)))
+
+    @cached_property
+    def log_documents(self) -> float:
+        return math.log(float(max(self.documents, 1)))
 
     def to_json(self) -> dict:
         """The document frequencies without the corpus, for a saved model. Only n-grams of two documents or more
@@ -261,7 +264,6 @@ class CiderD:
         cider.documents = int(raw["documents"])
         if cider.n < 1 or not cider.sigma > 0 or cider.documents < 0:
             raise ValueError(f"n {cider.n}, sigma {cider.sigma}, documents {cider.documents} out of range")
-        cider.log_documents = math.log(float(max(cider.documents, 1)))
         cider.document_frequency = Counter({tuple(str(t) for t in gram): int(c) for gram, c in raw["document_frequency"]})
         return cider
 
