@@ -113,7 +113,7 @@ def untrained_model() -> str:
     from radcap.registry import register_captioner
     from radcap.metrics import CiderD
     from radcap.settings import DecoderSettings
-    from radcap.vocab import Vocabulary, tokenize
+    from radcap.vocab import Vocabulary
 
     cfg = DecoderSettings()
     reports = pd.read_csv(DATA / "iu_xray" / "indiana_reports.csv")
@@ -125,7 +125,7 @@ def untrained_model() -> str:
                              decoding={"beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty,
                                        "no_repeat_ngram": 3, "consensus_samples": cfg.consensus_samples})
     folder = Path(tempfile.mkdtemp(prefix="radcap-latency-")) / "captioner"
-    cider = CiderD([tokenize(t) for t in texts])  # what training on these reports attaches
+    cider = CiderD.of_reports(texts)  # what training on these reports attaches
     CaptionerBundle(build_model(config, len(vocab)), vocab, config, cider=cider).save(folder)
     mlflow.set_experiment("radcap-benchmarks")
     with mlflow.start_run(run_name="serving-latency-untrained"):

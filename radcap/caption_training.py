@@ -59,7 +59,7 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
     mean, std = train.feature_statistics(model.attention)
     model.feature_mean.assign(mean)
     model.feature_std.assign(std)
-    bundle = CaptionerBundle(model, vocab, config, cider=CiderD([tokenize(t) for t in train.texts]))
+    bundle = CaptionerBundle(model, vocab, config, cider=CiderD.of_reports(train.texts))
     train_step = make_train_step(model, keras.optimizers.Adam(cfg.learning_rate), cfg.clip_norm)
     eval_step = make_eval_step(model)
     train_tokens, val_tokens = token_matrix(train, vocab), token_matrix(val, vocab)

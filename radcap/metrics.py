@@ -247,6 +247,12 @@ class CiderD:
         self.n, self.sigma, self.documents = n, sigma, len(corpus)
         self.document_frequency = Counter(g for tokens in corpus for g in set(self._ngrams(tokens)))
 
+    @classmethod
+    def of_reports(cls, texts) -> "CiderD":
+        """Document frequencies of report texts, tokenized as the vocabulary tokenizes: what training attaches
+        to a captioner for consensus decoding."""
+        return cls([tokenize(t) for t in texts])
+
     @cached_property
     def log_documents(self) -> float:
         return math.log(float(max(self.documents, 1)))

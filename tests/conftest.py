@@ -57,14 +57,14 @@ def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute diseas
     from radcap.captioner_bundle import CaptionerBundle, build_model
     from radcap.metrics import CiderD
     from radcap.model_config import CaptionerConfig
-    from radcap.vocab import Vocabulary, tokenize
+    from radcap.vocab import Vocabulary
 
     keras.utils.set_random_seed(seed)
     config = CaptionerConfig(architecture="show-tell", embed_dim=8, units=16, attention_units=8, dropout=0.0,
                              max_views=2, encoder_version="random-seed0", encoder_spec="random:0", data_version="test",
                              decoding=decoding or {"beam_width": 1, "no_repeat_ngram": 3})
     vocab = Vocabulary.build(texts, 1, 12)
-    cider = CiderD([tokenize(t) for t in texts])  # as training attaches it
+    cider = CiderD.of_reports(texts)  # as training attaches it
     CaptionerBundle(build_model(config, len(vocab)), vocab, config, domain, cider).save(folder)
     return folder
 
