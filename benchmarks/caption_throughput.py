@@ -40,11 +40,11 @@ def real_images(n: int, into: Path) -> Path:
 
 
 def load(model: str):
-    from radcap.runtime import apply_offline_defaults
+    from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
-    from radcap.encoders import encoder_for
-    from radcap.registry import load_captioner
+    from radcap.imaging.encoders import encoder_for
+    from radcap.captioning.bundle import load_captioner
 
     bundle = load_captioner(model).bundle
     encoder = encoder_for(bundle.config)
@@ -53,8 +53,8 @@ def load(model: str):
 
 def caption_folder(folder: Path, out: Path, bundle, encoder, forward, batch_size: int) -> dict:
     """What `radcap caption` runs, without the Prefect wrapper (scan, caption, consolidate)."""
-    from radcap.captioning import CaptioningModel, CaptionStore, caption_images
-    from radcap.pacs import Identifiers, scan
+    from radcap.captioning.bulk import CaptioningModel, CaptionStore, caption_images
+    from radcap.pacs.exports import Identifiers, scan
 
     store = CaptionStore(out)
     images = scan(folder, Identifiers()).images
@@ -64,8 +64,8 @@ def caption_folder(folder: Path, out: Path, bundle, encoder, forward, batch_size
 
 
 def extract_folder(folder: Path, out: Path, encoder, forward, batch_size: int) -> int:
-    from radcap.features import FeatureStore, ImageItem, extract_features
-    from radcap.imaging import file_sha256
+    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
+    from radcap.imaging.decode import file_sha256
 
     items = [ImageItem(p.stem, str(p), file_sha256(p)) for p in sorted(folder.iterdir())]
     result = extract_features(items, forward, FeatureStore(out), encoder.name, encoder.version, batch_size, progress=False)

@@ -43,7 +43,7 @@ def noop(x):
 
 
 def scheduler_rate(tasks: int) -> dict:
-    from radcap.cluster import dask_client
+    from radcap.operations.cluster import dask_client
     from distributed import as_completed
 
     with dask_client("local:2", announce=lambda m: None) as client:
@@ -72,9 +72,9 @@ def synthetic_captions(n: int, offset: int, minutes: int) -> pd.DataFrame:
 
 
 def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
-    from radcap.captioning import CaptionStore
+    from radcap.captioning.bulk import CaptionStore
     from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
-    from radcap.io import write_table
+    from radcap.core.io import write_table
 
     store = CaptionStore(tmp / "captions-out")
     store.captions.mkdir(parents=True)
@@ -108,7 +108,7 @@ def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
 def feature_parts(images: int, tmp: Path) -> dict:
     """One run's features written as `extract_features` writes them (batches of 32 appended to part files of
     PART_ROWS rows): seconds per 1,000 images spent writing, files, bytes per image."""
-    from radcap.features import PART_ROWS, FeatureStore, ImageItem, PartWriter, features_table
+    from radcap.imaging.features import PART_ROWS, FeatureStore, ImageItem, PartWriter, features_table
 
     store = FeatureStore(tmp / "features")
     rng = np.random.default_rng(0)
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--worker-rate", type=float, required=True,
                         help="images/s of one single-thread worker (benchmarks/cluster_throughput.py, local:1)")
     args = parser.parse_args()
-    from radcap.runtime import apply_offline_defaults
+    from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
     files = sorted((DATA / "medpix2" / "images").glob("*.png")) + sorted((DATA / "covid_cxr" / "images").glob("*.png"))

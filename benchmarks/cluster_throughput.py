@@ -33,8 +33,8 @@ CONFIGS = ("in-process", "in-process-1-thread", "local:1", "local:2")
 
 
 def items_of(folder: Path):
-    from radcap.features import ImageItem
-    from radcap.imaging import file_sha256
+    from radcap.imaging.features import ImageItem
+    from radcap.imaging.decode import file_sha256
 
     return [ImageItem(p.stem, str(p), file_sha256(p)) for p in sorted(folder.iterdir())]
 
@@ -43,17 +43,17 @@ def child(config: str, folder: Path, warm: Path, batch: int, task_images: int) -
     start_cold = time.perf_counter()
     if config == "in-process-1-thread":
         os.environ["RADCAP_WORKER_THREADS"] = "1"
-    from radcap.runtime import apply_offline_defaults
+    from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
-    from radcap.features import FeatureStore, extract_features
-    from radcap.io import new_run_id
+    from radcap.imaging.features import FeatureStore, extract_features
+    from radcap.core.io import new_run_id
 
     items, warm_items = items_of(folder), items_of(warm)
     with tempfile.TemporaryDirectory(prefix="radcap-cluster-bench-") as tmp:
         store = FeatureStore(Path(tmp) / "features")
         if config.startswith("in-process"):
-            from radcap.scaleout import _encoder
+            from radcap.operations.scaleout import _encoder
 
             encoder, forward = _encoder("random:0", "fp32")  # honours RADCAP_WORKER_THREADS as a worker does
             extract_features(warm_items, forward, FeatureStore(Path(tmp) / "warm"), encoder.name, encoder.version,
@@ -63,8 +63,8 @@ def child(config: str, folder: Path, warm: Path, batch: int, task_images: int) -
                                       progress=False, run_id=new_run_id())
             cpu = time.process_time() - cpu
         else:
-            from radcap.cluster import dask_client
-            from radcap.scaleout import extract_on_cluster, warm_workers
+            from radcap.operations.cluster import dask_client
+            from radcap.operations.scaleout import extract_on_cluster, warm_workers
 
             with dask_client(config) as client:
                 warm_workers(client, "random:0")
@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--task-images", type=int, default=2048, help="cap; radcap.cluster.task_size spreads a run over the workers")
+    parser.add_argument("--task-images", type=int, default=2048, help="cap; radcap.operations.cluster.task_size spreads a run over the workers")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)

@@ -53,15 +53,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "consensus_decoding.json")
     args = parser.parse_args()
 
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()
     from scst_variants import carve_sets, crossfit, crossfit_path, held_back_groups, read_results, write_results
 
-    from radcap.caption_training import choose_length_penalty
-    from radcap.captioner_bundle import load_bundle
-    from radcap.metrics import paired_bootstrap, score_reports
+    from radcap.captioning.training import choose_length_penalty
+    from radcap.captioning.bundle import load_bundle
+    from radcap.metrics.scores import paired_bootstrap, score_reports
 
     reference = load_bundle(args.reference)
     settings, sets = carve_sets(args, reference)

@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=0)
     parser.add_argument("--pretrain-size", type=int, default=128)
     args = parser.parse_args()
-    from radcap.runtime import apply_offline_defaults
+    from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
     from radcap.flows.caption import caption_flow
@@ -95,8 +95,8 @@ def main() -> None:
     from radcap.flows.ingest import ingest_reports
     from radcap.flows.pretrain import pretrain_encoder_flow
     from radcap.flows.train import train_flow
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     settings, out = get_settings(), args.out
     dirs = {name: out / name for name in ("medpix", "covid", "phantoms", "nonmedical")}

@@ -52,20 +52,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()
     import pandas as pd
 
-    from radcap.caption_data import load_caption_sets
-    from radcap.encoders import encoder_for
-    from radcap.features import FeatureStore, extract_features
-    from radcap.imaging import prepare
+    from radcap.captioning.data import load_caption_sets
+    from radcap.imaging.encoders import encoder_for
+    from radcap.imaging.features import FeatureStore, extract_features
+    from radcap.imaging.decode import prepare
     from radcap.models.encoder import uint8_feature_model
-    from radcap.precision import (OptimizedMeta, convert, fidelity_check, openvino_forward, quantize_int8,
+    from radcap.imaging.precision import (OptimizedMeta, convert, openvino_forward, quantize_int8,
                                   save_optimized, store_version)
-    from radcap.registry import load_captioner
+    from radcap.captioning.bundle import load_captioner
+    from radcap.evaluation.fidelity import fidelity_check
 
     bundle = load_captioner(args.model).bundle
     encoder = encoder_for(bundle.config)

@@ -63,7 +63,7 @@ def finding_of(labels) -> str | None:
 
 def load(data_dir: Path, encoder_version: str) -> pd.DataFrame:
     sys.path.insert(0, str(ROOT))
-    from radcap.features import FeatureStore
+    from radcap.imaging.features import FeatureStore
 
     images = pd.read_parquet(data_dir / "images.parquet")
     stored = FeatureStore(data_dir / "features").load(encoder_version)

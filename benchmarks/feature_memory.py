@@ -23,12 +23,12 @@ DATA = ROOT.parent / "shared" / "data"
 
 def child(n: int, batch_size: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from radcap.runtime import apply_offline_defaults
+    from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
-    from radcap.encoders import resolve_encoder
-    from radcap.features import FeatureStore, ImageItem, extract_features
-    from radcap.imaging import file_sha256
+    from radcap.imaging.encoders import resolve_encoder
+    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
+    from radcap.imaging.decode import file_sha256
 
     files = sorted((DATA / "medpix2" / "images").glob("*.png")) + sorted((DATA / "covid_cxr" / "images").glob("*.png"))
     if len(files) < n:

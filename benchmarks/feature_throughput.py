@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from radcap.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
-from radcap.encoders import resolve_encoder  # noqa: E402
-from radcap.features import FeatureStore, ImageItem, extract_features  # noqa: E402
-from radcap.imaging import file_sha256, prepare  # noqa: E402
+from radcap.imaging.encoders import resolve_encoder  # noqa: E402
+from radcap.imaging.features import FeatureStore, ImageItem, extract_features  # noqa: E402
+from radcap.imaging.decode import file_sha256, prepare  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -27,16 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from radcap.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
 from radcap.data_contracts import REPORTS  # noqa: E402
-from radcap.catalog import DataCatalog  # noqa: E402
-from radcap.finding_labeler import BinaryLabels  # noqa: E402
-from radcap.io import read_table  # noqa: E402
-from radcap.metrics import caption_metrics, clinical_metrics  # noqa: E402
-from radcap.settings import get_settings  # noqa: E402
-from radcap.vocab import Vocabulary, tokenize  # noqa: E402
+from radcap.core.catalog import DataCatalog  # noqa: E402
+from radcap.text.labeler import BinaryLabels  # noqa: E402
+from radcap.core.io import read_table  # noqa: E402
+from radcap.metrics.scores import caption_metrics, clinical_metrics  # noqa: E402
+from radcap.core.settings import get_settings  # noqa: E402
+from radcap.text.vocab import Vocabulary, tokenize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IU = ROOT.parent / "shared" / "data" / "iu_xray"

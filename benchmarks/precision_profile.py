@@ -57,16 +57,16 @@ class StageClock:
 
 
 def load_variant(model: str, variant: str, builds: Path):
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()
     import tensorflow as tf
     if variant == "tf-bf16":  # before any graph is built: grappler rewrites every graph of this process
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
-    from radcap.encoders import encoder_for
-    from radcap.precision import openvino_forward
-    from radcap.registry import load_captioner
+    from radcap.imaging.encoders import encoder_for
+    from radcap.imaging.precision import openvino_forward
+    from radcap.captioning.bundle import load_captioner
 
     bundle = load_captioner(model).bundle
     encoder = encoder_for(bundle.config)
@@ -75,12 +75,12 @@ def load_variant(model: str, variant: str, builds: Path):
 
 
 def child(args) -> None:
-    import radcap.captioning as captioning
-    import radcap.features as features
-    import radcap.pacs as pacs
+    import radcap.captioning.bulk as captioning
+    import radcap.imaging.features as features
+    import radcap.pacs.exports as pacs
     from caption_throughput import caption_folder, real_images
 
-    from radcap.captioning import CaptionStore
+    from radcap.captioning.bulk import CaptionStore
 
     bundle, encoder, forward = load_variant(args.model, args.variant, args.builds)
     after_load = peak_rss_mib()
@@ -130,12 +130,12 @@ def build(args, builds: Path) -> dict:
     import pandas as pd
 
     from caption_throughput import real_images
-    from radcap.encoders import encoder_for
-    from radcap.imaging import prepare
+    from radcap.imaging.encoders import encoder_for
+    from radcap.imaging.decode import prepare
     from radcap.models.encoder import uint8_feature_model
-    from radcap.precision import OptimizedMeta, convert, quantize_int8, save_optimized
-    from radcap.registry import load_captioner
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.imaging.precision import OptimizedMeta, convert, quantize_int8, save_optimized
+    from radcap.captioning.bundle import load_captioner
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def previous_micro_f1(references: dict[str, str], hypotheses: dict[str, str]) -> float:
     """The old definition: counts summed over the observations that some reference mentions."""
-    from radcap.metrics import clinical_counts
+    from radcap.metrics.scores import clinical_counts
 
     ids = sorted(hypotheses)
     counts = clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids]).sum(axis=0)
@@ -37,12 +37,12 @@ def previous_micro_f1(references: dict[str, str], hypotheses: dict[str, str]) ->
 
 
 def main() -> None:
-    from radcap.finding_labeler import BinaryLabels
-    from radcap.metrics import score_reports
-    from radcap.promotion import decide
-    from radcap.settings import PromotionSettings, TextRules
-    from radcap.sources import read_iu_xml
-    from radcap.splits import apply_r2gen, read_r2gen_split
+    from radcap.text.labeler import BinaryLabels
+    from radcap.metrics.scores import score_reports
+    from radcap.registry.promotion import decide
+    from radcap.core.settings import PromotionSettings, TextRules
+    from radcap.ingestion.iu import read_iu_xml
+    from radcap.ingestion.splits import apply_r2gen, read_r2gen_split
 
     parsed = read_iu_xml(DATA / "ecgen-radiology", TextRules())
     apply_r2gen(parsed, read_r2gen_split(DATA / "r2gen_annotation.json"))

@@ -32,7 +32,7 @@ HEADLINE = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "clinical_micro_f1", "repeti
 
 def evaluate(bundle, architecture, evaluated, train, retrieval, meta, decoding: dict):
     """Scores on the reported split, the model decoding with its own settings and `decoding` on top."""
-    from radcap.evaluation import Evaluation, caption_with_baselines, score_systems
+    from radcap.evaluation.captioner import Evaluation, caption_with_baselines, score_systems
 
     tuned = bundle.config.decoding
     bundle.config.decoding = tuned.model_copy(update=decoding)
@@ -91,17 +91,17 @@ def main() -> None:
                              "--out STEM.json) instead of training it again")
     args = parser.parse_args()
 
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()
-    from radcap.caption_data import load_caption_sets, training_sets
-    from radcap.caption_training import CaptionTraining, choose_length_penalty, self_critical, train_captioner
-    from radcap.captioner_bundle import load_bundle
-    from radcap.metrics import CiderD
-    from radcap.training import FitResult
-    from radcap.settings import get_settings
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.data import load_caption_sets, training_sets
+    from radcap.captioning.training import CaptionTraining, choose_length_penalty, self_critical, train_captioner
+    from radcap.captioning.bundle import load_bundle
+    from radcap.metrics.scores import CiderD
+    from radcap.core.training import FitResult
+    from radcap.core.settings import get_settings
+    from radcap.text.vocab import Vocabulary
 
     settings = get_settings()
     rules = settings.split  # select_on=carve: the reported split is never read while training
@@ -116,11 +116,12 @@ def main() -> None:
     evaluated = load_caption_sets(args.data, args.encoder_version, (args.split,), cfg.max_views, grid)[args.split]
     train_all = load_caption_sets(args.data, args.encoder_version, ("train",), cfg.max_views)["train"]
     if args.retriever:
-        from radcap import registry
-        from radcap.evaluation import retrieval_system
-        from radcap.retrieval import retrieved_captions
+        from radcap.registry import store as registry
+        from radcap.retrieval.retriever import load_retriever
+        from radcap.evaluation.captioner import retrieval_system
+        from radcap.retrieval.retriever import retrieved_captions
 
-        retriever = registry.load_retriever(args.retriever)
+        retriever = load_retriever(args.retriever)
         own = load_caption_sets(args.data, retriever.bundle.config.encoder_version, (args.split,), 2)[args.split]
         found = dict(zip(own.report_ids, retrieved_captions(retriever.bundle, retriever.index, own)))
         retrieval = retrieval_system([found[r] for r in evaluated.report_ids])

@@ -17,16 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from radcap.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
 from radcap.data_contracts import IMAGES, REPORTS  # noqa: E402
-from radcap.caption_data import CaptionSet, build_caption_set  # noqa: E402
-from radcap.catalog import DataCatalog  # noqa: E402
-from radcap.features import FeatureStore  # noqa: E402
-from radcap.io import read_table  # noqa: E402
-from radcap.retrieval import both_directions, random_baseline, raw_feature_baseline  # noqa: E402
-from radcap.registry import load_retriever  # noqa: E402
+from radcap.captioning.data import CaptionSet, build_caption_set  # noqa: E402
+from radcap.core.catalog import DataCatalog  # noqa: E402
+from radcap.imaging.features import FeatureStore  # noqa: E402
+from radcap.core.io import read_table  # noqa: E402
+from radcap.retrieval.retriever import both_directions, random_baseline, raw_feature_baseline  # noqa: E402
+from radcap.retrieval.retriever import load_retriever  # noqa: E402
 
 
 def main() -> None:

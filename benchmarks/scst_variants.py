@@ -51,12 +51,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "scst_variants.json")
     args = parser.parse_args()
 
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()
-    from radcap.caption_training import self_critical
-    from radcap.captioner_bundle import load_bundle
+    from radcap.captioning.training import self_critical
+    from radcap.captioning.bundle import load_bundle
 
     reference = load_bundle(args.bundle)
     settings, sets = carve_sets(args, reference)
@@ -89,8 +89,8 @@ def main() -> None:
 def carve_sets(args, reference):
     """(settings, the fit / carve / reported sets) of `args.data` in `reference`'s feature shape, selection on the
     carve of train as `radcap train` does by default."""
-    from radcap.caption_data import training_sets
-    from radcap.settings import get_settings
+    from radcap.captioning.data import training_sets
+    from radcap.core.settings import get_settings
 
     settings = get_settings()
     assert settings.split.select_on == "carve"
@@ -116,7 +116,7 @@ def crossfit_path(args, seed: int) -> Path:
 def held_back_groups(train, settings, fraction: float):
     """(held-back set, fitted set): `fraction` of the train set's groups, by the same group hashing as the
     selection carve with its own salt (a different slice of the groups)."""
-    from radcap.splits import in_selection_carve
+    from radcap.ingestion.splits import in_selection_carve
 
     rules = settings.split.model_copy(update={"select_salt": "radcap-crossfit-v1", "select_fraction": fraction})
     held_back = {r: in_selection_carve(g, rules) for r, g in zip(train.report_ids, train.group_ids)}
@@ -127,7 +127,7 @@ def held_back_groups(train, settings, fraction: float):
 def crossfit(args, fit, back, carve, settings, reference):
     """Cross-entropy on `fit` (train minus the held-back groups `back`; same vocabulary and settings as
     `reference`), selected on `carve`, saved at `crossfit_path`; returns (that path, its record)."""
-    from radcap.caption_training import train_captioner
+    from radcap.captioning.training import train_captioner
 
     cfg = settings.captioner.model_copy(update={"architecture": reference.config.architecture, "seed": args.seed})
     start = time.perf_counter()

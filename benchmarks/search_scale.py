@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from radcap.retrieval import RetrievalIndex  # noqa: E402
+from radcap.retrieval.retriever import RetrievalIndex  # noqa: E402
 
 
 def main() -> None:

@@ -46,8 +46,9 @@ def percentiles(values: list[float]) -> dict:
 
 
 def page_latency(model: str, retriever: str | None, files: list[tuple[str, bytes]], warmup: int, n: int) -> dict:
-    from radcap.registry import load_captioner, load_retriever
-    from radcap.study import StudyReader
+    from radcap.captioning.bundle import load_captioner
+    from radcap.retrieval.retriever import load_retriever
+    from radcap.serving.study import StudyReader
 
     reader = StudyReader(load_captioner(model), load_retriever(retriever) if retriever else None, 5)
     for _ in range(warmup):
@@ -108,12 +109,12 @@ def untrained_model() -> str:
     import mlflow
     import pandas as pd
 
-    from radcap.captioner_bundle import CaptionerBundle, build_model
-    from radcap.model_config import CaptionerConfig
-    from radcap.registry import register_captioner
-    from radcap.metrics import CiderD
-    from radcap.settings import DecoderSettings
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.bundle import CaptionerBundle, build_model
+    from radcap.core.model_config import CaptionerConfig
+    from radcap.registry.store import register_captioner
+    from radcap.metrics.scores import CiderD
+    from radcap.core.settings import DecoderSettings
+    from radcap.text.vocab import Vocabulary
 
     cfg = DecoderSettings()
     reports = pd.read_csv(DATA / "iu_xray" / "indiana_reports.csv")
@@ -173,7 +174,7 @@ def main() -> None:
     parser.add_argument("--dicom", action="store_true", help="2,048 px 16-bit DICOM files instead of the PNGs")
     args = parser.parse_args()
 
-    from radcap.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
 
     apply_offline_defaults()
     import_tensorflow_quietly()

@@ -1,6 +1,6 @@
 """Decoder training speed on precomputed features: the real epoch loop vs the bare compiled train step.
 
-Both run in one process on the same data: `radcap.caption_training.train_captioner` for two epochs (the
+Both run in one process on the same data: `radcap.captioning.training.train_captioner` for two epochs (the
 first compiles; the second's batch loop is timed, including batch assembly and the Python loop), then the
 same compiled step alone on batches already built as tensors. Prints seconds per epoch and the ratio.
 
@@ -18,17 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from radcap.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
 from radcap.data_contracts import IMAGES, REPORTS  # noqa: E402
-from radcap.caption_data import build_caption_set  # noqa: E402
-from radcap.caption_training import token_matrix, train_captioner  # noqa: E402
-from radcap.catalog import DataCatalog  # noqa: E402
-from radcap.features import FeatureStore  # noqa: E402
-from radcap.io import read_table  # noqa: E402
-from radcap.settings import get_settings  # noqa: E402
-from radcap.vocab import Vocabulary  # noqa: E402
+from radcap.captioning.data import build_caption_set  # noqa: E402
+from radcap.captioning.training import token_matrix, train_captioner  # noqa: E402
+from radcap.core.catalog import DataCatalog  # noqa: E402
+from radcap.imaging.features import FeatureStore  # noqa: E402
+from radcap.core.io import read_table  # noqa: E402
+from radcap.core.settings import get_settings  # noqa: E402
+from radcap.text.vocab import Vocabulary  # noqa: E402
 
 
 def main() -> None:

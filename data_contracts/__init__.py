@@ -1,5 +1,11 @@
 """The single source of truth for every table's columns and types."""
 
+# One name per file: this folder installs as radcap.data_contracts (pyproject.toml); run from the repository root it would
+# also import as `data_contracts`, a second copy of every module in it.
+if __name__ != "radcap.data_contracts":
+    raise ImportError(f"import radcap.data_contracts, not {__name__} (the folder installs under radcap's namespace)")
+
+
 from radcap.data_contracts.base import Column, Contract, ContractError
 from radcap.data_contracts.captions import CAPTION_REJECTS, CAPTIONS
 from radcap.data_contracts.features import FEATURES, LABELLED_IMAGES

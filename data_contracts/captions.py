@@ -22,7 +22,7 @@ CAPTIONS = Contract(
         Column("model_version", pa.string(), nullable=False),
         Column("encoder_version", pa.string(), nullable=False),
         Column("captioned_at", UTC_TIME, nullable=False),
-        Column("ood_score", pa.float32(), doc="The study's out-of-domain score (radcap.domain); null for a model "
+        Column("ood_score", pa.float32(), doc="The study's out-of-domain score (radcap.domain.guard); null for a model "
                "saved without a domain guard."),
         Column("in_domain", pa.bool_(), doc="False when the study is unlike the model's training images, or a "
                "DICOM's Modality is outside the training modalities."),

@@ -55,7 +55,7 @@ IMAGES = Contract(
         Column(
             "labels", pa.list_(pa.string()), nullable=False,
             doc="Image labels given by the source as 'namespace:value' (a manifest's `labels` column); "
-            "labels derived from reports and metadata are added by `radcap.labels`.",
+            "labels derived from reports and metadata are added by `radcap.imaging.labels`.",
         ),
     ),
 )

@@ -33,8 +33,8 @@ SEARCH_RESULTS = Contract(
         Column("source", pa.string(), nullable=False),
         Column("model", pa.string(), nullable=False),
         Column("encoder_version", pa.string(), doc="For image queries: the encoder that encoded them, "
-               "VERSION@PRECISION below fp32 (radcap.precision)."),
-        Column("ood_score", pa.float32(), doc="For image queries: the study's out-of-domain score (radcap.domain)."),
+               "VERSION@PRECISION below fp32 (radcap.imaging.precision)."),
+        Column("ood_score", pa.float32(), doc="For image queries: the study's out-of-domain score (radcap.domain.guard)."),
         Column("in_domain", pa.bool_(), doc="For image queries: False when the study is unlike the training images."),
     ),
 )

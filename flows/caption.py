@@ -8,12 +8,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
-from radcap.errors import RadcapError
-from radcap.cluster import dask_client
-from radcap.inbox import Ledger, complete_batches
-from radcap.io import exclusive_lock
-from radcap.runtime import apply_offline_defaults
-from radcap.settings import BulkCaptioningSettings, get_settings
+from radcap.core.errors import RadcapError
+from radcap.operations.cluster import dask_client
+from radcap.operations.inbox import Ledger, complete_batches
+from radcap.core.io import exclusive_lock
+from radcap.core.runtime import apply_offline_defaults
+from radcap.core.settings import BulkCaptioningSettings, get_settings
 from radcap.tasks.caption import caption_batch, consolidate, load_model, scan_inputs
 
 

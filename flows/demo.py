@@ -17,8 +17,8 @@ from radcap.flows.ingest import ingest_reports
 from radcap.flows.pretrain import pretrain_encoder_flow
 from radcap.flows.promote import promote_flow
 from radcap.flows.train import train_flow
-from radcap.runtime import apply_offline_defaults
-from radcap.settings import PROFILES, load_settings
+from radcap.core.runtime import apply_offline_defaults
+from radcap.core.settings import PROFILES, load_settings
 from radcap.tasks.sample import make_pacs_export, make_sample
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import get_settings
+from radcap.core.settings import get_settings
 from radcap.tasks.evaluate import (
     caption_systems,
     check_guard,
@@ -17,7 +17,7 @@ from radcap.tasks.evaluate import (
     score,
     write_report,
 )
-from radcap.tracking import tracked_run
+from radcap.registry.tracking import tracked_run
 
 
 @flow(name="evaluate-captioner")

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import get_settings
+from radcap.core.settings import get_settings
 from radcap.tasks.features import encode_images, load_encoder, plan_features, record_feature_run
 
 

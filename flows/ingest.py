@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import Settings, get_settings
+from radcap.core.settings import Settings, get_settings
 from radcap.tasks.ingest import assign_splits, build_tables, read_source, write_ingest_outputs
 
 

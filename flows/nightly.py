@@ -17,8 +17,8 @@ from radcap.flows.features import extract_features_flow
 from radcap.flows.ingest import ingest_reports
 from radcap.flows.promote import promote_flow
 from radcap.flows.train import train_flow
-from radcap.runtime import apply_offline_defaults
-from radcap.settings import get_settings
+from radcap.core.runtime import apply_offline_defaults
+from radcap.core.settings import get_settings
 from radcap.tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import get_settings
+from radcap.core.settings import get_settings
 from radcap.tasks.features import load_encoder
 from radcap.tasks.optimize import build_optimized, calibration_squares, register_optimized
-from radcap.tracking import tracked_run
+from radcap.registry.tracking import tracked_run
 
 
 @flow(name="optimize-encoder")

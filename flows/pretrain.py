@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import EncoderSettings, SplitRules, get_settings
-from radcap.tracking import tracked_run
+from radcap.core.settings import EncoderSettings, SplitRules, get_settings
+from radcap.registry.tracking import tracked_run
 from radcap.tasks.pretrain import (SELECTION, decode_split, fit_label_space, gather_labelled_images, mark_selection,
                                    register_encoder, train)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import PromotionSettings, get_settings
+from radcap.core.settings import PromotionSettings, get_settings
 from radcap.tasks.promote import contenders, decide, record_decision, restore_previous, score_versions
 
 

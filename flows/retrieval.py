@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import RetrievalSettings, get_settings
+from radcap.core.settings import RetrievalSettings, get_settings
 from radcap.tasks.retrieval import (
     build_index,
     evaluate_retriever,
@@ -24,7 +24,7 @@ from radcap.tasks.retrieval import (
     write_retrieval_report,
 )
 from radcap.tasks.train import training_inputs
-from radcap.tracking import tracked_run
+from radcap.registry.tracking import tracked_run
 
 
 @flow(name="train-retrieval")

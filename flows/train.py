@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
-from radcap.settings import DecoderSettings, SplitRules, get_settings
+from radcap.core.settings import DecoderSettings, SplitRules, get_settings
 from radcap.tasks.train import (
     build_vocabulary,
     caption_sets,
@@ -18,7 +18,7 @@ from radcap.tasks.train import (
     training_inputs,
     tune_decoding,
 )
-from radcap.tracking import tracked_run
+from radcap.registry.tracking import tracked_run
 
 
 @flow(name="train-captioner")

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 
 class Decoder:
-    """Wraps a captioner's `start`/`step` in compiled functions; ids follow `radcap.vocab` (pad 0)."""
+    """Wraps a captioner's `start`/`step` in compiled functions; ids follow `radcap.text.vocab` (pad 0)."""
 
     def __init__(self, model, start_id: int, end_id: int, max_length: int, banned: tuple[int, ...] = ()):
         """`banned`: ids never generated besides pad and <start> (the bundle bans <unk>: a report saying

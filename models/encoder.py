@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 FEATURE_LAYER = "relu"  # DenseNet-121's last BN+ReLU: 7x7x1024 at 224 px
-CHEXNET_OUTPUTS = 14  # the published CheXNet head: the 14 ChestX-ray14 observations (radcap.labels.CHESTXRAY14)
+CHEXNET_OUTPUTS = 14  # the published CheXNet head: the 14 ChestX-ray14 observations (radcap.imaging.labels.CHESTXRAY14)
 
 
 def build_chexnet(n_outputs: int = CHEXNET_OUTPUTS, input_size: int | None = 224, seed: int = 0) -> keras.Model:

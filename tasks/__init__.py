@@ -1,10 +1,16 @@
 """Prefect tasks, one module per pipeline stage: thin wrappers over the `radcap` library. No task module
 imports another; what two stages share lives in the library."""
 
+# One name per file: this folder installs as radcap.tasks (pyproject.toml); run from the repository root it would
+# also import as `tasks`, a second copy of every module in it.
+if __name__ != "radcap.tasks":
+    raise ImportError(f"import radcap.tasks, not {__name__} (the folder installs under radcap's namespace)")
+
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from radcap.errors import RadcapError
+from radcap.core.errors import RadcapError
 
 # Tasks pass in-memory rows, tables, models and arrays: hashing them for a cache key would cost more than
 # re-reading the files, and a cache keyed on paths would miss edits to the files.

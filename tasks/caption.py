@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap.captioning import (
+from radcap.captioning.bulk import (
     CaptioningModel,
     CaptionResult,
     CaptionStore,
@@ -16,17 +16,17 @@ from radcap.captioning import (
     reject_frame,
     with_companions,
 )
-from radcap.cluster import dask_client
+from radcap.operations.cluster import dask_client
 from radcap.data_contracts import CAPTIONS
-from radcap.io import new_run_id
-from radcap.pacs import InputImage, identifiers, scan
-from radcap.settings import BulkCaptioningSettings, get_settings
+from radcap.core.io import new_run_id
+from radcap.pacs.exports import InputImage, identifiers, scan
+from radcap.core.settings import BulkCaptioningSettings, get_settings
 from radcap.tasks import registry_task, uncached
 
 
 @registry_task
 def load_model(uri: str, encoder: str | None = None, precision: str = "fp32") -> CaptioningModel:
-    """`radcap.captioning.load_captioning_model`, logged."""
+    """`radcap.captioning.bulk.load_captioning_model`, logged."""
     model = load_captioning_model(uri, encoder, precision)
     get_run_logger().info("captioner %s version %s (%s) on encoder %s at %s", model.name, model.version,
                           model.bundle.config.architecture, model.encoder.version, precision)
@@ -66,14 +66,14 @@ def model_uri(model: CaptioningModel) -> str:
 @uncached
 def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings,
                   cluster: str | None = None, encoder: str | None = None) -> CaptionResult:
-    """Caption `todo` in this process, or across the Dask cluster `cluster` (radcap.cluster)."""
+    """Caption `todo` in this process, or across the Dask cluster `cluster` (radcap.operations.cluster)."""
     decoding = {} if cfg.consensus_samples is None else {"consensus_samples": cfg.consensus_samples}
     with dask_client(cluster) as client:
         if client is None:
             result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, decoding=decoding,
                                     ood_policy=cfg.ood_policy)
         else:
-            from radcap.scaleout import caption_on_cluster
+            from radcap.operations.scaleout import caption_on_cluster
 
             result = caption_on_cluster(client, todo, model_uri(model), encoder, cfg.precision, out, cfg.batch_size,
                                         cfg.ood_policy, new_run_id(), get_settings().cluster_task_images, decoding)

@@ -6,12 +6,14 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap import registry
-from radcap.caption_data import CaptionSet, load_caption_sets
-from radcap.errors import RadcapError
-from radcap.catalog import DataCatalog
+from radcap.registry import store as registry
+from radcap.captioning import bundle as captioners
+from radcap.retrieval import retriever as retrievers
+from radcap.captioning.data import CaptionSet, load_caption_sets
+from radcap.core.errors import RadcapError
+from radcap.core.catalog import DataCatalog
 from radcap.data_contracts import IMAGES, REPORTS
-from radcap.evaluation import (
+from radcap.evaluation.captioner import (
     Evaluation,
     System,
     caption_with_baselines,
@@ -22,15 +24,15 @@ from radcap.evaluation import (
     score_systems,
     study_modalities,
 )
-from radcap.io import read_table
-from radcap.registry import LoadedModel
-from radcap.retrieval import retrieved_captions
+from radcap.core.io import read_table
+from radcap.registry.store import LoadedModel
+from radcap.retrieval.retriever import retrieved_captions
 from radcap.tasks import registry_task, uncached
 
 
 @registry_task
 def load_captioner(uri: str) -> LoadedModel:
-    loaded = registry.load_captioner(uri)
+    loaded = captioners.load_captioner(uri)
     config = loaded.bundle.config
     get_run_logger().info("captioner %s: %s on encoder %s", loaded.uri, config.architecture, config.encoder_version)
     return loaded
@@ -54,7 +56,7 @@ def caption_systems(loaded: LoadedModel, evaluated: CaptionSet, train: CaptionSe
 @registry_task
 def retrieval_captions(uri: str, data_dir: Path, evaluated: CaptionSet, split: str) -> System:
     """The contrastive retriever's top-1 known report for each evaluated study, as one more system."""
-    retriever = registry.load_retriever(uri)
+    retriever = retrievers.load_retriever(uri)
     config = retriever.bundle.config
     own = load_caption_sets(data_dir, config.encoder_version, (split,), config.max_views)[split]
     found = dict(zip(own.report_ids, retrieved_captions(retriever.bundle, retriever.index, own)))

@@ -7,12 +7,12 @@ from pathlib import Path
 from prefect.logging import get_run_logger
 
 from radcap.data_contracts import IMAGES
-from radcap.catalog import DataCatalog
-from radcap.encoders import Encoder, at_precision, resolve_encoder
-from radcap.features import ExtractResult, FeatureStore, ImageItem, extract_features
-from radcap.cluster import dask_client
-from radcap.io import new_run_id, read_table, write_json, write_rejects
-from radcap.settings import get_settings
+from radcap.core.catalog import DataCatalog
+from radcap.imaging.encoders import Encoder, at_precision, resolve_encoder
+from radcap.imaging.features import ExtractResult, FeatureStore, ImageItem, extract_features
+from radcap.operations.cluster import dask_client
+from radcap.core.io import new_run_id, read_table, write_json, write_rejects
+from radcap.core.settings import get_settings
 from radcap.tasks import registry_task, uncached
 
 
@@ -34,14 +34,14 @@ def plan_features(data_dir: Path, encoder_version: str) -> tuple[list[ImageItem]
 @uncached
 def encode_images(todo: list[ImageItem], encoder: Encoder, data_dir: Path, batch_size: int,
                   cluster: str | None = None) -> ExtractResult:
-    """Encode `todo` in this process, or across the Dask cluster `cluster` (radcap.cluster)."""
+    """Encode `todo` in this process, or across the Dask cluster `cluster` (radcap.operations.cluster)."""
     store, run_id = FeatureStore(DataCatalog(data_dir).features), new_run_id()
     with dask_client(cluster if todo else None) as client:
         if client is None:
             result = extract_features(todo, encoder.forward_fn(), store, encoder.name, encoder.store_version,
                                       batch_size=batch_size, input_size=encoder.input_size, run_id=run_id)
         else:
-            from radcap.scaleout import extract_on_cluster
+            from radcap.operations.scaleout import extract_on_cluster
 
             result = extract_on_cluster(client, todo, encoder.spec, encoder.precision, store.root, batch_size, run_id,
                                         get_settings().encoder.cluster_task_images)

@@ -10,11 +10,14 @@ import pyarrow as pa
 from prefect.logging import get_run_logger
 
 from radcap.data_contracts import IMAGES, REJECTS, REPORTS
-from radcap.catalog import DataCatalog
-from radcap.io import write_json, write_table
-from radcap.settings import Settings
-from radcap.sources import Parsed, read_iu_csv, read_iu_xml, read_manifest, read_medpix
-from radcap.splits import apply_hash_split, apply_r2gen, enforce_no_leakage, read_r2gen_split
+from radcap.core.catalog import DataCatalog
+from radcap.core.io import write_json, write_table
+from radcap.core.settings import Settings
+from radcap.ingestion.common import Parsed
+from radcap.ingestion.iu import read_iu_csv, read_iu_xml
+from radcap.ingestion.manifest import read_manifest
+from radcap.ingestion.medpix import read_medpix
+from radcap.ingestion.splits import apply_hash_split, apply_r2gen, enforce_no_leakage, read_r2gen_split
 from radcap.tasks import uncached
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap.catalog import DataCatalog
-from radcap.io import files_fingerprint, write_json
+from radcap.core.catalog import DataCatalog
+from radcap.core.io import files_fingerprint, write_json
 from radcap.tasks import uncached
 
 

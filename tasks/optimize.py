@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 from prefect.logging import get_run_logger
 
-from radcap import registry
-from radcap.encoders import Encoder
-from radcap.imaging import ImageRejected, prepare
-from radcap.precision import OptimizedMeta, convert, quantize_int8, save_optimized
+from radcap.registry import store as registry
+from radcap.imaging.encoders import Encoder
+from radcap.imaging.decode import ImageRejected, prepare
+from radcap.imaging.precision import (OPTIMIZED_ENCODER, OptimizedMeta, convert, quantize_int8,
+                                     register_optimized_encoder, save_optimized)
 from radcap.tasks import registry_task, uncached
 
 
@@ -46,7 +47,7 @@ def build_optimized(encoder: Encoder, precision: str, calibration: np.ndarray, o
 @registry_task
 def register_optimized(folder: Path) -> str:
     meta = OptimizedMeta.load(folder)
-    version = registry.register_optimized_encoder(folder, {**meta.__dict__})
-    uri = f"models:/{registry.OPTIMIZED_ENCODER}/{version}"
+    version = register_optimized_encoder(folder, {**meta.__dict__})
+    uri = f"models:/{OPTIMIZED_ENCODER}/{version}"
     get_run_logger().info("registered %s: encoder %s at %s", uri, meta.source_version, meta.precision)
     return uri

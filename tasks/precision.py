@@ -8,18 +8,15 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap import registry
-from radcap.caption_data import load_caption_sets
-from radcap.io import write_json
-from radcap.errors import RadcapError
-from radcap.precision import (
-    PRECISIONS_TAG,
-    accepted_precisions,
-    fidelity_check,
-    retrieval_fidelity_check,
-    store_version,
-)
-from radcap.registry import LoadedModel
+from radcap.registry import store as registry
+from radcap.captioning.bundle import load_captioner
+from radcap.retrieval.retriever import load_retriever
+from radcap.captioning.data import load_caption_sets
+from radcap.core.io import write_json
+from radcap.core.errors import RadcapError
+from radcap.evaluation.fidelity import fidelity_check, retrieval_fidelity_check
+from radcap.imaging.precision import PRECISIONS_TAG, accepted_precisions, store_version
+from radcap.registry.store import LoadedModel
 from radcap.tasks import registry_task, uncached
 
 
@@ -27,10 +24,10 @@ from radcap.tasks import registry_task, uncached
 def load_checked_model(uri: str) -> LoadedModel:
     """The captioner or the retriever at `uri` (a precision is accepted per registered version of either)."""
     try:
-        return registry.load_captioner(uri)
+        return load_captioner(uri)
     except RadcapError as captioner_error:
         try:
-            return registry.load_retriever(uri)
+            return load_retriever(uri)
         except RadcapError:
             raise RadcapError(f"{captioner_error} (nor a retriever)") from None
 

@@ -10,22 +10,23 @@ import pandas as pd
 from prefect.logging import get_run_logger
 
 from radcap.data_contracts import IMAGES, LABELLED_IMAGES, REPORTS
-from radcap import registry, tracking
-from radcap.catalog import DataCatalog, RunFolder
-from radcap.errors import RadcapError
-from radcap.io import read_table, write_json, write_rejects, write_table
-from radcap.labels import LabelSpace, labelled_images
-from radcap.reporting import curves_figure
-from radcap.pretraining import decode_images, train_encoder
-from radcap.settings import EncoderSettings, SplitRules
-from radcap.splits import selection_mask
+from radcap.registry import store as registry
+from radcap.registry import tracking
+from radcap.core.catalog import DataCatalog, RunFolder
+from radcap.core.errors import RadcapError
+from radcap.core.io import read_table, write_json, write_rejects, write_table
+from radcap.imaging.labels import LabelSpace, labelled_images
+from radcap.core.reporting import curves_figure
+from radcap.imaging.pretraining import decode_images, train_encoder
+from radcap.core.settings import EncoderSettings, SplitRules
+from radcap.ingestion.splits import selection_mask
 from radcap.tasks import registry_task, uncached
-from radcap.training import FitResult
+from radcap.core.training import FitResult
 
 
 @uncached
 def gather_labelled_images(data_dirs: list[Path], out: Path) -> pd.DataFrame:
-    """Labels of every image of every data directory (see radcap.labels), written to `out/labelled_images.parquet`."""
+    """Labels of every image of every data directory (see radcap.imaging.labels), written to `out/labelled_images.parquet`."""
     frames = []
     for data_dir in data_dirs:
         catalog = DataCatalog(data_dir)

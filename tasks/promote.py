@@ -7,13 +7,15 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap import promotion, registry
-from radcap.caption_data import load_caption_sets
-from radcap.errors import RadcapError
-from radcap.io import write_json
-from radcap.metrics import CAPTION_METRICS, CLINICAL_METRICS, ReportScores, score_reports
-from radcap.promotion import Decision
-from radcap.settings import PromotionSettings
+from radcap.registry import promotion
+from radcap.registry import store as registry
+from radcap.captioning.bundle import load_captioner
+from radcap.captioning.data import load_caption_sets
+from radcap.core.errors import RadcapError
+from radcap.core.io import write_json
+from radcap.metrics.scores import CAPTION_METRICS, CLINICAL_METRICS, ReportScores, score_reports
+from radcap.registry.promotion import Decision
+from radcap.core.settings import PromotionSettings
 from radcap.tasks import registry_task, uncached
 
 
@@ -29,7 +31,7 @@ def score_versions(data_dir: Path, name: str, versions: list[str], split: str, m
     """Caption and score each version on the reports of `split` that every version has features for."""
     loaded = {}
     for version in versions:
-        bundle = registry.load_captioner(f"models:/{name}/{version}").bundle
+        bundle = load_captioner(f"models:/{name}/{version}").bundle
         config = bundle.config
         loaded[version] = (bundle, load_caption_sets(data_dir, config.encoder_version, (split,), config.max_views,
                                                      grid=bundle.model.attention, min_size=0)[split])

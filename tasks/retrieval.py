@@ -8,20 +8,22 @@ from pathlib import Path
 import pandas as pd
 from prefect.logging import get_run_logger
 
-from radcap import registry, tracking
-from radcap.caption_data import CaptionSet, load_caption_sets, training_sets
-from radcap.captioning import reject_row
-from radcap.catalog import DataCatalog, RunFolder
-from radcap.cluster import dask_client
+from radcap.registry import store as registry
+from radcap.retrieval import retriever as retrievers
+from radcap.registry import tracking
+from radcap.captioning.data import CaptionSet, load_caption_sets, training_sets
+from radcap.captioning.bulk import reject_row
+from radcap.core.catalog import DataCatalog, RunFolder
+from radcap.operations.cluster import dask_client
 from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
-from radcap.domain import domain_guard
-from radcap.encoders import at_precision, encoder_for
-from radcap.io import atomic_path, new_run_id, read_table, write_json, write_table
-from radcap.pacs import identifiers, scan
-from radcap.precision import require_precision
-from radcap.registry import LoadedModel
-from radcap.reporting import curves_figure, write_text
-from radcap.retrieval import (
+from radcap.domain.guard import domain_guard
+from radcap.imaging.encoders import at_precision, encoder_for
+from radcap.core.io import atomic_path, new_run_id, read_table, write_json, write_table
+from radcap.pacs.exports import identifiers, scan
+from radcap.imaging.precision import require_precision
+from radcap.registry.store import LoadedModel
+from radcap.core.reporting import curves_figure, write_text
+from radcap.retrieval.retriever import (
     RetrievalIndex,
     RetrieverTraining,
     evaluate_retriever as evaluate,
@@ -30,14 +32,14 @@ from radcap.retrieval import (
     retrieve_studies,
     train_retriever,
 )
-from radcap.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
+from radcap.core.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
 from radcap.tasks import registry_task, uncached
-from radcap.vocab import Vocabulary
+from radcap.text.vocab import Vocabulary
 
 
 @uncached
 def retrieval_sets(data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules) -> dict[str, CaptionSet]:
-    """The fitting set and the selection set (`radcap.caption_data.training_sets`); recall is reported there."""
+    """The fitting set and the selection set (`radcap.captioning.data.training_sets`); recall is reported there."""
     return training_sets(data_dir, encoder_version, rules, cfg.max_views, min_size=2)
 
 
@@ -115,7 +117,7 @@ def register_retriever(out: Path, cfg: RetrievalSettings, tags: dict) -> str:
 
 @registry_task
 def load_retriever(uri: str) -> LoadedModel:
-    loaded = registry.load_retriever(uri)
+    loaded = retrievers.load_retriever(uri)
     table = loaded.index.table
     get_run_logger().info("retriever %s: %d known images, %d known reports", loaded.uri,
                           int((table["kind"] == "image").sum()), int((table["kind"] == "report").sum()))
@@ -144,7 +146,7 @@ def retrieve_images(root: Path, loaded: LoadedModel, top_k: int, cfg: BulkCaptio
             results, rejects = retrieve_studies(found.images, loaded.bundle, loaded.index, model.forward_fn(),
                                                 cfg.batch_size, model.input_size, top_k, loaded.uri, model.store_version)
         else:
-            from radcap.scaleout import retrieve_on_cluster
+            from radcap.operations.scaleout import retrieve_on_cluster
 
             uri = str(Path(loaded.name).resolve()) if loaded.version == "local" else loaded.uri
             frames, rejects = retrieve_on_cluster(client, found.images, uri, encoder, precision, cfg.batch_size, top_k,

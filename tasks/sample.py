@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from radcap.phantoms import write_pacs_export, write_sample
-from radcap.settings import SampleSettings
+from radcap.ingestion.phantoms import write_pacs_export, write_sample
+from radcap.core.settings import SampleSettings
 from radcap.tasks import uncached
 
 

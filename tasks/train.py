@@ -8,21 +8,22 @@ import numpy as np
 import pandas as pd
 from prefect.logging import get_run_logger
 
-from radcap import registry, tracking
-from radcap.caption_data import CaptionSet, training_sets
-from radcap.caption_training import CaptionTraining, choose_length_penalty, self_critical, train_captioner, training_key
-from radcap.catalog import DataCatalog, RunFolder
+from radcap.registry import store as registry
+from radcap.registry import tracking
+from radcap.captioning.data import CaptionSet, training_sets
+from radcap.captioning.training import CaptionTraining, choose_length_penalty, self_critical, train_captioner, training_key
+from radcap.core.catalog import DataCatalog, RunFolder
 from radcap.data_contracts import IMAGES, REPORTS
 from radcap.data_contracts.features import GRID_SIDE
-from radcap.domain import domain_guard
-from radcap.features import FeatureStore
-from radcap.imaging import prepare
-from radcap.io import read_table, write_rejects
-from radcap.reporting import attention_figure, curves_figure, markdown_table
-from radcap.settings import DecoderSettings, DomainSettings, SplitRules
-from radcap.training import EpochRecord
+from radcap.domain.guard import domain_guard
+from radcap.imaging.features import FeatureStore
+from radcap.imaging.decode import prepare
+from radcap.core.io import read_table, write_rejects
+from radcap.core.reporting import attention_figure, curves_figure, markdown_table
+from radcap.core.settings import DecoderSettings, DomainSettings, SplitRules
+from radcap.core.training import EpochRecord
 from radcap.tasks import registry_task, uncached
-from radcap.vocab import Vocabulary
+from radcap.text.vocab import Vocabulary
 
 
 @uncached
@@ -51,7 +52,7 @@ def find_trained(name: str, key: str) -> dict | None:
 
 @uncached
 def caption_sets(data_dir: Path, encoder_version: str, cfg: DecoderSettings, rules: SplitRules) -> dict[str, CaptionSet]:
-    """The fitting set and the selection set (`radcap.caption_data.training_sets`)."""
+    """The fitting set and the selection set (`radcap.captioning.data.training_sets`)."""
     sets = training_sets(data_dir, encoder_version, rules, cfg.max_views, grid=cfg.architecture == "show-attend-tell")
     get_run_logger().info("examples: %s; without features: %s",
                           {s: len(d) for s, d in sets.items()}, {s: len(d.rejects) for s, d in sets.items()})

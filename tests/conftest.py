@@ -13,7 +13,7 @@ os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-
 
 import pytest  # noqa: E402
 
-from radcap.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
 
@@ -54,10 +54,10 @@ def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute diseas
     negligible cost (its reports are word salad; tests check where they go, not what they say)."""
     import keras
 
-    from radcap.captioner_bundle import CaptionerBundle, build_model
-    from radcap.metrics import CiderD
-    from radcap.model_config import CaptionerConfig
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.bundle import CaptionerBundle, build_model
+    from radcap.metrics.scores import CiderD
+    from radcap.core.model_config import CaptionerConfig
+    from radcap.text.vocab import Vocabulary
 
     keras.utils.set_random_seed(seed)
     config = CaptionerConfig(architecture="show-tell", embed_dim=8, units=16, attention_units=8, dropout=0.0,
@@ -76,10 +76,10 @@ def make_parrot_captioner(folder: Path, report: str = "left pleural effusion.", 
     import keras
     import numpy as np
 
-    from radcap.captioner_bundle import CaptionerBundle, build_model
-    from radcap.model_config import CaptionerConfig
+    from radcap.captioning.bundle import CaptionerBundle, build_model
+    from radcap.core.model_config import CaptionerConfig
     from radcap.models.captioner import make_train_step
-    from radcap.vocab import Vocabulary
+    from radcap.text.vocab import Vocabulary
 
     keras.utils.set_random_seed(0)
     config = CaptionerConfig(architecture="show-attend-tell", embed_dim=16, units=32, attention_units=16, dropout=0.0,

@@ -105,7 +105,7 @@ def test_two_views_with_a_dicom_lateral_show_no_patient_value(app, xrays, tmp_pa
         assert value.replace("^", " ") not in text
 
     # What the model saw of the DICOM is the un-inverted real image (8 bits, no window: as its PNG).
-    from radcap.study import read_upload
+    from radcap.serving.study import read_upload
 
     shown = read_upload("IM2", dicom.read_bytes()).image.pixels
     np.testing.assert_allclose(shown, pixels / 255.0, atol=1e-6)
@@ -170,7 +170,7 @@ def test_models_page_lists_versions_with_metrics_and_the_champion(parrot_caption
     import mlflow
     from streamlit.testing.v1 import AppTest
 
-    from radcap import registry
+    from radcap.registry import store as registry
     from radcap.web import PAGE
 
     name = "radcap-app-models-test"

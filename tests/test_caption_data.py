@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from radcap.caption_data import build_caption_set
-from radcap.features import FeatureStore, ImageItem, features_table
+from radcap.captioning.data import build_caption_set
+from radcap.imaging.features import FeatureStore, ImageItem, features_table
 
 
 def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):

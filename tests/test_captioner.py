@@ -102,12 +102,12 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
 
     import pandas as pd
 
-    from radcap.captioner_bundle import load_bundle
+    from radcap.captioning.bundle import load_bundle
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
     from radcap.flows.train import train_flow
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     settings = get_settings()
     sample = write_sample(tmp_path / "sample", settings.sample.model_copy(update={"studies": 40, "image_size": 64}))

@@ -45,8 +45,8 @@ def test_bad_csv_columns_inside_the_flow_is_one_line(tmp_path: Path, prefect_api
 
 
 def test_exit_1_when_inputs_are_rejected_and_0_when_not(tmp_path: Path, prefect_api):
-    from radcap.phantoms import write_sample
-    from radcap.settings import SampleSettings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import SampleSettings
 
     sample = tmp_path / "sample"
     write_sample(sample, SampleSettings(studies=4, image_size=32))
@@ -61,8 +61,8 @@ def test_exit_1_when_inputs_are_rejected_and_0_when_not(tmp_path: Path, prefect_
 
 def test_a_user_error_inside_a_flow_is_one_line_and_debug_shows_the_rest(tmp_path, prefect_api):
     """Not three Prefect ERROR blocks: one line, exit 2. --debug shows the traceback and Prefect's failure logs."""
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     sample = write_sample(tmp_path / "sample", get_settings().sample.model_copy(update={"studies": 4, "image_size": 64}))
     data = tmp_path / "data"
@@ -81,8 +81,8 @@ def test_a_user_error_inside_a_flow_is_one_line_and_debug_shows_the_rest(tmp_pat
 def test_a_kept_alive_server_spares_each_command_the_temporary_one(tmp_path):
     import json
 
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     env = {"PREFECT_API_URL": "", "RADCAP_WORKSPACE": str(tmp_path / "ws")}  # its own workspace and server
     sample = Path(write_sample(tmp_path / "sample", get_settings().sample.model_copy(

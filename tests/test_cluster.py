@@ -63,7 +63,7 @@ def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
     assert "dashboard" in cluster.stderr + cluster.stdout
     assert summary_of(cluster)["encoded"] == summary_of(local)["encoded"] > 8  # more than one task
 
-    from radcap.features import FeatureStore
+    from radcap.imaging.features import FeatureStore
 
     a, b = (FeatureStore(data[n] / "features").load("random-seed0", grid=True) for n in ("local", "cluster"))
     assert sorted(a["image_id"]) == sorted(b["image_id"])

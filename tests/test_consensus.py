@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radcap.errors import RadcapError
-from radcap.metrics import CiderD
+from radcap.core.errors import RadcapError
+from radcap.metrics.scores import CiderD
 
 WORDS = ["left", "right", "lobe", "effusion", "mass", "no", "."]
 texts = st.lists(st.sampled_from(WORDS), min_size=0, max_size=9)
@@ -52,8 +52,8 @@ class _StubDecoder:
 
 
 def _bundle_with(decoder, vocab, cider):
-    from radcap.captioner_bundle import CaptionerBundle
-    from radcap.model_config import CaptionerConfig
+    from radcap.captioning.bundle import CaptionerBundle
+    from radcap.core.model_config import CaptionerConfig
 
     config = CaptionerConfig(encoder_version="test", architecture="show-tell", embed_dim=8, units=8, dropout=0.0,
                              max_views=1)
@@ -63,7 +63,7 @@ def _bundle_with(decoder, vocab, cider):
 
 
 def test_the_consensus_report_is_the_beam_report_most_like_the_samples_not_the_most_probable():
-    from radcap.vocab import Vocabulary
+    from radcap.text.vocab import Vocabulary
 
     reports = ["left lobe mass.", "right effusion.", "no effusion."]
     vocab = Vocabulary.build(reports, 1, 8)
@@ -83,10 +83,10 @@ def test_the_consensus_report_is_the_beam_report_most_like_the_samples_not_the_m
 
 
 def _trained_bundle(tmp_path):
-    from radcap.caption_data import CaptionSet
-    from radcap.caption_training import train_captioner
-    from radcap.settings import DecoderSettings
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.data import CaptionSet
+    from radcap.captioning.training import train_captioner
+    from radcap.core.settings import DecoderSettings
+    from radcap.text.vocab import Vocabulary
 
     reports = ["left lobe mass.", "right pleural effusion.", "no acute abnormality.", "mild cardiomegaly.",
                "left pleural effusion.", "right lobe mass."]
@@ -102,7 +102,7 @@ def _trained_bundle(tmp_path):
 def test_consensus_reports_do_not_depend_on_the_batch_and_survive_saving(tmp_path):
     """Real code path on a barely trained model (its beam reports differ): each study's report is the same
     decoded alone or among others, is one of its beam's reports, and the saved bundle writes the same."""
-    from radcap.captioner_bundle import load_bundle
+    from radcap.captioning.bundle import load_bundle
 
     bundle, data = _trained_bundle(tmp_path)
     features = data.features(slice(None))
@@ -140,7 +140,7 @@ def test_per_study_generators_make_each_studys_samples_its_own():
 def test_a_mutated_consensus_table_loads_or_is_refused_naming_the_file(tmp_path_factory, data):
     """Mutation fuzz of `consensus.json` (a file a user may copy between machines): any damage either still
     reads as a table or is a RadcapError naming the file; never another exception."""
-    from radcap.captioner_bundle import read_consensus
+    from radcap.captioning.bundle import read_consensus
 
     folder = tmp_path_factory.mktemp("bundle")
     text = json.dumps(CiderD([t.split() for t in ["left lobe mass .", "left lobe .", "no mass ."]]).to_json())

@@ -3,7 +3,7 @@ import pytest
 
 from radcap import data_contracts
 from radcap.data_contracts import IMAGES, REJECTS, ContractError
-from radcap.io import atomic_path, read_table, write_table
+from radcap.core.io import atomic_path, read_table, write_table
 
 
 def _reject(**overrides):

@@ -42,4 +42,4 @@ def test_prefect_deploy_all_registers_the_scheduled_deployments(prefect_api):
     assert nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert inbox.parameters["model"] == "models:/radcap-captioner@champion"
     assert {"inbox", "out"} <= set(inbox.parameter_openapi_schema["required"])
-    assert nightly.parameters["fmt"] == "iu-xml" and nightly.entrypoint == "flows/nightly.py:nightly_retrain"
+    assert nightly.parameters["fmt"] == "iu-xml" and nightly.entrypoint == "radcap.flows.nightly:nightly_retrain"

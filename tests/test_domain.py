@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from radcap.domain import DomainGuard, modality_family, study_scores
+from radcap.domain.guard import DomainGuard, modality_family, study_scores
 from tests.conftest import make_tiny_captioner, run_cli
 from tests.dicom_factory import make_dicom
 
@@ -52,7 +52,7 @@ def _pixels(folder: Path, n: int, size: int = 128) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def guarded_captioner(tmp_path_factory, shared_data: Path) -> Path:
     """The tiny captioner with a guard fitted on 96 chest X-rays' features (random:0 encoder)."""
-    from radcap.encoders import resolve_encoder
+    from radcap.imaging.encoders import resolve_encoder
 
     encoder = resolve_encoder("random:0")
     forward = encoder.forward_fn()
@@ -106,7 +106,7 @@ def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(policy, gu
 def test_tables_written_before_the_guard_still_read(tmp_path):
     """Schema evolution: a captions table without the new nullable columns reads with them null."""
     from radcap.data_contracts import CAPTIONS
-    from radcap.io import read_table
+    from radcap.core.io import read_table
 
     old = CAPTIONS.empty().drop(columns=["ood_score", "in_domain", "ood_reason"])
     old.loc[0] = ["s", "i", "frontal", "a.png", "0" * 64, "no acute disease.", "m", "1", "e", pd.Timestamp.now(tz="UTC")]
@@ -116,7 +116,7 @@ def test_tables_written_before_the_guard_still_read(tmp_path):
 
 
 def test_a_colour_picture_is_not_a_radiograph(tmp_path, shared_data):
-    from radcap.imaging import load_image
+    from radcap.imaging.decode import load_image
 
     xray = np.asarray(Image.open(sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[0]).convert("L"))
     Image.fromarray(np.stack([xray] * 3, -1)).save(tmp_path / "gray-as-rgb.png")  # grayscale stored as RGB

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from radcap.errors import RadcapError
+from radcap.core.errors import RadcapError
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_h5_with_another_head_names_the_layer(tmp_path, chexnet_pair):
 
 
 def test_resolve_encoder_errors_are_user_errors(tmp_path):
-    from radcap.encoders import resolve_encoder
+    from radcap.imaging.encoders import resolve_encoder
 
     (tmp_path / "notes.h5").write_text("not hdf5")
     (tmp_path / "model.onnx").write_bytes(b"x")
@@ -59,7 +59,7 @@ def test_resolve_encoder_errors_are_user_errors(tmp_path):
 
 def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair):
     from tests.keras2_h5 import save_chexnet_h5_keras2_layout
-    from radcap.encoders import resolve_encoder
+    from radcap.imaging.encoders import resolve_encoder
 
     path = tmp_path / "w.h5"
     save_chexnet_h5_keras2_layout(chexnet_pair[0], path)
@@ -89,7 +89,7 @@ def test_masked_weighted_bce_ignores_unannotated_units():
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
-    from radcap.pretraining import learning_rate_at
+    from radcap.imaging.pretraining import learning_rate_at
 
     rates = [learning_rate_at(step, total_steps=100, warmup_steps=10, peak=1e-3, floor_ratio=0.01) for step in range(100)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)

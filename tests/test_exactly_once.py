@@ -60,7 +60,7 @@ def test_a_study_split_over_two_inbox_batches_gets_one_report(tmp_path, shared_d
     from pydicom.uid import generate_uid
 
     from radcap.flows.caption import caption_new_batches
-    from radcap.settings import get_settings
+    from radcap.core.settings import get_settings
 
     uid, inbox = generate_uid(), tmp_path / "inbox"
     frontal, lateral = _two_views(shared_data, tmp_path / "staging", uid)
@@ -98,7 +98,7 @@ def test_an_unchanged_bad_file_is_not_reread_and_a_repaired_one_is(tmp_path, sha
 
 
 def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path, tiny_captioner, prefect_api):
-    from radcap.io import exclusive_lock
+    from radcap.core.io import exclusive_lock
 
     export = tmp_path / "in"
     export.mkdir()
@@ -116,7 +116,7 @@ def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path,
 def _consolidating_writer(out: str, worker: int, rounds: int) -> None:
     """A process that writes parts of its own rows and consolidates, over and over (holding the lock)."""
     from radcap.data_contracts import CAPTION_REJECTS
-    from radcap.captioning import CaptionStore, now_utc
+    from radcap.captioning.bulk import CaptionStore, now_utc
 
     store = CaptionStore(Path(out))
     for r in range(rounds):
@@ -148,7 +148,7 @@ def _inbox_worker(ledger_dir: str, batches: list[str], log: str, crash_after_cla
     holding its claim after `crash_after_claims` claims."""
     import random
 
-    from radcap.inbox import Ledger
+    from radcap.operations.inbox import Ledger
 
     rng, ledger, claims = random.Random(seed), Ledger(Path(ledger_dir)), 0
     deadline = time.time() + 120
@@ -185,7 +185,7 @@ def test_processes_hammering_one_inbox_do_each_batch_exactly_once(tmp_path):
     assert [p.exitcode for p in crashed] == [3, 3] and [p.exitcode for p in procs] == [0, 0, 0, 0]
     done = [json.loads(line)["batch"] for line in log.read_text().splitlines()]
     assert sorted(done) == batches  # each batch worked on to the end exactly once
-    from radcap.inbox import Ledger
+    from radcap.operations.inbox import Ledger
 
     assert all(Ledger(tmp_path).is_done(b) for b in batches)
     assert len(list((tmp_path / ".ledger").glob("*.stale-*"))) == 2  # the two crashed claims, taken over

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radcap.features import FeatureStore, ImageItem, extract_features
-from radcap.imaging import file_sha256
+from radcap.imaging.features import FeatureStore, ImageItem, extract_features
+from radcap.imaging.decode import file_sha256
 
 pytestmark = pytest.mark.realdata
 
@@ -98,7 +98,7 @@ def test_an_edited_file_is_encoded_again_and_wins(tmp_path, images):
 
 def _write_images_table(frame: pd.DataFrame, data_dir: Path) -> None:
     from radcap.data_contracts import IMAGES
-    from radcap.io import write_table
+    from radcap.core.io import write_table
 
     n = len(frame)
     full = frame.assign(
@@ -112,7 +112,7 @@ def test_content_a_b_a_reads_a_vector_again(tmp_path, images):
     """load() returns the row of the file's current content, not the newest row of the image."""
     from PIL import Image
 
-    from radcap.features import current_sha256
+    from radcap.imaging.features import current_sha256
 
     item = next(i for i in images if i.image_id not in ("zero", "report"))
     path, store = Path(item.path), FeatureStore(tmp_path / "features")
@@ -133,7 +133,7 @@ def test_content_a_b_a_reads_a_vector_again(tmp_path, images):
 def test_rows_carry_the_hash_of_the_bytes_decoded(tmp_path, images):
     from PIL import Image
 
-    from radcap.imaging import file_sha256
+    from radcap.imaging.decode import file_sha256
 
     item = next(i for i in images if i.image_id not in ("zero", "report"))
     Image.new("L", (80, 80), 7).save(item.path)  # edited after planning: the plan's hash is stale

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radcap.finding_labeler import NEGATIVE, POSITIVE, UNCERTAIN, BinaryLabels, label_text
+from radcap.text.labeler import NEGATIVE, POSITIVE, UNCERTAIN, BinaryLabels, label_text
 
 
 @pytest.mark.parametrize(

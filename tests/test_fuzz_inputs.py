@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from radcap.imaging import ImageRejected, decode
-from radcap.pacs import Identifiers, InputImage, Reject, describe
+from radcap.imaging.decode import ImageRejected, decode
+from radcap.pacs.exports import Identifiers, InputImage, Reject, describe
 from tests.conftest import SHARED_DATA
 from tests.dicom_mutations import MUTATIONS, SECRETS, base_dataset, to_bytes
 
@@ -107,8 +107,8 @@ def _iu_report(uid: str, images: int) -> str:
 @given(files=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 3), st.sampled_from(["keep", "cut", "flip", "insert"]),
                                 st.floats(0, 1), st.binary(max_size=20)), min_size=1, max_size=12))
 def test_mutated_open_i_folders_account_for_every_file_and_image(tmp_path_factory, files):
-    from radcap.settings import TextRules
-    from radcap.sources import read_iu_xml
+    from radcap.core.settings import TextRules
+    from radcap.ingestion.iu import read_iu_xml
     from radcap.tasks.ingest import build_tables
 
     folder = tmp_path_factory.mktemp("xml", numbered=True)
@@ -136,9 +136,9 @@ def test_mutated_open_i_folders_account_for_every_file_and_image(tmp_path_factor
 def test_any_manifest_accounts_for_every_row_once(tmp_path_factory, rows, column):
     import pandas as pd
 
-    from radcap.settings import TextRules
-    from radcap.sources import read_manifest
-    from radcap.splits import enforce_no_leakage
+    from radcap.core.settings import TextRules
+    from radcap.ingestion.manifest import read_manifest
+    from radcap.ingestion.splits import enforce_no_leakage
     from tests.test_manifest import assert_every_row_accounted_once
 
     folder = tmp_path_factory.mktemp("manifest", numbered=True)
@@ -159,8 +159,8 @@ def test_any_manifest_accounts_for_every_row_once(tmp_path_factory, rows, column
     st.sampled_from(["", "{", "[1, 2]", "null", "\"text\"", "{\"image\": "]),
     st.binary(max_size=30).map(lambda b: b.decode("latin-1"))), min_size=1, max_size=20))
 def test_any_medpix_file_accounts_for_every_line(tmp_path_factory, lines):
-    from radcap.settings import TextRules
-    from radcap.sources import read_medpix
+    from radcap.core.settings import TextRules
+    from radcap.ingestion.medpix import read_medpix
     from radcap.tasks.ingest import build_tables
 
     folder = tmp_path_factory.mktemp("medpix", numbered=True)

@@ -14,7 +14,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from radcap.captioning import CaptionStore
+from radcap.captioning.bulk import CaptionStore
 from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -78,7 +78,7 @@ def test_a_crash_anywhere_in_the_commit_loses_and_doubles_nothing(tmp_path, monk
     run(store, rows(["a1", "a2"], "A", "old A", 0))
     store.write_batch(rows(["a2"], "A", "new A", 1), CAPTION_REJECTS.empty(), "run-crash", 0)
 
-    import radcap.captioning as captioning
+    import radcap.captioning.bulk as captioning
 
     real_move = captioning._move
 
@@ -126,8 +126,8 @@ def test_small_segments_are_merged_and_a_single_file_table_is_adopted(tmp_path):
 def test_feature_parts_are_large_without_rewrites_and_a_crash_loses_only_the_open_one(tmp_path):
     from PIL import Image
 
-    from radcap.features import FeatureStore, ImageItem, extract_features
-    from radcap.imaging import file_sha256
+    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
+    from radcap.imaging.decode import file_sha256
 
     rng = np.random.default_rng(0)
     items = []

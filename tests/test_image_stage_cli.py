@@ -29,8 +29,8 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
 
 
 def test_pretrain_register_and_extract(data_dir: Path):
-    from radcap.settings import SplitRules
-    from radcap.splits import in_selection_carve
+    from radcap.core.settings import SplitRules
+    from radcap.ingestion.splits import in_selection_carve
 
     env = {"RADCAP_ENCODER__MIN_LABEL_COUNT": "2", "RADCAP_SPLIT__SELECT_FRACTION": "0.3"}
     images = pd.read_parquet(data_dir / "images.parquet")
@@ -74,7 +74,7 @@ def test_pretrain_register_and_extract(data_dir: Path):
     rejects = pd.read_parquet(data_dir / "features" / "rejects.parquet")
     assert rejects["source"].tolist() == [str(broken)] and "cannot decode" in rejects["reason"].iloc[0]
 
-    from radcap.features import FeatureStore
+    from radcap.imaging.features import FeatureStore
 
     stored = FeatureStore(data_dir / "features").load(version, grid=True)
     assert len(stored["image_id"]) == len(images) - 1
@@ -98,8 +98,8 @@ def featured_data(tmp_path_factory, prefect_api) -> Path:
     """Its own sample, ingested, with features from the untrained encoder: no other test touches it."""
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("stage-train")
     settings = get_settings()
@@ -150,13 +150,13 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     for metric, row in comparisons.items():
         baselines = {label: s[metric] for label, s in systems.items() if label != model_label}
         assert row["baseline"] == max(baselines.values()) and baselines[row["best_baseline"]] == row["baseline"]
-        if metric != "METEOR":  # METEOR's difference is over per-report scores (radcap.metrics.paired_bootstrap)
+        if metric != "METEOR":  # METEOR's difference is over per-report scores (radcap.metrics.scores.paired_bootstrap)
             assert abs(row["difference"] - (systems[model_label][metric] - row["baseline"])) < 1e-9
         assert row["low"] <= row["high"] and 0 <= row["p_not_better"] <= 1
     assert all(0 <= s["repetition_rate"] <= 1 for s in systems.values())
 
     # The registered pyfunc model captions image files and agrees with the saved bundle.
-    from radcap.captioner_bundle import load_bundle
+    from radcap.captioning.bundle import load_bundle
 
     images = pd.read_parquet(data_dir / "images.parquet")
     study = images[images["report_id"] == images["report_id"].iloc[0]]
@@ -168,8 +168,8 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     assert isinstance(tuned["ood_score"].iloc[0], float) and tuned["in_domain"].iloc[0] in (True, False)
     assert (bundle_dir / "domain.json").exists() and (bundle_dir / "domain.npz").exists()
     bundle = load_bundle(bundle_dir)
-    from radcap.caption_data import build_caption_set
-    from radcap.features import FeatureStore
+    from radcap.captioning.data import build_caption_set
+    from radcap.imaging.features import FeatureStore
 
     reports = pd.read_parquet(data_dir / "reports.parquet")
     report = reports[reports["report_id"] == study["report_id"].iloc[0]]
@@ -179,7 +179,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     stored = one.features(slice(None))
     # The pyfunc re-encodes the files with exactly the training encoder: its features are the stored ones up
     # to float noise (batch composition changes oneDNN's rounding).
-    from radcap.caption_data import VIEW_ORDER
+    from radcap.captioning.data import VIEW_ORDER
 
     pooled, grid, _ = model.unwrap_python_model()._image_features([Path(p) for p in frame["image_path"]],
                                                                   frame["image_path"].tolist())

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
-from radcap.imaging import ImageRejected, letterbox, load_image, prepare
+from radcap.imaging.decode import ImageRejected, letterbox, load_image, prepare
 from tests.dicom_factory import make_dicom
 
 pytestmark = pytest.mark.realdata
@@ -182,7 +182,7 @@ def test_size_bombs_are_rejected_before_decoding(tmp_path, real, monkeypatch):
     """A header that declares gigabytes of pixels is refused from the header alone: pixel_array is never called."""
     import pydicom
 
-    import radcap.imaging as imaging
+    import radcap.imaging.decode as imaging
 
     path = make_dicom(tmp_path / "bomb.dcm", real)
     ds = pydicom.dcmread(path)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from radcap.settings import TextRules
-from radcap.sources import read_iu_xml
+from radcap.core.settings import TextRules
+from radcap.ingestion.iu import read_iu_xml
 
 RULES = TextRules()
 

@@ -98,8 +98,8 @@ def test_iu_images_are_found_in_open_i_and_r2gen_layouts(layout, shared_data: Pa
     """The 4 real IU images, laid out as Open-i's NLMCXR_png (flat) or R2Gen's images/<study>/<n>.png."""
     import shutil
 
-    from radcap.settings import TextRules
-    from radcap.sources import read_iu_xml
+    from radcap.core.settings import TextRules
+    from radcap.ingestion.iu import read_iu_xml
 
     iu = shared_data / "iu_xray"
     reports = tmp_path / "reports"

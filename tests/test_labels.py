@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radcap.labels import LabelSpace, image_labels, labelled_images, mesh_to_cxr14
-from radcap.sources.manifest import parse_labels
+from radcap.imaging.labels import LabelSpace, image_labels, labelled_images, mesh_to_cxr14
+from radcap.ingestion.manifest import parse_labels
 
 
 def test_mesh_mapping_rules():
@@ -94,8 +94,8 @@ def test_labelled_images_skip_missing_files_and_unlabelled():
 def test_the_encoder_is_selected_on_a_carve_of_train_only(rows, fraction, select_on):
     """Whatever the frame: with select_on=carve the selection images are train images of whole carved groups
     (never val, test or unassigned ones); with select_on=val exactly the val images."""
-    from radcap.settings import SplitRules
-    from radcap.splits import in_selection_carve, selection_mask
+    from radcap.core.settings import SplitRules
+    from radcap.ingestion.splits import in_selection_carve, selection_mask
 
     # a group keeps one split, as ingestion guarantees
     split_of = {}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from radcap.settings import SplitRules, TextRules
-from radcap.sources import read_manifest
-from radcap.splits import apply_hash_split, enforce_no_leakage, hash_split
+from radcap.core.settings import SplitRules, TextRules
+from radcap.ingestion.manifest import read_manifest
+from radcap.ingestion.splits import apply_hash_split, enforce_no_leakage, hash_split
 
 
 def _manifest(tmp_path: Path, rows: list[dict], suffix: str = ".csv") -> Path:

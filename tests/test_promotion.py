@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radcap.metrics import ReportScores, score_reports
-from radcap.promotion import decide
-from radcap.settings import PromotionSettings
+from radcap.metrics.scores import ReportScores, score_reports
+from radcap.registry.promotion import decide
+from radcap.core.settings import PromotionSettings
 
 CFG = PromotionSettings(bootstrap_samples=400)
 
@@ -80,8 +80,8 @@ def test_a_hallucinating_candidate_is_refused_on_real_text():
 def test_rollback_refuses_when_the_alias_was_moved_by_hand(tmp_path):
     import mlflow
 
-    from radcap.errors import RadcapError
-    from radcap.registry import champion, set_champion
+    from radcap.core.errors import RadcapError
+    from radcap.registry.store import champion, set_champion
     from radcap.tasks.promote import restore_previous
 
     name, client = "radcap-rollback-test", mlflow.MlflowClient()

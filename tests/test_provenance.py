@@ -14,8 +14,8 @@ from tests.conftest import make_tiny_captioner, run_cli
 
 
 def test_a_model_is_never_fed_another_encoders_features(tmp_path):
-    from radcap.encoders import encoder_for
-    from radcap.errors import RadcapError
+    from radcap.imaging.encoders import encoder_for
+    from radcap.core.errors import RadcapError
 
     from types import SimpleNamespace as Config
 
@@ -36,8 +36,8 @@ def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
     import keras
 
     from radcap.models.encoder import build_chexnet
-    from radcap.encoders import encoder_for, resolve_encoder
-    from radcap.errors import RadcapError
+    from radcap.imaging.encoders import encoder_for, resolve_encoder
+    from radcap.core.errors import RadcapError
 
     keras.utils.set_random_seed(0)
     build_chexnet(n_outputs=2, input_size=None).save(tmp_path / "enc.keras")
@@ -95,8 +95,8 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
     """MLflow fills in the signature's defaults when a request has no params: they must be the bundle's."""
     import mlflow
 
-    from radcap.model_config import DecodingConfig
-    from radcap.registry import captioner_signature, register_captioner
+    from radcap.core.model_config import DecodingConfig
+    from radcap.registry.store import captioner_signature, register_captioner
 
     tuned = {"beam_width": 3, "length_penalty": 2.5, "no_repeat_ngram": 2, "consensus_samples": 4}
     params = {p.name: p.default for p in captioner_signature(DecodingConfig(**tuned)).params.params}
@@ -110,7 +110,7 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
     model = mlflow.pyfunc.load_model(f"models:/radcap-pyfunc-test/{version}")
     rng = np.random.default_rng(0)
     frame = __import__("pandas").DataFrame({"study_id": ["s1", "s2"], "pooled": list(rng.normal(size=(2, 1024)))})
-    from radcap.captioner_bundle import load_bundle
+    from radcap.captioning.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     features = {"pooled": np.stack(frame["pooled"]).astype(np.float32)[:, None, :].repeat(2, 1) * np.array([1, 0])[None, :, None],
@@ -120,7 +120,7 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
 
 
 def test_hashed_identifiers_never_use_an_empty_salt(tmp_path, monkeypatch):
-    from radcap.pacs import identifiers
+    from radcap.pacs.exports import identifiers
 
     monkeypatch.setenv("RADCAP_WORKSPACE", str(tmp_path / "ws"))
     first = identifiers("hash")

@@ -44,8 +44,8 @@ def endpoint(parrot_captioner: Path, tmp_path_factory):
     import mlflow
     from mlflow import MlflowClient
 
-    from radcap.registry import register_captioner
-    from radcap.runtime import apply_offline_defaults
+    from radcap.registry.store import register_captioner
+    from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
     mlflow.set_experiment("radcap-rest-test")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radcap.retrieval import recall_at_k, relevance
+from radcap.retrieval.retriever import recall_at_k, relevance
 from tests.conftest import run_cli
 
 
@@ -41,8 +41,8 @@ def test_info_nce_is_low_for_aligned_pairs_and_ignores_duplicate_texts():
 def data_dir(tmp_path_factory, prefect_api) -> Path:
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
-    from radcap.phantoms import write_sample
-    from radcap.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
+    from radcap.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("retrieval")
     settings = get_settings()
@@ -56,8 +56,8 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
 @pytest.mark.slow
 def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shared_data: Path):
     from radcap.flows.retrieval import train_retrieval_flow
-    from radcap.retrieval import RetrievalIndex, load_retriever
-    from radcap.settings import get_settings
+    from radcap.retrieval.retriever import RetrievalIndex, read_retriever
+    from radcap.core.settings import get_settings
 
     cfg = get_settings().retrieval.model_copy(update={
         "dim": 16, "embed_dim": 16, "text_units": 16, "hidden": 32, "epochs": 6, "batch_size": 8, "min_count": 1,
@@ -70,14 +70,14 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
 
     # The saved retriever scores on val what training reported (the kept epoch's weights were saved), and the
     # baselines are what their definitions give on the same val pairs.
-    from radcap.caption_data import load_caption_sets
-    from radcap.retrieval import both_directions, random_baseline, raw_feature_baseline
+    from radcap.captioning.data import load_caption_sets
+    from radcap.retrieval.retriever import both_directions, random_baseline, raw_feature_baseline
 
-    from radcap.caption_data import training_sets
-    from radcap.settings import SplitRules
+    from radcap.captioning.data import training_sets
+    from radcap.core.settings import SplitRules
 
     sets = training_sets(data_dir, "random-seed0", SplitRules(), 2)  # what it fitted on, what it selected on
-    bundle, index = load_retriever(out / "retriever"), RetrievalIndex.load(out / "index.parquet")
+    bundle, index = read_retriever(out / "retriever"), RetrievalIndex.load(out / "index.parquet")
     val = load_caption_sets(data_dir, "random-seed0", ("val",), 2)["val"]  # untouched by early stopping
     assert summary["reported_on"] == "val" and summary["reported_pairs"] == len(val)
     again = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from radcap.phantoms import Findings, impression_text, mesh_terms, render_frontal, write_sample
-from radcap.settings import SampleSettings
-from radcap.sources import read_iu_xml
-from radcap.settings import TextRules
+from radcap.ingestion.phantoms import Findings, impression_text, mesh_terms, render_frontal, write_sample
+from radcap.core.settings import SampleSettings
+from radcap.ingestion.iu import read_iu_xml
+from radcap.core.settings import TextRules
 
 
 def _lung_mean(img: np.ndarray, side: str, rows: slice) -> float:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radcap.metrics import CiderD, repeats_ngram, score_reports, stutters
+from radcap.metrics.scores import CiderD, repeats_ngram, score_reports, stutters
 
 REPORTS = [
     "no acute cardiopulmonary abnormality.", "left lower lobe consolidation.", "right pleural effusion.",
@@ -19,7 +19,7 @@ REPORTS = [
 
 
 def test_cider_d_with_corpus_frequencies_is_pycocoevalcaps_cider_on_that_corpus():
-    from radcap.metrics import _prepare
+    from radcap.metrics.scores import _prepare
 
     hypotheses = REPORTS[3:] + REPORTS[:3]
     ids = [f"{i:02d}" for i in range(len(REPORTS))]
@@ -147,10 +147,10 @@ def test_sampling_follows_the_model_and_never_writes_banned_tokens():
 def test_self_critical_keeps_the_cross_entropy_weights_unless_the_selection_set_improves():
     """With a learning rate of 0 SCST cannot beat cross-entropy on the selection set: the weights are the
     cross-entropy ones, bit for bit, and the result says so."""
-    from radcap.caption_data import CaptionSet
-    from radcap.caption_training import self_critical, train_captioner
-    from radcap.settings import DecoderSettings
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.data import CaptionSet
+    from radcap.captioning.training import self_critical, train_captioner
+    from radcap.core.settings import DecoderSettings
+    from radcap.text.vocab import Vocabulary
 
     rng = np.random.default_rng(0)
     texts = [REPORTS[i % len(REPORTS)] for i in range(24)]
@@ -179,7 +179,7 @@ def test_cider_d_against_several_references_is_each_ones_score():
 
 
 def _caption_set(vectors: np.ndarray, groups: list[str], texts: list[str] | None = None):
-    from radcap.caption_data import CaptionSet
+    from radcap.captioning.data import CaptionSet
 
     n = len(vectors)
     return CaptionSet([f"r{i}" for i in range(n)], texts or ["x."] * n, vectors[:, None, :].astype(np.float32),
@@ -192,8 +192,8 @@ def _caption_set(vectors: np.ndarray, groups: list[str], texts: list[str] | None
 def test_similar_studies_are_the_most_similar_of_other_groups(case):
     """Property: each study's neighbours are, most similar first, exactly the k studies of other groups with the
     highest pooled cosine; never itself, never its own patient or case (a new image comes from a new patient)."""
-    from radcap.caption_data import mean_view
-    from radcap.caption_training import similar_studies
+    from radcap.captioning.data import mean_view
+    from radcap.captioning.training import similar_studies
 
     group_of, k, seed = case
     vectors = np.random.default_rng(seed).normal(size=(len(group_of), 8))
@@ -213,9 +213,9 @@ def test_the_neighbour_reward_prefers_what_similar_studies_of_other_patients_say
     """Study 0's own report says one thing, the two studies most like it (other patients) another, and its
     own patient's second study is the most similar of all but must not count. With the neighbours' weight at 1
     a caption of the neighbours' words earns more than the own report's; at 0 the own report wins, as plain SCST."""
-    from radcap.caption_training import SampleReward
-    from radcap.settings import DecoderSettings
-    from radcap.vocab import Vocabulary
+    from radcap.captioning.training import SampleReward
+    from radcap.core.settings import DecoderSettings
+    from radcap.text.vocab import Vocabulary
 
     texts = ["right upper lobe mass.", "right upper lobe mass.", "left pleural effusion.", "left pleural effusion.",
              "no pneumothorax.", "clear lungs. no effusion."]

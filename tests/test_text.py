@@ -1,5 +1,5 @@
-from radcap.settings import TextRules
-from radcap.text import choose_target, clean_raw, normalize
+from radcap.core.settings import TextRules
+from radcap.text.normalize import choose_target, clean_raw, normalize
 
 RULES = TextRules()
 
@@ -41,7 +41,7 @@ def test_target_section_and_fallback():
 
 
 def test_template_placeholders_and_boilerplate_are_absent_text():
-    from radcap.text import placeholder
+    from radcap.text.normalize import placeholder
 
     for text in ("replace this - description of the image or findings.", "see above.", "n/a", "...", "xxxx.",
                  "xxxx xxxx", "[redacted]", "insert caption here", "to be completed", "-"):
@@ -53,7 +53,7 @@ def test_template_placeholders_and_boilerplate_are_absent_text():
 
 
 def test_a_placeholder_section_falls_back_and_a_placeholder_report_is_rejected_with_the_reason():
-    from radcap.sources.common import report_row
+    from radcap.ingestion.common import report_row
 
     base = dict(report_id="r", study_id="s", group_id="g", dataset="iu-xray", source="f.xml", rules=RULES)
     row = report_row(**base, findings_raw="Heart size normal.", impression_raw="See above.")

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from radcap.errors import RadcapError
-from radcap.vocab import SPECIALS, Vocabulary, detokenize, tokenize
+from radcap.core.errors import RadcapError
+from radcap.text.vocab import SPECIALS, Vocabulary, detokenize, tokenize
 
 
 def test_tokenize_splits_sentence_punctuation_but_keeps_numbers_and_hyphens():
@@ -46,8 +46,8 @@ def test_a_broken_vocabulary_file_is_a_user_error(tmp_path):
 def test_vocabulary_on_all_real_iu_reports(shared_data):
     import pandas as pd
 
-    from radcap.settings import TextRules
-    from radcap.text import normalize
+    from radcap.core.settings import TextRules
+    from radcap.text.normalize import normalize
 
     reports = pd.read_csv(shared_data / "iu_xray" / "indiana_reports.csv", dtype=str, keep_default_na=False)
     rules = TextRules()

@@ -1,0 +1,1 @@
+"""Report text: normalization rules, tokenization and the vocabulary, the rule-based finding labeler."""
