@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from rss import peak_rss_mib  # noqa: E402 - benchmarks/ is the script folder
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from rss import peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -43,8 +44,8 @@ def load(model: str):
     from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
-    from radcap.imaging.encoders import encoder_for
     from radcap.captioning.bundle import load_captioner
+    from radcap.imaging.encoders import encoder_for
 
     bundle = load_captioner(model).bundle
     encoder = encoder_for(bundle.config)
@@ -58,17 +59,20 @@ def caption_folder(folder: Path, out: Path, bundle, encoder, forward, batch_size
 
     store = CaptionStore(out)
     images = scan(folder, Identifiers()).images
-    result = caption_images(images, CaptioningModel(bundle, encoder, "bench", "0"), store, batch_size, progress=False,
-                            forward=forward)
+    result = caption_images(
+        images, CaptioningModel(bundle, encoder, "bench", "0"), store, batch_size, progress=False, forward=forward
+    )
     return {"captioned": result.captioned, "rejected": result.rejected, **store.consolidate()}
 
 
 def extract_folder(folder: Path, out: Path, encoder, forward, batch_size: int) -> int:
-    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
     from radcap.imaging.decode import file_sha256
+    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
 
     items = [ImageItem(p.stem, str(p), file_sha256(p)) for p in sorted(folder.iterdir())]
-    result = extract_features(items, forward, FeatureStore(out), encoder.name, encoder.version, batch_size, progress=False)
+    result = extract_features(
+        items, forward, FeatureStore(out), encoder.name, encoder.version, batch_size, progress=False
+    )
     return result.encoded
 
 
@@ -87,11 +91,15 @@ def throughput(model: str, n: int, batch_size: int) -> None:
         start = time.perf_counter()
         captioned = caption_folder(warm, tmp / "captions", bundle, encoder, forward, batch_size)
         caption_s = time.perf_counter() - start
-    print(f"model {model} ({bundle.config.architecture}, beam {bundle.config.decoding.beam_width}), "
-          f"encoder {encoder.version}, {n} real images, batch {batch_size}")
+    print(
+        f"model {model} ({bundle.config.architecture}, beam {bundle.config.decoding.beam_width}), "
+        f"encoder {encoder.version}, {n} real images, batch {batch_size}"
+    )
     print(f"feature extraction alone: {encoded} images in {extract_s:.1f} s = {encoded / extract_s:.2f} img/s")
-    print(f"captioning end to end:    {captioned['captioned']} images in {caption_s:.1f} s = "
-          f"{captioned['captioned'] / caption_s:.2f} img/s ({captioned['rejected']} rejected)")
+    print(
+        f"captioning end to end:    {captioned['captioned']} images in {caption_s:.1f} s = "
+        f"{captioned['captioned'] / caption_s:.2f} img/s ({captioned['rejected']} rejected)"
+    )
     print(f"ratio captioning / extraction: {extract_s / caption_s:.3f} (target >= 0.8)")
 
 
@@ -104,8 +112,17 @@ def child(model: str, n: int, batch_size: int) -> None:
         done = caption_folder(folder, Path(tmp) / "out", bundle, encoder, forward, batch_size)
         seconds = time.perf_counter() - start
     peak = peak_rss_mib()
-    print(json.dumps({"images": n, **done, "peak_rss_mib": round(peak, 1), "rss_after_load_mib": round(before, 1),
-                      "seconds": round(seconds, 1)}))
+    print(
+        json.dumps(
+            {
+                "images": n,
+                **done,
+                "peak_rss_mib": round(peak, 1),
+                "rss_after_load_mib": round(before, 1),
+                "seconds": round(seconds, 1),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -122,14 +139,23 @@ def main() -> None:
         return throughput(args.model, args.images, args.batch_size)
     results = []
     for n in args.memory:
-        out = subprocess.run([sys.executable, __file__, "--model", args.model, "--child", str(n),
-                              "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--model", args.model, "--child", str(n), "--batch-size", str(args.batch_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = results[-1]
-        print(f"{r['images']:5d} images: peak RSS {r['peak_rss_mib']:7.1f} MiB (after load {r['rss_after_load_mib']}), "
-              f"{r['seconds']} s, {r['captioned']} captioned, {r['rejected']} rejected", flush=True)
-    print(f"peak RSS ratio {results[-1]['images']} vs {results[0]['images']} images: "
-          f"{results[-1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.3f} (target: flat, <= 1.10)")
+        print(
+            f"{r['images']:5d} images: peak RSS {r['peak_rss_mib']:7.1f} MiB (after load {r['rss_after_load_mib']}), "
+            f"{r['seconds']} s, {r['captioned']} captioned, {r['rejected']} rejected",
+            flush=True,
+        )
+    print(
+        f"peak RSS ratio {results[-1]['images']} vs {results[0]['images']} images: "
+        f"{results[-1]['peak_rss_mib'] / results[0]['peak_rss_mib']:.3f} (target: flat, <= 1.10)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from rss import peak_rss_mib  # noqa: E402
-
 
 def noop(x):
     return x
 
 
 def scheduler_rate(tasks: int) -> dict:
-    from radcap.operations.cluster import dask_client
     from distributed import as_completed
+
+    from radcap.operations.cluster import dask_client
 
     with dask_client("local:2", announce=lambda m: None) as client:
         client.submit(noop, 0).result()
@@ -53,28 +52,42 @@ def scheduler_rate(tasks: int) -> dict:
         for _ in as_completed(futures):
             pass
         seconds = time.perf_counter() - start
-    return {"tasks": tasks, "seconds": round(seconds, 2), "tasks_per_s": round(tasks / seconds, 1),
-            "ms_per_task": round(1000 * seconds / tasks, 3)}
+    return {
+        "tasks": tasks,
+        "seconds": round(seconds, 2),
+        "tasks_per_s": round(tasks / seconds, 1),
+        "ms_per_task": round(1000 * seconds / tasks, 3),
+    }
 
 
 def synthetic_captions(n: int, offset: int, minutes: int) -> pd.DataFrame:
     from radcap.data_contracts import CAPTIONS
 
     ids = [f"img{offset + i:09d}" for i in range(n)]
-    frame = pd.DataFrame({
-        "study_id": [f"study{(offset + i) // 2:09d}" for i in range(n)], "image_id": ids,
-        "view": ["frontal", "lateral"] * (n // 2) + ["frontal"] * (n % 2), "source_path": [f"batch/{i}.dcm" for i in ids],
-        "sha256": [f"{offset + i:064x}" for i in range(n)], "caption": ["no acute cardiopulmonary abnormality."] * n,
-        "model": ["radcap-captioner"] * n, "model_version": ["7"] * n, "encoder_version": ["radcap-encoder/3"] * n,
-        "captioned_at": [datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)] * n,
-        "ood_score": np.full(n, 0.5, np.float32), "in_domain": [True] * n, "ood_reason": [None] * n})
+    frame = pd.DataFrame(
+        {
+            "study_id": [f"study{(offset + i) // 2:09d}" for i in range(n)],
+            "image_id": ids,
+            "view": ["frontal", "lateral"] * (n // 2) + ["frontal"] * (n % 2),
+            "source_path": [f"batch/{i}.dcm" for i in ids],
+            "sha256": [f"{offset + i:064x}" for i in range(n)],
+            "caption": ["no acute cardiopulmonary abnormality."] * n,
+            "model": ["radcap-captioner"] * n,
+            "model_version": ["7"] * n,
+            "encoder_version": ["radcap-encoder/3"] * n,
+            "captioned_at": [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)] * n,
+            "ood_score": np.full(n, 0.5, np.float32),
+            "in_domain": [True] * n,
+            "ood_reason": [None] * n,
+        }
+    )
     return frame.astype(CAPTIONS.empty().dtypes.to_dict())
 
 
 def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
     from radcap.captioning.bulk import CaptionStore
-    from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
     from radcap.core.io import write_table
+    from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 
     store = CaptionStore(tmp / "captions-out")
     store.captions.mkdir(parents=True)
@@ -93,16 +106,31 @@ def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
     rewrite = time.perf_counter() - start
     size = sum(f.stat().st_size for f in store.segments())
     del whole
-    read = subprocess.run([sys.executable, "-c", (
-        "import sys, time, json; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
-        "from rss import peak_rss_mib; import pandas as pd\n"
-        "base = peak_rss_mib(); t = time.perf_counter(); table = pd.read_parquet(%r)\n"
-        "print(json.dumps({'rows': len(table), 'seconds': round(time.perf_counter() - t, 2), "
-        "'peak_rss_mib': round(peak_rss_mib(), 1), 'rss_before_mib': round(base, 1)}))"
-    ) % (str(ROOT), str(ROOT / "benchmarks"), str(store.captions))], capture_output=True, text=True, check=True)
-    return {"rows": totals["captioned_total"], "segments_after": totals["segments"], "build_s": round(build, 1),
-            "dataset_mib": round(size / 2**20, 1), "consolidate_1000_new_rows_s": round(incremental, 2),
-            "rewrite_whole_table_s": round(rewrite, 2), "read_back": json.loads(read.stdout)}
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time, json; sys.path.insert(0, {!r}); sys.path.insert(0, {!r})\n"
+                "from rss import peak_rss_mib; import pandas as pd\n"
+                "base = peak_rss_mib(); t = time.perf_counter(); table = pd.read_parquet({!r})\n"
+                "print(json.dumps({{'rows': len(table), 'seconds': round(time.perf_counter() - t, 2), "
+                "'peak_rss_mib': round(peak_rss_mib(), 1), 'rss_before_mib': round(base, 1)}}))"
+            ).format(str(ROOT), str(ROOT / "benchmarks"), str(store.captions)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {
+        "rows": totals["captioned_total"],
+        "segments_after": totals["segments"],
+        "build_s": round(build, 1),
+        "dataset_mib": round(size / 2**20, 1),
+        "consolidate_1000_new_rows_s": round(incremental, 2),
+        "rewrite_whole_table_s": round(rewrite, 2),
+        "read_back": json.loads(read.stdout),
+    }
 
 
 def feature_parts(images: int, tmp: Path) -> dict:
@@ -125,13 +153,25 @@ def feature_parts(images: int, tmp: Path) -> dict:
     writer.close()
     seconds += time.perf_counter() - start
     size = sum(p.stat().st_size for p in store.parts())
-    return {"images": images, "files": len(store.parts()), "part_rows": PART_ROWS,
-            "write_seconds_per_1000_images": round(1000 * seconds / images, 2),
-            "mib_per_image": round(size / 2**20 / images, 3), "files_per_10M_images": int(np.ceil(1e7 / PART_ROWS))}
+    return {
+        "images": images,
+        "files": len(store.parts()),
+        "part_rows": PART_ROWS,
+        "write_seconds_per_1000_images": round(1000 * seconds / images, 2),
+        "mib_per_image": round(size / 2**20 / images, 3),
+        "files_per_10M_images": int(np.ceil(1e7 / PART_ROWS)),
+    }
 
 
-def projection(worker_rate: float, scheduler: dict, captions: dict, features: dict, file_mib: float,
-               archive: int = 10**7, task_images: int = 256) -> list[dict]:
+def projection(
+    worker_rate: float,
+    scheduler: dict,
+    captions: dict,
+    features: dict,
+    file_mib: float,
+    archive: int = 10**7,
+    task_images: int = 256,
+) -> list[dict]:
     rows = []
     tasks = archive / task_images
     for workers in (10, 100, 1000):
@@ -140,11 +180,17 @@ def projection(worker_rate: float, scheduler: dict, captions: dict, features: di
         needed_tasks_s = worker_rate * workers / task_images
         input_gb_s = worker_rate * workers * file_mib / 1024
         feature_gb_s = worker_rate * workers * features["mib_per_image"] / 1024
-        rows.append({"workers": workers, "compute_hours": round(compute_s / 3600, 1),
-                     "tasks_per_s_needed": round(needed_tasks_s, 1),
-                     "scheduler_load": f"{needed_tasks_s / scheduler['tasks_per_s']:.1%}",
-                     "scheduler_s_total": round(scheduler_s, 0), "input_read_GB_s": round(input_gb_s, 2),
-                     "feature_write_GB_s": round(feature_gb_s, 2)})
+        rows.append(
+            {
+                "workers": workers,
+                "compute_hours": round(compute_s / 3600, 1),
+                "tasks_per_s_needed": round(needed_tasks_s, 1),
+                "scheduler_load": f"{needed_tasks_s / scheduler['tasks_per_s']:.1%}",
+                "scheduler_s_total": round(scheduler_s, 0),
+                "input_read_GB_s": round(input_gb_s, 2),
+                "feature_write_GB_s": round(feature_gb_s, 2),
+            }
+        )
     return rows
 
 
@@ -154,8 +200,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--segments", type=int, default=10)
     parser.add_argument("--feature-images", type=int, default=4096)
-    parser.add_argument("--worker-rate", type=float, required=True,
-                        help="images/s of one single-thread worker (benchmarks/cluster_throughput.py, local:1)")
+    parser.add_argument(
+        "--worker-rate",
+        type=float,
+        required=True,
+        help="images/s of one single-thread worker (benchmarks/cluster_throughput.py, local:1)",
+    )
     args = parser.parse_args()
     from radcap.core.runtime import apply_offline_defaults
 
@@ -170,13 +220,16 @@ def main() -> None:
         print(json.dumps({"captions": result["captions"]}), flush=True)
         result["features"] = feature_parts(args.feature_images, Path(tmp))
         print(json.dumps({"features": result["features"]}), flush=True)
-    result["projection_10M_images"] = projection(args.worker_rate, result["scheduler"], result["captions"],
-                                                 result["features"], file_mib)
+    result["projection_10M_images"] = projection(
+        args.worker_rate, result["scheduler"], result["captions"], result["features"], file_mib
+    )
     print(f"\n10^7 images, {args.worker_rate} images/s per single-thread worker, tasks of 256 images:")
     print(f"{'workers':>8} {'compute h':>10} {'tasks/s':>8} {'scheduler':>10} {'read GB/s':>10} {'features GB/s':>14}")
     for row in result["projection_10M_images"]:
-        print(f"{row['workers']:8d} {row['compute_hours']:10.1f} {row['tasks_per_s_needed']:8.1f} "
-              f"{row['scheduler_load']:>10} {row['input_read_GB_s']:10.2f} {row['feature_write_GB_s']:14.2f}")
+        print(
+            f"{row['workers']:8d} {row['compute_hours']:10.1f} {row['tasks_per_s_needed']:8.1f} "
+            f"{row['scheduler_load']:>10} {row['input_read_GB_s']:10.2f} {row['feature_write_GB_s']:14.2f}"
+        )
     print(json.dumps(result, indent=2))
 
 

@@ -10,7 +10,8 @@ split (MedPix 2.0: dev) is scored only by `report_quality.py` afterwards.
 
     .venv/bin/python benchmarks/consensus_decoding.py --data out/bench/ood/medpix \\
         --encoder-version radcap-encoder-oodbench/1 --reference out/bench/rq-seed0-xe --seeds 0 1 \\
-        --rule beam5 --rule consensus:beam_width=5,consensus_samples=20 --rule consensus:beam_width=10,consensus_samples=20
+        --rule beam5 --rule consensus:beam_width=5,consensus_samples=20 \\
+        --rule consensus:beam_width=10,consensus_samples=20
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def parse_rule(text: str) -> tuple[str, dict]:
     update = dict(map(setting, filter(None, assignments.split(","))))
     if name.startswith("beam"):
         update = {"beam_width": int(name[4:]), "consensus_samples": 0, **update}
-    label = name if not update or name.startswith("beam") else name + "(" + ",".join(f"{k}={v}" for k, v in update.items()) + ")"
+    label = (
+        name
+        if not update or name.startswith("beam")
+        else name + "(" + ",".join(f"{k}={v}" for k, v in update.items()) + ")"
+    )
     return label, update
 
 
@@ -45,10 +50,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--encoder-version", required=True)
-    parser.add_argument("--reference", type=Path, required=True, help="a cross-entropy bundle: its vocabulary and architecture")
+    parser.add_argument(
+        "--reference", type=Path, required=True, help="a cross-entropy bundle: its vocabulary and architecture"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--crossfit", type=float, default=0.3)
-    parser.add_argument("--rule", action="append", required=True, help="beamN, or NAME:beam_width=W,consensus_samples=N")
+    parser.add_argument(
+        "--rule", action="append", required=True, help="beamN, or NAME:beam_width=W,consensus_samples=N"
+    )
     parser.add_argument("--meteor", action="store_true", help="also METEOR (Java; slower)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "consensus_decoding.json")
     args = parser.parse_args()
@@ -59,8 +68,8 @@ def main() -> None:
     import_tensorflow_quietly()
     from scst_variants import carve_sets, crossfit, crossfit_path, held_back_groups, read_results, write_results
 
-    from radcap.captioning.training import choose_length_penalty
     from radcap.captioning.bundle import load_bundle
+    from radcap.captioning.training import choose_length_penalty
     from radcap.metrics.scores import paired_bootstrap, score_reports
 
     reference = load_bundle(args.reference)
@@ -84,17 +93,28 @@ def main() -> None:
             seconds = time.perf_counter() - start
             scores = score_reports(references, dict(zip(held.report_ids, captions)), meteor=args.meteor)
             summary = scores.summary()
-            record = {m: summary.get(m) for m in METRICS} | {"ms_per_study": 1000 * seconds / len(held),
-                                                               "decoding": bundle.decoding(**update)}
+            record = {m: summary.get(m) for m in METRICS} | {
+                "ms_per_study": 1000 * seconds / len(held),
+                "decoding": bundle.decoding(**update),
+            }
             if first is None:
                 first = scores
             else:
                 record["CIDEr_vs_first"] = paired_bootstrap(scores, first, "CIDEr")
             results.setdefault(label, {})[str(seed)] = record
-            print(f"seed {seed} {label}: " + ", ".join(f"{m} {record[m]:.4f}" for m in METRICS if record[m] is not None)
-                  + f", {record['ms_per_study']:.0f} ms/study"
-                  + (" (CIDEr difference to {}: {delta:+.4f}, 95% interval {low:+.4f}..{high:+.4f})".format(
-                      rules[0][0], **record["CIDEr_vs_first"]) if "CIDEr_vs_first" in record else ""), flush=True)
+            print(
+                f"seed {seed} {label}: "
+                + ", ".join(f"{m} {record[m]:.4f}" for m in METRICS if record[m] is not None)
+                + f", {record['ms_per_study']:.0f} ms/study"
+                + (
+                    " (CIDEr difference to {}: {delta:+.4f}, 95% interval {low:+.4f}..{high:+.4f})".format(
+                        rules[0][0], **record["CIDEr_vs_first"]
+                    )
+                    if "CIDEr_vs_first" in record
+                    else ""
+                ),
+                flush=True,
+            )
             write_results(results, args.out)
 
     print(f"\nheld-back groups of train ({args.crossfit:g}), mean over seeds {args.seeds}")

@@ -47,7 +47,9 @@ def covid_manifest(target: Path) -> Path:
     manifest = pd.DataFrame(
         {
             "image": [str(DATA / "covid_cxr" / "images" / f) for f in meta["filename"]],
-            "caption": meta["clinical_notes"].where(meta["clinical_notes"].str.strip() != "", "Finding: " + meta["finding"]),
+            "caption": meta["clinical_notes"].where(
+                meta["clinical_notes"].str.strip() != "", "Finding: " + meta["finding"]
+            ),
             "patient_id": "covid-" + meta["patientid"],
             "labels": np.where(known, "finding:" + finding, ""),
         }
@@ -98,8 +100,11 @@ def probe(frame: pd.DataFrame, label: str, train: str, test: str, min_count: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "out" / "bench" / "encoder_probe")
-    parser.add_argument("--encoder", action="append", help="a trained encoder URI (repeatable: each is probed); "
-                        "default: pretrain one now")
+    parser.add_argument(
+        "--encoder",
+        action="append",
+        help="a trained encoder URI (repeatable: each is probed); default: pretrain one now",
+    )
     parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--random-seed", type=int, default=0)
@@ -108,14 +113,43 @@ def main() -> None:
         sys.exit(f"{DATA} not found: this benchmark needs the real data")
     medpix, covid = args.work / "medpix", args.work / "covid"
     if not (medpix / "ingest.json").exists():
-        cli("ingest", "--format", "medpix2", "--source", str(DATA / "medpix2"), "--images", str(DATA / "medpix2" / "images"), "--out", str(medpix))
+        cli(
+            "ingest",
+            "--format",
+            "medpix2",
+            "--source",
+            str(DATA / "medpix2"),
+            "--images",
+            str(DATA / "medpix2" / "images"),
+            "--out",
+            str(medpix),
+        )
     if not (covid / "ingest.json").exists():
-        cli("ingest", "--format", "manifest", "--source", str(covid_manifest(args.work / "covid_manifest.csv")), "--out", str(covid))
+        cli(
+            "ingest",
+            "--format",
+            "manifest",
+            "--source",
+            str(covid_manifest(args.work / "covid_manifest.csv")),
+            "--out",
+            str(covid),
+        )
     encoders = args.encoder or []
     if not encoders:
         run = args.work / "encoder"
-        cli("pretrain-encoder", "--data", str(medpix), "--data", str(covid), "--out", str(run),
-            "--epochs", str(args.epochs), "--image-size", str(args.image_size))
+        cli(
+            "pretrain-encoder",
+            "--data",
+            str(medpix),
+            "--data",
+            str(covid),
+            "--out",
+            str(run),
+            "--epochs",
+            str(args.epochs),
+            "--image-size",
+            str(args.image_size),
+        )
         encoders = [json.loads((run / "pretrain.json").read_text())["registered"]]
     versions = {}
     named = [(f"trained {i + 1}" if len(encoders) > 1 else "trained", e) for i, e in enumerate(encoders)]

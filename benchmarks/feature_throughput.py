@@ -16,14 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from radcap.core.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults
 
 apply_offline_defaults()
+from radcap.imaging.decode import file_sha256, prepare  # noqa: E402
 from radcap.imaging.encoders import resolve_encoder  # noqa: E402
 from radcap.imaging.features import FeatureStore, ImageItem, extract_features  # noqa: E402
-from radcap.imaging.decode import file_sha256, prepare  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -43,7 +43,7 @@ def main() -> None:
     forward(np.zeros((bs, 224, 224), np.uint8))  # compile once, outside both timings
 
     decoded = [prepare(Path(i.path), 224) for i in items]
-    batches = [np.stack(decoded[i: i + bs]) for i in range(0, len(decoded), bs)]
+    batches = [np.stack(decoded[i : i + bs]) for i in range(0, len(decoded), bs)]
     batches = [np.concatenate([b, np.zeros((bs - len(b), 224, 224), np.uint8)]) if len(b) < bs else b for b in batches]
     start = time.perf_counter()
     for batch in batches:
@@ -51,7 +51,9 @@ def main() -> None:
     bare = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = extract_features(items, forward, FeatureStore(Path(tmp)), encoder.name, encoder.version, batch_size=bs, progress=False)
+        result = extract_features(
+            items, forward, FeatureStore(Path(tmp)), encoder.name, encoder.version, batch_size=bs, progress=False
+        )
     e2e = result.seconds
     n = len(items)
     print(f"images={n} batch={bs} rejects={len(result.rejects)}")

@@ -24,18 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from radcap.core.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults
 
 apply_offline_defaults()
-from radcap.data_contracts import REPORTS  # noqa: E402
 from radcap.core.catalog import DataCatalog  # noqa: E402
-from radcap.text.labeler import BinaryLabels  # noqa: E402
 from radcap.core.io import read_table  # noqa: E402
-from radcap.metrics.scores import caption_metrics, clinical_metrics  # noqa: E402
 from radcap.core.settings import get_settings  # noqa: E402
+from radcap.data_contracts import REPORTS  # noqa: E402
+from radcap.metrics.scores import caption_metrics, clinical_metrics  # noqa: E402
+from radcap.text.labeler import BinaryLabels  # noqa: E402
 from radcap.text.vocab import Vocabulary, tokenize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,15 @@ MESH_FOR = {
     "Pneumothorax": {"Pneumothorax"},
     "Pleural Effusion": {"Pleural Effusion"},
     "Fracture": {"Fractures, Bone"},
-    "Support Devices": {"Catheters, Indwelling", "Surgical Instruments", "Implanted Medical Device",
-                        "Tube, Inserted", "Medical Device", "Stents", "Pacemaker, Artificial"},
+    "Support Devices": {
+        "Catheters, Indwelling",
+        "Surgical Instruments",
+        "Implanted Medical Device",
+        "Tube, Inserted",
+        "Medical Device",
+        "Stents",
+        "Pacemaker, Artificial",
+    },
 }
 
 
@@ -64,10 +71,22 @@ def ingest(out: Path) -> Path:
     data = out / "data"
     if not DataCatalog(data).ingest_summary.exists():
         subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "radcap"), "ingest", "--format", "iu-xml",
-             "--source", str(IU / "ecgen-radiology"), "--images", str(IU / "images"),
-             "--views", str(IU / "indiana_projections.csv"), "--split-file", str(IU / "r2gen_annotation.json"),
-             "--out", str(data)],
+            [
+                str(ROOT / ".venv" / "bin" / "radcap"),
+                "ingest",
+                "--format",
+                "iu-xml",
+                "--source",
+                str(IU / "ecgen-radiology"),
+                "--images",
+                str(IU / "images"),
+                "--views",
+                str(IU / "indiana_projections.csv"),
+                "--split-file",
+                str(IU / "r2gen_annotation.json"),
+                "--out",
+                str(data),
+            ],
             check=False,  # exit 1 = some rejects (the 25 empty reports); the summary says how many
         )
     return data
@@ -81,10 +100,14 @@ def vocabulary_stats(reports: pd.DataFrame) -> dict:
     test_tokens = [t for text in test.target for t in tokenize(text)]
     lengths = np.array([len(tokenize(t)) for t in reports.target])
     return {
-        "min_count": cfg.min_count, "max_length": cfg.max_length,
-        "vocabulary_size": len(vocab), "train_reports": len(train), "test_reports": len(test),
+        "min_count": cfg.min_count,
+        "max_length": cfg.max_length,
+        "vocabulary_size": len(vocab),
+        "train_reports": len(train),
+        "test_reports": len(test),
         "test_unk_share": float(np.mean([t not in index for t in test_tokens])),
-        "tokens_median": float(np.median(lengths)), "tokens_p95": float(np.percentile(lengths, 95)),
+        "tokens_median": float(np.median(lengths)),
+        "tokens_p95": float(np.percentile(lengths, 95)),
         "share_longer_than_max_length": float(np.mean(lengths + 2 > cfg.max_length)),
     }
 
@@ -103,8 +126,16 @@ def labeler_agreement(reports: pd.DataFrame) -> pd.DataFrame:
         precision = tp / max(predicted.sum(), 1)
         recall = tp / max(truth.sum(), 1)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"observation": observation, "mesh_positive": int(truth.sum()), "labeler_positive": int(predicted.sum()),
-                     "precision": precision, "recall": recall, "f1": f1})
+        rows.append(
+            {
+                "observation": observation,
+                "mesh_positive": int(truth.sum()),
+                "labeler_positive": int(predicted.sum()),
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -122,8 +153,14 @@ def text_baselines(reports: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     for name, captions in systems.items():
         hypotheses = dict(zip(test.report_id, captions))
         clinical = clinical_metrics(references, hypotheses)
-        rows.append({"system": name, **caption_metrics({k: [v] for k, v in references.items()}, hypotheses),
-                     "clinical_micro_f1": clinical["micro_f1"], "clinical_macro_f1": clinical["macro_f1"]})
+        rows.append(
+            {
+                "system": name,
+                **caption_metrics({k: [v] for k, v in references.items()}, hypotheses),
+                "clinical_micro_f1": clinical["micro_f1"],
+                "clinical_macro_f1": clinical["macro_f1"],
+            }
+        )
     print(f"most frequent IU train target: {most_frequent!r}")
     return pd.DataFrame(rows)
 
@@ -134,8 +171,10 @@ def main() -> None:
     args = parser.parse_args()
     data = ingest(args.out)
     reports = read_table(DataCatalog(data).reports, REPORTS)
-    print(f"reports: {len(reports)}; split: {reports.split.value_counts().to_dict()}; "
-          f"target sections: {reports.target_section.value_counts().to_dict()}")
+    print(
+        f"reports: {len(reports)}; split: {reports.split.value_counts().to_dict()}; "
+        f"target sections: {reports.target_section.value_counts().to_dict()}"
+    )
     stats = vocabulary_stats(reports)
     print("vocabulary:", json.dumps(stats, indent=1))
     agreement = labeler_agreement(reports)
@@ -144,10 +183,16 @@ def main() -> None:
     baselines = text_baselines(reports)
     print("R2Gen test split, text baselines:")
     print(baselines.to_string(index=False, float_format="%.4f"))
-    result = {"vocabulary": stats, "labeler_agreement": agreement.to_dict("records"),
-              "baselines": baselines.to_dict("records")}
+    result = {
+        "vocabulary": stats,
+        "labeler_agreement": agreement.to_dict("records"),
+        "baselines": baselines.to_dict("records"),
+    }
     (args.out / "iu_text_side.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"written {args.out / 'iu_text_side.json'}\nreproduce: .venv/bin/python benchmarks/iu_text_side.py --out {args.out}")
+    print(
+        f"written {args.out / 'iu_text_side.json'}\n"
+        f"reproduce: .venv/bin/python benchmarks/iu_text_side.py --out {args.out}"
+    )
 
 
 if __name__ == "__main__":

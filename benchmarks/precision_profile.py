@@ -53,6 +53,7 @@ class StageClock:
             finally:
                 with self.lock:
                     self.seconds[stage] += time.perf_counter() - start
+
         return timed
 
 
@@ -62,11 +63,12 @@ def load_variant(model: str, variant: str, builds: Path):
     apply_offline_defaults()
     import_tensorflow_quietly()
     import tensorflow as tf
+
     if variant == "tf-bf16":  # before any graph is built: grappler rewrites every graph of this process
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
+    from radcap.captioning.bundle import load_captioner
     from radcap.imaging.encoders import encoder_for
     from radcap.imaging.precision import openvino_forward
-    from radcap.captioning.bundle import load_captioner
 
     bundle = load_captioner(model).bundle
     encoder = encoder_for(bundle.config)
@@ -75,11 +77,11 @@ def load_variant(model: str, variant: str, builds: Path):
 
 
 def child(args) -> None:
+    from caption_throughput import caption_folder, real_images
+
     import radcap.captioning.bulk as captioning
     import radcap.imaging.features as features
     import radcap.pacs.exports as pacs
-    from caption_throughput import caption_folder, real_images
-
     from radcap.captioning.bulk import CaptionStore
 
     bundle, encoder, forward = load_variant(args.model, args.variant, args.builds)
@@ -90,16 +92,18 @@ def child(args) -> None:
         if args.profile:
             everything = real_images(args.child + 64, tmp / "all")
             (tmp / "warm").mkdir()
-            for f in sorted(everything.iterdir())[args.child:]:
+            for f in sorted(everything.iterdir())[args.child :]:
                 f.rename(tmp / "warm" / f.name)
             caption_folder(tmp / "warm", tmp / "warm-out", bundle, encoder, forward, args.batch_size)
             squares = np.load(args.builds / "squares.npy")
             forward(squares[:32])
             start = time.perf_counter()
-            pooled = np.concatenate([forward(squares[i: i + 32])[0] for i in range(0, len(squares), 32)])
+            pooled = np.concatenate([forward(squares[i : i + 32])[0] for i in range(0, len(squares), 32)])
             result["bare_forward_img_s"] = round(len(squares) / (time.perf_counter() - start), 1)
             reference = np.load(args.builds / "pooled-fp32.npy")
-            cosine = np.sum(pooled * reference, 1) / (np.linalg.norm(pooled, axis=1) * np.linalg.norm(reference, axis=1))
+            cosine = np.sum(pooled * reference, 1) / (
+                np.linalg.norm(pooled, axis=1) * np.linalg.norm(reference, axis=1)
+            )
             result["pooled_cosine_to_fp32"] = round(float(cosine.mean()), 6)
             clock = StageClock()
             features.decode_one = clock.wrap("decode (2 threads)", features.decode_one)
@@ -112,30 +116,32 @@ def child(args) -> None:
             start = time.perf_counter()
             done = caption_folder(everything, tmp / "out", bundle, encoder, timed_forward, args.batch_size)
             wall = time.perf_counter() - start
-            result.update(captioned=done["captioned"], wall_s=round(wall, 2),
-                          caption_img_s=round(done["captioned"] / wall, 1),
-                          stages_s={k: round(v, 2) for k, v in sorted(clock.seconds.items(), key=lambda kv: -kv[1])})
+            result.update(
+                captioned=done["captioned"],
+                wall_s=round(wall, 2),
+                caption_img_s=round(done["captioned"] / wall, 1),
+                stages_s={k: round(v, 2) for k, v in sorted(clock.seconds.items(), key=lambda kv: -kv[1])},
+            )
         else:
             folder = real_images(args.child, tmp / "in")
             start = time.perf_counter()
             done = caption_folder(folder, tmp / "out", bundle, encoder, forward, args.batch_size)
             result.update(captioned=done["captioned"], wall_s=round(time.perf_counter() - start, 2))
-    result.update(rss_after_load_mib=round(after_load, 1),
-                  peak_rss_mib=round(peak_rss_mib(), 1))
+    result.update(rss_after_load_mib=round(after_load, 1), peak_rss_mib=round(peak_rss_mib(), 1))
     print(json.dumps(result), flush=True)
 
 
 def build(args, builds: Path) -> dict:
     """The OpenVINO builds, the squares every variant's bare forward runs on, and fp32's pooled features of them."""
     import pandas as pd
-
     from caption_throughput import real_images
-    from radcap.imaging.encoders import encoder_for
-    from radcap.imaging.decode import prepare
-    from radcap.models.encoder import uint8_feature_model
-    from radcap.imaging.precision import OptimizedMeta, convert, quantize_int8, save_optimized
+
     from radcap.captioning.bundle import load_captioner
     from radcap.core.runtime import apply_offline_defaults, import_tensorflow_quietly
+    from radcap.imaging.decode import prepare
+    from radcap.imaging.encoders import encoder_for
+    from radcap.imaging.precision import OptimizedMeta, convert, quantize_int8, save_optimized
+    from radcap.models.encoder import uint8_feature_model
 
     apply_offline_defaults()
     import_tensorflow_quietly()
@@ -150,8 +156,11 @@ def build(args, builds: Path) -> dict:
         model = convert(uint8_feature_model(encoder.model, encoder.input_size), encoder.input_size)
         if precision == "int8":
             model = quantize_int8(model, calibration)
-        save_optimized(model, OptimizedMeta(precision, encoder.version, encoder.spec, encoder.input_size,
-                                            len(calibration)), builds / precision)
+        save_optimized(
+            model,
+            OptimizedMeta(precision, encoder.version, encoder.spec, encoder.input_size, len(calibration)),
+            builds / precision,
+        )
         seconds[precision] = round(time.perf_counter() - start, 1)
     # Bare-forward squares: the last 256 of the benchmark's pool, never in a profiled run of <= 2,147 images.
     pool = real_images(2403, builds / "pool")
@@ -160,7 +169,7 @@ def build(args, builds: Path) -> dict:
         squares = np.stack(list(threads.map(lambda p: prepare(p, encoder.input_size), files)))
     np.save(builds / "squares.npy", squares)
     forward = encoder.forward_fn()
-    np.save(builds / "pooled-fp32.npy", np.concatenate([forward(squares[i: i + 32])[0] for i in range(0, 256, 32)]))
+    np.save(builds / "pooled-fp32.npy", np.concatenate([forward(squares[i : i + 32])[0] for i in range(0, 256, 32)]))
     for f in pool.iterdir():
         f.unlink()
     pool.rmdir()
@@ -168,8 +177,22 @@ def build(args, builds: Path) -> dict:
 
 
 def run_child(args, variant: str, builds: Path, n: int, profile: bool) -> dict:
-    command = [sys.executable, __file__, "--model", args.model, "--data", str(args.data), "--child", str(n),
-               "--variant", variant, "--builds", str(builds), "--batch-size", str(args.batch_size)]
+    command = [
+        sys.executable,
+        __file__,
+        "--model",
+        args.model,
+        "--data",
+        str(args.data),
+        "--child",
+        str(n),
+        "--variant",
+        variant,
+        "--builds",
+        str(builds),
+        "--batch-size",
+        str(args.batch_size),
+    ]
     done = subprocess.run(command + (["--profile"] if profile else []), capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{variant} {n}: {done.stderr[-3000:]}")
@@ -194,8 +217,13 @@ def main() -> None:
         return child(args)
     with tempfile.TemporaryDirectory(prefix="radcap-builds-") as builds:
         builds = Path(builds)
-        result = {"model": args.model, "images": args.images, "batch_size": args.batch_size, **build(args, builds),
-                  "variants": {}}
+        result = {
+            "model": args.model,
+            "images": args.images,
+            "batch_size": args.batch_size,
+            **build(args, builds),
+            "variants": {},
+        }
         print(json.dumps(result), flush=True)
         for variant in args.variants:
             row = run_child(args, variant, builds, args.images, True)
@@ -207,13 +235,17 @@ def main() -> None:
     for variant, row in result["variants"].items():
         speedup = row["caption_img_s"] / base["caption_img_s"] if base else float("nan")
         memory = ", ".join(f"{n}: {m['peak_rss_mib']:.0f}" for n, m in row["memory"].items())
-        print(f"{variant:8} {row['bare_forward_img_s']:10.1f} {row['caption_img_s']:13.1f} {speedup:6.2f} "
-              f"{row['pooled_cosine_to_fp32']:8.5f}  {memory}")
+        print(
+            f"{variant:8} {row['bare_forward_img_s']:10.1f} {row['caption_img_s']:13.1f} {speedup:6.2f} "
+            f"{row['pooled_cosine_to_fp32']:8.5f}  {memory}"
+        )
     print("\nstage seconds (thread-seconds; wall in the last column):")
     stages = sorted({s for row in result["variants"].values() for s in row["stages_s"]})
     print(f"{'variant':8} " + " ".join(f"{s[:22]:>22}" for s in stages) + f" {'wall':>6}")
     for variant, row in result["variants"].items():
-        print(f"{variant:8} " + " ".join(f"{row['stages_s'].get(s, 0):22.2f}" for s in stages) + f" {row['wall_s']:6.1f}")
+        print(
+            f"{variant:8} " + " ".join(f"{row['stages_s'].get(s, 0):22.2f}" for s in stages) + f" {row['wall_s']:6.1f}"
+        )
     print(json.dumps(result, indent=2))
 
 

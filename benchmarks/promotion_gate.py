@@ -37,12 +37,12 @@ def previous_micro_f1(references: dict[str, str], hypotheses: dict[str, str]) ->
 
 
 def main() -> None:
-    from radcap.text.labeler import BinaryLabels
-    from radcap.metrics.scores import score_reports
-    from radcap.registry.promotion import decide
     from radcap.core.settings import PromotionSettings, TextRules
     from radcap.ingestion.iu import read_iu_xml
     from radcap.ingestion.splits import apply_r2gen, read_r2gen_split
+    from radcap.metrics.scores import score_reports
+    from radcap.registry.promotion import decide
+    from radcap.text.labeler import BinaryLabels
 
     parsed = read_iu_xml(DATA / "ecgen-radiology", TextRules())
     apply_r2gen(parsed, read_r2gen_split(DATA / "r2gen_annotation.json"))
@@ -59,12 +59,21 @@ def main() -> None:
     candidate = {k: f"{v} widened mediastinum. acute rib fracture." for k, v in references.items()}
     scores = {"2": score_reports(references, candidate), "1": score_reports(references, champion)}
     print(f"{len(references)} R2Gen test impressions")
-    for version, name in (("1", "champion (same findings, other words)"), ("2", "candidate (copy + 2 invented findings)")):
+    for version, name in (
+        ("1", "champion (same findings, other words)"),
+        ("2", "candidate (copy + 2 invented findings)"),
+    ):
         summary = scores[version].summary()
         old = previous_micro_f1(references, candidate if version == "2" else champion)
-        print(f"{name}: " + ", ".join(f"{k} {summary[k]:.4f}" for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr",
-                                                                            "clinical_micro_f1")
-                                      if summary[k] is not None) + f"; micro-F1 as the previous gate counted it {old:.4f}")
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k} {summary[k]:.4f}"
+                for k in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "clinical_micro_f1")
+                if summary[k] is not None
+            )
+            + f"; micro-F1 as the previous gate counted it {old:.4f}"
+        )
     decision = decide("2", "1", scores, PromotionSettings())
     print(f"decision: {'promote' if decision.promote else 'refuse'}: {decision.reason}")
 

@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from report_quality import setting  # noqa: E402 - benchmarks/ is the script folder
+from report_quality import setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,11 +43,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", action="append", required=True, help="NAME:setting=value,... (DecoderSettings)")
     parser.add_argument("--crossfit", type=float, default=0.0, help="hold back this fraction of train groups for SCST")
-    parser.add_argument("--judge-held-back", action="store_true",
-                        help="with --crossfit: SCST on the part the model fitted (as `radcap train` does), each epoch "
-                             "scored on the held-back groups, which nothing was selected on (no winner's curse of "
-                             "the carve, where the cross-entropy epoch was the best of many)")
-    parser.add_argument("--crossfit-bundle", type=Path, help="with --crossfit: that cross-entropy model, already trained")
+    parser.add_argument(
+        "--judge-held-back",
+        action="store_true",
+        help="with --crossfit: SCST on the part the model fitted (as `radcap train` does), each epoch "
+        "scored on the held-back groups, which nothing was selected on (no winner's curse of "
+        "the carve, where the cross-entropy epoch was the best of many)",
+    )
+    parser.add_argument(
+        "--crossfit-bundle", type=Path, help="with --crossfit: that cross-entropy model, already trained"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "scst_variants.json")
     args = parser.parse_args()
 
@@ -55,8 +60,8 @@ def main() -> None:
 
     apply_offline_defaults()
     import_tensorflow_quietly()
-    from radcap.captioning.training import self_critical
     from radcap.captioning.bundle import load_bundle
+    from radcap.captioning.training import self_critical
 
     reference = load_bundle(args.bundle)
     settings, sets = carve_sets(args, reference)
@@ -72,17 +77,31 @@ def main() -> None:
     for name, update in map(parse_variant, args.variant):
         name = f"crossfit{args.crossfit:g}-{'judged-' if args.judge_held_back else ''}{name}" if args.crossfit else name
         bundle = load_bundle(start_from)
-        cfg = settings.captioner.model_copy(update={"scst_epochs": args.epochs, "patience": args.epochs,
-                                                    "seed": args.seed, **update})
+        cfg = settings.captioner.model_copy(
+            update={"scst_epochs": args.epochs, "patience": args.epochs, "seed": args.seed, **update}
+        )
         start = time.perf_counter()
-        sc = self_critical(bundle, scst_set, judged, cfg, on_epoch=lambda r: print(
-            f"  {name} epoch {r.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()), flush=True))
-        results[name] = {"settings": update, "before": sc.before.get("val_CIDEr"),
-                         "by_epoch": [e.metrics.get("val_CIDEr") for e in sc.fit.history],
-                         "sample_reward": [e.metrics.get("train_sample_reward") for e in sc.fit.history],
-                         "seconds": round(time.perf_counter() - start, 1)}
-        print(f"{name}: {'held-back' if args.judge_held_back else 'carve'} CIDEr {results[name]['before']:.4f} -> "
-              + " ".join(f"{c:.4f}" for c in results[name]["by_epoch"]), flush=True)
+        sc = self_critical(
+            bundle,
+            scst_set,
+            judged,
+            cfg,
+            on_epoch=lambda r, name=name: print(
+                f"  {name} epoch {r.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items()), flush=True
+            ),
+        )
+        results[name] = {
+            "settings": update,
+            "before": sc.before.get("val_CIDEr"),
+            "by_epoch": [e.metrics.get("val_CIDEr") for e in sc.fit.history],
+            "sample_reward": [e.metrics.get("train_sample_reward") for e in sc.fit.history],
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        print(
+            f"{name}: {'held-back' if args.judge_held_back else 'carve'} CIDEr {results[name]['before']:.4f} -> "
+            + " ".join(f"{c:.4f}" for c in results[name]["by_epoch"]),
+            flush=True,
+        )
         write_results(results, args.out)
 
 
@@ -94,8 +113,9 @@ def carve_sets(args, reference):
 
     settings = get_settings()
     assert settings.split.select_on == "carve"
-    return settings, training_sets(args.data, args.encoder_version, settings.split, reference.config.max_views,
-                                   reference.model.attention)
+    return settings, training_sets(
+        args.data, args.encoder_version, settings.split, reference.config.max_views, reference.model.attention
+    )
 
 
 def read_results(path: Path) -> dict:
@@ -120,8 +140,10 @@ def held_back_groups(train, settings, fraction: float):
 
     rules = settings.split.model_copy(update={"select_salt": "radcap-crossfit-v1", "select_fraction": fraction})
     held_back = {r: in_selection_carve(g, rules) for r, g in zip(train.report_ids, train.group_ids)}
-    return (train.subset([r for r in train.report_ids if held_back[r]]),
-            train.subset([r for r in train.report_ids if not held_back[r]]))
+    return (
+        train.subset([r for r in train.report_ids if held_back[r]]),
+        train.subset([r for r in train.report_ids if not held_back[r]]),
+    )
 
 
 def crossfit(args, fit, back, carve, settings, reference):
@@ -131,12 +153,18 @@ def crossfit(args, fit, back, carve, settings, reference):
 
     cfg = settings.captioner.model_copy(update={"architecture": reference.config.architecture, "seed": args.seed})
     start = time.perf_counter()
-    trained = train_captioner(fit, carve, reference.vocab, cfg,
-                              {"encoder_version": args.encoder_version, "select_on": "carve"})
+    trained = train_captioner(
+        fit, carve, reference.vocab, cfg, {"encoder_version": args.encoder_version, "select_on": "carve"}
+    )
     path = crossfit_path(args, args.seed)
     trained.bundle.save(path)
-    record = {"fit": len(fit), "held_back": len(back), "best_epoch": trained.fit.best_epoch,
-              "carve_CIDEr": trained.fit.best.metrics.get("val_CIDEr"), "seconds": round(time.perf_counter() - start, 1)}
+    record = {
+        "fit": len(fit),
+        "held_back": len(back),
+        "best_epoch": trained.fit.best_epoch,
+        "carve_CIDEr": trained.fit.best.metrics.get("val_CIDEr"),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     print(f"cross-entropy on {len(fit)} reports ({len(back)} held back for SCST): {record}", flush=True)
     return path, record
 

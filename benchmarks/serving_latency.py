@@ -9,7 +9,8 @@ lateral), `--requests` requests after `--warmup` ones:
 The default model is the demo champion (`make demo` registers it: Show-Attend-Tell 256/512, beam 5, on the
 demo's DenseNet-121 encoder, which reads 96 px images), so run `make demo` first or give --model.
 `--untrained` instead registers the worst case a user can meet: the default Show-Attend-Tell (256/512, the
-default decoding: consensus among 20 samples of 10 beams, no-repeat 3) with the IU X-Ray vocabulary, untrained (so it writes the 59 words of the length limit), on a
+default decoding: consensus among 20 samples of 10 beams, no-repeat 3) with the IU X-Ray vocabulary, untrained (so it
+writes the 59 words of the length limit), on a
 224 px DenseNet-121. `--dicom` sends the study as two 2,048 x 2,048 16-bit DICOM files (the real pixels
 enlarged), as a PACS would, instead of the PNG files.
 
@@ -41,8 +42,13 @@ sys.path.insert(0, str(ROOT))
 
 def percentiles(values: list[float]) -> dict:
     ms = np.asarray(values) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-            "mean_ms": round(float(ms.mean()), 1), "max_ms": round(float(ms.max()), 1), "n": len(values)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "mean_ms": round(float(ms.mean()), 1),
+        "max_ms": round(float(ms.max()), 1),
+        "n": len(values),
+    }
 
 
 def page_latency(model: str, retriever: str | None, files: list[tuple[str, bytes]], warmup: int, n: int) -> dict:
@@ -60,17 +66,38 @@ def page_latency(model: str, retriever: str | None, files: list[tuple[str, bytes
         totals.append(time.perf_counter() - start)
         for key, value in report.seconds.items():
             parts.setdefault(key, []).append(value)
-    return {"total": percentiles(totals), **{k: percentiles(v) for k, v in parts.items()},
-            "report_words": len(report.words), "description": reader.description}
+    return {
+        "total": percentiles(totals),
+        **{k: percentiles(v) for k, v in parts.items()},
+        "report_words": len(report.words),
+        "description": reader.description,
+    }
 
 
 def rest_latency(model: str, files: list[tuple[str, bytes]], warmup: int, n: int) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model, "--env-manager", "local",
-                               "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            model,
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
+    )
     try:
         started = time.perf_counter()
         while True:
@@ -81,12 +108,22 @@ def rest_latency(model: str, files: list[tuple[str, bytes]], warmup: int, n: int
                 if server.poll() is not None or time.perf_counter() - started > 300:
                     sys.exit("mlflow models serve did not start")
                 time.sleep(0.5)
-        body = json.dumps({"dataframe_split": {"columns": ["study_id", "view", "image_base64"], "data": [
-            ["s1", view, base64.b64encode(data).decode()] for view, (_, data) in zip(("frontal", "lateral"), files)]}}).encode()
+        body = json.dumps(
+            {
+                "dataframe_split": {
+                    "columns": ["study_id", "view", "image_base64"],
+                    "data": [
+                        ["s1", view, base64.b64encode(data).decode()]
+                        for view, (_, data) in zip(("frontal", "lateral"), files)
+                    ],
+                }
+            }
+        ).encode()
 
         def call() -> dict:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
-                                             {"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=60) as answer:
                 return json.loads(answer.read())
 
@@ -97,8 +134,12 @@ def rest_latency(model: str, files: list[tuple[str, bytes]], warmup: int, n: int
             start = time.perf_counter()
             answer = call()
             times.append(time.perf_counter() - start)
-        return {"total": percentiles(times), "startup_s": round(time.perf_counter() - started - sum(times), 1),
-                "request_kib": round(len(body) / 1024), "caption": answer["predictions"][0]["caption"]}
+        return {
+            "total": percentiles(times),
+            "startup_s": round(time.perf_counter() - started - sum(times), 1),
+            "request_kib": round(len(body) / 1024),
+            "caption": answer["predictions"][0]["caption"],
+        }
     finally:
         server.terminate()
         server.wait(30)
@@ -111,20 +152,32 @@ def untrained_model() -> str:
 
     from radcap.captioning.bundle import CaptionerBundle, build_model
     from radcap.core.model_config import CaptionerConfig
-    from radcap.registry.store import register_captioner
-    from radcap.metrics.scores import CiderD
     from radcap.core.settings import DecoderSettings
+    from radcap.metrics.scores import CiderD
+    from radcap.registry.store import register_captioner
     from radcap.text.vocab import Vocabulary
 
     cfg = DecoderSettings()
     reports = pd.read_csv(DATA / "iu_xray" / "indiana_reports.csv")
     texts = (reports["findings"].fillna("") + " " + reports["impression"].fillna("")).tolist()
     vocab = Vocabulary.build(texts, cfg.min_count, cfg.max_length)
-    config = CaptionerConfig(architecture=cfg.architecture, embed_dim=cfg.embed_dim, units=cfg.units,
-                             attention_units=cfg.attention_units, dropout=cfg.dropout, max_views=cfg.max_views,
-                             encoder_version="random-seed0", encoder_spec="random:0", data_version="latency-bench",
-                             decoding={"beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty,
-                                       "no_repeat_ngram": 3, "consensus_samples": cfg.consensus_samples})
+    config = CaptionerConfig(
+        architecture=cfg.architecture,
+        embed_dim=cfg.embed_dim,
+        units=cfg.units,
+        attention_units=cfg.attention_units,
+        dropout=cfg.dropout,
+        max_views=cfg.max_views,
+        encoder_version="random-seed0",
+        encoder_spec="random:0",
+        data_version="latency-bench",
+        decoding={
+            "beam_width": cfg.beam_width,
+            "length_penalty": cfg.length_penalty,
+            "no_repeat_ngram": 3,
+            "consensus_samples": cfg.consensus_samples,
+        },
+    )
     folder = Path(tempfile.mkdtemp(prefix="radcap-latency-")) / "captioner"
     cider = CiderD.of_reports(texts)  # what training on these reports attaches
     CaptionerBundle(build_model(config, len(vocab)), vocab, config, cider=cider).save(folder)
@@ -182,8 +235,11 @@ def main() -> None:
     files = dicom_study(xrays) if args.dicom else [(p.name, p.read_bytes()) for p in xrays]
     if args.untrained:
         args.model = untrained_model()
-    result = {"model": args.model, "study": [f"{name} ({len(data) // 1024} KiB)" for name, data in files],
-              "cpu_cores": os.cpu_count()}
+    result = {
+        "model": args.model,
+        "study": [f"{name} ({len(data) // 1024} KiB)" for name, data in files],
+        "cpu_cores": os.cpu_count(),
+    }
     if not args.skip_page:
         result["page"] = page_latency(args.model, args.retriever, files, args.warmup, args.requests)
         print(json.dumps(result, indent=2), flush=True)

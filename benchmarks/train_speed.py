@@ -4,7 +4,8 @@ Both run in one process on the same data: `radcap.captioning.training.train_capt
 first compiles; the second's batch loop is timed, including batch assembly and the Python loop), then the
 same compiled step alone on batches already built as tensors. Prints seconds per epoch and the ratio.
 
-    .venv/bin/python benchmarks/train_speed.py --data out/medpix --encoder-version radcap-encoder/2 --architecture show-attend-tell
+    .venv/bin/python benchmarks/train_speed.py --data out/medpix --encoder-version radcap-encoder/2 \\
+        --architecture show-attend-tell
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from radcap.core.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults
 
 apply_offline_defaults()
-from radcap.data_contracts import IMAGES, REPORTS  # noqa: E402
 from radcap.captioning.data import build_caption_set  # noqa: E402
 from radcap.captioning.training import token_matrix, train_captioner  # noqa: E402
 from radcap.core.catalog import DataCatalog  # noqa: E402
-from radcap.imaging.features import FeatureStore  # noqa: E402
 from radcap.core.io import read_table  # noqa: E402
 from radcap.core.settings import get_settings  # noqa: E402
+from radcap.data_contracts import IMAGES, REPORTS  # noqa: E402
+from radcap.imaging.features import FeatureStore  # noqa: E402
 from radcap.text.vocab import Vocabulary  # noqa: E402
 
 
@@ -67,10 +68,15 @@ def main() -> None:
         loss = step(feats, toks)
     float(loss)
     bare = time.perf_counter() - start
-    print(f"{args.architecture}: {len(train)} train reports, {int(loop["batches"])} batches of {bs}, {tokens.shape[1]} tokens")
-    print(f"epoch loop (train_captioner): {loop["train_seconds"]:7.2f} s; with validation decoding {loop.seconds:.2f} s")
+    print(
+        f"{args.architecture}: {len(train)} train reports, {int(loop['batches'])} batches of {bs}, "
+        f"{tokens.shape[1]} tokens"
+    )
+    print(
+        f"epoch loop (train_captioner): {loop['train_seconds']:7.2f} s; with validation decoding {loop.seconds:.2f} s"
+    )
     print(f"bare compiled step:           {bare:7.2f} s")
-    print(f"ratio bare / epoch loop: {bare / loop["train_seconds"]:.3f}")
+    print(f"ratio bare / epoch loop: {bare / loop['train_seconds']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The single source of truth for every table's columns and types."""
 
-# One name per file: this folder installs as radcap.data_contracts (pyproject.toml); run from the repository root it would
-# also import as `data_contracts`, a second copy of every module in it.
+# One name per file: this folder installs as radcap.data_contracts (pyproject.toml); imported as
+# `data_contracts` from the repository root, every module in it would load again under a second name.
 if __name__ != "radcap.data_contracts":
     raise ImportError(f"import radcap.data_contracts, not {__name__} (the folder installs under radcap's namespace)")
 
@@ -14,4 +14,18 @@ from radcap.data_contracts.retrieval import RETRIEVAL_INDEX, SEARCH_RESULTS
 
 ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES, CAPTIONS, CAPTION_REJECTS, RETRIEVAL_INDEX, SEARCH_RESULTS)
 
-__all__ = ["ALL", "CAPTIONS", "CAPTION_REJECTS", "Column", "Contract", "ContractError", "FEATURES", "IMAGES", "LABELLED_IMAGES", "REJECTS", "REPORTS", "RETRIEVAL_INDEX", "SEARCH_RESULTS"]
+__all__ = [
+    "ALL",
+    "CAPTIONS",
+    "CAPTION_REJECTS",
+    "FEATURES",
+    "IMAGES",
+    "LABELLED_IMAGES",
+    "REJECTS",
+    "REPORTS",
+    "RETRIEVAL_INDEX",
+    "SEARCH_RESULTS",
+    "Column",
+    "Contract",
+    "ContractError",
+]

@@ -60,9 +60,7 @@ class Contract:
             for c in self.columns
             if c.name not in self.vector_columns
         }
-        return pda.DataFrameSchema(
-            columns, strict=True, ordered=True, unique=list(self.unique) or None, name=self.name
-        )
+        return pda.DataFrameSchema(columns, strict=True, ordered=True, unique=list(self.unique) or None, name=self.name)
 
     def empty(self) -> pd.DataFrame:
         return self.arrow_schema.empty_table().to_pandas()
@@ -74,7 +72,7 @@ class Contract:
         reads with that column all null (a missing non-nullable column is an error)."""
         added = [c.name for c in self.columns if c.nullable and c.name not in frame.columns]
         if added:
-            frame = frame.assign(**{name: None for name in added})
+            frame = frame.assign(**dict.fromkeys(added))
         missing = [c for c in self.column_names if c not in frame.columns]
         extra = [c for c in frame.columns if c not in self.column_names]
         if missing or extra:

@@ -12,22 +12,41 @@ CAPTIONS = Contract(
     "Identifiers are DICOM UIDs or salted hashes (settings.caption.identifiers); patient attributes never appear.",
     unique=("source_path",),
     columns=(
-        Column("study_id", pa.string(), nullable=False, doc="StudyInstanceUID (or its salted hash); PNG/JPEG: content hash."),
-        Column("image_id", pa.string(), nullable=False, doc="SOPInstanceUID (or its salted hash); PNG/JPEG: content hash."),
+        Column(
+            "study_id",
+            pa.string(),
+            nullable=False,
+            doc="StudyInstanceUID (or its salted hash); PNG/JPEG: content hash.",
+        ),
+        Column(
+            "image_id", pa.string(), nullable=False, doc="SOPInstanceUID (or its salted hash); PNG/JPEG: content hash."
+        ),
         Column("view", pa.string(), nullable=False, isin=("frontal", "lateral", "unknown")),
         Column("source_path", pa.string(), nullable=False, doc="Path relative to the captioned input folder."),
-        Column("sha256", pa.string(), nullable=False, doc="SHA-256 of the file's bytes: the idempotency key with the path."),
+        Column(
+            "sha256", pa.string(), nullable=False, doc="SHA-256 of the file's bytes: the idempotency key with the path."
+        ),
         Column("caption", pa.string(), doc="The study's generated report (null when withheld: see ood_reason)."),
         Column("model", pa.string(), nullable=False, doc="Registered model name (or bundle folder)."),
         Column("model_version", pa.string(), nullable=False),
         Column("encoder_version", pa.string(), nullable=False),
         Column("captioned_at", UTC_TIME, nullable=False),
-        Column("ood_score", pa.float32(), doc="The study's out-of-domain score (radcap.domain.guard); null for a model "
-               "saved without a domain guard."),
-        Column("in_domain", pa.bool_(), doc="False when the study is unlike the model's training images, or a "
-               "DICOM's Modality is outside the training modalities."),
-        Column("ood_reason", pa.string(), doc="Why the study is out of domain (and, with the `withhold` policy, why "
-               "it has no caption)."),
+        Column(
+            "ood_score",
+            pa.float32(),
+            doc="The study's out-of-domain score (radcap.domain.guard); null for a model saved without a domain guard.",
+        ),
+        Column(
+            "in_domain",
+            pa.bool_(),
+            doc="False when the study is unlike the model's training images, or a "
+            "DICOM's Modality is outside the training modalities.",
+        ),
+        Column(
+            "ood_reason",
+            pa.string(),
+            doc="Why the study is out of domain (and, with the `withhold` policy, why it has no caption).",
+        ),
     ),
 )
 

@@ -18,9 +18,13 @@ FEATURES = Contract(
         Column("sha256", pa.string(), nullable=False, doc="SHA-256 of the image file's bytes."),
         Column("encoder", pa.string(), nullable=False, doc="Encoder name, e.g. chexnet-densenet121."),
         Column("encoder_version", pa.string(), nullable=False, doc="Registry version, h5 hash or 'random-seedN'."),
-        Column("pooled", pa.list_(pa.float32(), POOLED_DIM), nullable=False, doc="Global-average-pooled 1,024-d vector."),
         Column(
-            "grid", pa.list_(pa.float16(), GRID_SIZE), nullable=False,
+            "pooled", pa.list_(pa.float32(), POOLED_DIM), nullable=False, doc="Global-average-pooled 1,024-d vector."
+        ),
+        Column(
+            "grid",
+            pa.list_(pa.float16(), GRID_SIZE),
+            nullable=False,
             doc="7x7x1,024 spatial grid (row-major, channels last), float16, for attention decoders.",
         ),
     ),

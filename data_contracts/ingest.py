@@ -30,7 +30,12 @@ REPORTS = Contract(
         Column("findings", pa.string(), doc="Findings after the text rules."),
         Column("impression", pa.string(), doc="Impression after the text rules."),
         Column("target", pa.string(), nullable=False, doc="Normalized training target (see TextRules)."),
-        Column("target_section", pa.string(), nullable=False, isin=("impression", "findings", "findings+impression", "caption")),
+        Column(
+            "target_section",
+            pa.string(),
+            nullable=False,
+            isin=("impression", "findings", "findings+impression", "caption"),
+        ),
         Column("mesh", pa.list_(pa.string()), nullable=False, doc="IU MeSH major terms (empty elsewhere)."),
         Column("n_images", pa.int32(), nullable=False, doc="Images referenced by the report."),
     ),
@@ -53,7 +58,9 @@ IMAGES = Contract(
         Column("location", pa.string(), doc="Body location (MedPix `Location`)."),
         Column("location_category", pa.string(), doc="Body region (MedPix `Location Category`)."),
         Column(
-            "labels", pa.list_(pa.string()), nullable=False,
+            "labels",
+            pa.list_(pa.string()),
+            nullable=False,
             doc="Image labels given by the source as 'namespace:value' (a manifest's `labels` column); "
             "labels derived from reports and metadata are added by `radcap.imaging.labels`.",
         ),

@@ -32,9 +32,15 @@ SEARCH_RESULTS = Contract(
         Column("text", pa.string(), nullable=False),
         Column("source", pa.string(), nullable=False),
         Column("model", pa.string(), nullable=False),
-        Column("encoder_version", pa.string(), doc="For image queries: the encoder that encoded them, "
-               "VERSION@PRECISION below fp32 (radcap.imaging.precision)."),
-        Column("ood_score", pa.float32(), doc="For image queries: the study's out-of-domain score (radcap.domain.guard)."),
+        Column(
+            "encoder_version",
+            pa.string(),
+            doc="For image queries: the encoder that encoded them, "
+            "VERSION@PRECISION below fp32 (radcap.imaging.precision).",
+        ),
+        Column(
+            "ood_score", pa.float32(), doc="For image queries: the study's out-of-domain score (radcap.domain.guard)."
+        ),
         Column("in_domain", pa.bool_(), doc="For image queries: False when the study is unlike the training images."),
     ),
 )

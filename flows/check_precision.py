@@ -13,7 +13,9 @@ from radcap.tasks.precision import compare_precisions, load_checked_model, recor
 
 
 @flow(name="check-precision")
-def check_precision_flow(model: str, data_dir: Path, split: str, precision: str, out: Path, meteor: bool = True) -> dict:
+def check_precision_flow(
+    model: str, data_dir: Path, split: str, precision: str, out: Path, meteor: bool = True
+) -> dict:
     loaded = load_checked_model(model)
     check = compare_precisions(quote(loaded), data_dir, split, precision, meteor)
     return record_check(quote(loaded), quote(check), out)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from prefect import flow
 
+from radcap.core.runtime import apply_offline_defaults
+from radcap.core.settings import PROFILES, load_settings
 from radcap.flows.caption import caption_flow
 from radcap.flows.evaluate import evaluate_flow
 from radcap.flows.features import extract_features_flow
@@ -17,8 +19,6 @@ from radcap.flows.ingest import ingest_reports
 from radcap.flows.pretrain import pretrain_encoder_flow
 from radcap.flows.promote import promote_flow
 from radcap.flows.train import train_flow
-from radcap.core.runtime import apply_offline_defaults
-from radcap.core.settings import PROFILES, load_settings
 from radcap.tasks.sample import make_pacs_export, make_sample
 
 
@@ -28,8 +28,14 @@ def demo_pipeline(workdir: Path) -> dict:
     settings = load_settings(PROFILES / "demo.toml")
     sample = make_sample(workdir / "sample", settings.sample)
     data = workdir / "data"
-    ingest = ingest_reports("iu-xml", sample / "ecgen-radiology", data, images=sample / "images",
-                            views=sample / "indiana_projections.csv", settings=settings)
+    ingest = ingest_reports(
+        "iu-xml",
+        sample / "ecgen-radiology",
+        data,
+        images=sample / "images",
+        views=sample / "indiana_projections.csv",
+        settings=settings,
+    )
     encoder = pretrain_encoder_flow([data], workdir / "encoder", settings.encoder)
     features = extract_features_flow(data, encoder["registered"], settings.encoder.batch_size)
     trained = train_flow(data, workdir / "captioner", settings.captioner, features["encoder_version"])
@@ -37,7 +43,9 @@ def demo_pipeline(workdir: Path) -> dict:
     name = settings.captioner.registered_name
     promotion = promote_flow(data, name, trained["registered"].rsplit("/", 1)[1], settings.promotion, out=workdir)
     export = make_pacs_export(sample, workdir / "pacs_export", settings.sample.export_studies)
-    captions = caption_flow(export, workdir / "captions", f"models:/{name}@{settings.promotion.alias}", settings.caption)
+    captions = caption_flow(
+        export, workdir / "captions", f"models:/{name}@{settings.promotion.alias}", settings.caption
+    )
     return {
         "reports": ingest["reports"],
         "images": ingest["images"],

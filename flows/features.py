@@ -12,8 +12,13 @@ from radcap.tasks.features import encode_images, load_encoder, plan_features, re
 
 
 @flow(name="extract-features")
-def extract_features_flow(data_dir: Path, encoder: str | None = None, batch_size: int = 32,
-                          precision: str = "fp32", cluster: str | None = None) -> dict:
+def extract_features_flow(
+    data_dir: Path,
+    encoder: str | None = None,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    cluster: str | None = None,
+) -> dict:
     """Below fp32 the features are stored as `VERSION@PRECISION`: never mixed with those captioners train on.
     `cluster`: a Dask cluster to encode on (default: settings' `cluster`, unset: in-process)."""
     model = load_encoder(encoder, precision)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from prefect import flow
 
+from radcap.core.runtime import apply_offline_defaults
+from radcap.core.settings import get_settings
 from radcap.flows.evaluate import evaluate_flow
 from radcap.flows.features import extract_features_flow
 from radcap.flows.ingest import ingest_reports
 from radcap.flows.promote import promote_flow
 from radcap.flows.train import train_flow
-from radcap.core.runtime import apply_offline_defaults
-from radcap.core.settings import get_settings
 from radcap.tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
 
 
@@ -39,8 +39,10 @@ def nightly_retrain(
     apply_offline_defaults()  # a deployment's entry point
     settings = get_settings()
     data = workdir / "data"
-    fingerprint = input_fingerprint([source, images, views, split_file],
-                                    {"format": fmt, "text": settings.text.model_dump(), "split": settings.split.model_dump()})
+    fingerprint = input_fingerprint(
+        [source, images, views, split_file],
+        {"format": fmt, "text": settings.text.model_dump(), "split": settings.split.model_dump()},
+    )
     if not ingest_is_current(data, fingerprint):
         ingest_reports(fmt, source, data, images=images, views=views, split_file=split_file, settings=settings)
         record_ingest(data, fingerprint)
@@ -50,10 +52,16 @@ def nightly_retrain(
     trained = train_flow(data, workdir / f"captioner-{cfg.architecture}", cfg, features["encoder_version"], reuse=True)
     split = settings.promotion.split
     evaluation = evaluate_flow(data, trained["registered"], split, workdir / f"evaluation-{split}")
-    summary = {"data_version": ingested["data_version"], "reports": ingested["reports"],
-               "features_encoded": features["encoded"], "encoder_version": features["encoder_version"],
-               "captioner": trained["registered"], "retrained": not trained.get("reused", False),
-               f"{split}_CIDEr": evaluation["CIDEr"], "report": evaluation["report"]}
+    summary = {
+        "data_version": ingested["data_version"],
+        "reports": ingested["reports"],
+        "features_encoded": features["encoded"],
+        "encoder_version": features["encoder_version"],
+        "captioner": trained["registered"],
+        "retrained": not trained.get("reused", False),
+        f"{split}_CIDEr": evaluation["CIDEr"],
+        "report": evaluation["report"],
+    }
     if promote:
         decision = promote_flow(data, cfg.registered_name, trained["registered"].rsplit("/", 1)[1], out=workdir)
         summary.update(promotion=decision["outcome"], promotion_reason=decision["reason"])

@@ -9,21 +9,34 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from radcap.core.settings import get_settings
+from radcap.registry.tracking import tracked_run
 from radcap.tasks.features import load_encoder
 from radcap.tasks.optimize import build_optimized, calibration_squares, register_optimized
-from radcap.registry.tracking import tracked_run
 
 
 @flow(name="optimize-encoder")
-def optimize_encoder_flow(encoder: str | None, precision: str, calibration: Path | None, out: Path,
-                          calibration_images: int) -> dict:
+def optimize_encoder_flow(
+    encoder: str | None, precision: str, calibration: Path | None, out: Path, calibration_images: int
+) -> dict:
     model = load_encoder(encoder)
-    squares = (calibration_squares(calibration, calibration_images, model.input_size)
-               if precision == "int8" else None)
-    with tracked_run(get_settings().tracking.encoder, f"optimize-encoder-{precision}",
-                     {"source_version": model.version, "source_spec": model.spec, "precision": precision,
-                      "calibration": str(calibration), "calibration_images": calibration_images}):
+    squares = calibration_squares(calibration, calibration_images, model.input_size) if precision == "int8" else None
+    with tracked_run(
+        get_settings().tracking.encoder,
+        f"optimize-encoder-{precision}",
+        {
+            "source_version": model.version,
+            "source_spec": model.spec,
+            "precision": precision,
+            "calibration": str(calibration),
+            "calibration_images": calibration_images,
+        },
+    ):
         folder = build_optimized(quote(model), precision, quote(squares), out)
         uri = register_optimized(folder)
-    return {"registered": uri, "source_version": model.version, "precision": precision, "folder": str(folder),
-            "calibration_images": 0 if squares is None else len(squares)}
+    return {
+        "registered": uri,
+        "source_version": model.version,
+        "precision": precision,
+        "folder": str(folder),
+        "calibration_images": 0 if squares is None else len(squares),
+    }

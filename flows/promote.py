@@ -12,8 +12,14 @@ from radcap.tasks.promote import contenders, decide, record_decision, restore_pr
 
 
 @flow(name="promote-captioner")
-def promote_flow(data_dir: Path, name: str | None = None, candidate: str | None = None,
-                 settings: PromotionSettings | None = None, dry_run: bool = False, out: Path | None = None) -> dict:
+def promote_flow(
+    data_dir: Path,
+    name: str | None = None,
+    candidate: str | None = None,
+    settings: PromotionSettings | None = None,
+    dry_run: bool = False,
+    out: Path | None = None,
+) -> dict:
     cfg = settings or get_settings().promotion
     name = name or get_settings().captioner.registered_name
     new, current = contenders(name, candidate, cfg.alias)

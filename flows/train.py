@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from radcap.core.settings import DecoderSettings, SplitRules, get_settings
+from radcap.registry.tracking import tracked_run
 from radcap.tasks.train import (
     build_vocabulary,
     caption_sets,
@@ -18,12 +19,17 @@ from radcap.tasks.train import (
     training_inputs,
     tune_decoding,
 )
-from radcap.registry.tracking import tracked_run
 
 
 @flow(name="train-captioner")
-def train_flow(data_dir: Path, out: Path, settings: DecoderSettings | None = None,
-               encoder_version: str | None = None, reuse: bool = False, rules: SplitRules | None = None) -> dict:
+def train_flow(
+    data_dir: Path,
+    out: Path,
+    settings: DecoderSettings | None = None,
+    encoder_version: str | None = None,
+    reuse: bool = False,
+    rules: SplitRules | None = None,
+) -> dict:
     """With `reuse`, a registered version trained on the same data version, encoder and settings is
     returned instead of training again (the nightly run's cache)."""
     cfg, rules = settings or get_settings().captioner, rules or get_settings().split
@@ -32,8 +38,11 @@ def train_flow(data_dir: Path, out: Path, settings: DecoderSettings | None = Non
         return found
     sets = caption_sets(data_dir, inputs["encoder_version"], cfg, rules)
     vocab = build_vocabulary(quote(sets["train"]), cfg)
-    with tracked_run(get_settings().tracking.captioner, f"train-{cfg.architecture}",
-                     {**cfg.model_dump(), "data_dir": str(data_dir), **inputs, "vocabulary": len(vocab)}):
+    with tracked_run(
+        get_settings().tracking.captioner,
+        f"train-{cfg.architecture}",
+        {**cfg.model_dump(), "data_dir": str(data_dir), **inputs, "vocabulary": len(vocab)},
+    ):
         result = fit_captioner(quote(sets["train"]), quote(sets["val"]), quote(vocab), cfg, inputs)
         tune_decoding(quote(result), quote(sets["val"]), cfg)
         fit_domain_guard(quote(result), quote(sets), data_dir, get_settings().domain)

@@ -24,7 +24,8 @@ class BahdanauAttention(layers.Layer):
         self.v = layers.Dense(1)
 
     def call(self, features, projected, hidden, mask):
-        """features (B,L,E), projected = w_features(features), hidden (B,U), mask (B,L) -> context (B,E), weights (B,L)."""
+        """features (B,L,E), projected = w_features(features), hidden (B,U), mask (B,L)
+        -> context (B,E), weights (B,L)."""
         score = self.v(ops.tanh(projected + self.w_hidden(hidden)[:, None, :]))[..., 0]
         score = ops.where(mask > 0, score, -1e9)
         weights = ops.softmax(score, axis=-1)
@@ -37,11 +38,25 @@ class Captioner(keras.Model):
     attention = False
     recurrent_state = ("h", "c")  # what `step` changes; the rest of its state is fixed per study
 
-    def __init__(self, vocab_size: int, max_views: int, feature_dim: int, embed_dim: int = 256, units: int = 512,
-                 dropout: float = 0.3, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_views: int,
+        feature_dim: int,
+        embed_dim: int = 256,
+        units: int = 512,
+        dropout: float = 0.3,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.vocab_size, self.max_views, self.feature_dim, self.embed_dim, self.units, self.dropout_rate = (
-            vocab_size, max_views, feature_dim, embed_dim, units, dropout)
+            vocab_size,
+            max_views,
+            feature_dim,
+            embed_dim,
+            units,
+            dropout,
+        )
         self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
         self.cell = layers.LSTMCell(units, name="lstm")
         self.dropout = layers.Dropout(dropout)
@@ -49,16 +64,26 @@ class Captioner(keras.Model):
         self.logits = layers.Dense(vocab_size, name="logits")
         # Per-channel statistics of the training features, saved with the weights: CNN activations have
         # wildly different scales per channel, and unstandardized they let the LSTM ignore the image.
-        self.feature_mean = self.add_weight(shape=(feature_dim,), initializer="zeros", trainable=False, name="feature_mean")
-        self.feature_std = self.add_weight(shape=(feature_dim,), initializer="ones", trainable=False, name="feature_std")
+        self.feature_mean = self.add_weight(
+            shape=(feature_dim,), initializer="zeros", trainable=False, name="feature_mean"
+        )
+        self.feature_std = self.add_weight(
+            shape=(feature_dim,), initializer="ones", trainable=False, name="feature_std"
+        )
 
     def standardize(self, values):
         return (ops.cast(values, "float32") - self.feature_mean) / self.feature_std
 
     def get_config(self):
-        return {"vocab_size": self.vocab_size, "max_views": self.max_views, "feature_dim": self.feature_dim,
-                "embed_dim": self.embed_dim,
-                "units": self.units, "dropout": self.dropout_rate, **super().get_config()}
+        return {
+            "vocab_size": self.vocab_size,
+            "max_views": self.max_views,
+            "feature_dim": self.feature_dim,
+            "embed_dim": self.embed_dim,
+            "units": self.units,
+            "dropout": self.dropout_rate,
+            **super().get_config(),
+        }
 
     def teacher_forced(self, features, tokens, training=False):
         """Logits (B,T,V) for tokens[:, :T] as inputs (teacher forcing), and attention (B,T,L) or None."""
@@ -114,8 +139,13 @@ class ShowAttendTell(Captioner):
         memory = self.grid_projection(ops.reshape(self.standardize(grid), (-1, self.max_views * cells, grid.shape[-1])))
         mask = ops.reshape(ops.repeat(view_mask[:, :, None], cells, axis=2), (-1, self.max_views * cells))
         mean = ops.sum(memory * mask[..., None], axis=1) / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
-        return {"h": self.init_h(mean), "c": self.init_c(mean), "memory": memory,
-                "projected": self.attend.w_features(memory), "mask": mask}
+        return {
+            "h": self.init_h(mean),
+            "c": self.init_c(mean),
+            "memory": memory,
+            "projected": self.attend.w_features(memory),
+            "mask": mask,
+        }
 
     def step(self, tokens, state, training=False):
         x = self.dropout(self.embedding(tokens), training=training)
@@ -152,8 +182,14 @@ def make_train_step(model: Captioner, optimizer, clip_norm: float = 5.0):
     return train_step
 
 
-def make_scst_step(model: Captioner, optimizer, banned: tuple[int, ...], clip_norm: float = 5.0,
-                   xe_weight: float = 0.0, dropout: bool = False):
+def make_scst_step(
+    model: Captioner,
+    optimizer,
+    banned: tuple[int, ...],
+    clip_norm: float = 5.0,
+    xe_weight: float = 0.0,
+    dropout: bool = False,
+):
     """Self-critical policy gradient (Rennie et al. 2017): tokens (N,T) are sampled captions with <start> first,
     advantages (N,) their reward minus a baseline's. Loss: -advantage x log-probability of each sampled
     token (pad excluded), averaged over tokens; banned ids are masked as when sampling. Plus `xe_weight` x the

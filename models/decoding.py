@@ -61,8 +61,11 @@ class Decoder:
             if 0 < top_k < logits.shape[1]:
                 kth = np.partition(logits, -top_k, axis=1)[:, -top_k, None]
                 logits[logits < kth] = -np.inf
-            uniform = (rng.uniform(1e-12, 1.0, logits.shape) if isinstance(rng, np.random.Generator) else
-                       np.concatenate([g.uniform(1e-12, 1.0, (samples, logits.shape[1])) for g in rng]))
+            uniform = (
+                rng.uniform(1e-12, 1.0, logits.shape)
+                if isinstance(rng, np.random.Generator)
+                else np.concatenate([g.uniform(1e-12, 1.0, (samples, logits.shape[1])) for g in rng])
+            )
             gumbel = -np.log(-np.log(uniform))  # Gumbel-max: one categorical draw
             tokens = np.where(done, 0, (logits + gumbel).argmax(-1)).astype(np.int32)
             out.append(tokens)
@@ -91,8 +94,9 @@ class Decoder:
         sequences, scores = self.beam_candidates(features, width, length_penalty, no_repeat_ngram)
         return sequences[np.arange(len(sequences)), scores.argmax(1)]
 
-    def beam_candidates(self, features: dict, width: int = 3, length_penalty: float = 0.7,
-                        no_repeat_ngram: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def beam_candidates(
+        self, features: dict, width: int = 3, length_penalty: float = 0.7, no_repeat_ngram: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Every beam at the end of beam search (`beam`'s rules): ids (B,width,T) and their length-normalized
         scores (B,width), -inf for a beam that never had a finite score (width above the captions possible)."""
         state = self._start(features)
@@ -117,18 +121,20 @@ class Decoder:
             beam_idx, token = best // vocab, (best % vocab).astype(np.int32)
             scores = np.take_along_axis(total, best, axis=1)
             sequences = np.concatenate(
-                [np.take_along_axis(sequences, beam_idx[..., None], axis=1), token[..., None]], axis=2)
+                [np.take_along_axis(sequences, beam_idx[..., None], axis=1), token[..., None]], axis=2
+            )
             finished = np.take_along_axis(finished, beam_idx, axis=1) | (token == self.end_id)
             flat = (np.arange(batch)[:, None] * width + beam_idx).ravel()
             # a beam continues a beam of its own study, whose per-study entries (an attention model's memory) are
             # the same rows: only the recurrent ones need reordering
-            state = {k: tf.gather(v, flat) if self.recurrent is None or k in self.recurrent else v
-                     for k, v in state.items()}
+            state = {
+                k: tf.gather(v, flat) if self.recurrent is None or k in self.recurrent else v for k, v in state.items()
+            }
             tokens = token.ravel()
             if finished.all():
                 break
         lengths = np.maximum((sequences != 0).sum(-1), 1)
-        return sequences, scores / (lengths ** length_penalty if length_penalty else 1.0)
+        return sequences, scores / (lengths**length_penalty if length_penalty else 1.0)
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
@@ -155,10 +161,10 @@ def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np
             if finished[b, k]:
                 continue
             seq = sequences[b, k].tolist()
-            prefix = tuple(seq[length - n + 1:]) if n > 1 else ()
+            prefix = tuple(seq[length - n + 1 :]) if n > 1 else ()
             for i in range(length - n + 1):
-                if tuple(seq[i: i + n - 1]) == prefix:
+                if tuple(seq[i : i + n - 1]) == prefix:
                     logp[b, k, seq[i + n - 1]] = -np.inf
             for size in range(1, n):  # phrase seq[-(2size-1):-(size-1)] would be followed by itself
-                if length >= 2 * size - 1 and seq[length - 2 * size + 1: length - size] == seq[length - size + 1:]:
+                if length >= 2 * size - 1 and seq[length - 2 * size + 1 : length - size] == seq[length - size + 1 :]:
                     logp[b, k, seq[length - size]] = -np.inf

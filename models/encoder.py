@@ -71,7 +71,7 @@ def standardize(images_uint8: tf.Tensor) -> tf.Tensor:
 def _h5_layer_weights(path: Path) -> list[tuple[str, list[np.ndarray]]]:
     """(layer name, weights) in file order, from a Keras-2 `save_weights` or full-model `.h5` file."""
     with h5py.File(path, "r") as f:
-        group = f["model_weights"] if "model_weights" in f else f
+        group = f.get("model_weights", f)
         names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["layer_names"]]
         out = []
         for name in names:

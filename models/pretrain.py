@@ -35,8 +35,14 @@ def masked_weighted_bce(targets, mask, probs, pos_weight, neg_weight):
 class EncoderTrainer:
     """One screen: a compiled train step and an evaluation step over uint8 image batches."""
 
-    def __init__(self, model: keras.Model, pos_weight: np.ndarray, neg_weight: np.ndarray,
-                 learning_rate: float, augment: keras.Sequential | None):
+    def __init__(
+        self,
+        model: keras.Model,
+        pos_weight: np.ndarray,
+        neg_weight: np.ndarray,
+        learning_rate: float,
+        augment: keras.Sequential | None,
+    ):
         self.model = model
         self.optimizer = keras.optimizers.Adam(learning_rate)
         self.augment = augment

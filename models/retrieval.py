@@ -18,26 +18,54 @@ from keras import layers, ops
 
 
 class DualEncoder(keras.Model):
-    def __init__(self, vocab_size: int, feature_dim: int, dim: int = 256, embed_dim: int = 256, text_units: int = 256,
-                 hidden: int = 512, dropout: float = 0.1, **kwargs):
+    def __init__(
+        self,
+        vocab_size: int,
+        feature_dim: int,
+        dim: int = 256,
+        embed_dim: int = 256,
+        text_units: int = 256,
+        hidden: int = 512,
+        dropout: float = 0.1,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.vocab_size, self.feature_dim, self.dim, self.embed_dim, self.text_units, self.hidden, self.dropout_rate = (
-            vocab_size, feature_dim, dim, embed_dim, text_units, hidden, dropout)
-        self.feature_mean = self.add_weight(shape=(feature_dim,), initializer="zeros", trainable=False, name="feature_mean")
-        self.feature_std = self.add_weight(shape=(feature_dim,), initializer="ones", trainable=False, name="feature_std")
+            vocab_size,
+            feature_dim,
+            dim,
+            embed_dim,
+            text_units,
+            hidden,
+            dropout,
+        )
+        self.feature_mean = self.add_weight(
+            shape=(feature_dim,), initializer="zeros", trainable=False, name="feature_mean"
+        )
+        self.feature_std = self.add_weight(
+            shape=(feature_dim,), initializer="ones", trainable=False, name="feature_std"
+        )
         self.image_hidden = layers.Dense(hidden, activation="gelu", name="image_hidden")
         self.image_out = layers.Dense(dim, name="image_projection")
         self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
         self.rnn = layers.Bidirectional(layers.GRU(text_units, return_sequences=True), name="text_rnn")
         self.text_out = layers.Dense(dim, name="text_projection")
         self.dropout = layers.Dropout(dropout)
-        self.log_scale = self.add_weight(shape=(), initializer=keras.initializers.Constant(math.log(1 / 0.07)),
-                                         name="log_scale")
+        self.log_scale = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(math.log(1 / 0.07)), name="log_scale"
+        )
 
     def get_config(self):
-        return {"vocab_size": self.vocab_size, "feature_dim": self.feature_dim, "dim": self.dim, "embed_dim": self.embed_dim,
-                "text_units": self.text_units, "hidden": self.hidden, "dropout": self.dropout_rate,
-                **super().get_config()}
+        return {
+            "vocab_size": self.vocab_size,
+            "feature_dim": self.feature_dim,
+            "dim": self.dim,
+            "embed_dim": self.embed_dim,
+            "text_units": self.text_units,
+            "hidden": self.hidden,
+            "dropout": self.dropout_rate,
+            **super().get_config(),
+        }
 
     def embed_images(self, pooled, view_mask, training=False):
         """pooled (B,V,D), view_mask (B,V) -> (B,dim) unit vectors."""
@@ -74,8 +102,12 @@ def make_train_step(model: DualEncoder, optimizer, clip_norm: float = 5.0):
     @tf.function(reduce_retracing=True)
     def step(pooled, view_mask, tokens, text_group):
         with tf.GradientTape() as tape:
-            loss = info_nce(model.embed_images(pooled, view_mask, training=True),
-                            model.embed_texts(tokens, training=True), model.scale(), text_group)
+            loss = info_nce(
+                model.embed_images(pooled, view_mask, training=True),
+                model.embed_texts(tokens, training=True),
+                model.scale(),
+                text_group,
+            )
         grads = tape.gradient(loss, model.trainable_variables)
         grads, _ = tf.clip_by_global_norm(grads, clip_norm)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))

@@ -1,8 +1,8 @@
 """Prefect tasks, one module per pipeline stage: thin wrappers over the `radcap` library. No task module
 imports another; what two stages share lives in the library."""
 
-# One name per file: this folder installs as radcap.tasks (pyproject.toml); run from the repository root it would
-# also import as `tasks`, a second copy of every module in it.
+# One name per file: this folder installs as radcap.tasks (pyproject.toml); imported as
+# `tasks` from the repository root, every module in it would load again under a second name.
 if __name__ != "radcap.tasks":
     raise ImportError(f"import radcap.tasks, not {__name__} (the folder installs under radcap's namespace)")
 

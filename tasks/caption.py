@@ -16,11 +16,11 @@ from radcap.captioning.bulk import (
     reject_frame,
     with_companions,
 )
-from radcap.operations.cluster import dask_client
-from radcap.data_contracts import CAPTIONS
 from radcap.core.io import new_run_id
-from radcap.pacs.exports import InputImage, identifiers, scan
 from radcap.core.settings import BulkCaptioningSettings, get_settings
+from radcap.data_contracts import CAPTIONS
+from radcap.operations.cluster import dask_client
+from radcap.pacs.exports import InputImage, identifiers, scan
 from radcap.tasks import registry_task, uncached
 
 
@@ -28,8 +28,14 @@ from radcap.tasks import registry_task, uncached
 def load_model(uri: str, encoder: str | None = None, precision: str = "fp32") -> CaptioningModel:
     """`radcap.captioning.bulk.load_captioning_model`, logged."""
     model = load_captioning_model(uri, encoder, precision)
-    get_run_logger().info("captioner %s version %s (%s) on encoder %s at %s", model.name, model.version,
-                          model.bundle.config.architecture, model.encoder.version, precision)
+    get_run_logger().info(
+        "captioner %s version %s (%s) on encoder %s at %s",
+        model.name,
+        model.version,
+        model.bundle.config.architecture,
+        model.encoder.version,
+        precision,
+    )
     return model
 
 
@@ -46,15 +52,26 @@ def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path 
     """New inputs to caption (with their studies' earlier images); unreadable ones are recorded as rejects."""
     store = CaptionStore(out)
     captioned, rejected = store.done()
-    found = scan(root, identifiers(cfg.identifiers, cfg.id_salt), exclude=out, done=captioned | rejected, under=under,
-                 rejected=rejected)
+    found = scan(
+        root,
+        identifiers(cfg.identifiers, cfg.id_salt),
+        exclude=out,
+        done=captioned | rejected,
+        under=under,
+        rejected=rejected,
+    )
     if found.rejects:
         # A part of its own per run: a crashed run's scan part must not be replaced by the next run's.
         store.write_batch(CAPTIONS.empty(), reject_frame(found.rejects), new_run_id(), "scan")
     todo = with_companions(found.images, store, root)
-    get_run_logger().info("%s: %d new or changed images (+%d earlier images of their studies), %d already done, "
-                          "%d rejected", under or root, len(found.images), len(todo) - len(found.images),
-                          found.done, len(found.rejects))
+    get_run_logger().info(
+        "%s: %d new or changed images (+%d earlier images of their studies), %d already done, %d rejected",
+        under or root,
+        len(found.images),
+        len(todo) - len(found.images),
+        found.done,
+        len(found.rejects),
+    )
     return Inputs(todo, len(found.images), found.done, len(found.rejects) + found.done_rejected)
 
 
@@ -64,21 +81,45 @@ def model_uri(model: CaptioningModel) -> str:
 
 
 @uncached
-def caption_batch(todo: list[InputImage], model: CaptioningModel, out: Path, cfg: BulkCaptioningSettings,
-                  cluster: str | None = None, encoder: str | None = None) -> CaptionResult:
+def caption_batch(
+    todo: list[InputImage],
+    model: CaptioningModel,
+    out: Path,
+    cfg: BulkCaptioningSettings,
+    cluster: str | None = None,
+    encoder: str | None = None,
+) -> CaptionResult:
     """Caption `todo` in this process, or across the Dask cluster `cluster` (radcap.operations.cluster)."""
     decoding = {} if cfg.consensus_samples is None else {"consensus_samples": cfg.consensus_samples}
     with dask_client(cluster) as client:
         if client is None:
-            result = caption_images(todo, model, CaptionStore(out), cfg.batch_size, decoding=decoding,
-                                    ood_policy=cfg.ood_policy)
+            result = caption_images(
+                todo, model, CaptionStore(out), cfg.batch_size, decoding=decoding, ood_policy=cfg.ood_policy
+            )
         else:
             from radcap.operations.scaleout import caption_on_cluster
 
-            result = caption_on_cluster(client, todo, model_uri(model), encoder, cfg.precision, out, cfg.batch_size,
-                                        cfg.ood_policy, new_run_id(), get_settings().cluster_task_images, decoding)
-    get_run_logger().info("captioned %d images in %d studies (%d out of the model's domain), %d rejected, %.1f s",
-                          result.captioned, result.studies, result.out_of_domain, result.rejected, result.seconds)
+            result = caption_on_cluster(
+                client,
+                todo,
+                model_uri(model),
+                encoder,
+                cfg.precision,
+                out,
+                cfg.batch_size,
+                cfg.ood_policy,
+                new_run_id(),
+                get_settings().cluster_task_images,
+                decoding,
+            )
+    get_run_logger().info(
+        "captioned %d images in %d studies (%d out of the model's domain), %d rejected, %.1f s",
+        result.captioned,
+        result.studies,
+        result.out_of_domain,
+        result.rejected,
+        result.seconds,
+    )
     return result
 
 

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap.registry import store as registry
 from radcap.captioning import bundle as captioners
-from radcap.retrieval import retriever as retrievers
 from radcap.captioning.data import CaptionSet, load_caption_sets
-from radcap.core.errors import RadcapError
 from radcap.core.catalog import DataCatalog
+from radcap.core.errors import RadcapError
+from radcap.core.io import read_table
 from radcap.data_contracts import IMAGES, REPORTS
 from radcap.evaluation.captioner import (
     Evaluation,
@@ -24,8 +23,8 @@ from radcap.evaluation.captioner import (
     score_systems,
     study_modalities,
 )
-from radcap.core.io import read_table
 from radcap.registry.store import LoadedModel
+from radcap.retrieval import retriever as retrievers
 from radcap.retrieval.retriever import retrieved_captions
 from radcap.tasks import registry_task, uncached
 
@@ -41,8 +40,9 @@ def load_captioner(uri: str) -> LoadedModel:
 @uncached
 def evaluation_sets(data_dir: Path, loaded: LoadedModel, split: str) -> tuple[CaptionSet, CaptionSet]:
     config = loaded.bundle.config
-    evaluated = load_caption_sets(data_dir, config.encoder_version, (split,), config.max_views,
-                                  grid=loaded.bundle.model.attention)[split]
+    evaluated = load_caption_sets(
+        data_dir, config.encoder_version, (split,), config.max_views, grid=loaded.bundle.model.attention
+    )[split]
     train = load_caption_sets(data_dir, config.encoder_version, ("train",), config.max_views)["train"]
     return evaluated, train
 
@@ -62,8 +62,10 @@ def retrieval_captions(uri: str, data_dir: Path, evaluated: CaptionSet, split: s
     found = dict(zip(own.report_ids, retrieved_captions(retriever.bundle, retriever.index, own)))
     missing = [r for r in evaluated.report_ids if r not in found]
     if missing:
-        raise RadcapError(f"{uri}: {len(missing)} evaluated reports have no features for the retriever's encoder "
-                          f"{config.encoder_version} (run `radcap features` with it)")
+        raise RadcapError(
+            f"{uri}: {len(missing)} evaluated reports have no features for the retriever's encoder "
+            f"{config.encoder_version} (run `radcap features` with it)"
+        )
     return retrieval_system([found[r] for r in evaluated.report_ids])
 
 
@@ -82,8 +84,10 @@ def check_guard(loaded: LoadedModel, data_dir: Path, evaluated: CaptionSet, ood_
         found = load_caption_sets(folder, config.encoder_version, splits, config.max_views, min_size=0)
         data = CaptionSet.concat(list(found.values()))
         if not len(data):
-            raise RadcapError(f"{folder}: no studies with features for encoder {config.encoder_version} (run `radcap "
-                              f"features --data {folder} --encoder {config.encoder_spec or config.encoder_version}`)")
+            raise RadcapError(
+                f"{folder}: no studies with features for encoder {config.encoder_version} (run `radcap "
+                f"features --data {folder} --encoder {config.encoder_spec or config.encoder_version}`)"
+            )
         sets[folder.name] = (data, study_modalities(data, images))
     images = read_table(DataCatalog(data_dir).images, IMAGES)
     quality = guard_quality(guard, evaluated, study_modalities(evaluated, images), sets)
@@ -92,7 +96,9 @@ def check_guard(loaded: LoadedModel, data_dir: Path, evaluated: CaptionSet, ood_
 
 
 @uncached
-def score(evaluated: CaptionSet, systems: list[System], meteor: bool, meta: dict, guard: dict | None = None) -> Evaluation:
+def score(
+    evaluated: CaptionSet, systems: list[System], meteor: bool, meta: dict, guard: dict | None = None
+) -> Evaluation:
     evaluation = Evaluation(evaluated, systems, score_systems(evaluated, systems, meteor), meta, guard)
     for key, summary in evaluation.summaries().items():
         get_run_logger().info("%s: %s", key, {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})

@@ -9,10 +9,10 @@ import pandas as pd
 import pyarrow as pa
 from prefect.logging import get_run_logger
 
-from radcap.data_contracts import IMAGES, REJECTS, REPORTS
 from radcap.core.catalog import DataCatalog
 from radcap.core.io import write_json, write_table
 from radcap.core.settings import Settings
+from radcap.data_contracts import IMAGES, REJECTS, REPORTS
 from radcap.ingestion.common import Parsed
 from radcap.ingestion.iu import read_iu_csv, read_iu_xml
 from radcap.ingestion.manifest import read_manifest
@@ -51,7 +51,9 @@ def assign_splits(parsed: Parsed, settings: Settings, split_file: Path | None = 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     # An empty table gets object columns: float ones (pandas' default) could not become Arrow lists or strings.
-    return pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    return (
+        pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: pd.Series([], dtype=object) for c in columns})
+    )
 
 
 @uncached
@@ -81,8 +83,10 @@ def check_accounting(parsed: Parsed, reports: int, images: int, rejects: pd.Data
     """Every input is a row or a reject, once: a mismatch is a bug in a reader, and stops the run."""
     report_rejects, image_rejects = int((rejects["kind"] == "report").sum()), int((rejects["kind"] == "image").sum())
     if reports + report_rejects != parsed.inputs or images + image_rejects != parsed.image_inputs:
-        raise RuntimeError(f"ingest accounting broke: {reports} reports + {report_rejects} rejects != {parsed.inputs} "
-                           f"inputs, or {images} images + {image_rejects} rejects != {parsed.image_inputs} inputs")
+        raise RuntimeError(
+            f"ingest accounting broke: {reports} reports + {report_rejects} rejects != {parsed.inputs} "
+            f"inputs, or {images} images + {image_rejects} rejects != {parsed.image_inputs} inputs"
+        )
 
 
 def data_version(tables: dict[str, pa.Table]) -> str:
@@ -122,7 +126,11 @@ def write_ingest_outputs(tables: dict[str, pa.Table], parsed: Parsed, out: Path,
     logger = get_run_logger()
     logger.info(
         "%d of %d report inputs ingested, %d rejected; %d images (%d files found); splits %s",
-        summary["reports"], summary["report_inputs"], summary["report_rejects"],
-        summary["images"], summary["images_found"], summary["splits"],
+        summary["reports"],
+        summary["report_inputs"],
+        summary["report_rejects"],
+        summary["images"],
+        summary["images_found"],
+        summary["splits"],
     )
     return summary

@@ -25,8 +25,11 @@ def input_fingerprint(paths: list[Path | None], settings_dump: dict) -> str:
 def ingest_is_current(data_dir: Path, fingerprint: str) -> bool:
     catalog = DataCatalog(data_dir)
     marker = catalog.ingest_fingerprint
-    current = (catalog.ingest_summary.exists() and marker.exists()
-               and json.loads(marker.read_text())["fingerprint"] == fingerprint)
+    current = (
+        catalog.ingest_summary.exists()
+        and marker.exists()
+        and json.loads(marker.read_text())["fingerprint"] == fingerprint
+    )
     if current:
         get_run_logger().info("inputs unchanged (fingerprint %s): ingestion skipped", fingerprint)
     return current

@@ -7,11 +7,16 @@ from pathlib import Path
 import numpy as np
 from prefect.logging import get_run_logger
 
-from radcap.registry import store as registry
-from radcap.imaging.encoders import Encoder
 from radcap.imaging.decode import ImageRejected, prepare
-from radcap.imaging.precision import (OPTIMIZED_ENCODER, OptimizedMeta, convert, quantize_int8,
-                                     register_optimized_encoder, save_optimized)
+from radcap.imaging.encoders import Encoder
+from radcap.imaging.precision import (
+    OPTIMIZED_ENCODER,
+    OptimizedMeta,
+    convert,
+    quantize_int8,
+    register_optimized_encoder,
+    save_optimized,
+)
 from radcap.tasks import registry_task, uncached
 
 
@@ -39,8 +44,9 @@ def build_optimized(encoder: Encoder, precision: str, calibration: np.ndarray, o
     model = convert(uint8_feature_model(encoder.model, encoder.input_size), encoder.input_size)
     if precision == "int8":
         model = quantize_int8(model, calibration)
-    meta = OptimizedMeta(precision, encoder.version, encoder.spec, encoder.input_size,
-                         len(calibration) if precision == "int8" else 0)
+    meta = OptimizedMeta(
+        precision, encoder.version, encoder.spec, encoder.input_size, len(calibration) if precision == "int8" else 0
+    )
     return save_optimized(model, meta, out)
 
 

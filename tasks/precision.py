@@ -8,15 +8,15 @@ from pathlib import Path
 
 from prefect.logging import get_run_logger
 
-from radcap.registry import store as registry
 from radcap.captioning.bundle import load_captioner
-from radcap.retrieval.retriever import load_retriever
 from radcap.captioning.data import load_caption_sets
-from radcap.core.io import write_json
 from radcap.core.errors import RadcapError
+from radcap.core.io import write_json
 from radcap.evaluation.fidelity import fidelity_check, retrieval_fidelity_check
 from radcap.imaging.precision import PRECISIONS_TAG, accepted_precisions, store_version
+from radcap.registry import store as registry
 from radcap.registry.store import LoadedModel
+from radcap.retrieval.retriever import load_retriever
 from radcap.tasks import registry_task, uncached
 
 
@@ -36,8 +36,12 @@ def load_checked_model(uri: str) -> LoadedModel:
 def compare_precisions(loaded: LoadedModel, data_dir: Path, split: str, precision: str, meteor: bool) -> dict:
     config, retriever = loaded.bundle.config, loaded.index is not None
     attention = not retriever and loaded.bundle.model.attention
-    sets = {p: load_caption_sets(data_dir, store_version(config.encoder_version, p), (split,), config.max_views,
-                                 grid=attention)[split] for p in ("fp32", precision)}
+    sets = {
+        p: load_caption_sets(
+            data_dir, store_version(config.encoder_version, p), (split,), config.max_views, grid=attention
+        )[split]
+        for p in ("fp32", precision)
+    }
     if retriever:
         check = retrieval_fidelity_check(loaded.bundle, loaded.index, sets["fp32"], sets[precision], precision)
     else:

@@ -9,24 +9,25 @@ import numpy as np
 import pandas as pd
 from prefect.logging import get_run_logger
 
-from radcap.data_contracts import IMAGES, LABELLED_IMAGES, REPORTS
-from radcap.registry import store as registry
-from radcap.registry import tracking
 from radcap.core.catalog import DataCatalog, RunFolder
 from radcap.core.errors import RadcapError
 from radcap.core.io import read_table, write_json, write_rejects, write_table
-from radcap.imaging.labels import LabelSpace, labelled_images
 from radcap.core.reporting import curves_figure
-from radcap.imaging.pretraining import decode_images, train_encoder
 from radcap.core.settings import EncoderSettings, SplitRules
-from radcap.ingestion.splits import selection_mask
-from radcap.tasks import registry_task, uncached
 from radcap.core.training import FitResult
+from radcap.data_contracts import IMAGES, LABELLED_IMAGES, REPORTS
+from radcap.imaging.labels import LabelSpace, labelled_images
+from radcap.imaging.pretraining import decode_images, train_encoder
+from radcap.ingestion.splits import selection_mask
+from radcap.registry import store as registry
+from radcap.registry import tracking
+from radcap.tasks import registry_task, uncached
 
 
 @uncached
 def gather_labelled_images(data_dirs: list[Path], out: Path) -> pd.DataFrame:
-    """Labels of every image of every data directory (see radcap.imaging.labels), written to `out/labelled_images.parquet`."""
+    """Labels of every image of every data directory (see radcap.imaging.labels), written to
+    `out/labelled_images.parquet`."""
     frames = []
     for data_dir in data_dirs:
         catalog = DataCatalog(data_dir)
@@ -53,8 +54,9 @@ def mark_selection(frame: pd.DataFrame, rules: SplitRules) -> pd.DataFrame:
     them, so the val and test images never steer the encoder whose features are later scored there; with
     "val", the val split."""
     chosen = pd.Series(selection_mask(frame["split"], frame["group_id"], rules), index=frame.index, dtype=bool)
-    get_run_logger().info("best epoch chosen on %d %s images", int(chosen.sum()),
-                          "val" if rules.select_on == "val" else "carved train")
+    get_run_logger().info(
+        "best epoch chosen on %d %s images", int(chosen.sum()), "val" if rules.select_on == "val" else "carved train"
+    )
     return frame.assign(split=frame["split"].where(~chosen, SELECTION))
 
 
@@ -98,8 +100,9 @@ def train(space: LabelSpace, train_set: tuple, val_set: tuple | None, cfg: Encod
 
 
 @registry_task
-def register_encoder(model, space: LabelSpace, result: FitResult, out: Path, cfg: EncoderSettings,
-                     counts: dict, rejects: list[dict]) -> dict:
+def register_encoder(
+    model, space: LabelSpace, result: FitResult, out: Path, cfg: EncoderSettings, counts: dict, rejects: list[dict]
+) -> dict:
     """Save the encoder (.keras, safe-mode loadable), log it with its labels and curve, register a version."""
     run = RunFolder(out)
     write_rejects(rejects, run.rejects)
@@ -108,9 +111,22 @@ def register_encoder(model, space: LabelSpace, result: FitResult, out: Path, cfg
     best = result.best
     scores = {k: v for k, v in best.metrics.items() if k.startswith("val_") and k != "val_loss"}
     tracking.log_dict(space.to_json(), "labels.json")
-    tracking.log_figure(curves_figure(result, {"train_loss": "train", "val_loss": "val"}, scores and {k: k for k in scores},
-                                      "masked weighted BCE", "validation"), "loss_curve.png")
-    tags = {"best_epoch": result.best_epoch, "labels": len(space.labels), **counts, **{k: f"{v:.4f}" for k, v in scores.items()}}
+    tracking.log_figure(
+        curves_figure(
+            result,
+            {"train_loss": "train", "val_loss": "val"},
+            scores and {k: k for k in scores},
+            "masked weighted BCE",
+            "validation",
+        ),
+        "loss_curve.png",
+    )
+    tags = {
+        "best_epoch": result.best_epoch,
+        "labels": len(space.labels),
+        **counts,
+        **{k: f"{v:.4f}" for k, v in scores.items()},
+    }
     version = registry.register_keras(model, cfg.registered_name, tags)
     summary = {
         "registered": f"models:/{cfg.registered_name}/{version}",

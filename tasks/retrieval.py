@@ -8,43 +8,49 @@ from pathlib import Path
 import pandas as pd
 from prefect.logging import get_run_logger
 
-from radcap.registry import store as registry
-from radcap.retrieval import retriever as retrievers
-from radcap.registry import tracking
-from radcap.captioning.data import CaptionSet, load_caption_sets, training_sets
 from radcap.captioning.bulk import reject_row
+from radcap.captioning.data import CaptionSet, load_caption_sets, training_sets
 from radcap.core.catalog import DataCatalog, RunFolder
-from radcap.operations.cluster import dask_client
+from radcap.core.io import atomic_path, new_run_id, read_table, write_json, write_table
+from radcap.core.reporting import curves_figure, write_text
+from radcap.core.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
 from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
 from radcap.domain.guard import domain_guard
 from radcap.imaging.encoders import at_precision, encoder_for
-from radcap.core.io import atomic_path, new_run_id, read_table, write_json, write_table
-from radcap.pacs.exports import identifiers, scan
 from radcap.imaging.precision import require_precision
+from radcap.operations.cluster import dask_client
+from radcap.pacs.exports import identifiers, scan
+from radcap.registry import store as registry
+from radcap.registry import tracking
 from radcap.registry.store import LoadedModel
-from radcap.core.reporting import curves_figure, write_text
+from radcap.retrieval import retriever as retrievers
 from radcap.retrieval.retriever import (
     RetrievalIndex,
     RetrieverTraining,
-    evaluate_retriever as evaluate,
     result_rows,
     retrieval_report,
     retrieve_studies,
     train_retriever,
 )
-from radcap.core.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
+from radcap.retrieval.retriever import (
+    evaluate_retriever as evaluate,
+)
 from radcap.tasks import registry_task, uncached
 from radcap.text.vocab import Vocabulary
 
 
 @uncached
-def retrieval_sets(data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules) -> dict[str, CaptionSet]:
+def retrieval_sets(
+    data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules
+) -> dict[str, CaptionSet]:
     """The fitting set and the selection set (`radcap.captioning.data.training_sets`); recall is reported there."""
     return training_sets(data_dir, encoder_version, rules, cfg.max_views, min_size=2)
 
 
 @uncached
-def report_set(data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules, selection: CaptionSet) -> dict:
+def report_set(
+    data_dir: Path, encoder_version: str, cfg: RetrievalSettings, rules: SplitRules, selection: CaptionSet
+) -> dict:
     """Where recall is reported: the val split, untouched by early stopping when selection was carved from
     train; else (no val reports, or selection on val) the selection set, and the report says so."""
     if rules.select_on == "carve":
@@ -69,10 +75,14 @@ def fit_retriever(train: CaptionSet, val: CaptionSet, cfg: RetrievalSettings, in
 
 
 @uncached
-def fit_domain_guard(training: RetrieverTraining, sets: dict[str, CaptionSet], data_dir: Path, cfg: DomainSettings) -> dict:
+def fit_domain_guard(
+    training: RetrieverTraining, sets: dict[str, CaptionSet], data_dir: Path, cfg: DomainSettings
+) -> dict:
     """The retriever's out-of-domain guard, fitted and calibrated (out of fold) on its training split's images."""
     catalog = DataCatalog(data_dir)
-    guard = domain_guard([sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg)
+    guard = domain_guard(
+        [sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg
+    )
     training.bundle.domain = guard
     return {"domain_threshold": round(guard.threshold, 4), "domain_components": len(guard.components)}
 
@@ -83,8 +93,9 @@ def build_index(training: RetrieverTraining, train: CaptionSet, sources: dict[st
 
 
 @uncached
-def evaluate_retriever(training: RetrieverTraining, index: RetrievalIndex, train: CaptionSet, evaluated: CaptionSet,
-                       meteor: bool = True) -> dict:
+def evaluate_retriever(
+    training: RetrieverTraining, index: RetrievalIndex, train: CaptionSet, evaluated: CaptionSet, meteor: bool = True
+) -> dict:
     scores = evaluate(training.bundle, index, train, evaluated, meteor)
     for name, values in scores["recall"].items():
         get_run_logger().info("%s: %s", name, {k: round(v, 4) for k, v in values.items()})
@@ -92,7 +103,9 @@ def evaluate_retriever(training: RetrieverTraining, index: RetrievalIndex, train
 
 
 @uncached
-def write_retrieval_report(training: RetrieverTraining, index: RetrievalIndex, scores: dict, out: Path, meta: dict) -> dict:
+def write_retrieval_report(
+    training: RetrieverTraining, index: RetrievalIndex, scores: dict, out: Path, meta: dict
+) -> dict:
     run = RunFolder(out)
     training.bundle.save(run.retriever)
     index.save(run.index)
@@ -100,27 +113,43 @@ def write_retrieval_report(training: RetrieverTraining, index: RetrievalIndex, s
     write_text(report, run.report)
     write_json({**meta, **scores}, run.metrics)
     tracking.log_text(report, "report.md")
-    tracking.log_figure(curves_figure(training.fit, {"train_loss": "train InfoNCE"}, {"val_mean_recall": "val mean recall"},
-                                      "contrastive loss", "validation recall"), "loss_curve.png")
+    tracking.log_figure(
+        curves_figure(
+            training.fit,
+            {"train_loss": "train InfoNCE"},
+            {"val_mean_recall": "val mean recall"},
+            "contrastive loss",
+            "validation recall",
+        ),
+        "loss_curve.png",
+    )
     model = scores["recall"]["contrastive retriever"]
-    return {**{k: round(v, 4) for k, v in model.items()},
-            "raw_neighbours_mean_recall": round(scores["recall"]["raw-feature neighbours"]["mean_recall"], 4),
-            "random_mean_recall": round(scores["recall"]["random ranking"]["mean_recall"], 4),
-            "retrieved_CIDEr": round(scores["retrieved_as_caption"]["CIDEr"], 4), "report": str(run.report)}
+    return {
+        **{k: round(v, 4) for k, v in model.items()},
+        "raw_neighbours_mean_recall": round(scores["recall"]["raw-feature neighbours"]["mean_recall"], 4),
+        "random_mean_recall": round(scores["recall"]["random ranking"]["mean_recall"], 4),
+        "retrieved_CIDEr": round(scores["retrieved_as_caption"]["CIDEr"], 4),
+        "report": str(run.report),
+    }
 
 
 @registry_task
 def register_retriever(out: Path, cfg: RetrievalSettings, tags: dict) -> str:
     run = RunFolder(out)
-    return f"models:/{cfg.registered_name}/{registry.register_retriever(run.retriever, run.index, cfg.registered_name, tags)}"
+    version = registry.register_retriever(run.retriever, run.index, cfg.registered_name, tags)
+    return f"models:/{cfg.registered_name}/{version}"
 
 
 @registry_task
 def load_retriever(uri: str) -> LoadedModel:
     loaded = retrievers.load_retriever(uri)
     table = loaded.index.table
-    get_run_logger().info("retriever %s: %d known images, %d known reports", loaded.uri,
-                          int((table["kind"] == "image").sum()), int((table["kind"] == "report").sum()))
+    get_run_logger().info(
+        "retriever %s: %d known images, %d known reports",
+        loaded.uri,
+        int((table["kind"] == "image").sum()),
+        int((table["kind"] == "report").sum()),
+    )
     return loaded
 
 
@@ -131,9 +160,16 @@ def search_texts(texts: list[str], loaded: LoadedModel, top_k: int) -> pd.DataFr
 
 
 @uncached
-def retrieve_images(root: Path, loaded: LoadedModel, top_k: int, cfg: BulkCaptioningSettings, encoder: str | None = None,
-                    exclude: Path | None = None, precision: str = "fp32",
-                    cluster: str | None = None) -> tuple[pd.DataFrame, list[dict]]:
+def retrieve_images(
+    root: Path,
+    loaded: LoadedModel,
+    top_k: int,
+    cfg: BulkCaptioningSettings,
+    encoder: str | None = None,
+    exclude: Path | None = None,
+    precision: str = "fp32",
+    cluster: str | None = None,
+) -> tuple[pd.DataFrame, list[dict]]:
     """Each study under `root` (grouped as `radcap caption` does) -> its top-k known reports; bad files -> rejects.
     Below fp32 only when the retriever passed the precision check at `precision`. In this process, or across
     the Dask cluster `cluster`."""
@@ -143,14 +179,33 @@ def retrieve_images(root: Path, loaded: LoadedModel, top_k: int, cfg: BulkCaptio
     found = scan(root, identifiers(cfg.identifiers, cfg.id_salt), exclude=exclude)
     with dask_client(cluster if found.images else None) as client:
         if client is None:
-            results, rejects = retrieve_studies(found.images, loaded.bundle, loaded.index, model.forward_fn(),
-                                                cfg.batch_size, model.input_size, top_k, loaded.uri, model.store_version)
+            results, rejects = retrieve_studies(
+                found.images,
+                loaded.bundle,
+                loaded.index,
+                model.forward_fn(),
+                cfg.batch_size,
+                model.input_size,
+                top_k,
+                loaded.uri,
+                model.store_version,
+            )
         else:
             from radcap.operations.scaleout import retrieve_on_cluster
 
             uri = str(Path(loaded.name).resolve()) if loaded.version == "local" else loaded.uri
-            frames, rejects = retrieve_on_cluster(client, found.images, uri, encoder, precision, cfg.batch_size, top_k,
-                                                  loaded.uri, new_run_id(), get_settings().cluster_task_images)
+            frames, rejects = retrieve_on_cluster(
+                client,
+                found.images,
+                uri,
+                encoder,
+                precision,
+                cfg.batch_size,
+                top_k,
+                loaded.uri,
+                new_run_id(),
+                get_settings().cluster_task_images,
+            )
             frames = [f for f in frames if len(f)]
             results = pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()
     return results, [reject_row(r.source_path, r.sha256, r.reason) for r in found.rejects] + rejects
@@ -165,4 +220,9 @@ def write_results(results: pd.DataFrame, rejects: list[dict] | None, out: Path) 
     if rejects is not None:
         frame = pd.DataFrame(rejects, columns=CAPTION_REJECTS.column_names) if rejects else CAPTION_REJECTS.empty()
         write_table(frame, run.rejects, CAPTION_REJECTS)
-    return {"results": str(run.results), "rows": len(results), "rejected": len(rejects or []), "rejects": str(run.rejects)}
+    return {
+        "results": str(run.results),
+        "rows": len(results),
+        "rejected": len(rejects or []),
+        "rejects": str(run.rejects),
+    }

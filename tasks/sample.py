@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from radcap.ingestion.phantoms import write_pacs_export, write_sample
 from radcap.core.settings import SampleSettings
+from radcap.ingestion.phantoms import write_pacs_export, write_sample
 from radcap.tasks import uncached
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 # Before radcap (and so Prefect/MLflow) is imported anywhere.
 os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-"))
 
-import pytest  # noqa: E402
+import pytest
 
-from radcap.core.runtime import apply_offline_defaults  # noqa: E402
+from radcap.core.runtime import apply_offline_defaults
 
 apply_offline_defaults()
 
@@ -48,29 +48,44 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def make_tiny_captioner(folder: Path, texts: tuple[str, ...] = ("no acute disease.", "left pleural effusion."),
-                        seed: int = 0, decoding: dict | None = None, domain=None) -> Path:
+def make_tiny_captioner(
+    folder: Path,
+    texts: tuple[str, ...] = ("no acute disease.", "left pleural effusion."),
+    seed: int = 0,
+    decoding: dict | None = None,
+    domain=None,
+) -> Path:
     """An untrained, tiny Show-and-Tell bundle on the random:0 encoder: the real captioning code path at
     negligible cost (its reports are word salad; tests check where they go, not what they say)."""
     import keras
 
     from radcap.captioning.bundle import CaptionerBundle, build_model
-    from radcap.metrics.scores import CiderD
     from radcap.core.model_config import CaptionerConfig
+    from radcap.metrics.scores import CiderD
     from radcap.text.vocab import Vocabulary
 
     keras.utils.set_random_seed(seed)
-    config = CaptionerConfig(architecture="show-tell", embed_dim=8, units=16, attention_units=8, dropout=0.0,
-                             max_views=2, encoder_version="random-seed0", encoder_spec="random:0", data_version="test",
-                             decoding=decoding or {"beam_width": 1, "no_repeat_ngram": 3})
+    config = CaptionerConfig(
+        architecture="show-tell",
+        embed_dim=8,
+        units=16,
+        attention_units=8,
+        dropout=0.0,
+        max_views=2,
+        encoder_version="random-seed0",
+        encoder_spec="random:0",
+        data_version="test",
+        decoding=decoding or {"beam_width": 1, "no_repeat_ngram": 3},
+    )
     vocab = Vocabulary.build(texts, 1, 12)
     cider = CiderD.of_reports(texts)  # as training attaches it
     CaptionerBundle(build_model(config, len(vocab)), vocab, config, domain, cider).save(folder)
     return folder
 
 
-def make_parrot_captioner(folder: Path, report: str = "left pleural effusion.", steps: int = 80,
-                          decoding: dict | None = None) -> Path:
+def make_parrot_captioner(
+    folder: Path, report: str = "left pleural effusion.", steps: int = 80, decoding: dict | None = None
+) -> Path:
     """A tiny Show-Attend-Tell bundle on the random:0 encoder, trained for a few steps to write `report` whatever
     it sees: the real attention, beam search and serving code paths, with a report a test can assert."""
     import keras
@@ -82,9 +97,18 @@ def make_parrot_captioner(folder: Path, report: str = "left pleural effusion.", 
     from radcap.text.vocab import Vocabulary
 
     keras.utils.set_random_seed(0)
-    config = CaptionerConfig(architecture="show-attend-tell", embed_dim=16, units=32, attention_units=16, dropout=0.0,
-                             max_views=2, encoder_version="random-seed0", encoder_spec="random:0", data_version="test",
-                             decoding=decoding or {"beam_width": 3, "length_penalty": 0.7, "no_repeat_ngram": 3})
+    config = CaptionerConfig(
+        architecture="show-attend-tell",
+        embed_dim=16,
+        units=32,
+        attention_units=16,
+        dropout=0.0,
+        max_views=2,
+        encoder_version="random-seed0",
+        encoder_spec="random:0",
+        data_version="test",
+        decoding=decoding or {"beam_width": 3, "length_penalty": 0.7, "no_repeat_ngram": 3},
+    )
     vocab = Vocabulary.build((report, "no acute disease."), 1, 12)
     model = build_model(config, len(vocab))
     # Features at the scales real encoders give (the random:0 DenseNet's are ~0.2 at most), one view or two,
@@ -92,10 +116,13 @@ def make_parrot_captioner(folder: Path, report: str = "left pleural effusion.", 
     rng = np.random.default_rng(0)
     scale = np.array([1.0, 0.5, 0.2, 0.05] * 2, np.float32)
     mask = np.array([[1, 1]] * 4 + [[1, 0]] * 4, np.float32)
-    features = {"pooled": rng.random((8, 2, config.feature_dim), np.float32) * scale[:, None, None] * mask[..., None],
-                "view_mask": mask,
-                "grid": rng.random((8, 2, config.grid_cells, config.feature_dim), np.float32) * scale[:, None, None, None]
-                * mask[..., None, None]}
+    features = {
+        "pooled": rng.random((8, 2, config.feature_dim), np.float32) * scale[:, None, None] * mask[..., None],
+        "view_mask": mask,
+        "grid": rng.random((8, 2, config.grid_cells, config.feature_dim), np.float32)
+        * scale[:, None, None, None]
+        * mask[..., None, None],
+    }
     tokens = np.array(vocab.encode_padded([report] * 8), np.int32)
     step = make_train_step(model, keras.optimizers.Adam(1e-2))
     for _ in range(steps):

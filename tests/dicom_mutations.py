@@ -30,11 +30,17 @@ from pydicom.uid import (
 
 # Fake patient values: distinctive strings that must never appear in an output, a log line or a reason.
 PATIENT = {
-    "PatientName": "Qqfuzz^Patientname", "PatientID": "FUZZ-PID-4471", "PatientBirthDate": "19020304",
-    "OtherPatientIDs": "FUZZ-OTHER-8812", "InstitutionName": "Qqfuzz General Hospital",
-    "ReferringPhysicianName": "Qqfuzz^Referrer", "AccessionNumber": "FUZZACC5531",
-    "StudyDescription": "Qqfuzz chest of Patientname", "SeriesDescription": "Qqfuzz series note",
-    "ImageComments": "Qqfuzz comment about the patient", "OperatorsName": "Qqfuzz^Operator",
+    "PatientName": "Qqfuzz^Patientname",
+    "PatientID": "FUZZ-PID-4471",
+    "PatientBirthDate": "19020304",
+    "OtherPatientIDs": "FUZZ-OTHER-8812",
+    "InstitutionName": "Qqfuzz General Hospital",
+    "ReferringPhysicianName": "Qqfuzz^Referrer",
+    "AccessionNumber": "FUZZACC5531",
+    "StudyDescription": "Qqfuzz chest of Patientname",
+    "SeriesDescription": "Qqfuzz series note",
+    "ImageComments": "Qqfuzz comment about the patient",
+    "OperatorsName": "Qqfuzz^Operator",
 }
 SECRETS = [v.encode() for v in PATIENT.values()] + [b"Qqfuzz"]
 
@@ -95,20 +101,34 @@ def flip_header_bytes(rng: random.Random, data: bytes, ds: FileDataset) -> bytes
 def absurd_length(rng: random.Random, data: bytes, ds: FileDataset) -> bytes:
     """An element whose 4-byte length field claims gigabytes (or an odd, off-by-a-few length)."""
     out = bytearray(data)
-    positions = [i for i in range(132, min(len(out) - 12, 2000)) if out[i + 4: i + 6] in (b"OB", b"OW", b"SQ", b"UN", b"UT")]
+    positions = [
+        i for i in range(132, min(len(out) - 12, 2000)) if out[i + 4 : i + 6] in (b"OB", b"OW", b"SQ", b"UN", b"UT")
+    ]
     if not positions:
         return bytes(out)
     at = rng.choice(positions) + 8
     value = rng.choice([0xFFFFFFF0, 0x7FFFFFFF, 0x10000000, len(out) * 3, 1, 3])
-    out[at: at + 4] = struct.pack("<I", value)
+    out[at : at + 4] = struct.pack("<I", value)
     return bytes(out)
 
 
 def missing_tag(rng: random.Random, data: bytes, ds: FileDataset) -> bytes:
     clone = _copy(ds)
-    for keyword in rng.sample(["Rows", "Columns", "PixelData", "StudyInstanceUID", "SOPInstanceUID", "BitsAllocated",
-                               "SamplesPerPixel", "PhotometricInterpretation", "ViewPosition", "PixelRepresentation"],
-                              rng.choice([1, 2, 3])):
+    for keyword in rng.sample(
+        [
+            "Rows",
+            "Columns",
+            "PixelData",
+            "StudyInstanceUID",
+            "SOPInstanceUID",
+            "BitsAllocated",
+            "SamplesPerPixel",
+            "PhotometricInterpretation",
+            "ViewPosition",
+            "PixelRepresentation",
+        ],
+        rng.choice([1, 2, 3]),
+    ):
         if keyword in clone:
             delattr(clone, keyword)
     return to_bytes(clone)
@@ -144,10 +164,11 @@ def wrong_transfer_syntax(rng: random.Random, data: bytes, ds: FileDataset) -> b
     from pydicom.filewriter import write_file_meta_info
 
     group_length = struct.unpack("<I", data[140:144])[0]  # (0002,0000) UL, right after 'DICM'
-    body = data[144 + group_length:]
+    body = data[144 + group_length :]
     meta = copy.deepcopy(ds.file_meta)
-    meta.TransferSyntaxUID = rng.choice([JPEGBaseline8Bit, JPEG2000Lossless, RLELossless, ExplicitVRBigEndian,
-                                         ImplicitVRLittleEndian, "1.2.3.4.5.999"])
+    meta.TransferSyntaxUID = rng.choice(
+        [JPEGBaseline8Bit, JPEG2000Lossless, RLELossless, ExplicitVRBigEndian, ImplicitVRLittleEndian, "1.2.3.4.5.999"]
+    )
     buffer = io.BytesIO()
     write_file_meta_info(buffer, meta, enforce_standard=True)
     return data[:132] + buffer.getvalue() + body
@@ -197,7 +218,7 @@ def deep_sequence(rng: random.Random, data: bytes, ds: FileDataset) -> bytes:
         if rng.random() < 0.5:
             closing = b""  # never closed: the parser must stop at the end of the file
         return data[:start] + opening * depth + closing * depth + data[start:]
-    item = (b"\xfe\xff\x00\xe0" + struct.pack("<I", 10) + b"\x08\x00\x55\x11UI\x02\x001\x00")
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<I", 10) + b"\x08\x00\x55\x11UI\x02\x001\x00"
     items = item * rng.choice([1000, 20000, 200000])
     if rng.random() < 0.5:  # defined length: a parser can skip it
         element = b"\x08\x00\x40\x11SQ\x00\x00" + struct.pack("<I", len(items)) + items
@@ -211,9 +232,17 @@ def empty_or_preamble_only(rng: random.Random, data: bytes, ds: FileDataset) -> 
 
 
 MUTATIONS: dict[str, Callable[[random.Random, bytes, FileDataset], bytes]] = {
-    "truncate": truncate, "flip_bytes": flip_bytes, "flip_header_bytes": flip_header_bytes,
-    "absurd_length": absurd_length, "missing_tag": missing_tag, "multi_valued": multi_valued,
-    "lying_identity": lying_identity, "wrong_transfer_syntax": wrong_transfer_syntax, "frames": frames,
-    "sizes": sizes, "bad_values": bad_values, "deep_sequence": deep_sequence,
+    "truncate": truncate,
+    "flip_bytes": flip_bytes,
+    "flip_header_bytes": flip_header_bytes,
+    "absurd_length": absurd_length,
+    "missing_tag": missing_tag,
+    "multi_valued": multi_valued,
+    "lying_identity": lying_identity,
+    "wrong_transfer_syntax": wrong_transfer_syntax,
+    "frames": frames,
+    "sizes": sizes,
+    "bad_values": bad_values,
+    "deep_sequence": deep_sequence,
     "empty_or_preamble_only": empty_or_preamble_only,
 }

@@ -29,5 +29,7 @@ def save_chexnet_h5_keras2_layout(model: keras.Model, path: Path) -> None:
                 wname = f"{name}/{weight.name.split('/')[-1]}:0"
                 group.create_dataset(wname, data=weight.numpy())
                 weight_names.append(wname.encode())
-            group.attrs["weight_names"] = np.array(weight_names, dtype="S") if weight_names else np.array([], dtype="S1")
+            group.attrs["weight_names"] = (
+                np.array(weight_names, dtype="S") if weight_names else np.array([], dtype="S1")
+            )
         f.attrs["layer_names"] = np.array(layer_names, dtype="S")  # fixed-length bytes, as Keras 2 wrote them

@@ -117,7 +117,9 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("case", ["truncated", "not an image", "three images", "no pixel data", "over the limit", "empty"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "not an image", "three images", "no pixel data", "over the limit", "empty"]
+)
 def test_bad_input_is_a_message_naming_the_file(app, xrays, tmp_path, monkeypatch, case):
     real = xrays[0].read_bytes()
     if case == "truncated":
@@ -179,8 +181,12 @@ def test_models_page_lists_versions_with_metrics_and_the_champion(parrot_caption
         first = registry.register_captioner(parrot_captioner, name, {"val_CIDEr": "0.4100"})
         second = registry.register_captioner(parrot_captioner, name, {"val_CIDEr": "0.5200"})
     registry.set_champion(name, first)
-    record = {"outcome": "refused", "reason": "CIDEr gain not significant", "split": "test",
-              "metrics": {second: {"CIDEr": 0.5, "reports": 10}, first: {"CIDEr": 0.49, "reports": 10}}}
+    record = {
+        "outcome": "refused",
+        "reason": "CIDEr gain not significant",
+        "split": "test",
+        "metrics": {second: {"CIDEr": 0.5, "reports": 10}, first: {"CIDEr": 0.49, "reports": 10}},
+    }
     registry.tag_version(name, second, {"promotion": record})
     monkeypatch.setenv("RADCAP_APP__MODEL", f"models:/{name}@champion")
     monkeypatch.setenv("RADCAP_APP__RETRIEVER", "")

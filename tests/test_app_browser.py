@@ -73,8 +73,18 @@ def served(parrot_captioner: Path, tmp_path_factory):
     """`radcap app` as a user starts it, on a free port; its log is read after the test."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "server.log"
-    argv = [sys.executable, "-m", "radcap.cli", "app", "--model", str(parrot_captioner), "--retriever", "",
-            "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "radcap.cli",
+        "app",
+        "--model",
+        str(parrot_captioner),
+        "--retriever",
+        "",
+        "--port",
+        str(port),
+    ]
     with running_server(argv, f"http://127.0.0.1:{port}/_stcore/health", log):
         yield f"http://127.0.0.1:{port}", log
 

@@ -10,8 +10,14 @@ from radcap.imaging.features import FeatureStore, ImageItem, features_table
 
 
 def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
-    reports = pd.DataFrame({"report_id": ["r1", "r2", "r3"], "split": "train", "target": ["a.", "b.", "c."],
-                            "group_id": ["p1", "p2", "p3"]})
+    reports = pd.DataFrame(
+        {
+            "report_id": ["r1", "r2", "r3"],
+            "split": "train",
+            "target": ["a.", "b.", "c."],
+            "group_id": ["p1", "p2", "p3"],
+        }
+    )
     images = pd.DataFrame(
         {
             "image_id": ["r1-lat", "r1-front", "r2-only", "r3-nofeat"],
@@ -31,4 +37,6 @@ def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
     assert data.pooled[0, 0, 0] == 1 and data.pooled[0, 1, 0] == 0  # r1-front is row 1, r1-lat row 0
     np.testing.assert_array_equal(data.view_mask, [[1, 1], [1, 0]])
     assert data.pooled[1, 1].sum() == 0 and data.grid.shape == (2, 2, 49, 1024)
-    assert [r["item"] for r in data.rejects] == ["r3"] and "no image of this report has features" in data.rejects[0]["reason"]
+    assert [r["item"] for r in data.rejects] == ["r3"] and "no image of this report has features" in data.rejects[0][
+        "reason"
+    ]

@@ -103,17 +103,23 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     import pandas as pd
 
     from radcap.captioning.bundle import load_bundle
+    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
     from radcap.flows.train import train_flow
     from radcap.ingestion.phantoms import write_sample
-    from radcap.core.settings import get_settings
 
     settings = get_settings()
     sample = write_sample(tmp_path / "sample", settings.sample.model_copy(update={"studies": 40, "image_size": 64}))
     sample = __import__("pathlib").Path(sample["path"])
-    ingest_reports("iu-xml", sample / "ecgen-radiology", tmp_path / "a", images=sample / "images",
-                   views=sample / "indiana_projections.csv", settings=settings)
+    ingest_reports(
+        "iu-xml",
+        sample / "ecgen-radiology",
+        tmp_path / "a",
+        images=sample / "images",
+        views=sample / "indiana_projections.csv",
+        settings=settings,
+    )
     extract_features_flow(tmp_path / "a", "random:0", 8)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     reports = pd.read_parquet(tmp_path / "b" / "reports.parquet")
@@ -121,10 +127,21 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     assert held_out.sum() > 0
     reports.loc[held_out, "target"] = "something else entirely."
     reports.to_parquet(tmp_path / "b" / "reports.parquet")
-    cfg = settings.captioner.model_copy(update={"architecture": "show-tell", "embed_dim": 8, "units": 16, "epochs": 3,
-                                                "min_epochs": 1, "min_count": 1, "beam_width": 2, "scst_epochs": 2,
-                                                "scst_samples": 2, "scst_learning_rate": 1e-2,
-                                                "registered_name": "radcap-selection-test"})
+    cfg = settings.captioner.model_copy(
+        update={
+            "architecture": "show-tell",
+            "embed_dim": 8,
+            "units": 16,
+            "epochs": 3,
+            "min_epochs": 1,
+            "min_count": 1,
+            "beam_width": 2,
+            "scst_epochs": 2,
+            "scst_samples": 2,
+            "scst_learning_rate": 1e-2,
+            "registered_name": "radcap-selection-test",
+        }
+    )
     bundles, summaries = [], []
     for name in ("a", "b"):
         summaries.append(train_flow(tmp_path / name, tmp_path / f"run-{name}", cfg, "random-seed0"))

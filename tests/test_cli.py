@@ -45,8 +45,8 @@ def test_bad_csv_columns_inside_the_flow_is_one_line(tmp_path: Path, prefect_api
 
 
 def test_exit_1_when_inputs_are_rejected_and_0_when_not(tmp_path: Path, prefect_api):
-    from radcap.ingestion.phantoms import write_sample
     from radcap.core.settings import SampleSettings
+    from radcap.ingestion.phantoms import write_sample
 
     sample = tmp_path / "sample"
     write_sample(sample, SampleSettings(studies=4, image_size=32))
@@ -61,17 +61,30 @@ def test_exit_1_when_inputs_are_rejected_and_0_when_not(tmp_path: Path, prefect_
 
 def test_a_user_error_inside_a_flow_is_one_line_and_debug_shows_the_rest(tmp_path, prefect_api):
     """Not three Prefect ERROR blocks: one line, exit 2. --debug shows the traceback and Prefect's failure logs."""
-    from radcap.ingestion.phantoms import write_sample
     from radcap.core.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
 
-    sample = write_sample(tmp_path / "sample", get_settings().sample.model_copy(update={"studies": 4, "image_size": 64}))
+    sample = write_sample(
+        tmp_path / "sample", get_settings().sample.model_copy(update={"studies": 4, "image_size": 64})
+    )
     data = tmp_path / "data"
-    assert run_cli("ingest", "--format", "iu-xml", "--source", str(Path(sample["path"]) / "ecgen-radiology"),
-                   "--out", str(data)).returncode == 0
+    assert (
+        run_cli(
+            "ingest",
+            "--format",
+            "iu-xml",
+            "--source",
+            str(Path(sample["path"]) / "ecgen-radiology"),
+            "--out",
+            str(data),
+        ).returncode
+        == 0
+    )
     done = run_cli("evaluate", "--data", str(data), "--model", "models:/no-such-model/1", "--split", "val")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: models:/no-such-model/1: Model Version (name=no-such-model, "
-                                                "version=1) not found"]
+    assert done.stderr.strip().splitlines() == [
+        "error: models:/no-such-model/1: Model Version (name=no-such-model, version=1) not found"
+    ]
     debug = run_cli("--debug", "evaluate", "--data", str(data), "--model", "models:/no-such-model/1", "--split", "val")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "Finished in state Failed" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1].startswith("error: models:/no-such-model/1")
@@ -81,12 +94,15 @@ def test_a_user_error_inside_a_flow_is_one_line_and_debug_shows_the_rest(tmp_pat
 def test_a_kept_alive_server_spares_each_command_the_temporary_one(tmp_path):
     import json
 
-    from radcap.ingestion.phantoms import write_sample
     from radcap.core.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
 
     env = {"PREFECT_API_URL": "", "RADCAP_WORKSPACE": str(tmp_path / "ws")}  # its own workspace and server
-    sample = Path(write_sample(tmp_path / "sample", get_settings().sample.model_copy(
-        update={"studies": 4, "image_size": 64}))["path"])
+    sample = Path(
+        write_sample(tmp_path / "sample", get_settings().sample.model_copy(update={"studies": 4, "image_size": 64}))[
+            "path"
+        ]
+    )
     ingest = ("--verbose", "ingest", "--format", "iu-xml", "--source", str(sample / "ecgen-radiology"), "--out")
     alone = run_cli(*ingest, str(tmp_path / "a"), env=env)
     assert alone.returncode == 0 and "Starting temporary server" in alone.stderr

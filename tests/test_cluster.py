@@ -20,8 +20,12 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.realdata
 
-SMALL_TASKS = {"RADCAP_CLUSTER_TASK_IMAGES": "8", "RADCAP_ENCODER__CLUSTER_TASK_IMAGES": "8",
-               "RADCAP_CAPTION__BATCH_SIZE": "4", "RADCAP_ENCODER__BATCH_SIZE": "4"}
+SMALL_TASKS = {
+    "RADCAP_CLUSTER_TASK_IMAGES": "8",
+    "RADCAP_ENCODER__CLUSTER_TASK_IMAGES": "8",
+    "RADCAP_CAPTION__BATCH_SIZE": "4",
+    "RADCAP_ENCODER__BATCH_SIZE": "4",
+}
 
 
 def summary_of(done: subprocess.CompletedProcess) -> dict:
@@ -38,11 +42,28 @@ def xray_folder(shared_data: Path, tmp_path_factory) -> Path:
 
 
 def test_a_bad_cluster_is_one_line(xray_folder, tmp_path, parrot_captioner, prefect_api):
-    done = run_cli("caption", "--input", str(xray_folder), "--out", str(tmp_path / "c"), "--model",
-                   str(parrot_captioner), "--cluster", "lcoal:2")
+    done = run_cli(
+        "caption",
+        "--input",
+        str(xray_folder),
+        "--out",
+        str(tmp_path / "c"),
+        "--model",
+        str(parrot_captioner),
+        "--cluster",
+        "lcoal:2",
+    )
     assert done.returncode == 2 and "expected local:N" in done.stderr and "Traceback" not in done.stderr
-    done = run_cli("caption", "--input", str(xray_folder), "--out", str(tmp_path / "c"), "--model",
-                   str(parrot_captioner), env={"RADCAP_CLUSTER": "tcp://127.0.0.1:1"})
+    done = run_cli(
+        "caption",
+        "--input",
+        str(xray_folder),
+        "--out",
+        str(tmp_path / "c"),
+        "--model",
+        str(parrot_captioner),
+        env={"RADCAP_CLUSTER": "tcp://127.0.0.1:1"},
+    )
     assert done.returncode == 2 and "no Dask scheduler" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -52,13 +73,33 @@ def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
     sample, data = root / "sample", {}
     for name in ("local", "cluster"):
         data[name] = root / name
-        done = run_cli("ingest", "--format", "iu-xml", "--source", str(sample / "ecgen-radiology"), "--images",
-                       str(sample / "images"), "--views", str(sample / "indiana_projections.csv"), "--out", str(data[name]))
+        done = run_cli(
+            "ingest",
+            "--format",
+            "iu-xml",
+            "--source",
+            str(sample / "ecgen-radiology"),
+            "--images",
+            str(sample / "images"),
+            "--views",
+            str(sample / "indiana_projections.csv"),
+            "--out",
+            str(data[name]),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     local = run_cli("--json", "features", "--data", str(data["local"]), "--encoder", "random:0", env=SMALL_TASKS)
     assert local.returncode == 0, local.stderr[-3000:]
-    cluster = run_cli("--json", "features", "--data", str(data["cluster"]), "--encoder", "random:0", "--cluster",
-                      "local:2", env=SMALL_TASKS)
+    cluster = run_cli(
+        "--json",
+        "features",
+        "--data",
+        str(data["cluster"]),
+        "--encoder",
+        "random:0",
+        "--cluster",
+        "local:2",
+        env=SMALL_TASKS,
+    )
     assert cluster.returncode == 0, cluster.stderr[-3000:]
     assert "dashboard" in cluster.stderr + cluster.stdout
     assert summary_of(cluster)["encoded"] == summary_of(local)["encoded"] > 8  # more than one task
@@ -77,20 +118,33 @@ def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
     assert sizes == [8, 8, 4]
     assert len(FeatureStore(data["local"] / "features").parts()) == 1
 
-    again = run_cli("--json", "features", "--data", str(data["cluster"]), "--encoder", "random:0", "--cluster", "local:2")
+    again = run_cli(
+        "--json", "features", "--data", str(data["cluster"]), "--encoder", "random:0", "--cluster", "local:2"
+    )
     assert again.returncode == 0 and summary_of(again)["encoded"] == 0  # a re-run encodes nothing
 
 
 def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, parrot_captioner, prefect_api):
     outputs = {}
     for name, extra in (("local", []), ("cluster", ["--cluster", "local:2"])):
-        done = run_cli("--json", "caption", "--input", str(xray_folder), "--out", str(tmp_path / name), "--model",
-                       str(parrot_captioner), *extra, env=SMALL_TASKS)
+        done = run_cli(
+            "--json",
+            "caption",
+            "--input",
+            str(xray_folder),
+            "--out",
+            str(tmp_path / name),
+            "--model",
+            str(parrot_captioner),
+            *extra,
+            env=SMALL_TASKS,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         outputs[name] = pd.read_parquet(tmp_path / name / "captions.parquet").sort_values("source_path")
     keys = ["study_id", "image_id", "view", "source_path", "sha256", "caption", "model", "encoder_version"]
-    pd.testing.assert_frame_equal(outputs["local"][keys].reset_index(drop=True),
-                                  outputs["cluster"][keys].reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        outputs["local"][keys].reset_index(drop=True), outputs["cluster"][keys].reset_index(drop=True)
+    )
     assert len(outputs["cluster"]) == 40
 
 
@@ -99,8 +153,10 @@ def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(
     saved (one line naming the fix); `--consensus-samples 0` captions with its beam, in both paths."""
     from tests.conftest import make_parrot_captioner
 
-    model = make_parrot_captioner(tmp_path / "model", decoding={"beam_width": 3, "length_penalty": 0.7,
-                                                                 "no_repeat_ngram": 3, "consensus_samples": 5})
+    model = make_parrot_captioner(
+        tmp_path / "model",
+        decoding={"beam_width": 3, "length_penalty": 0.7, "no_repeat_ngram": 3, "consensus_samples": 5},
+    )
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted(xray_folder.glob("*.png"))[:12]:
@@ -109,8 +165,20 @@ def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(
     assert as_saved.returncode == 2 and "consensus_samples=0" in as_saved.stderr, as_saved.stderr[-2000:]
     assert "Traceback" not in as_saved.stderr
     for name, extra in (("local", []), ("cluster", ["--cluster", "local:2"])):
-        done = run_cli("--json", "caption", "--input", str(images), "--out", str(tmp_path / name), "--model",
-                       str(model), "--consensus-samples", "0", *extra, env=SMALL_TASKS)
+        done = run_cli(
+            "--json",
+            "caption",
+            "--input",
+            str(images),
+            "--out",
+            str(tmp_path / name),
+            "--model",
+            str(model),
+            "--consensus-samples",
+            "0",
+            *extra,
+            env=SMALL_TASKS,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         captions = pd.read_parquet(tmp_path / name / "captions.parquet")
         assert len(captions) == 12 and (captions["caption"] == "left pleural effusion.").all()
@@ -130,23 +198,42 @@ def _worker_pids(parent: int) -> list[int]:
             command = " ".join(child.cmdline())
         except psutil.Error:
             continue
-        if "spawn_main" in command or "forkserver" in command and "resource_tracker" not in command:
+        if "spawn_main" in command or ("forkserver" in command and "resource_tracker" not in command):
             workers.append(child.pid)
     return workers
 
 
-def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(xray_folder, tmp_path, parrot_captioner,
-                                                                    prefect_api):
-    from prefect.settings import PREFECT_API_URL
-
+def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
+    xray_folder, tmp_path, parrot_captioner, prefect_api
+):
     import os
+
+    from prefect.settings import PREFECT_API_URL
 
     out = tmp_path / "out"
     # 20 tasks of 2 images: both workers stay busy, so the one killed has a task in flight.
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", **SMALL_TASKS,
-           "RADCAP_CLUSTER_TASK_IMAGES": "2", "RADCAP_CAPTION__BATCH_SIZE": "2"}
-    command = [sys.executable, "-m", "radcap.cli", "--json", "caption", "--input", str(xray_folder), "--out", str(out),
-               "--model", str(parrot_captioner), "--cluster", "local:2"]
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value() or "",
+        **SMALL_TASKS,
+        "RADCAP_CLUSTER_TASK_IMAGES": "2",
+        "RADCAP_CAPTION__BATCH_SIZE": "2",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "radcap.cli",
+        "--json",
+        "caption",
+        "--input",
+        str(xray_folder),
+        "--out",
+        str(out),
+        "--model",
+        str(parrot_captioner),
+        "--cluster",
+        "local:2",
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.monotonic() + 300
@@ -170,8 +257,18 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(xray_folder, 
     assert not list((out / ".parts").glob("*.parquet"))
     assert json.loads(stdout.strip().splitlines()[-1])["captioned"] == 40
 
-    again = run_cli("--json", "caption", "--input", str(xray_folder), "--out", str(out), "--model",
-                    str(parrot_captioner), "--cluster", "local:2")
+    again = run_cli(
+        "--json",
+        "caption",
+        "--input",
+        str(xray_folder),
+        "--out",
+        str(out),
+        "--model",
+        str(parrot_captioner),
+        "--cluster",
+        "local:2",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary_of(again)["new_images"] == 0 and summary_of(again)["captioned"] == 0
     assert len(pd.read_parquet(out / "captions.parquet")) == 40

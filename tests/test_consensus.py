@@ -55,8 +55,9 @@ def _bundle_with(decoder, vocab, cider):
     from radcap.captioning.bundle import CaptionerBundle
     from radcap.core.model_config import CaptionerConfig
 
-    config = CaptionerConfig(encoder_version="test", architecture="show-tell", embed_dim=8, units=8, dropout=0.0,
-                             max_views=1)
+    config = CaptionerConfig(
+        encoder_version="test", architecture="show-tell", embed_dim=8, units=8, dropout=0.0, max_views=1
+    )
     bundle = CaptionerBundle(None, vocab, config, cider=cider)
     bundle.__dict__["decoder"] = decoder  # the cached property, replaced
     return bundle
@@ -88,13 +89,24 @@ def _trained_bundle(tmp_path):
     from radcap.core.settings import DecoderSettings
     from radcap.text.vocab import Vocabulary
 
-    reports = ["left lobe mass.", "right pleural effusion.", "no acute abnormality.", "mild cardiomegaly.",
-               "left pleural effusion.", "right lobe mass."]
+    reports = [
+        "left lobe mass.",
+        "right pleural effusion.",
+        "no acute abnormality.",
+        "mild cardiomegaly.",
+        "left pleural effusion.",
+        "right lobe mass.",
+    ]
     rng = np.random.default_rng(0)
-    data = CaptionSet([str(i) for i in range(12)], [reports[i % 6] for i in range(12)],
-                      rng.random((12, 1, 1024), np.float32), np.ones((12, 1), np.float32))
-    cfg = DecoderSettings(architecture="show-tell", embed_dim=8, units=16, epochs=1, min_epochs=1, min_count=1,
-                          batch_size=4, max_views=1)
+    data = CaptionSet(
+        [str(i) for i in range(12)],
+        [reports[i % 6] for i in range(12)],
+        rng.random((12, 1, 1024), np.float32),
+        np.ones((12, 1), np.float32),
+    )
+    cfg = DecoderSettings(
+        architecture="show-tell", embed_dim=8, units=16, epochs=1, min_epochs=1, min_count=1, batch_size=4, max_views=1
+    )
     trained = train_captioner(data, data, Vocabulary.build(data.texts, 1, 12), cfg, {"encoder_version": "test"})
     return trained.bundle, data
 
@@ -111,7 +123,7 @@ def test_consensus_reports_do_not_depend_on_the_batch_and_survive_saving(tmp_pat
         alone = bundle.generate(data.features(slice(i, i + 1)), beam_width=4, consensus_samples=5)[0]
         np.testing.assert_array_equal(alone, together[i])
         beams, _ = bundle.decoder.beam_candidates(bundle.model_inputs(data.features(slice(i, i + 1)), slice(None)), 4)
-        assert any(np.array_equal(b[: len(alone)], alone) and not b[len(alone):].any() for b in beams[0])
+        assert any(np.array_equal(b[: len(alone)], alone) and not b[len(alone) :].any() for b in beams[0])
     bundle.config.decoding = bundle.config.decoding.model_copy(update={"beam_width": 4, "consensus_samples": 5})
     bundle.save(tmp_path / "bundle")
     loaded = load_bundle(tmp_path / "bundle")
@@ -124,15 +136,14 @@ def test_consensus_reports_do_not_depend_on_the_batch_and_survive_saving(tmp_pat
 
 def test_per_study_generators_make_each_studys_samples_its_own():
     from radcap.models.decoding import Decoder
-
     from tests.test_scst import _tiny_model
 
     model, features = _tiny_model()
     decoder = Decoder(model, 1, 2, max_length=8)
     together = decoder.sample(features, [np.random.default_rng(7) for _ in range(4)], samples=3)
     for b in range(4):
-        alone = decoder.sample({k: v[b: b + 1] for k, v in features.items()}, [np.random.default_rng(7)], samples=3)
-        np.testing.assert_array_equal(alone, together[3 * b: 3 * b + 3, : alone.shape[1]])
+        alone = decoder.sample({k: v[b : b + 1] for k, v in features.items()}, [np.random.default_rng(7)], samples=3)
+        np.testing.assert_array_equal(alone, together[3 * b : 3 * b + 3, : alone.shape[1]])
 
 
 @settings(max_examples=80, deadline=None)
@@ -147,8 +158,11 @@ def test_a_mutated_consensus_table_loads_or_is_refused_naming_the_file(tmp_path_
     position = data.draw(st.integers(0, len(text)))
     kind = data.draw(st.sampled_from(["cut", "insert", "replace"]))
     junk = data.draw(st.text(alphabet='{}[]",:0123456789.-eantrul ', min_size=1, max_size=4))
-    text = {"cut": text[:position], "insert": text[:position] + junk + text[position:],
-            "replace": text[:position] + junk + text[position + len(junk):]}[kind]
+    text = {
+        "cut": text[:position],
+        "insert": text[:position] + junk + text[position:],
+        "replace": text[:position] + junk + text[position + len(junk) :],
+    }[kind]
     (folder / "consensus.json").write_text(text)
     try:
         loaded = read_consensus(folder)

@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from radcap import data_contracts
-from radcap.data_contracts import IMAGES, REJECTS, ContractError
 from radcap.core.io import atomic_path, read_table, write_table
+from radcap.data_contracts import IMAGES, REJECTS, ContractError
 
 
 def _reject(**overrides):
@@ -36,7 +36,13 @@ def test_contract_violations_are_named(frame, message):
 
 def test_unique_key_enforced():
     row = {c.name: None for c in IMAGES.columns} | {
-        "image_id": "x", "report_id": "r", "study_id": "s", "dataset": "manifest", "split": "train", "view": "unknown", "labels": []
+        "image_id": "x",
+        "report_id": "r",
+        "study_id": "s",
+        "dataset": "manifest",
+        "split": "train",
+        "view": "unknown",
+        "labels": [],
     }
     with pytest.raises(ContractError, match="image_id"):
         IMAGES.validate(pd.DataFrame([row, row]))
@@ -52,9 +58,8 @@ def test_atomic_write_leaves_old_file_on_crash(tmp_path):
     target = tmp_path / "t.parquet"
     write_table(pd.DataFrame([_reject()]), target, REJECTS)
     before = target.read_bytes()
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half a parquet")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half a parquet")
+        raise RuntimeError("killed")
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temp file left behind

@@ -18,8 +18,10 @@ from tests.dicom_factory import make_dicom
 def test_out_of_fold_calibration_flags_about_the_percentile_and_catches_a_shifted_domain(tmp_path):
     rng = np.random.default_rng(0)
     basis = rng.normal(size=(8, 64))
+
     def domain(n, shift=0.0):  # 8 latent factors in 64 channels, plus noise
         return (rng.normal(size=(n, 8)) @ basis + 0.1 * rng.normal(size=(n, 64)) + shift).astype(np.float32)
+
     guard = DomainGuard.fit(domain(2000), percentile=95, modalities=["CT", "MR", "CT"], regions=["Head"])
     held_out = guard.score_images(domain(2000))
     assert 0.03 < np.mean(held_out > guard.threshold) < 0.07  # ~5%, on images neither model nor threshold saw
@@ -34,8 +36,16 @@ def test_out_of_fold_calibration_flags_about_the_percentile_and_catches_a_shifte
 
 
 def test_the_modality_rule_flags_whatever_the_score():
-    guard = DomainGuard(np.zeros(2, np.float32), np.ones(2, np.float32), np.eye(2, dtype=np.float32)[:1],
-                        np.ones(1, np.float32), 1.0, 10.0, 95.0, ["CT", "MR"])
+    guard = DomainGuard(
+        np.zeros(2, np.float32),
+        np.ones(2, np.float32),
+        np.eye(2, dtype=np.float32)[:1],
+        np.ones(1, np.float32),
+        1.0,
+        10.0,
+        95.0,
+        ["CT", "MR"],
+    )
     assert guard.judge(0.1, "MR") == (True, None) and guard.judge(0.1, None) == (True, None)
     in_domain, reason = guard.judge(0.1, "CR")
     assert not in_domain and "modality XR is not among the training modalities (CT, MR)" in reason
@@ -57,7 +67,7 @@ def guarded_captioner(tmp_path_factory, shared_data: Path) -> Path:
     encoder = resolve_encoder("random:0")
     forward = encoder.forward_fn()
     xrays = _pixels(shared_data / "covid_cxr" / "images", 96, 224)
-    pooled = np.concatenate([forward(np.stack(xrays[i: i + 32]))[0] for i in range(0, 96, 32)])
+    pooled = np.concatenate([forward(np.stack(xrays[i : i + 32]))[0] for i in range(0, 96, 32)])
     guard = DomainGuard.fit(pooled, percentile=95, modalities=["CR"])
     return make_tiny_captioner(tmp_path_factory.mktemp("guarded") / "captioner", domain=guard)
 
@@ -65,8 +75,9 @@ def guarded_captioner(tmp_path_factory, shared_data: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("policy", ["flag", "withhold"])
-def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(policy, guarded_captioner, tmp_path, shared_data,
-                                                                       prefect_api):
+def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(
+    policy, guarded_captioner, tmp_path, shared_data, prefect_api
+):
     import json
 
     export = tmp_path / "export"
@@ -82,8 +93,17 @@ def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(policy, gu
     ds.Modality = "CT"  # an X-ray's pixels, but the header says CT: flagged by the modality rule
     ds.save_as(export / "ct-labelled-dicom")
     out = tmp_path / "out"
-    done = run_cli("--json", "caption", "--input", str(export), "--out", str(out), "--model", str(guarded_captioner),
-                   env={"RADCAP_CAPTION__OOD_POLICY": policy})
+    done = run_cli(
+        "--json",
+        "caption",
+        "--input",
+        str(export),
+        "--out",
+        str(out),
+        "--model",
+        str(guarded_captioner),
+        env={"RADCAP_CAPTION__OOD_POLICY": policy},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     captions = pd.read_parquet(out / "captions.parquet").set_index("source_path")
@@ -105,11 +125,22 @@ def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(policy, gu
 
 def test_tables_written_before_the_guard_still_read(tmp_path):
     """Schema evolution: a captions table without the new nullable columns reads with them null."""
-    from radcap.data_contracts import CAPTIONS
     from radcap.core.io import read_table
+    from radcap.data_contracts import CAPTIONS
 
     old = CAPTIONS.empty().drop(columns=["ood_score", "in_domain", "ood_reason"])
-    old.loc[0] = ["s", "i", "frontal", "a.png", "0" * 64, "no acute disease.", "m", "1", "e", pd.Timestamp.now(tz="UTC")]
+    old.loc[0] = [
+        "s",
+        "i",
+        "frontal",
+        "a.png",
+        "0" * 64,
+        "no acute disease.",
+        "m",
+        "1",
+        "e",
+        pd.Timestamp.now(tz="UTC"),
+    ]
     old.to_parquet(tmp_path / "captions.parquet")
     frame = read_table(tmp_path / "captions.parquet", CAPTIONS)
     assert frame["ood_score"].isna().all() and list(frame.columns) == CAPTIONS.column_names
@@ -125,8 +156,16 @@ def test_a_colour_picture_is_not_a_radiograph(tmp_path, shared_data):
     assert load_image(tmp_path / "gray-as-rgb.png").chroma == 0.0
     chroma = load_image(tmp_path / "colour.jpg").chroma
     assert chroma > 0.2
-    guard = DomainGuard(np.zeros(2, np.float32), np.ones(2, np.float32), np.eye(2, dtype=np.float32)[:1],
-                        np.ones(1, np.float32), 1.0, 10.0, 95.0, ["XR"])
+    guard = DomainGuard(
+        np.zeros(2, np.float32),
+        np.ones(2, np.float32),
+        np.eye(2, dtype=np.float32)[:1],
+        np.ones(1, np.float32),
+        1.0,
+        10.0,
+        95.0,
+        ["XR"],
+    )
     in_domain, reason = guard.judge(0.1, None, chroma)
     assert not in_domain and "colour image" in reason
     assert guard.judge(0.1, None, 0.0)[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import h5py
 import numpy as np
 import pytest
@@ -58,8 +60,8 @@ def test_resolve_encoder_errors_are_user_errors(tmp_path):
 
 
 def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair):
-    from tests.keras2_h5 import save_chexnet_h5_keras2_layout
     from radcap.imaging.encoders import resolve_encoder
+    from tests.keras2_h5 import save_chexnet_h5_keras2_layout
 
     path = tmp_path / "w.h5"
     save_chexnet_h5_keras2_layout(chexnet_pair[0], path)
@@ -91,10 +93,12 @@ def test_masked_weighted_bce_ignores_unannotated_units():
 def test_learning_rate_warms_up_then_decays_to_the_floor():
     from radcap.imaging.pretraining import learning_rate_at
 
-    rates = [learning_rate_at(step, total_steps=100, warmup_steps=10, peak=1e-3, floor_ratio=0.01) for step in range(100)]
+    rates = [
+        learning_rate_at(step, total_steps=100, warmup_steps=10, peak=1e-3, floor_ratio=0.01) for step in range(100)
+    ]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
-    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))  # warm-up rises
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # then never rises again
+    assert all(a < b for a, b in itertools.pairwise(rates))  # warm-up rises
+    assert all(a >= b for a, b in itertools.pairwise(rates))  # then never rises again
     assert rates[55] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5), rel=1e-6)  # half way: half the span
     assert learning_rate_at(100, 100, 10, 1e-3, 0.01) == pytest.approx(1e-5)  # the floor, not zero
     assert learning_rate_at(500, 100, 10, 1e-3, 0.01) == pytest.approx(1e-5)

@@ -22,11 +22,13 @@ pytestmark = pytest.mark.slow
 
 
 def _two_views(shared_data: Path, folder: Path, uid: str, seed: int = 0) -> tuple[Path, Path]:
-    files = sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[seed: seed + 2]
+    files = sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[seed : seed + 2]
     pixels = [np.asarray(Image.open(f).convert("L").resize((128, 128))) for f in files]
     folder.mkdir(parents=True, exist_ok=True)
-    return (make_dicom(folder / "frontal", pixels[0], study_uid=uid, view_position="PA"),
-            make_dicom(folder / "lateral", pixels[1], study_uid=uid, view_position="LL"))
+    return (
+        make_dicom(folder / "frontal", pixels[0], study_uid=uid, view_position="PA"),
+        make_dicom(folder / "lateral", pixels[1], study_uid=uid, view_position="LL"),
+    )
 
 
 def _caption(input_path: Path, out: Path, model: Path) -> dict:
@@ -59,8 +61,8 @@ def test_a_lateral_arriving_in_the_next_run_recaptions_its_study(tmp_path, share
 def test_a_study_split_over_two_inbox_batches_gets_one_report(tmp_path, shared_data, tiny_captioner, prefect_api):
     from pydicom.uid import generate_uid
 
-    from radcap.flows.caption import caption_new_batches
     from radcap.core.settings import get_settings
+    from radcap.flows.caption import caption_new_batches
 
     uid, inbox = generate_uid(), tmp_path / "inbox"
     frontal, lateral = _two_views(shared_data, tmp_path / "staging", uid)
@@ -69,7 +71,10 @@ def test_a_study_split_over_two_inbox_batches_gets_one_report(tmp_path, shared_d
         os.replace(file, inbox / batch / file.name)
         (inbox / batch / ".complete").write_text("")
     cfg = get_settings().caption
-    assert caption_new_batches(inbox, tmp_path / "out", str(tiny_captioner), cfg)["captioned_batches"] == ["batch0", "batch1"]
+    assert caption_new_batches(inbox, tmp_path / "out", str(tiny_captioner), cfg)["captioned_batches"] == [
+        "batch0",
+        "batch1",
+    ]
     captions = pd.read_parquet(tmp_path / "out" / "captions.parquet")
     assert sorted(captions["source_path"]) == ["batch0/frontal", "batch1/lateral"]
     # One report for the study, written by batch1's run for both views (batch0's frontal captioned again).
@@ -105,8 +110,16 @@ def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path,
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(export / "a.png")
     out = tmp_path / "out"
     with exclusive_lock(out / ".lock", 0, "test"):
-        done = run_cli("caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
-                       env={"RADCAP_CAPTION__LOCK_WAIT_SECONDS": "1"})
+        done = run_cli(
+            "caption",
+            "--input",
+            str(export),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_captioner),
+            env={"RADCAP_CAPTION__LOCK_WAIT_SECONDS": "1"},
+        )
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert "is being written by another radcap run" in last and f"pid {os.getpid()}" in last
@@ -115,16 +128,29 @@ def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path,
 
 def _consolidating_writer(out: str, worker: int, rounds: int) -> None:
     """A process that writes parts of its own rows and consolidates, over and over (holding the lock)."""
-    from radcap.data_contracts import CAPTION_REJECTS
     from radcap.captioning.bulk import CaptionStore, now_utc
+    from radcap.data_contracts import CAPTION_REJECTS
 
     store = CaptionStore(Path(out))
     for r in range(rounds):
         with store.writing(120):
-            rows = pd.DataFrame([{"study_id": f"s{worker}-{r}", "image_id": f"i{worker}-{r}-{k}", "view": "unknown",
-                                  "source_path": f"w{worker}/r{r}/{k}", "sha256": "0" * 64, "caption": "x",
-                                  "model": "m", "model_version": "1", "encoder_version": "e", "captioned_at": now_utc()}
-                                 for k in range(3)])
+            rows = pd.DataFrame(
+                [
+                    {
+                        "study_id": f"s{worker}-{r}",
+                        "image_id": f"i{worker}-{r}-{k}",
+                        "view": "unknown",
+                        "source_path": f"w{worker}/r{r}/{k}",
+                        "sha256": "0" * 64,
+                        "caption": "x",
+                        "model": "m",
+                        "model_version": "1",
+                        "encoder_version": "e",
+                        "captioned_at": now_utc(),
+                    }
+                    for k in range(3)
+                ]
+            )
             store.write_batch(rows, CAPTION_REJECTS.empty(), f"{worker:02d}-{r:03d}", 0)
             store.consolidate()
 

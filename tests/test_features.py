@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radcap.imaging.features import FeatureStore, ImageItem, extract_features
 from radcap.imaging.decode import file_sha256
+from radcap.imaging.features import FeatureStore, ImageItem, extract_features
 
 pytestmark = pytest.mark.realdata
 
@@ -42,7 +42,9 @@ def images(tmp_path: Path, shared_data: Path) -> list[ImageItem]:
 
 def test_extract_streams_batches_and_rejects_bad_files(tmp_path, images):
     store, calls = FeatureStore(tmp_path / "features"), []
-    result = extract_features(images, fake_forward(calls), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
+    result = extract_features(
+        images, fake_forward(calls), store, "fake", "v1", batch_size=4, input_size=64, progress=False
+    )
     assert result.encoded == 10 and len(result.rejects) == 2
     reasons = {r["item"]: r["reason"] for r in result.rejects}
     assert "0 bytes" in reasons["zero"] and "not a PNG, JPEG or DICOM" in reasons["report"]
@@ -60,8 +62,17 @@ def test_a_crash_loses_at_most_the_part_being_filled(tmp_path, images):
     store = FeatureStore(tmp_path / "features")
     good = [i for i in images if i.image_id not in ("zero", "report")]
     with pytest.raises(KeyboardInterrupt):
-        extract_features(good, fake_forward([], fail_on_call=3), store, "fake", "v1", batch_size=3, input_size=64,
-                         progress=False, part_rows=3)
+        extract_features(
+            good,
+            fake_forward([], fail_on_call=3),
+            store,
+            "fake",
+            "v1",
+            batch_size=3,
+            input_size=64,
+            progress=False,
+            part_rows=3,
+        )
     assert not list(store.root.glob("*.tmp")) and not list(store.root.glob(".*"))  # no half-written part
     stored = store.index()
     assert len(stored) == 6  # the two batches before the crash, each complete
@@ -88,7 +99,9 @@ def test_an_edited_file_is_encoded_again_and_wins(tmp_path, images):
     from PIL import Image
 
     Image.new("L", (100, 100), 255).save(edited)  # a different picture under the same name
-    pd.DataFrame({"image_id": [i.image_id for i in good], "path": [i.path for i in good]}).pipe(_write_images_table, tmp_path)
+    pd.DataFrame({"image_id": [i.image_id for i in good], "path": [i.path for i in good]}).pipe(
+        _write_images_table, tmp_path
+    )
     todo, skipped, _ = plan_features.fn(tmp_path, "v1")
     assert [t.image_id for t in todo] == [good[0].image_id] and skipped == 2
     extract_features(todo, fake_forward([]), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
@@ -97,13 +110,21 @@ def test_an_edited_file_is_encoded_again_and_wins(tmp_path, images):
 
 
 def _write_images_table(frame: pd.DataFrame, data_dir: Path) -> None:
-    from radcap.data_contracts import IMAGES
     from radcap.core.io import write_table
+    from radcap.data_contracts import IMAGES
 
     n = len(frame)
     full = frame.assign(
-        report_id=frame["image_id"], study_id=frame["image_id"], dataset="manifest", split="train", view="unknown",
-        modality=None, plane=None, location=None, location_category=None, labels=[[] for _ in range(n)],
+        report_id=frame["image_id"],
+        study_id=frame["image_id"],
+        dataset="manifest",
+        split="train",
+        view="unknown",
+        modality=None,
+        plane=None,
+        location=None,
+        location_category=None,
+        labels=[[] for _ in range(n)],
     )
     write_table(full[IMAGES.column_names], data_dir / "images.parquet", IMAGES)
 
@@ -120,8 +141,16 @@ def test_content_a_b_a_reads_a_vector_again(tmp_path, images):
     extract_features([item], fake_forward([]), store, "fake", "v1", batch_size=2, input_size=64, progress=False)
     vector_a = store.load("v1", {item.image_id: current_sha256(item.path)})["pooled"][0, 0]
     Image.new("L", (100, 100), 255).save(path)  # content B
-    extract_features([ImageItem(item.image_id, item.path, "")], fake_forward([]), store, "fake", "v1", batch_size=2,
-                     input_size=64, progress=False)
+    extract_features(
+        [ImageItem(item.image_id, item.path, "")],
+        fake_forward([]),
+        store,
+        "fake",
+        "v1",
+        batch_size=2,
+        input_size=64,
+        progress=False,
+    )
     vector_b = store.load("v1", {item.image_id: current_sha256(item.path)})["pooled"][0, 0]
     path.write_bytes(original)  # back to A: the newest row is B's, but A's row is what the file holds
     now = store.load("v1", {item.image_id: current_sha256(item.path)})
@@ -158,8 +187,9 @@ def test_an_image_that_breaks_the_encoder_is_its_own_reject(tmp_path, images):
             raise ValueError("cannot encode this one")
         return fake_forward([])(batch)
 
-    result = extract_features([*good[:2], white, good[3]], forward, store, "fake", "v1", batch_size=4, input_size=64,
-                              progress=False)
+    result = extract_features(
+        [*good[:2], white, good[3]], forward, store, "fake", "v1", batch_size=4, input_size=64, progress=False
+    )
     assert result.encoded == 3 and [r["item"] for r in result.rejects] == [white.image_id]
     assert "encoder failed on this image (ValueError)" in result.rejects[0]["reason"]
 
@@ -167,5 +197,13 @@ def test_an_image_that_breaks_the_encoder_is_its_own_reject(tmp_path, images):
         raise RuntimeError("model is broken")
 
     with pytest.raises(RuntimeError, match="model is broken"):
-        extract_features(good[:2], broken, FeatureStore(tmp_path / "other"), "fake", "v1", batch_size=4,
-                         input_size=64, progress=False)
+        extract_features(
+            good[:2],
+            broken,
+            FeatureStore(tmp_path / "other"),
+            "fake",
+            "v1",
+            batch_size=4,
+            input_size=64,
+            progress=False,
+        )

@@ -11,15 +11,25 @@ from radcap.text.labeler import NEGATIVE, POSITIVE, UNCERTAIN, BinaryLabels, lab
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("No focal consolidation, pneumothorax, or pleural effusion.",
-         {"Consolidation": NEGATIVE, "Pneumothorax": NEGATIVE, "Pleural Effusion": NEGATIVE, "No Finding": POSITIVE}),
+        (
+            "No focal consolidation, pneumothorax, or pleural effusion.",
+            {"Consolidation": NEGATIVE, "Pneumothorax": NEGATIVE, "Pleural Effusion": NEGATIVE, "No Finding": POSITIVE},
+        ),
         ("Heart size is normal. The lungs are clear.", {"Cardiomegaly": NEGATIVE, "Lung Opacity": NEGATIVE}),
-        ("Mild cardiomegaly. Small left pleural effusion.", {"Cardiomegaly": POSITIVE, "Pleural Effusion": POSITIVE, "No Finding": NEGATIVE}),
-        ("Left basilar patchy opacities, which may represent atelectasis or infection.",
-         {"Lung Opacity": POSITIVE, "Atelectasis": UNCERTAIN, "Pneumonia": UNCERTAIN}),
+        (
+            "Mild cardiomegaly. Small left pleural effusion.",
+            {"Cardiomegaly": POSITIVE, "Pleural Effusion": POSITIVE, "No Finding": NEGATIVE},
+        ),
+        (
+            "Left basilar patchy opacities, which may represent atelectasis or infection.",
+            {"Lung Opacity": POSITIVE, "Atelectasis": UNCERTAIN, "Pneumonia": UNCERTAIN},
+        ),
         ("Pneumonia cannot be excluded.", {"Pneumonia": UNCERTAIN}),
         ("The previously seen pneumothorax has resolved.", {"Pneumothorax": NEGATIVE}),
-        ("There is no pneumothorax but there is a small right effusion.", {"Pneumothorax": NEGATIVE, "Pleural Effusion": POSITIVE}),
+        (
+            "There is no pneumothorax but there is a small right effusion.",
+            {"Pneumothorax": NEGATIVE, "Pleural Effusion": POSITIVE},
+        ),
         ("Midline sternotomy wires and a left-sided pacemaker.", {"Support Devices": POSITIVE, "No Finding": POSITIVE}),
         ("Healed right 6th rib fracture.", {"Fracture": POSITIVE}),
         ("Borderline cardiomegaly.", {"Cardiomegaly": UNCERTAIN}),
@@ -51,8 +61,12 @@ def test_agreement_with_iu_mesh_terms(shared_data):
     reports = reports[reports["MeSH"].str.strip() != "No Indexing"]
     heads = [{term.split("/")[0].strip() for term in mesh.split(";")} for mesh in reports["MeSH"]]
     labels = [BinaryLabels(uncertain_as=0.0)(f"{f} {i}") for f, i in zip(reports["findings"], reports["impression"])]
-    mesh_terms = {"Cardiomegaly": {"Cardiomegaly"}, "Pleural Effusion": {"Pleural Effusion"},
-                  "Pneumothorax": {"Pneumothorax"}, "Atelectasis": {"Pulmonary Atelectasis"}}
+    mesh_terms = {
+        "Cardiomegaly": {"Cardiomegaly"},
+        "Pleural Effusion": {"Pleural Effusion"},
+        "Pneumothorax": {"Pneumothorax"},
+        "Atelectasis": {"Pulmonary Atelectasis"},
+    }
     for observation, terms in mesh_terms.items():
         truth = np.array([bool(h & terms) for h in heads])
         predicted = np.array([label[observation] == 1 for label in labels])

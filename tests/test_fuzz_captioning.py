@@ -72,16 +72,27 @@ def _inputs(root: Path) -> set[str]:
     return found
 
 
-def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(tmp_path, shared_data, tiny_captioner,
-                                                                                 prefect_api):
+def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
+    tmp_path, shared_data, tiny_captioner, prefect_api
+):
     seed = int(os.environ.get("RADCAP_FUZZ_SEED", "0"))
     export, out = tmp_path / "export", tmp_path / "out"
     made = _export(export, shared_data, seed)
     inputs = _inputs(export)
     assert len(inputs) == 12 + MUTATED_FILES + 5
 
-    done = run_cli("--verbose", "caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
-                   "--batch-size", "16")  # verbose: every log line is checked for patient values
+    done = run_cli(
+        "--verbose",
+        "caption",
+        "--input",
+        str(export),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_captioner),
+        "--batch-size",
+        "16",
+    )  # verbose: every log line is checked for patient values
     assert done.returncode == 1, done.stderr[-4000:]  # finished, with rejects; never a traceback
     assert "Traceback" not in done.stderr
     captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
@@ -89,13 +100,17 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     assert set(captions["source_path"]).isdisjoint(rejects["source_path"])
     assert set(captions["source_path"]) | set(rejects["source_path"]) == inputs
     assert len(captions) > 12 and len(rejects) > 50  # many mutations still decode; many cannot
-    print(f"fuzzed export (seed {seed}): {len(inputs)} inputs -> {len(captions)} captioned, {len(rejects)} rejected; "
-          f"reasons: {rejects['reason'].str.split('(').str[0].str.strip().value_counts().head(8).to_dict()}")
+    print(
+        f"fuzzed export (seed {seed}): {len(inputs)} inputs -> {len(captions)} captioned, {len(rejects)} rejected; "
+        f"reasons: {rejects['reason'].str.split('(').str[0].str.strip().value_counts().head(8).to_dict()}"
+    )
     reasons = dict(zip(rejects["source_path"], rejects["reason"]))
     assert "outside the input folder" in reasons["special/link-outside"]
     assert "inside the input folder" in reasons["special/link-inside"] and "broken" in reasons["special/link-broken"]
     assert "not a regular file" in reasons["special/a-fifo"] and "folder" in reasons["special/folder-link"]
-    assert (rejects.loc[~rejects["source_path"].str.startswith("special/"), "sha256"].str.len() == 64).all()  # read once
+    assert (
+        rejects.loc[~rejects["source_path"].str.startswith("special/"), "sha256"].str.len() == 64
+    ).all()  # read once
     for uid, paths in made["studies"].items():
         study = captions[captions["source_path"].isin(paths)]
         assert len(study) == 2 and set(study["study_id"]) == {uid} and study["caption"].nunique() == 1
@@ -104,11 +119,22 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     for secret in SECRETS:
         assert secret not in blob, secret
 
-    again = run_cli("--json", "caption", "--input", str(export), "--out", str(out), "--model", str(tiny_captioner),
-                    "--batch-size", "16")
+    again = run_cli(
+        "--json",
+        "caption",
+        "--input",
+        str(export),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_captioner),
+        "--batch-size",
+        "16",
+    )
     assert again.returncode == 1, again.stderr[-4000:]
     assert pd.read_parquet(out / "captions.parquet").equals(captions)
     assert pd.read_parquet(out / "rejects.parquet")[["source_path", "sha256", "reason"]].equals(
-        rejects[["source_path", "sha256", "reason"]])
+        rejects[["source_path", "sha256", "reason"]]
+    )
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["new_images"] == 0 and summary["captioned"] == 0 and summary["rejected"] == len(rejects)

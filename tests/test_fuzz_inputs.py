@@ -8,7 +8,6 @@ import io
 import json
 import random
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +62,7 @@ def test_any_mutated_dicom_is_an_image_or_a_reject_without_patient_values(tmp_pa
     try:
         image = decode(mutated)
         assert image.pixels.dtype == np.float32 and np.isfinite(image.pixels).all()
-        assert 0.0 <= image.pixels.min() and image.pixels.max() <= 1.0
+        assert image.pixels.min() >= 0.0 and image.pixels.max() <= 1.0
     except ImageRejected as exc:
         assert str(exc) and exc.sha256 in ("", __import__("hashlib").sha256(mutated).hexdigest())
         _no_secret(str(exc))
@@ -76,8 +75,12 @@ def _raster(kind: str) -> bytes:
 
 
 @FUZZ
-@given(kind=st.sampled_from(["PNG", "JPEG"]), cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=12),
-       huge=st.booleans())
+@given(
+    kind=st.sampled_from(["PNG", "JPEG"]),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=12),
+    huge=st.booleans(),
+)
 def test_any_mutated_png_or_jpeg_is_decoded_or_rejected(kind, cut, flips, huge):
     data = bytearray(_raster(kind))
     if huge and kind == "PNG":  # IHDR claims a 100000 x 100000 image: rejected before decoding
@@ -97,15 +100,28 @@ def test_any_mutated_png_or_jpeg_is_decoded_or_rejected(kind, cut, flips, huge):
 
 def _iu_report(uid: str, images: int) -> str:
     parents = "".join(f'<parentImage id="{uid}_IM-0001-{1000 + k}"/>' for k in range(images))
-    return (f'<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="{uid}"/><MedlineCitation><Article><Abstract>'
-            f'<AbstractText Label="FINDINGS">Heart size normal.</AbstractText>'
-            f'<AbstractText Label="IMPRESSION">No acute disease.</AbstractText></Abstract></Article></MedlineCitation>'
-            f"<MeSH><major>normal</major></MeSH>{parents}</eCitation>")
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="{uid}"/><MedlineCitation><Article><Abstract>'
+        f'<AbstractText Label="FINDINGS">Heart size normal.</AbstractText>'
+        f'<AbstractText Label="IMPRESSION">No acute disease.</AbstractText></Abstract></Article></MedlineCitation>'
+        f"<MeSH><major>normal</major></MeSH>{parents}</eCitation>"
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(files=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 3), st.sampled_from(["keep", "cut", "flip", "insert"]),
-                                st.floats(0, 1), st.binary(max_size=20)), min_size=1, max_size=12))
+@given(
+    files=st.lists(
+        st.tuples(
+            st.integers(1, 6),
+            st.integers(0, 3),
+            st.sampled_from(["keep", "cut", "flip", "insert"]),
+            st.floats(0, 1),
+            st.binary(max_size=20),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
 def test_mutated_open_i_folders_account_for_every_file_and_image(tmp_path_factory, files):
     from radcap.core.settings import TextRules
     from radcap.ingestion.iu import read_iu_xml
@@ -115,8 +131,12 @@ def test_mutated_open_i_folders_account_for_every_file_and_image(tmp_path_factor
     for n, (uid, images, how, where, blob) in enumerate(files):
         data = _iu_report(f"CXR{uid}", images).encode()  # repeated uids: duplicates
         at = int(where * len(data))
-        data = {"keep": data, "cut": data[:at], "flip": data[:at] + bytes([data[at % len(data)] ^ 0x5A]) + data[at + 1:],
-                "insert": data[:at] + blob + data[at:]}[how]
+        data = {
+            "keep": data,
+            "cut": data[:at],
+            "flip": data[:at] + bytes([data[at % len(data)] ^ 0x5A]) + data[at + 1 :],
+            "insert": data[:at] + blob + data[at:],
+        }[how]
         (folder / f"{n}.xml").write_bytes(data)
     parsed = read_iu_xml(folder, TextRules())
     tables = build_tables.fn(parsed)  # raises when rows + rejects != inputs, for reports or images
@@ -125,14 +145,25 @@ def test_mutated_open_i_folders_account_for_every_file_and_image(tmp_path_factor
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(rows=st.lists(st.fixed_dictionaries({
-    "image": st.sampled_from(["img/a.png", "img/b.png", "img/c.png", "", "img/../x.png", "img/d.png", "img/e.jpg"]),
-    "caption": st.sampled_from(["Left effusion.", "Normal.", "", "  ", "None.", "n/a", "Nodule 2.5 cm."]),
-    "study_id": st.sampled_from(["s1", "s2", "s3", ""]),
-    "patient_id": st.sampled_from(["p1", "p2", ""]),
-    "split": st.sampled_from(["train", "val", "dev", "test", "holdout", ""]),
-    "view": st.sampled_from(["PA", "frontal", "lateral", ""]),
-}), min_size=1, max_size=25), column=st.sampled_from(["image", "image_path", "path", "file", "filename"]))
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "image": st.sampled_from(
+                    ["img/a.png", "img/b.png", "img/c.png", "", "img/../x.png", "img/d.png", "img/e.jpg"]
+                ),
+                "caption": st.sampled_from(["Left effusion.", "Normal.", "", "  ", "None.", "n/a", "Nodule 2.5 cm."]),
+                "study_id": st.sampled_from(["s1", "s2", "s3", ""]),
+                "patient_id": st.sampled_from(["p1", "p2", ""]),
+                "split": st.sampled_from(["train", "val", "dev", "test", "holdout", ""]),
+                "view": st.sampled_from(["PA", "frontal", "lateral", ""]),
+            }
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    column=st.sampled_from(["image", "image_path", "path", "file", "filename"]),
+)
 def test_any_manifest_accounts_for_every_row_once(tmp_path_factory, rows, column):
     import pandas as pd
 
@@ -150,22 +181,42 @@ def test_any_manifest_accounts_for_every_row_once(tmp_path_factory, rows, column
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-@given(lines=st.lists(st.one_of(
-    st.fixed_dictionaries({"image": st.sampled_from(["i1", "i2", "i3", "", 7]), "U_id": st.sampled_from(["c1", "c2", None, 3]),
-                           "Type": st.sampled_from(["CT", "MR", None, 1, ["CT"]]),
-                           "Description": st.one_of(st.none(), st.text(max_size=5), st.fixed_dictionaries({
-                               "Caption": st.one_of(st.sampled_from(["A mass.", "", None]), st.integers()),
-                               "Plane": st.sampled_from(["Axial", None, 3])}))}).map(json.dumps),
-    st.sampled_from(["", "{", "[1, 2]", "null", "\"text\"", "{\"image\": "]),
-    st.binary(max_size=30).map(lambda b: b.decode("latin-1"))), min_size=1, max_size=20))
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {
+                    "image": st.sampled_from(["i1", "i2", "i3", "", 7]),
+                    "U_id": st.sampled_from(["c1", "c2", None, 3]),
+                    "Type": st.sampled_from(["CT", "MR", None, 1, ["CT"]]),
+                    "Description": st.one_of(
+                        st.none(),
+                        st.text(max_size=5),
+                        st.fixed_dictionaries(
+                            {
+                                "Caption": st.one_of(st.sampled_from(["A mass.", "", None]), st.integers()),
+                                "Plane": st.sampled_from(["Axial", None, 3]),
+                            }
+                        ),
+                    ),
+                }
+            ).map(json.dumps),
+            st.sampled_from(["", "{", "[1, 2]", "null", '"text"', '{"image": ']),
+            st.binary(max_size=30).map(lambda b: b.decode("latin-1")),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_any_medpix_file_accounts_for_every_line(tmp_path_factory, lines):
     from radcap.core.settings import TextRules
     from radcap.ingestion.medpix import read_medpix
     from radcap.tasks.ingest import build_tables
 
     folder = tmp_path_factory.mktemp("medpix", numbered=True)
-    (folder / "descriptions_train.jsonl").write_text("\n".join(l.replace("\n", " ").replace("\r", " ") for l in lines),
-                                                     encoding="latin-1")
+    (folder / "descriptions_train.jsonl").write_text(
+        "\n".join(line.replace("\n", " ").replace("\r", " ") for line in lines), encoding="latin-1"
+    )
     parsed = read_medpix(folder, TextRules())
     build_tables.fn(parsed)  # raises when rows + rejects != inputs
     counted = sum(1 for raw in (folder / "descriptions_train.jsonl").read_bytes().splitlines() if raw.strip())

@@ -5,8 +5,7 @@ as one table; the feature store writes large parts batch by batch, never rewriti
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -17,27 +16,47 @@ import pytest
 from radcap.captioning.bulk import CaptionStore
 from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def rows(paths: list[str], study: str, caption: str, minutes: int) -> pd.DataFrame:
     frame = CAPTIONS.empty()
-    records = [{"study_id": study, "image_id": p, "view": "frontal", "source_path": p, "sha256": f"sha-{p}-{minutes}",
-                "caption": caption, "model": "m", "model_version": "1", "encoder_version": "e",
-                "captioned_at": T0 + timedelta(minutes=minutes), "ood_score": 0.5, "in_domain": True,
-                "ood_reason": None} for p in paths]
+    records = [
+        {
+            "study_id": study,
+            "image_id": p,
+            "view": "frontal",
+            "source_path": p,
+            "sha256": f"sha-{p}-{minutes}",
+            "caption": caption,
+            "model": "m",
+            "model_version": "1",
+            "encoder_version": "e",
+            "captioned_at": T0 + timedelta(minutes=minutes),
+            "ood_score": 0.5,
+            "in_domain": True,
+            "ood_reason": None,
+        }
+        for p in paths
+    ]
     return pd.concat([frame, pd.DataFrame(records)], ignore_index=True).astype(frame.dtypes.to_dict())
 
 
 def reject(path: str, minutes: int) -> pd.DataFrame:
     frame = CAPTION_REJECTS.empty()
-    record = {c: None for c in frame.columns} | {"source_path": path, "sha256": "bad", "reason": "broken",
-                                                  "rejected_at": T0 + timedelta(minutes=minutes)}
+    record = dict.fromkeys(frame.columns) | {
+        "source_path": path,
+        "sha256": "bad",
+        "reason": "broken",
+        "rejected_at": T0 + timedelta(minutes=minutes),
+    }
     return pd.concat([frame, pd.DataFrame([record])], ignore_index=True).astype(frame.dtypes.to_dict())
 
 
 def run(store: CaptionStore, captions: pd.DataFrame, rejects: pd.DataFrame | None = None) -> dict:
-    store.write_batch(captions, rejects if rejects is not None else CAPTION_REJECTS.empty(), f"run{len(store.segments()):03d}", 0)
+    store.write_batch(
+        captions, rejects if rejects is not None else CAPTION_REJECTS.empty(), f"run{len(store.segments()):03d}", 0
+    )
     return store.consolidate()
 
 
@@ -63,7 +82,7 @@ def test_consolidation_rewrites_only_the_segments_it_changes(tmp_path):
     assert table["source_path"].tolist() == ["a1", "a2", "a3", "b1", "c1"]  # one row per input, b2 gone
     assert set(table.loc[table["study_id"] == "A", "caption"]) == {"new A"}
     assert pd.read_parquet(store.rejects)["source_path"].tolist() == ["b2"]
-    captions, rejects = store.current()
+    captions, _rejects = store.current()
     pd.testing.assert_frame_equal(captions.sort_values("source_path").reset_index(drop=True), table, check_dtype=False)
     assert totals == {"captioned_total": 5, "rejected_total": 1, "segments": len(store.segments())}
     # The segment of study C was not touched by the A/B changes.
@@ -126,8 +145,8 @@ def test_small_segments_are_merged_and_a_single_file_table_is_adopted(tmp_path):
 def test_feature_parts_are_large_without_rewrites_and_a_crash_loses_only_the_open_one(tmp_path):
     from PIL import Image
 
-    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
     from radcap.imaging.decode import file_sha256
+    from radcap.imaging.features import FeatureStore, ImageItem, extract_features
 
     rng = np.random.default_rng(0)
     items = []
@@ -142,8 +161,9 @@ def test_feature_parts_are_large_without_rewrites_and_a_crash_loses_only_the_ope
         return batch.reshape(n, -1)[:, :1024].astype(np.float32), np.ones((n, 7, 7, 1024), np.float32)
 
     store = FeatureStore(tmp_path / "features")
-    done = extract_features(items, forward, store, "enc", "v1", batch_size=2, input_size=64, progress=False,
-                            part_rows=5)
+    done = extract_features(
+        items, forward, store, "enc", "v1", batch_size=2, input_size=64, progress=False, part_rows=5
+    )
     assert done.encoded == 12
     # Batches of 2 appended to parts of up to 5 rows: 6, 6 (two batches past 5 close a part) and nothing left open.
     sizes = [pq.ParquetFile(p).metadata.num_rows for p in store.parts()]

@@ -20,9 +20,17 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
     root = tmp_path_factory.mktemp("stage")
     assert run_cli("sample", "--out", str(root / "sample"), "--studies", "16").returncode == 0
     done = run_cli(
-        "ingest", "--format", "iu-xml", "--source", str(root / "sample" / "ecgen-radiology"),
-        "--images", str(root / "sample" / "images"), "--views", str(root / "sample" / "indiana_projections.csv"),
-        "--out", str(root / "data"),
+        "ingest",
+        "--format",
+        "iu-xml",
+        "--source",
+        str(root / "sample" / "ecgen-radiology"),
+        "--images",
+        str(root / "sample" / "images"),
+        "--views",
+        str(root / "sample" / "indiana_projections.csv"),
+        "--out",
+        str(root / "data"),
     )
     assert done.returncode == 0, done.stderr
     return root / "data"
@@ -37,7 +45,8 @@ def test_pretrain_register_and_extract(data_dir: Path):
     reports = pd.read_parquet(data_dir / "reports.parquet")
     group = dict(zip(reports["report_id"], reports["group_id"]))
     carved = images["split"].eq("train") & images["report_id"].map(group).map(
-        lambda g: in_selection_carve(g, SplitRules(select_fraction=0.3)))
+        lambda g: in_selection_carve(g, SplitRules(select_fraction=0.3))
+    )
     assert 0 < carved.sum() < images["split"].eq("train").sum()
     # The best epoch is chosen on carved train images: val and test images are never even decoded, so
     # breaking every one of them changes nothing (no reject, same counts).
@@ -47,8 +56,18 @@ def test_pretrain_register_and_extract(data_dir: Path):
     for p in held_out:
         p.write_bytes(b"not an image")
     try:
-        done = run_cli("pretrain-encoder", "--data", str(data_dir), "--epochs", "1", "--image-size", "64",
-                       "--batch-size", "8", env=env)
+        done = run_cli(
+            "pretrain-encoder",
+            "--data",
+            str(data_dir),
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "8",
+            env=env,
+        )
     finally:
         for p, data in saved.items():
             p.write_bytes(data)
@@ -96,26 +115,50 @@ def test_unknown_encoder_is_a_usage_error(data_dir: Path):
 @pytest.fixture(scope="module")
 def featured_data(tmp_path_factory, prefect_api) -> Path:
     """Its own sample, ingested, with features from the untrained encoder: no other test touches it."""
+    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
     from radcap.ingestion.phantoms import write_sample
-    from radcap.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("stage-train")
     settings = get_settings()
     sample = Path(write_sample(root / "sample", settings.sample.model_copy(update={"studies": 16}))["path"])
-    ingest_reports("iu-xml", sample / "ecgen-radiology", root / "data", images=sample / "images",
-                   views=sample / "indiana_projections.csv", settings=settings)
+    ingest_reports(
+        "iu-xml",
+        sample / "ecgen-radiology",
+        root / "data",
+        images=sample / "images",
+        views=sample / "indiana_projections.csv",
+        settings=settings,
+    )
     extract_features_flow(root / "data", "random:0", 8)
     return root / "data"
 
 
 def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path):
     data_dir = featured_data
-    env = {"RADCAP_CAPTIONER__UNITS": "32", "RADCAP_CAPTIONER__EMBED_DIM": "16", "RADCAP_CAPTIONER__ATTENTION_UNITS": "16",
-           "RADCAP_CAPTIONER__MIN_COUNT": "1", "RADCAP_CAPTIONER__BATCH_SIZE": "4"}
-    done = run_cli("--json", "train", "--data", str(data_dir), "--architecture", "show-attend-tell", "--epochs", "2",
-                   "--scst-epochs", "1", "--seed", "3", env={**env, "RADCAP_CAPTIONER__SCST_SAMPLES": "2"})
+    env = {
+        "RADCAP_CAPTIONER__UNITS": "32",
+        "RADCAP_CAPTIONER__EMBED_DIM": "16",
+        "RADCAP_CAPTIONER__ATTENTION_UNITS": "16",
+        "RADCAP_CAPTIONER__MIN_COUNT": "1",
+        "RADCAP_CAPTIONER__BATCH_SIZE": "4",
+    }
+    done = run_cli(
+        "--json",
+        "train",
+        "--data",
+        str(data_dir),
+        "--architecture",
+        "show-attend-tell",
+        "--epochs",
+        "2",
+        "--scst-epochs",
+        "1",
+        "--seed",
+        "3",
+        env={**env, "RADCAP_CAPTIONER__SCST_SAMPLES": "2"},
+    )
     assert done.returncode in (0, 1), done.stderr[-3000:]
     trained = json.loads(done.stdout.strip().splitlines()[-1])
     assert trained["scst_epochs_run"] == 1 and isinstance(trained["scst_kept"], bool)
@@ -173,24 +216,36 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
 
     reports = pd.read_parquet(data_dir / "reports.parquet")
     report = reports[reports["report_id"] == study["report_id"].iloc[0]]
-    one = build_caption_set(report, images, FeatureStore(data_dir / "features"), config["encoder_version"],
-                            report["split"].iloc[0], grid=True)
+    one = build_caption_set(
+        report,
+        images,
+        FeatureStore(data_dir / "features"),
+        config["encoder_version"],
+        report["split"].iloc[0],
+        grid=True,
+    )
     assert one.report_ids == [study["report_id"].iloc[0]]
     stored = one.features(slice(None))
     # The pyfunc re-encodes the files with exactly the training encoder: its features are the stored ones up
     # to float noise (batch composition changes oneDNN's rounding).
     from radcap.captioning.data import VIEW_ORDER
 
-    pooled, grid, _ = model.unwrap_python_model()._image_features([Path(p) for p in frame["image_path"]],
-                                                                  frame["image_path"].tolist())
+    pooled, grid, _ = model.unwrap_python_model()._image_features(
+        [Path(p) for p in frame["image_path"]], frame["image_path"].tolist()
+    )
     order = sorted(range(len(frame)), key=lambda r: (VIEW_ORDER.get(frame["view"].iloc[r], 2), r))
     views = int(stored["view_mask"][0].sum())
     assert len(order) == views
     np.testing.assert_allclose(pooled[order], stored["pooled"][0, :views], rtol=1e-3, atol=1e-3)
     # A 2-epoch model's word scores are near ties that such noise can flip, so the pyfunc's decoding (view
     # order, params and their defaults) is checked against the bundle on identical feature arrays.
-    columns = pd.DataFrame({"study_id": "s", "pooled": list(pooled[order].astype(np.float64)),
-                            "grid": list(grid[order].reshape(views, -1).astype(np.float64))})
+    columns = pd.DataFrame(
+        {
+            "study_id": "s",
+            "pooled": list(pooled[order].astype(np.float64)),
+            "grid": list(grid[order].reshape(views, -1).astype(np.float64)),
+        }
+    )
     features = {"pooled": stored["pooled"].copy(), "view_mask": stored["view_mask"], "grid": stored["grid"].copy()}
     features["pooled"][0, :views] = pooled[order]
     features["grid"][0, :views] = grid[order].reshape(views, *stored["grid"].shape[2:])

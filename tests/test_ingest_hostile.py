@@ -13,8 +13,12 @@ from radcap.ingestion.iu import read_iu_xml
 RULES = TextRules()
 
 
-def report(uid: str, findings: str = "Heart size normal.", impression: str = "No acute disease.", images=("-1001",)) -> str:
-    parents = "".join(f'<parentImage id="{uid}_IM-0001{suffix}"><figureId>F1</figureId></parentImage>' for suffix in images)
+def report(
+    uid: str, findings: str = "Heart size normal.", impression: str = "No acute disease.", images=("-1001",)
+) -> str:
+    parents = "".join(
+        f'<parentImage id="{uid}_IM-0001{suffix}"><figureId>F1</figureId></parentImage>' for suffix in images
+    )
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <eCitation><uId id="{uid}"/><MedlineCitation><Article><Abstract>
 <AbstractText Label="COMPARISON">None.</AbstractText>
@@ -54,9 +58,12 @@ def hostile_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "reports"
     folder.mkdir()
     (folder / "1.xml").write_text(report("CXR1"), encoding="utf-8")
-    (folder / "2.xml").write_text(report("CXR2", findings="", impression="1. Cardiomegaly. 2. XXXX effusion."), encoding="utf-8")
-    (folder / "3.xml").write_text(report("CXR1", impression="A different text", images=("-1001", "-2001")),
-                                  encoding="utf-8")  # duplicate uid, with an image of its own
+    (folder / "2.xml").write_text(
+        report("CXR2", findings="", impression="1. Cardiomegaly. 2. XXXX effusion."), encoding="utf-8"
+    )
+    (folder / "3.xml").write_text(
+        report("CXR1", impression="A different text", images=("-1001", "-2001")), encoding="utf-8"
+    )  # duplicate uid, with an image of its own
     for name, (data, _) in HOSTILE.items():
         (folder / name).write_bytes(data)
     return folder
@@ -82,7 +89,9 @@ def test_duplicate_keeps_the_first_file_and_its_images(hostile_folder: Path):
     assert [i["image_id"] for i in parsed.images if i["report_id"] == "CXR1"] == ["CXR1_IM-0001-1001"]
     # The rejected duplicate's images go with it: never attached to the report that was kept.
     dropped = {r["item"]: r["reason"] for r in parsed.rejects if r["kind"] == "image" and r["source"].endswith("3.xml")}
-    assert set(dropped) == {"CXR1_IM-0001-1001", "CXR1_IM-0001-2001"} and all("duplicate" in v for v in dropped.values())
+    assert set(dropped) == {"CXR1_IM-0001-1001", "CXR1_IM-0001-2001"} and all(
+        "duplicate" in v for v in dropped.values()
+    )
 
 
 def test_entities_are_never_expanded(hostile_folder: Path):

@@ -23,8 +23,13 @@ def _ingest(tmp_path_factory, name: str, *args, **kwargs) -> tuple[dict, dict[st
 def iu_xml(shared_data: Path, tmp_path_factory, prefect_api):
     iu = shared_data / "iu_xray"
     return _ingest(
-        tmp_path_factory, "iu_xml", "iu-xml", iu / "ecgen-radiology",
-        images=iu / "images", views=iu / "indiana_projections.csv", split_file=iu / "r2gen_annotation.json",
+        tmp_path_factory,
+        "iu_xml",
+        "iu-xml",
+        iu / "ecgen-radiology",
+        images=iu / "images",
+        views=iu / "indiana_projections.csv",
+        split_file=iu / "r2gen_annotation.json",
     )
 
 
@@ -65,7 +70,7 @@ def test_xml_and_csv_give_the_same_studies_and_text(iu_xml, iu_csv):
 
 
 def test_r2gen_split_is_reproduced(iu_xml):
-    summary, t = iu_xml
+    _summary, t = iu_xml
     r2gen = t["reports"][t["reports"]["split_source"] == "r2gen"]
     assert r2gen["split"].value_counts().to_dict() == {"train": 2069, "test": 590, "val": 296}
     assert set(t["reports"].loc[t["reports"]["split_source"] != "r2gen", "split"]) == {"unassigned"}
@@ -114,7 +119,9 @@ def test_iu_images_are_found_in_open_i_and_r2gen_layouts(layout, shared_data: Pa
             import re
 
             study = source.stem.rsplit("-", 1)[0]
-            listed = {m for xml in reports.glob("*.xml") for m in re.findall(r'parentImage id="([^"]+)"', xml.read_text())}
+            listed = {
+                m for xml in reports.glob("*.xml") for m in re.findall(r'parentImage id="([^"]+)"', xml.read_text())
+            }
             rank = sorted(i for i in listed if i.rsplit("-", 1)[0] == study).index(source.stem)
             target = images / study / f"{rank}.png"
         target.parent.mkdir(parents=True, exist_ok=True)

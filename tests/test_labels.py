@@ -37,19 +37,41 @@ def test_mesh_mapping_on_the_real_iu_reports(shared_data):
     assert counts["Cardiomegaly"] == 345 and counts["Atelectasis"] == 315 and counts["Effusion"] == 149
     assert counts["Emphysema"] >= 60 and counts["Hernia"] == 44 and counts["Pneumothorax"] == 22
     assert set(counts) <= {
-        "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-        "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+        "Hernia",
     }
 
 
 def test_image_labels_per_dataset():
-    medpix = {"dataset": "medpix2", "modality": "CT", "plane": "Transverse", "location_category": "Thorax",
-              "view": "unknown", "labels": []}
+    medpix = {
+        "dataset": "medpix2",
+        "modality": "CT",
+        "plane": "Transverse",
+        "location_category": "Thorax",
+        "view": "unknown",
+        "labels": [],
+    }
     assert image_labels(medpix, None) == ["modality:CT", "plane:axial", "region:Thorax"]
     iu = {"dataset": "iu-xray", "view": "lateral", "modality": None, "labels": []}
     assert image_labels(iu, {"mesh": ["Cardiomegaly/severe"]}) == ["cxr14:*", "cxr14:Cardiomegaly", "view:lateral"]
-    manifest = {"dataset": "manifest", "view": "frontal", "modality": None,
-                "labels": parse_labels("finding:Pneumonia; smoker")}
+    manifest = {
+        "dataset": "manifest",
+        "view": "frontal",
+        "modality": None,
+        "labels": parse_labels("finding:Pneumonia; smoker"),
+    }
     assert image_labels(manifest, None) == ["finding:Pneumonia", "label:smoker", "view:frontal"]
 
 
@@ -73,12 +95,36 @@ def test_label_space_masks_and_class_weights():
 def test_labelled_images_skip_missing_files_and_unlabelled():
     images = pd.DataFrame(
         [
-            {"image_id": "a", "report_id": "r", "dataset": "iu-xray", "split": "train", "path": "/x/a.png",
-             "view": "frontal", "modality": None, "labels": []},
-            {"image_id": "b", "report_id": "r", "dataset": "iu-xray", "split": "train", "path": None,
-             "view": "frontal", "modality": None, "labels": []},
-            {"image_id": "c", "report_id": "q", "dataset": "manifest", "split": "val", "path": "/x/c.png",
-             "view": "unknown", "modality": None, "labels": []},
+            {
+                "image_id": "a",
+                "report_id": "r",
+                "dataset": "iu-xray",
+                "split": "train",
+                "path": "/x/a.png",
+                "view": "frontal",
+                "modality": None,
+                "labels": [],
+            },
+            {
+                "image_id": "b",
+                "report_id": "r",
+                "dataset": "iu-xray",
+                "split": "train",
+                "path": None,
+                "view": "frontal",
+                "modality": None,
+                "labels": [],
+            },
+            {
+                "image_id": "c",
+                "report_id": "q",
+                "dataset": "manifest",
+                "split": "val",
+                "path": "/x/c.png",
+                "view": "unknown",
+                "modality": None,
+                "labels": [],
+            },
         ]
     )
     reports = pd.DataFrame([{"report_id": "r", "mesh": ["normal"]}, {"report_id": "q", "mesh": []}])
@@ -88,9 +134,13 @@ def test_labelled_images_skip_missing_files_and_unlabelled():
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.tuples(st.sampled_from(["train", "val", "test", "unassigned"]), st.integers(0, 30)),
-                     min_size=1, max_size=60),
-       fraction=st.floats(0.05, 0.45), select_on=st.sampled_from(["carve", "val"]))
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["train", "val", "test", "unassigned"]), st.integers(0, 30)), min_size=1, max_size=60
+    ),
+    fraction=st.floats(0.05, 0.45),
+    select_on=st.sampled_from(["carve", "val"]),
+)
 def test_the_encoder_is_selected_on_a_carve_of_train_only(rows, fraction, select_on):
     """Whatever the frame: with select_on=carve the selection images are train images of whole carved groups
     (never val, test or unassigned ones); with select_on=val exactly the val images."""
@@ -99,8 +149,9 @@ def test_the_encoder_is_selected_on_a_carve_of_train_only(rows, fraction, select
 
     # a group keeps one split, as ingestion guarantees
     split_of = {}
-    frame = pd.DataFrame([{"image_id": str(i), "group_id": f"g{g}", "split": split_of.setdefault(g, s)}
-                          for i, (s, g) in enumerate(rows)])
+    frame = pd.DataFrame(
+        [{"image_id": str(i), "group_id": f"g{g}", "split": split_of.setdefault(g, s)} for i, (s, g) in enumerate(rows)]
+    )
     rules = SplitRules(select_on=select_on, select_fraction=fraction)
     chosen = pd.Series(selection_mask(frame["split"], frame["group_id"], rules))
     if select_on == "val":

@@ -31,7 +31,13 @@ def test_grouping_splits_and_rejects(tmp_path: Path):
         {"image": "img/c1.png", "caption": "", "study_id": "s3", "patient_id": "p3", "split": "test"},
         {"image": "img/d1.png", "caption": "Nodule.", "study_id": "s4", "patient_id": "p4", "split": "holdout"},
         {"image": "img/a1.png", "caption": "Again.", "study_id": "s5", "patient_id": "p5", "split": "train"},
-        {"image": "img/e1.png", "caption": "Other view differs.", "study_id": "s1", "patient_id": "p1", "split": "train"},
+        {
+            "image": "img/e1.png",
+            "caption": "Other view differs.",
+            "study_id": "s1",
+            "patient_id": "p1",
+            "split": "train",
+        },
     ]
     parsed = read_manifest(_manifest(tmp_path, rows), TextRules())
     reasons = sorted(r["reason"] for r in parsed.rejects)
@@ -61,9 +67,7 @@ def assert_every_row_accounted_once(parsed, rows: int) -> None:
 
 
 def test_hash_split_by_patient_is_deterministic_and_proportional(tmp_path: Path):
-    rows = [
-        {"image": f"img/{i}.png", "caption": f"caption {i % 7}", "patient_id": f"p{i // 3}"} for i in range(600)
-    ]
+    rows = [{"image": f"img/{i}.png", "caption": f"caption {i % 7}", "patient_id": f"p{i // 3}"} for i in range(600)]
     parsed = read_manifest(_manifest(tmp_path, rows, ".parquet"), TextRules())
     apply_hash_split(parsed, SplitRules())
     splits = Counter(r["split"] for r in parsed.reports)

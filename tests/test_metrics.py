@@ -34,8 +34,12 @@ def test_cider_by_hand():
     # cosine 1 for 1- and 2-grams and no 3-/4-grams, so CIDEr-D = 10 * (1 + 1 + 0 + 0) / 4 = 5.
     same = score_reports({"a": "cat sat", "b": "dog ran"}, {"a": "cat sat", "b": "dog ran"}, meteor=False)
     assert same.metric("CIDEr") == pytest.approx(5.0) and list(same.cider) == pytest.approx([5.0, 5.0])
-    assert score_reports({"a": "cat sat", "b": "dog ran"}, {"a": "bird flew", "b": "fish swam"},
-                         meteor=False).metric("CIDEr") == 0.0
+    assert (
+        score_reports({"a": "cat sat", "b": "dog ran"}, {"a": "bird flew", "b": "fish swam"}, meteor=False).metric(
+            "CIDEr"
+        )
+        == 0.0
+    )
 
 
 def test_corpus_bleu_from_per_report_counts_equals_pycocoevalcap():
@@ -44,13 +48,30 @@ def test_corpus_bleu_from_per_report_counts_equals_pycocoevalcap():
     from radcap.metrics.scores import _bleu_counts, _prepare
 
     rng = np.random.default_rng(0)
-    words = "no acute disease left pleural effusion small nodule right upper lobe heart size normal".split()
+    words = [
+        "no",
+        "acute",
+        "disease",
+        "left",
+        "pleural",
+        "effusion",
+        "small",
+        "nodule",
+        "right",
+        "upper",
+        "lobe",
+        "heart",
+        "size",
+        "normal",
+    ]
     refs = {str(i): " ".join(rng.choice(words, rng.integers(3, 12))) for i in range(40)}
     hyps = {str(i): " ".join(rng.choice(words, rng.integers(1, 12))) for i in range(40)}
     gts, res = _prepare({k: [v] for k, v in refs.items()}), _prepare({k: [v] for k, v in hyps.items()})
     expected, _ = Bleu(4).compute_score(gts, res, verbose=0)
     assert bleu_from_counts(_bleu_counts(gts, res, sorted(hyps))) == pytest.approx(expected, rel=1e-12)
-    assert caption_metrics({k: [v] for k, v in refs.items()}, hyps, meteor=False)["BLEU-4"] == pytest.approx(expected[3])
+    assert caption_metrics({k: [v] for k, v in refs.items()}, hyps, meteor=False)["BLEU-4"] == pytest.approx(
+        expected[3]
+    )
 
 
 def test_invented_findings_are_false_positives():
@@ -63,14 +84,20 @@ def test_invented_findings_are_false_positives():
     assert scores["micro_f1"] == pytest.approx(2 * 0.4 / 1.4)
     # macro over the 5 observations mentioned anywhere: F1 1 for effusion and no finding, 0 for the 3 invented
     assert scores["macro_f1"] == pytest.approx(2 / 5)
-    assert scores["per_finding"]["Pneumothorax"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0, "predicted": 1}
+    assert scores["per_finding"]["Pneumothorax"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+        "predicted": 1,
+    }
     assert clinical_metrics(references, references)["micro_f1"] == 1.0
 
 
 def test_paired_bootstrap_sees_a_real_gain_and_no_gain():
     refs = {str(i): f"finding number {i % 7} in the left lung" for i in range(60)}
     good = score_reports(refs, dict(refs), meteor=False)
-    bad = score_reports(refs, {k: "no acute disease" for k in refs}, meteor=False)
+    bad = score_reports(refs, dict.fromkeys(refs, "no acute disease"), meteor=False)
     gain = paired_bootstrap(good, bad, "CIDEr", samples=300)
     assert gain["delta"] > 0 and gain["low"] > 0 and gain["p_not_better"] == 0.0
     none = paired_bootstrap(good, good, "BLEU-4", samples=300)
@@ -82,8 +109,10 @@ def test_paired_bootstrap_sees_a_real_gain_and_no_gain():
 def test_bootstrap_interval_brackets_the_difference_it_is_for_meteor_too():
     """METEOR's corpus score is not the mean of its per-report scores; the bootstrap's difference and interval
     are both over per-report scores, so the interval is around the difference it reports."""
-    refs = {str(i): f"{['left', 'right'][i % 2]} lower lobe {['opacity', 'effusion', 'mass'][i % 3]} number {i % 5}"
-            for i in range(40)}
+    refs = {
+        str(i): f"{['left', 'right'][i % 2]} lower lobe {['opacity', 'effusion', 'mass'][i % 3]} number {i % 5}"
+        for i in range(40)
+    }
     hyps_a = {k: " ".join(v.split()[:3]) for k, v in refs.items()}
     hyps_b = {k: "no acute disease of the " + v.split()[0] + " lung" for k, v in refs.items()}
     a, b = score_reports(refs, hyps_a), score_reports(refs, hyps_b)

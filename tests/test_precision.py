@@ -5,7 +5,6 @@ features at another precision are stored under their own key, never mixed with f
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,10 @@ def xrays(shared_data: Path) -> list[Path]:
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_each_precision_matches_fp32_on_real_images(precision, xrays, tmp_path):
-    from radcap.imaging.encoders import resolve_encoder
     from radcap.imaging.decode import prepare
-    from radcap.models.encoder import uint8_feature_model
+    from radcap.imaging.encoders import resolve_encoder
     from radcap.imaging.precision import OptimizedMeta, convert, openvino_forward, quantize_int8, save_optimized
+    from radcap.models.encoder import uint8_feature_model
 
     encoder = resolve_encoder("random:0")
     calibration = np.stack([prepare(p, 224) for p in xrays[:32]])
@@ -55,8 +54,12 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
     """A phantom data directory with features at fp32 and int8 (the int8 build calibrated on other phantoms)."""
     root = tmp_path_factory.mktemp("precision")
     # Calibration phantoms of another seed than the data's: no image is both calibrated on and measured.
-    assert run_cli("sample", "--out", str(root / "calibration"), "--studies", "12",
-                   env={"RADCAP_SAMPLE__SEED": "11"}).returncode == 0
+    assert (
+        run_cli(
+            "sample", "--out", str(root / "calibration"), "--studies", "12", env={"RADCAP_SAMPLE__SEED": "11"}
+        ).returncode
+        == 0
+    )
     done = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "bf16")
     assert done.returncode == 0, done.stderr[-3000:]  # a bf16 build exists; the int8 lookup must not take it
     missing = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "int8")
@@ -64,9 +67,19 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
 
     assert run_cli("sample", "--out", str(root / "sample"), "--studies", "16").returncode == 0
     data = root / "data"
-    done = run_cli("ingest", "--format", "iu-xml", "--source", str(root / "sample" / "ecgen-radiology"),
-                   "--images", str(root / "sample" / "images"), "--views",
-                   str(root / "sample" / "indiana_projections.csv"), "--out", str(data))
+    done = run_cli(
+        "ingest",
+        "--format",
+        "iu-xml",
+        "--source",
+        str(root / "sample" / "ecgen-radiology"),
+        "--images",
+        str(root / "sample" / "images"),
+        "--views",
+        str(root / "sample" / "indiana_projections.csv"),
+        "--out",
+        str(data),
+    )
     assert done.returncode == 0, done.stderr
     # No int8 build of this encoder yet: one line saying how to make it.
     done = run_cli("features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
@@ -74,8 +87,20 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
 
     calibration = root / "calibration" / "images"
     (calibration / "notes.txt").write_text("not an image")  # skipped, not fatal
-    done = run_cli("--json", "optimize-encoder", "--encoder", "random:0", "--precision", "int8",
-                   "--calibration", str(calibration), "--images", "20", "--out", str(root / "int8"))
+    done = run_cli(
+        "--json",
+        "optimize-encoder",
+        "--encoder",
+        "random:0",
+        "--precision",
+        "int8",
+        "--calibration",
+        str(calibration),
+        "--images",
+        "20",
+        "--out",
+        str(root / "int8"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     built = json.loads(done.stdout.strip().splitlines()[-1])
     assert built["registered"].startswith("models:/radcap-encoder-optimized/") and built["calibration_images"] == 20
@@ -108,7 +133,8 @@ def test_features_at_int8_are_stored_apart_from_fp32(int8_data: Path):
 
 
 def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check(
-        int8_data: Path, parrot_captioner: Path, tmp_path: Path):
+    int8_data: Path, parrot_captioner: Path, tmp_path: Path
+):
     import mlflow
 
     from radcap.registry.store import register_captioner
@@ -123,15 +149,27 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
     uri = f"models:/radcap-captioner-precision-test/{version}"
     images = data.parent / "sample" / "images"
 
-    refused = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "c"), "--model", uri,
-                      "--precision", "bf16")
+    refused = run_cli(
+        "caption", "--input", str(images), "--out", str(tmp_path / "c"), "--model", uri, "--precision", "bf16"
+    )
     assert refused.returncode == 2 and "radcap check-precision" in refused.stderr and "Traceback" not in refused.stderr
 
     split = pd.read_parquet(data / "reports.parquet")["split"].value_counts().index[0]
 
     def check(precision: str) -> tuple[int, dict]:
-        done = run_cli("--json", "check-precision", "--model", uri, "--data", str(data), "--precision", precision,
-                       "--split", split, "--no-meteor")
+        done = run_cli(
+            "--json",
+            "check-precision",
+            "--model",
+            uri,
+            "--data",
+            str(data),
+            "--precision",
+            precision,
+            "--split",
+            split,
+            "--no-meteor",
+        )
         assert done.returncode in (0, 1), done.stderr[-3000:]
         return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -140,20 +178,22 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
     assert passed["accepted_precisions"] == ["fp32", "bf16"] and passed["metrics"]["CIDEr"]["relative_change"] == 0
     assert json.loads((data / "precision-check-bf16.json").read_text())["studies"] == passed["studies"] > 0
 
-    done = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "c"), "--model", uri,
-                   "--precision", "bf16")
+    done = run_cli(
+        "caption", "--input", str(images), "--out", str(tmp_path / "c"), "--model", uri, "--precision", "bf16"
+    )
     assert done.returncode in (0, 1), done.stderr[-3000:]
     captions = pd.read_parquet(tmp_path / "c" / "captions.parquet")
     assert len(captions) and set(captions["encoder_version"]) == {"random-seed0@bf16"}
     assert set(captions["caption"]) == {"left pleural effusion."}
-    still_refused = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "d"), "--model", uri,
-                            "--precision", "int8")
+    still_refused = run_cli(
+        "caption", "--input", str(images), "--out", str(tmp_path / "d"), "--model", uri, "--precision", "int8"
+    )
     assert still_refused.returncode == 2
 
 
 def test_the_check_refuses_features_that_drift_or_reports_that_change(parrot_captioner: Path):
-    from radcap.captioning.data import CaptionSet
     from radcap.captioning.bundle import load_bundle
+    from radcap.captioning.data import CaptionSet
     from radcap.evaluation.fidelity import fidelity_check
 
     bundle = load_bundle(parrot_captioner)
@@ -167,8 +207,9 @@ def test_the_check_refuses_features_that_drift_or_reports_that_change(parrot_cap
     check = fidelity_check(bundle, reference, same, "int8", meteor=False)  # matched by report id, not position
     assert check["passed"] and check["cosine_mean"] == pytest.approx(1.0) and check["identical_reports"] == 1.0
 
-    drifted = CaptionSet(ids, texts, pooled + rng.normal(0, 0.05, pooled.shape).astype(np.float32),
-                         np.ones((n, 2), np.float32), grid)
+    drifted = CaptionSet(
+        ids, texts, pooled + rng.normal(0, 0.05, pooled.shape).astype(np.float32), np.ones((n, 2), np.float32), grid
+    )
     check = fidelity_check(bundle, reference, drifted, "int8", meteor=False)
     assert not check["passed"] and check["cosine_mean"] < 0.99 and any("cosine" in f for f in check["failures"])
 
@@ -189,41 +230,68 @@ def test_the_check_refuses_features_that_drift_or_reports_that_change(parrot_cap
 @pytest.fixture(scope="module")
 def retriever_uri(int8_data: Path, tmp_path_factory) -> str:
     """A tiny contrastive retriever trained and registered on the fp32 features of `int8_data`."""
-    tiny = {"RADCAP_RETRIEVAL__DIM": "16", "RADCAP_RETRIEVAL__EMBED_DIM": "16", "RADCAP_RETRIEVAL__TEXT_UNITS": "16",
-            "RADCAP_RETRIEVAL__HIDDEN": "32", "RADCAP_RETRIEVAL__BATCH_SIZE": "8", "RADCAP_RETRIEVAL__MIN_COUNT": "1",
-            "RADCAP_RETRIEVAL__REGISTERED_NAME": "radcap-retriever-precision-test"}
+    tiny = {
+        "RADCAP_RETRIEVAL__DIM": "16",
+        "RADCAP_RETRIEVAL__EMBED_DIM": "16",
+        "RADCAP_RETRIEVAL__TEXT_UNITS": "16",
+        "RADCAP_RETRIEVAL__HIDDEN": "32",
+        "RADCAP_RETRIEVAL__BATCH_SIZE": "8",
+        "RADCAP_RETRIEVAL__MIN_COUNT": "1",
+        "RADCAP_RETRIEVAL__REGISTERED_NAME": "radcap-retriever-precision-test",
+    }
     for precision in ("fp32", "bf16"):
         done = run_cli("features", "--data", str(int8_data), "--encoder", "random:0", "--precision", precision)
         assert done.returncode == 0, done.stderr[-3000:]
-    done = run_cli("--json", "train-retrieval", "--data", str(int8_data), "--epochs", "2", "--no-meteor",
-                   "--out", str(tmp_path_factory.mktemp("retriever")), env=tiny)
+    done = run_cli(
+        "--json",
+        "train-retrieval",
+        "--data",
+        str(int8_data),
+        "--epochs",
+        "2",
+        "--no-meteor",
+        "--out",
+        str(tmp_path_factory.mktemp("retriever")),
+        env=tiny,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])["registered"]
 
 
-def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(int8_data: Path, retriever_uri: str,
-                                                                               tmp_path: Path):
+def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(
+    int8_data: Path, retriever_uri: str, tmp_path: Path
+):
     data, uri = int8_data, retriever_uri
     images = data.parent / "sample" / "images"
 
-    refused = run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri,
-                      "--precision", "bf16")
+    refused = run_cli(
+        "retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri, "--precision", "bf16"
+    )
     assert refused.returncode == 2 and "radcap check-precision" in refused.stderr and "Traceback" not in refused.stderr
 
     split = pd.read_parquet(data / "reports.parquet")["split"].value_counts().index[0]
-    done = run_cli("--json", "check-precision", "--model", uri, "--data", str(data), "--precision", "bf16",
-                   "--split", split)
+    done = run_cli(
+        "--json", "check-precision", "--model", uri, "--data", str(data), "--precision", "bf16", "--split", split
+    )
     assert done.returncode in (0, 1), done.stderr[-3000:]
     check = json.loads(done.stdout.strip().splitlines()[-1])
     assert (done.returncode == 0) == check["passed"] and check["studies"] > 0
-    assert set(check["metrics"]) == {"image_to_report_R@1", "image_to_report_R@5", "image_to_report_R@10",
-                                     "mean_recall"}
+    assert set(check["metrics"]) == {
+        "image_to_report_R@1",
+        "image_to_report_R@5",
+        "image_to_report_R@10",
+        "mean_recall",
+    }
     # Whether an untrained retriever on phantoms keeps its rankings at bf16 depends on the CPU (without BF16
     # instructions OpenVINO computes in f32); either way the verdict is what decides.
     assert check["accepted_precisions"] == (["fp32", "bf16"] if check["passed"] else ["fp32"])
     if not check["passed"]:
-        assert run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri,
-                       "--precision", "bf16").returncode == 2
+        assert (
+            run_cli(
+                "retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri, "--precision", "bf16"
+            ).returncode
+            == 2
+        )
         from radcap.imaging.precision import PRECISIONS_TAG
         from radcap.registry.store import parse_model_uri, tag_version
 
@@ -231,8 +299,19 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(i
 
     results = {}
     for precision in ("fp32", "bf16"):
-        done = run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / precision), "--model", uri,
-                       "--precision", precision, "--top-k", "1")
+        done = run_cli(
+            "retrieve",
+            "--input",
+            str(images),
+            "--out",
+            str(tmp_path / precision),
+            "--model",
+            uri,
+            "--precision",
+            precision,
+            "--top-k",
+            "1",
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         results[precision] = pd.read_parquet(tmp_path / precision / "results.parquet")
     assert set(results["fp32"]["encoder_version"]) == {"random-seed0"}
@@ -240,9 +319,20 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(i
     assert results["bf16"]["query"].tolist() == results["fp32"]["query"].tolist()
 
     # The same retrieval across a 2-process Dask cluster (tasks of 4 images): the same answers, in the same order.
-    done = run_cli("retrieve", "--input", str(images), "--out", str(tmp_path / "cluster"), "--model", uri,
-                   "--top-k", "1", "--cluster", "local:2", env={"RADCAP_CLUSTER_TASK_IMAGES": "4",
-                                                               "RADCAP_CAPTION__BATCH_SIZE": "4"})
+    done = run_cli(
+        "retrieve",
+        "--input",
+        str(images),
+        "--out",
+        str(tmp_path / "cluster"),
+        "--model",
+        uri,
+        "--top-k",
+        "1",
+        "--cluster",
+        "local:2",
+        env={"RADCAP_CLUSTER_TASK_IMAGES": "4", "RADCAP_CAPTION__BATCH_SIZE": "4"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     spread = pd.read_parquet(tmp_path / "cluster" / "results.parquet")
     assert spread["query"].tolist() == results["fp32"]["query"].tolist()
@@ -269,4 +359,4 @@ def test_the_retrieval_check_refuses_rankings_that_change(int8_data: Path, retri
     scrambled = CaptionSet(reference.report_ids, reference.texts, reference.pooled[order], reference.view_mask[order])
     check = retrieval_fidelity_check(loaded.bundle, loaded.index, reference, scrambled, "bf16")
     assert not check["passed"] and check["identical_top1"] < 1.0
-    assert any(f.startswith("image_to_report_R@1") or f.startswith("mean_recall") for f in check["failures"])
+    assert any(f.startswith(("image_to_report_R@1", "mean_recall")) for f in check["failures"])

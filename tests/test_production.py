@@ -27,17 +27,23 @@ MODEL_NAME = "radcap-captioner-prodtest"
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, prefect_api) -> Path:
     """60 phantom studies, ingested, with features from the untrained encoder (random:0)."""
+    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
     from radcap.ingestion.phantoms import write_sample
-    from radcap.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("production")
     settings = get_settings()
     sample = write_sample(root / "sample", settings.sample.model_copy(update={"studies": 60, "image_size": 128}))
     sample = Path(sample["path"])
-    ingest_reports("iu-xml", sample / "ecgen-radiology", root / "data", images=sample / "images",
-                   views=sample / "indiana_projections.csv", settings=settings)
+    ingest_reports(
+        "iu-xml",
+        sample / "ecgen-radiology",
+        root / "data",
+        images=sample / "images",
+        views=sample / "indiana_projections.csv",
+        settings=settings,
+    )
     extract_features_flow(root / "data", "random:0", 8)
     return root / "data"
 
@@ -49,14 +55,30 @@ def _train_bundle(data_dir: Path, out: Path, epochs: int, learning_rate: float, 
     from radcap.core.settings import get_settings
     from radcap.text.vocab import Vocabulary
 
-    cfg = get_settings().captioner.model_copy(update={
-        "architecture": "show-tell", "embed_dim": 16, "units": 32, "min_count": 1, "batch_size": 8, "epochs": epochs,
-        "min_epochs": epochs, "patience": epochs, "learning_rate": learning_rate, "seed": seed, "beam_width": 1,
-        "registered_name": MODEL_NAME})
+    cfg = get_settings().captioner.model_copy(
+        update={
+            "architecture": "show-tell",
+            "embed_dim": 16,
+            "units": 32,
+            "min_count": 1,
+            "batch_size": 8,
+            "epochs": epochs,
+            "min_epochs": epochs,
+            "patience": epochs,
+            "learning_rate": learning_rate,
+            "seed": seed,
+            "beam_width": 1,
+            "registered_name": MODEL_NAME,
+        }
+    )
     sets = load_caption_sets(data_dir, "random-seed0", ("train", "val"), 2)
     train, val = sets["train"], sets["val"]
-    extra = {"encoder_version": "random-seed0", "encoder_spec": "random:0", "data_version": "test",
-             "decoding": {"beam_width": 1}}
+    extra = {
+        "encoder_version": "random-seed0",
+        "encoder_spec": "random:0",
+        "data_version": "test",
+        "decoding": {"beam_width": 1},
+    }
     result = train_captioner(train, val, Vocabulary.build(train.texts, 1, 60), cfg, extra)
     result.bundle.save(out)
     return out
@@ -75,17 +97,19 @@ def _register(bundle: Path, tag: str, name: str = MODEL_NAME) -> str:
 @pytest.fixture(scope="module")
 def bundles(data_dir: Path, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    return {"trained": _train_bundle(data_dir, root / "trained", 40, 3e-3, 0),
-            "untrained": _train_bundle(data_dir, root / "untrained", 1, 1e-9, 1)}
+    return {
+        "trained": _train_bundle(data_dir, root / "trained", 40, 3e-3, 0),
+        "untrained": _train_bundle(data_dir, root / "untrained", 1, 1e-9, 1),
+    }
 
 
 def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
     import mlflow
 
-    from radcap.flows.promote import promote_flow, rollback_flow
     from radcap.core.errors import RadcapError
-    from radcap.registry.store import champion, history
     from radcap.core.settings import PromotionSettings
+    from radcap.flows.promote import promote_flow, rollback_flow
+    from radcap.registry.store import champion, history
 
     cfg = PromotionSettings(split="test")
     weak = _register(bundles["untrained"], "untrained")
@@ -105,7 +129,10 @@ def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
     refused = promote_flow(data_dir, MODEL_NAME, worse, cfg)
     assert refused["outcome"] == "refused" and "CIDEr" in refused["reason"] and champion(MODEL_NAME) == strong
     tags = mlflow.MlflowClient().get_model_version(MODEL_NAME, worse).tags
-    assert '"refused"' in tags["promotion"] and f"challenged_by_{worse}" in mlflow.MlflowClient().get_model_version(MODEL_NAME, strong).tags
+    assert (
+        '"refused"' in tags["promotion"]
+        and f"challenged_by_{worse}" in mlflow.MlflowClient().get_model_version(MODEL_NAME, strong).tags
+    )
 
     restored = rollback_flow(MODEL_NAME)
     assert restored == {"model": MODEL_NAME, "champion": weak, "replaced": strong} and champion(MODEL_NAME) == weak
@@ -116,8 +143,8 @@ def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
 @pytest.fixture(scope="module")
 def champion_uri(data_dir: Path, bundles) -> str:
     """The trained bundle registered under its own name and promoted (first version: becomes champion)."""
-    from radcap.flows.promote import promote_flow
     from radcap.core.settings import PromotionSettings
+    from radcap.flows.promote import promote_flow
 
     name = f"{MODEL_NAME}-captioning"
     version = _register(bundles["trained"], "trained", name)
@@ -156,7 +183,8 @@ def _all_output_bytes(out: Path) -> bytes:
 
 
 def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients_private(
-        champion_uri: str, bundles, tmp_path: Path, shared_data: Path):
+    champion_uri: str, bundles, tmp_path: Path, shared_data: Path
+):
     export = tmp_path / "export"
     made = _pacs_export(export, shared_data, 3)
     bad = export / "bad"
@@ -166,19 +194,21 @@ def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients
     make_dicom(bad / "nopixels.dcm", _real_pixels(shared_data, 1)[0], with_pixels=False)
     (bad / "empty.png").write_bytes(b"")
     (bad / "notes.png").write_text("not an image, a text file named .png")
-    sixteen = (_real_pixels(shared_data, 1)[0].astype(np.uint16) * 257)
+    sixteen = _real_pixels(shared_data, 1)[0].astype(np.uint16) * 257
     Image.fromarray(sixteen).save(export / "scan16.png")  # 16-bit PNG: supported, captioned
     (export / ".complete").write_text("")  # hidden: a marker, not an input
 
     out = tmp_path / "captions"
-    done = run_cli("--verbose", "caption", "--input", str(export), "--out", str(out), "--model", champion_uri,
-                   "--batch-size", "4")  # verbose: the logs are checked for patient values too
+    done = run_cli(
+        "--verbose", "caption", "--input", str(export), "--out", str(out), "--model", champion_uri, "--batch-size", "4"
+    )  # verbose: the logs are checked for patient values too
     assert done.returncode == 1, done.stderr[-3000:]  # finished, with rejects
     captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
     inputs = made["files"] + 5
     assert len(captions) + len(rejects) == inputs
     assert set(captions["source_path"]) | set(rejects["source_path"]) == {
-        p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file() and not p.name.startswith(".")}
+        p.relative_to(export).as_posix() for p in export.rglob("*") if p.is_file() and not p.name.startswith(".")
+    }
     reasons = dict(zip(rejects["source_path"], rejects["reason"]))
     assert reasons == {
         "bad/empty.png": "empty file (0 bytes)",
@@ -203,8 +233,18 @@ def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients
     assert pd.read_parquet(out / "captions.parquet").equals(captions)  # nothing re-captioned, nothing duplicated
 
     hashed = tmp_path / "hashed"
-    done = run_cli("caption", "--input", str(export / "export0"), "--out", str(hashed), "--model", str(bundles["trained"]),
-                   "--identifiers", "hash", env={"RADCAP_CAPTION__ID_SALT": "site-secret"})
+    done = run_cli(
+        "caption",
+        "--input",
+        str(export / "export0"),
+        "--out",
+        str(hashed),
+        "--model",
+        str(bundles["trained"]),
+        "--identifiers",
+        "hash",
+        env={"RADCAP_CAPTION__ID_SALT": "site-secret"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     blob = _all_output_bytes(hashed) + done.stdout.encode() + done.stderr.encode()
     assert not any(uid.encode() in blob for uid in made["study_uids"])
@@ -214,7 +254,9 @@ def test_missing_champion_is_a_clear_error(tmp_path: Path, data_dir: Path):
     png = tmp_path / "in"
     png.mkdir()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(png / "a.png")
-    done = run_cli("caption", "--input", str(png), "--out", str(tmp_path / "o"), "--model", "models:/no-such-captioner@champion")
+    done = run_cli(
+        "caption", "--input", str(png), "--out", str(tmp_path / "o"), "--model", "models:/no-such-captioner@champion"
+    )
     assert done.returncode == 2 and "no-such-captioner" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -225,8 +267,21 @@ def test_killed_run_then_rerun_captions_every_image_exactly_once(bundles, tmp_pa
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
-    command = [sys.executable, "-m", "radcap.cli", "--json", "caption", "--input", str(export), "--out", str(out),
-               "--model", str(bundles["trained"]), "--batch-size", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "radcap.cli",
+        "--json",
+        "caption",
+        "--input",
+        str(export),
+        "--out",
+        str(out),
+        "--model",
+        str(bundles["trained"]),
+        "--batch-size",
+        "2",
+    ]
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and child.poll() is None and not list((out / ".parts").glob("captions-*.parquet")):
@@ -244,7 +299,10 @@ def test_killed_run_then_rerun_captions_every_image_exactly_once(bundles, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     captions = pd.read_parquet(out / "captions.parquet")
     assert len(captions) == made["files"] and captions["source_path"].is_unique
-    assert pd.read_csv(out / "captions.csv")["source_path"].is_unique and len(pd.read_parquet(out / "rejects.parquet")) == 0
+    assert (
+        pd.read_csv(out / "captions.csv")["source_path"].is_unique
+        and len(pd.read_parquet(out / "rejects.parquet")) == 0
+    )
     assert not list((out / ".parts").glob("*.parquet"))
     # The re-run captioned only what the killed run had not written.
     assert 0 < _summary(done.stdout)["new_images"] <= made["files"] - 2 * partial
@@ -293,33 +351,82 @@ def test_two_overlapping_inbox_runs_caption_each_batch_once(bundles, tmp_path: P
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", "RADCAP_CAPTION__SETTLE_SECONDS": "3600"}
-    command = [sys.executable, "-m", "radcap.cli", "--json", "caption-inbox", "--inbox", str(inbox), "--out", str(out),
-               "--model", str(bundles["trained"])]
-    runs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "radcap.cli",
+        "--json",
+        "caption-inbox",
+        "--inbox",
+        str(inbox),
+        "--out",
+        str(out),
+        "--model",
+        str(bundles["trained"]),
+    ]
+    runs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     results = [r.communicate(timeout=600) for r in runs]
     assert all(r.returncode == 0 for r in runs), [e[-2000:] for _, e in results]
     taken = sorted(b for stdout, _ in results for b in _summary(stdout)["captioned_batches"])
     assert taken == ["batch0", "batch1"]  # each complete batch by exactly one run; batch2 not settled
     captions = pd.read_parquet(out / "captions.parquet")  # one store for the inbox: paths BATCH/FILE
-    assert sorted(captions["source_path"]) == ["batch0/img0.png", "batch0/img1.png", "batch1/img0.png", "batch1/img1.png"]
+    assert sorted(captions["source_path"]) == [
+        "batch0/img0.png",
+        "batch0/img1.png",
+        "batch1/img0.png",
+        "batch1/img1.png",
+    ]
     for b in ("batch0", "batch1"):
         assert (out / ".ledger" / f"{b}.done.json").exists()
-    third = run_cli("--json", "caption-inbox", "--inbox", str(inbox), "--out", str(out), "--model", str(bundles["trained"]),
-                    "--settle-seconds", "0")
+    third = run_cli(
+        "--json",
+        "caption-inbox",
+        "--inbox",
+        str(inbox),
+        "--out",
+        str(out),
+        "--model",
+        str(bundles["trained"]),
+        "--settle-seconds",
+        "0",
+    )
     assert third.returncode == 0 and _summary(third.stdout)["captioned_batches"] == ["batch2"]
 
 
 def test_nightly_run_twice_recomputes_nothing_unchanged(tmp_path: Path, prefect_api):
-    from radcap.ingestion.phantoms import write_sample
     from radcap.core.settings import get_settings
+    from radcap.ingestion.phantoms import write_sample
 
-    sample = Path(write_sample(tmp_path / "sample", get_settings().sample.model_copy(
-        update={"studies": 30, "image_size": 128}))["path"])
-    env = {"RADCAP_CAPTIONER__UNITS": "32", "RADCAP_CAPTIONER__EMBED_DIM": "16", "RADCAP_CAPTIONER__ARCHITECTURE": "show-tell",
-           "RADCAP_CAPTIONER__MIN_COUNT": "1", "RADCAP_CAPTIONER__EPOCHS": "3", "RADCAP_CAPTIONER__MIN_EPOCHS": "1",
-           "RADCAP_CAPTIONER__BEAM_WIDTH": "1", "RADCAP_CAPTIONER__REGISTERED_NAME": "radcap-captioner-nightlytest"}
-    args = ("nightly", "--source", str(sample / "ecgen-radiology"), "--images", str(sample / "images"),
-            "--views", str(sample / "indiana_projections.csv"), "--workdir", str(tmp_path / "nightly"), "--encoder", "random:0")
+    sample = Path(
+        write_sample(tmp_path / "sample", get_settings().sample.model_copy(update={"studies": 30, "image_size": 128}))[
+            "path"
+        ]
+    )
+    env = {
+        "RADCAP_CAPTIONER__UNITS": "32",
+        "RADCAP_CAPTIONER__EMBED_DIM": "16",
+        "RADCAP_CAPTIONER__ARCHITECTURE": "show-tell",
+        "RADCAP_CAPTIONER__MIN_COUNT": "1",
+        "RADCAP_CAPTIONER__EPOCHS": "3",
+        "RADCAP_CAPTIONER__MIN_EPOCHS": "1",
+        "RADCAP_CAPTIONER__BEAM_WIDTH": "1",
+        "RADCAP_CAPTIONER__REGISTERED_NAME": "radcap-captioner-nightlytest",
+    }
+    args = (
+        "nightly",
+        "--source",
+        str(sample / "ecgen-radiology"),
+        "--images",
+        str(sample / "images"),
+        "--views",
+        str(sample / "indiana_projections.csv"),
+        "--workdir",
+        str(tmp_path / "nightly"),
+        "--encoder",
+        "random:0",
+    )
     first = run_cli("--json", *args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = _summary(first.stdout)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from radcap.core.settings import PromotionSettings
 from radcap.metrics.scores import ReportScores, score_reports
 from radcap.registry.promotion import decide
-from radcap.core.settings import PromotionSettings
 
 CFG = PromotionSettings(bootstrap_samples=400)
 
@@ -71,7 +71,10 @@ def test_a_hallucinating_candidate_is_refused_on_real_text():
         references[str(i)] = f"there is {a} and {b} on study {i % 9}."
         champion[str(i)] = f"{b}; also {a}."
         candidate[str(i)] = f"there is {a} and {b} on study {i % 9}. pneumothorax. rib fracture."
-    scores = {"2": score_reports(references, candidate, meteor=False), "1": score_reports(references, champion, meteor=False)}
+    scores = {
+        "2": score_reports(references, candidate, meteor=False),
+        "1": score_reports(references, champion, meteor=False),
+    }
     assert scores["2"].metric("CIDEr") > scores["1"].metric("CIDEr")
     decision = decide("2", "1", scores, CFG)
     assert not decision.promote and "clinical_micro_f1" in decision.reason, decision.reason

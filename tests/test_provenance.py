@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +14,10 @@ from tests.conftest import make_tiny_captioner, run_cli
 
 
 def test_a_model_is_never_fed_another_encoders_features(tmp_path):
-    from radcap.imaging.encoders import encoder_for
-    from radcap.core.errors import RadcapError
-
     from types import SimpleNamespace as Config
+
+    from radcap.core.errors import RadcapError
+    from radcap.imaging.encoders import encoder_for
 
     with pytest.raises(RadcapError, match="does not record"):
         encoder_for(Config(encoder_version="h5-0123456789ab", encoder_spec=None))
@@ -35,9 +35,9 @@ def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
 
     import keras
 
-    from radcap.models.encoder import build_chexnet
-    from radcap.imaging.encoders import encoder_for, resolve_encoder
     from radcap.core.errors import RadcapError
+    from radcap.imaging.encoders import encoder_for, resolve_encoder
+    from radcap.models.encoder import build_chexnet
 
     keras.utils.set_random_seed(0)
     build_chexnet(n_outputs=2, input_size=None).save(tmp_path / "enc.keras")
@@ -56,7 +56,9 @@ def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
 def test_caption_stops_with_one_line_instead_of_falling_back_to_another_encoder(tmp_path, prefect_api):
     bundle = make_tiny_captioner(tmp_path / "bundle")
     config = json.loads((bundle / "config.json").read_text())
-    config.update(encoder_version="h5-0123456789ab", encoder_spec=None)  # a file encoder, path not recorded  # a file encoder, path not recorded
+    config.update(
+        encoder_version="h5-0123456789ab", encoder_spec=None
+    )  # a file encoder, path not recorded  # a file encoder, path not recorded
     (bundle / "config.json").write_text(json.dumps(config))
     images = tmp_path / "in"
     images.mkdir()
@@ -84,7 +86,7 @@ def test_greedy_decoding_honours_no_repeat_ngram():
     blocked, _ = decoder.greedy(features, no_repeat_ngram=2)
     tokens = blocked[0].tolist()
     tokens = tokens[: tokens.index(2)] if 2 in tokens else tokens
-    pairs = list(zip(tokens, tokens[1:]))
+    pairs = list(itertools.pairwise(tokens))
     assert len(pairs) == len(set(pairs)) and tokens[:3] == [4, 5, 4]  # no bigram twice, no word twice in a row
     assert all(a != b for a, b in pairs)
     beam = decoder.beam(features, width=1, no_repeat_ngram=2)
@@ -113,8 +115,11 @@ def test_pyfunc_without_params_decodes_as_tuned_on_validation(tmp_path):
     from radcap.captioning.bundle import load_bundle
 
     loaded = load_bundle(bundle)
-    features = {"pooled": np.stack(frame["pooled"]).astype(np.float32)[:, None, :].repeat(2, 1) * np.array([1, 0])[None, :, None],
-                "view_mask": np.array([[1, 0], [1, 0]], np.float32)}
+    features = {
+        "pooled": np.stack(frame["pooled"]).astype(np.float32)[:, None, :].repeat(2, 1)
+        * np.array([1, 0])[None, :, None],
+        "view_mask": np.array([[1, 0], [1, 0]], np.float32),
+    }
     expected = loaded.caption(features, beam_width=3, length_penalty=2.5, no_repeat_ngram=2, consensus_samples=4)
     assert model.predict(frame)["caption"].tolist() == expected
 
@@ -141,4 +146,8 @@ def test_a_fault_exits_2_with_one_line_after_the_traceback(monkeypatch, capsys):
         cli.main(["contracts"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "Traceback" in err
-    assert err.strip().splitlines()[-1].startswith("error: the run stopped on an unexpected fault (RuntimeError: disk on fire)")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("error: the run stopped on an unexpected fault (RuntimeError: disk on fire)")
+    )

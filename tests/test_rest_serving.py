@@ -34,8 +34,12 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 def study_request(rows: list[tuple[str, str, bytes]], **params) -> dict:
-    body = {"dataframe_split": {"columns": ["study_id", "view", "image_base64"],
-                                "data": [[s, v, base64.b64encode(data).decode()] for s, v, data in rows]}}
+    body = {
+        "dataframe_split": {
+            "columns": ["study_id", "view", "image_base64"],
+            "data": [[s, v, base64.b64encode(data).decode()] for s, v, data in rows],
+        }
+    }
     return {**body, "params": params} if params else body
 
 
@@ -44,8 +48,8 @@ def endpoint(parrot_captioner: Path, tmp_path_factory):
     import mlflow
     from mlflow import MlflowClient
 
-    from radcap.registry.store import register_captioner
     from radcap.core.runtime import apply_offline_defaults
+    from radcap.registry.store import register_captioner
 
     apply_offline_defaults()
     mlflow.set_experiment("radcap-rest-test")
@@ -54,17 +58,37 @@ def endpoint(parrot_captioner: Path, tmp_path_factory):
     MlflowClient().set_registered_model_alias(NAME, "champion", version)
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
-            "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with running_server(argv, f"http://127.0.0.1:{port}/ping", log, 240, env=venv_env()):
         yield f"http://127.0.0.1:{port}/invocations"
 
 
 def test_a_two_view_study_posted_as_base64_gets_its_report(endpoint, shared_data: Path):
     frontal, lateral, other = sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[:3]
-    status, answer = post(endpoint, study_request([("s1", "frontal", frontal.read_bytes()),
-                                                   ("s1", "lateral", lateral.read_bytes()),
-                                                   ("s2", "frontal", other.read_bytes())]))
+    status, answer = post(
+        endpoint,
+        study_request(
+            [
+                ("s1", "frontal", frontal.read_bytes()),
+                ("s1", "lateral", lateral.read_bytes()),
+                ("s2", "frontal", other.read_bytes()),
+            ]
+        ),
+    )
     assert status == 200, answer
     rows = answer["predictions"]
     assert [r["study_id"] for r in rows] == ["s1", "s2"]

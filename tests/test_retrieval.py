@@ -39,29 +39,46 @@ def test_info_nce_is_low_for_aligned_pairs_and_ignores_duplicate_texts():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, prefect_api) -> Path:
+    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
     from radcap.ingestion.phantoms import write_sample
-    from radcap.core.settings import get_settings
 
     root = tmp_path_factory.mktemp("retrieval")
     settings = get_settings()
-    sample = Path(write_sample(root / "sample", settings.sample.model_copy(update={"studies": 60, "image_size": 128}))["path"])
-    ingest_reports("iu-xml", sample / "ecgen-radiology", root / "data", images=sample / "images",
-                   views=sample / "indiana_projections.csv", settings=settings)
+    sample = Path(
+        write_sample(root / "sample", settings.sample.model_copy(update={"studies": 60, "image_size": 128}))["path"]
+    )
+    ingest_reports(
+        "iu-xml",
+        sample / "ecgen-radiology",
+        root / "data",
+        images=sample / "images",
+        views=sample / "indiana_projections.csv",
+        settings=settings,
+    )
     extract_features_flow(root / "data", "random:0", 8)
     return root / "data"
 
 
 @pytest.mark.slow
 def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shared_data: Path):
+    from radcap.core.settings import get_settings
     from radcap.flows.retrieval import train_retrieval_flow
     from radcap.retrieval.retriever import RetrievalIndex, read_retriever
-    from radcap.core.settings import get_settings
 
-    cfg = get_settings().retrieval.model_copy(update={
-        "dim": 16, "embed_dim": 16, "text_units": 16, "hidden": 32, "epochs": 6, "batch_size": 8, "min_count": 1,
-        "registered_name": "radcap-retriever-test"})
+    cfg = get_settings().retrieval.model_copy(
+        update={
+            "dim": 16,
+            "embed_dim": 16,
+            "text_units": 16,
+            "hidden": 32,
+            "epochs": 6,
+            "batch_size": 8,
+            "min_count": 1,
+            "registered_name": "radcap-retriever-test",
+        }
+    )
     out = tmp_path / "run"
     summary = train_retrieval_flow(data_dir, out, cfg, meteor=False)
     assert summary["registered"].startswith("models:/radcap-retriever-test/") and summary["epochs_run"] >= 1
@@ -70,21 +87,23 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
 
     # The saved retriever scores on val what training reported (the kept epoch's weights were saved), and the
     # baselines are what their definitions give on the same val pairs.
-    from radcap.captioning.data import load_caption_sets
-    from radcap.retrieval.retriever import both_directions, random_baseline, raw_feature_baseline
-
-    from radcap.captioning.data import training_sets
+    from radcap.captioning.data import load_caption_sets, training_sets
     from radcap.core.settings import SplitRules
+    from radcap.retrieval.retriever import both_directions, random_baseline, raw_feature_baseline
 
     sets = training_sets(data_dir, "random-seed0", SplitRules(), 2)  # what it fitted on, what it selected on
     bundle, index = read_retriever(out / "retriever"), RetrievalIndex.load(out / "index.parquet")
     val = load_caption_sets(data_dir, "random-seed0", ("val",), 2)["val"]  # untouched by early stopping
     assert summary["reported_on"] == "val" and summary["reported_pairs"] == len(val)
-    again = both_directions(bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts)
+    again = both_directions(
+        bundle.image_embeddings(val.pooled, val.view_mask), bundle.text_embeddings(val.texts), val.texts
+    )
     for key in ("image_to_report_R@1", "image_to_report_R@10", "report_to_image_R@5", "mean_recall"):
         assert summary[key] == pytest.approx(again[key], abs=1e-4), key
     assert summary["random_mean_recall"] == pytest.approx(random_baseline(val)["mean_recall"], abs=1e-4)
-    assert summary["raw_neighbours_mean_recall"] == pytest.approx(raw_feature_baseline(sets["train"], val)["mean_recall"], abs=1e-4)
+    assert summary["raw_neighbours_mean_recall"] == pytest.approx(
+        raw_feature_baseline(sets["train"], val)["mean_recall"], abs=1e-4
+    )
     assert summary["selection_pairs"] == len(sets["val"]) and summary["train_pairs"] == len(sets["train"])
 
     # The index round-trips: the same queries give the same items and scores after save and reload.
@@ -96,11 +115,22 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
         pd.testing.assert_frame_equal(a, b)
     assert set(index.table["split"]) == {"train"}  # known items: training pairs only
 
-    done = run_cli("search", "--model", summary["registered"], "--text", "left pleural effusion", "--top-k", "3",
-                   "--out", str(tmp_path / "search"))
+    done = run_cli(
+        "search",
+        "--model",
+        summary["registered"],
+        "--text",
+        "left pleural effusion",
+        "--top-k",
+        "3",
+        "--out",
+        str(tmp_path / "search"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     hits = pd.read_parquet(tmp_path / "search" / "results.parquet")
-    assert hits["rank"].tolist() == [1, 2, 3] and (hits["kind"] == "image").all() and hits["score"].is_monotonic_decreasing
+    assert (
+        hits["rank"].tolist() == [1, 2, 3] and (hits["kind"] == "image").all() and hits["score"].is_monotonic_decreasing
+    )
 
     from PIL import Image
 
@@ -113,8 +143,18 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
     make_dicom(inbox / "IM2", pixels[::-1], study_uid="1.2.3.4", view_position="LL")
     Image.fromarray(pixels).save(inbox / "other.png")
     (inbox / "broken.dcm").write_bytes(b"")
-    done = run_cli("--verbose", "retrieve", "--model", str(out), "--input", str(inbox), "--top-k", "2", "--out",
-                   str(tmp_path / "ret"))
+    done = run_cli(
+        "--verbose",
+        "retrieve",
+        "--model",
+        str(out),
+        "--input",
+        str(inbox),
+        "--top-k",
+        "2",
+        "--out",
+        str(tmp_path / "ret"),
+    )
     assert done.returncode == 1, done.stderr[-3000:]  # one reject
     results = pd.read_parquet(tmp_path / "ret" / "results.parquet")
     assert len(results) == 4 and set(results["query_study_id"]) == {"1.2.3.4", results["query_study_id"].iloc[-1]}

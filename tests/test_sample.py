@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from radcap.ingestion.phantoms import Findings, impression_text, mesh_terms, render_frontal, write_sample
-from radcap.core.settings import SampleSettings
+from radcap.core.settings import SampleSettings, TextRules
 from radcap.ingestion.iu import read_iu_xml
-from radcap.core.settings import TextRules
+from radcap.ingestion.phantoms import Findings, impression_text, mesh_terms, render_frontal, write_sample
 
 
 def _lung_mean(img: np.ndarray, side: str, rows: slice) -> float:
@@ -30,7 +29,7 @@ def test_findings_are_visible():
     row = int(0.63 * n)
     assert (big_heart[row] > 0.58).sum() > (base[row] > 0.58).sum() + 0.1 * n
     ptx = render_frontal(Findings(False, None, None, "right", None), n, rng)
-    air = ptx[int(0.35 * n): int(0.45 * n), int(0.22 * n): int(0.27 * n)]  # lateral right lung: air, no markings
+    air = ptx[int(0.35 * n) : int(0.45 * n), int(0.22 * n) : int(0.27 * n)]  # lateral right lung: air, no markings
     assert air.mean() < 0.1 and air.std() < 0.01
 
 

@@ -11,10 +11,16 @@ from hypothesis import strategies as st
 from radcap.metrics.scores import CiderD, repeats_ngram, score_reports, stutters
 
 REPORTS = [
-    "no acute cardiopulmonary abnormality.", "left lower lobe consolidation.", "right pleural effusion.",
-    "heart size is normal. lungs are clear.", "mild cardiomegaly without edema.", "no pneumothorax.",
-    "right upper lobe mass concerning for malignancy.", "left pleural effusion with atelectasis.",
-    "clear lungs. no effusion.", "stable postoperative changes of the chest.",
+    "no acute cardiopulmonary abnormality.",
+    "left lower lobe consolidation.",
+    "right pleural effusion.",
+    "heart size is normal. lungs are clear.",
+    "mild cardiomegaly without edema.",
+    "no pneumothorax.",
+    "right upper lobe mass concerning for malignancy.",
+    "left pleural effusion with atelectasis.",
+    "clear lungs. no effusion.",
+    "stable postoperative changes of the chest.",
 ]
 
 
@@ -29,16 +35,19 @@ def test_cider_d_with_corpus_frequencies_is_pycocoevalcaps_cider_on_that_corpus(
     got = [cider.score(h, r) for h, r in zip(tokens(hypotheses), tokens(REPORTS))]
     np.testing.assert_allclose(got, expected, atol=1e-12)
     assert cider.score(tokens(REPORTS[:1])[0], cider.vector(tokens(REPORTS[:1])[0])) == pytest.approx(
-        cider.score(tokens(REPORTS[:1])[0], tokens(REPORTS[:1])[0]))
+        cider.score(tokens(REPORTS[:1])[0], tokens(REPORTS[:1])[0])
+    )
     # fixed frequencies: a batch of one is scored as it is within the corpus (pycocoevalcap's would not be)
     assert cider.score(tokens(hypotheses[:1])[0], tokens(REPORTS[:1])[0]) == pytest.approx(expected[0])
 
 
 def test_repetition_measures():
-    assert repeats_ngram("a b c d a b c".split(), 3) and not repeats_ngram("a b c d a b".split(), 3)
-    assert stutters("left lobe consolidation lobe consolidation".split())
-    assert stutters("no no effusion".split()) and not stutters("no effusion . no pneumothorax".split())
-    assert not repeats_ngram("lobe consolidation lobe consolidation".split(), 3)  # why stutters exist
+    assert repeats_ngram(["a", "b", "c", "d", "a", "b", "c"], 3) and not repeats_ngram(
+        ["a", "b", "c", "d", "a", "b"], 3
+    )
+    assert stutters(["left", "lobe", "consolidation", "lobe", "consolidation"])
+    assert stutters(["no", "no", "effusion"]) and not stutters(["no", "effusion", ".", "no", "pneumothorax"])
+    assert not repeats_ngram(["lobe", "consolidation", "lobe", "consolidation"], 3)  # why stutters exist
     ids = ["1", "2", "3", "4"]
     hypotheses = ["left lobe consolidation lobe consolidation.", "a b c a b c.", "no effusion.", "clear lungs."]
     scores = score_reports(dict(zip(ids, ["no effusion."] * 4)), dict(zip(ids, hypotheses)), meteor=False)
@@ -54,8 +63,10 @@ def _tiny_model(vocab_size: int = 6, seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     model = ShowAndTell(vocab_size, max_views=1, feature_dim=1024, embed_dim=8, units=16, dropout=0.0)
-    features = {"pooled": np.random.default_rng(seed).random((4, 1, 1024)).astype(np.float32),
-                "view_mask": np.ones((4, 1), np.float32)}
+    features = {
+        "pooled": np.random.default_rng(seed).random((4, 1, 1024)).astype(np.float32),
+        "view_mask": np.ones((4, 1), np.float32),
+    }
     model.teacher_forced(features, np.ones((4, 2), np.int32))
     return model, features
 
@@ -138,7 +149,7 @@ def test_sampling_follows_the_model_and_never_writes_banned_tokens():
     for row in ids:  # pad, and only pad, after <end>
         ends = np.flatnonzero(row == 2)
         if len(ends):
-            assert (row[ends[0] + 1:] == 0).all()
+            assert (row[ends[0] + 1 :] == 0).all()
         assert (row[: ends[0] if len(ends) else len(row)] != 0).all()
     again = decoder.sample(features, np.random.default_rng(0), samples=500)
     np.testing.assert_array_equal(ids, again)  # the generator decides
@@ -154,41 +165,66 @@ def test_self_critical_keeps_the_cross_entropy_weights_unless_the_selection_set_
 
     rng = np.random.default_rng(0)
     texts = [REPORTS[i % len(REPORTS)] for i in range(24)]
-    data = CaptionSet([str(i) for i in range(24)], texts, rng.random((24, 2, 1024), np.float32),
-                      np.ones((24, 2), np.float32))
-    cfg = DecoderSettings(architecture="show-tell", embed_dim=8, units=16, epochs=1, min_epochs=1, min_count=1,
-                          batch_size=8, scst_epochs=2, scst_samples=2, scst_learning_rate=0.0)
+    data = CaptionSet(
+        [str(i) for i in range(24)], texts, rng.random((24, 2, 1024), np.float32), np.ones((24, 2), np.float32)
+    )
+    cfg = DecoderSettings(
+        architecture="show-tell",
+        embed_dim=8,
+        units=16,
+        epochs=1,
+        min_epochs=1,
+        min_count=1,
+        batch_size=8,
+        scst_epochs=2,
+        scst_samples=2,
+        scst_learning_rate=0.0,
+    )
     vocab = Vocabulary.build(texts, 1, 16)
     trained = train_captioner(data, data, vocab, cfg, {"encoder_version": "test"})
     weights = [w.copy() for w in trained.bundle.model.get_weights()]
     result = self_critical(trained.bundle, data, data, cfg)
     assert not result.kept and len(result.fit.history) == 2
-    assert {"scst_loss", "train_sample_reward", "train_baseline_reward", "val_CIDEr"} <= set(result.fit.history[0].metrics)
+    assert {"scst_loss", "train_sample_reward", "train_baseline_reward", "val_CIDEr"} <= set(
+        result.fit.history[0].metrics
+    )
     for a, b in zip(weights, trained.bundle.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_epochs": 0})) is None
-    greedy = self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_baseline": "greedy", "scst_epochs": 1}))
+    greedy = self_critical(
+        trained.bundle, data, data, cfg.model_copy(update={"scst_baseline": "greedy", "scst_epochs": 1})
+    )
     assert not greedy.kept and greedy.fit.history[0]["train_baseline_reward"] >= 0
 
 
 def test_cider_d_against_several_references_is_each_ones_score():
     cider = CiderD([r.split() for r in REPORTS])
-    hypothesis = "left pleural effusion.".split()
+    hypothesis = ["left", "pleural", "effusion."]
     got = cider.scores(hypothesis, [r.split() for r in REPORTS[:4]] + [cider.vector(REPORTS[7].split())])
-    assert got == pytest.approx([cider.score(hypothesis, r.split()) for r in REPORTS[:4] + [REPORTS[7]]])
+    assert got == pytest.approx([cider.score(hypothesis, r.split()) for r in [*REPORTS[:4], REPORTS[7]]])
 
 
 def _caption_set(vectors: np.ndarray, groups: list[str], texts: list[str] | None = None):
     from radcap.captioning.data import CaptionSet
 
     n = len(vectors)
-    return CaptionSet([f"r{i}" for i in range(n)], texts or ["x."] * n, vectors[:, None, :].astype(np.float32),
-                      np.ones((n, 1), np.float32), group_ids=groups)
+    return CaptionSet(
+        [f"r{i}" for i in range(n)],
+        texts or ["x."] * n,
+        vectors[:, None, :].astype(np.float32),
+        np.ones((n, 1), np.float32),
+        group_ids=groups,
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(2, 12).flatmap(lambda n: st.tuples(
-    st.lists(st.integers(0, 4), min_size=n, max_size=n), st.integers(1, 6), st.integers(0, 2**16))))
+@given(
+    st.integers(2, 12).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.integers(0, 4), min_size=n, max_size=n), st.integers(1, 6), st.integers(0, 2**16)
+        )
+    )
+)
 def test_similar_studies_are_the_most_similar_of_other_groups(case):
     """Property: each study's neighbours are, most similar first, exactly the k studies of other groups with the
     highest pooled cosine; never itself, never its own patient or case (a new image comes from a new patient)."""
@@ -217,8 +253,14 @@ def test_the_neighbour_reward_prefers_what_similar_studies_of_other_patients_say
     from radcap.core.settings import DecoderSettings
     from radcap.text.vocab import Vocabulary
 
-    texts = ["right upper lobe mass.", "right upper lobe mass.", "left pleural effusion.", "left pleural effusion.",
-             "no pneumothorax.", "clear lungs. no effusion."]
+    texts = [
+        "right upper lobe mass.",
+        "right upper lobe mass.",
+        "left pleural effusion.",
+        "left pleural effusion.",
+        "no pneumothorax.",
+        "clear lungs. no effusion.",
+    ]
     vectors = np.array([[1, 0, 0], [1, 0.01, 0], [0.9, 0.1, 0], [0.9, 0, 0.1], [0, 1, 0], [0, 0, 1]], float)
     data = _caption_set(vectors, ["p0", "p0", "p1", "p2", "p3", "p4"], texts)
     vocab = Vocabulary.build(texts, 1, 16)

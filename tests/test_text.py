@@ -43,11 +43,25 @@ def test_target_section_and_fallback():
 def test_template_placeholders_and_boilerplate_are_absent_text():
     from radcap.text.normalize import placeholder
 
-    for text in ("replace this - description of the image or findings.", "see above.", "n/a", "...", "xxxx.",
-                 "xxxx xxxx", "[redacted]", "insert caption here", "to be completed", "-"):
+    for text in (
+        "replace this - description of the image or findings.",
+        "see above.",
+        "n/a",
+        "...",
+        "xxxx.",
+        "xxxx xxxx",
+        "[redacted]",
+        "insert caption here",
+        "to be completed",
+        "-",
+    ):
         assert placeholder(text, RULES), text
-    for text in ("fatty replacement of the supraspinatus muscle.", "no acute disease.", "xxxx pleural effusion.",
-                 "see the nodule above the left hilum."):
+    for text in (
+        "fatty replacement of the supraspinatus muscle.",
+        "no acute disease.",
+        "xxxx pleural effusion.",
+        "see the nodule above the left hilum.",
+    ):
         assert not placeholder(text, RULES), text
     assert not placeholder("see above.", TextRules(placeholder_patterns=()))  # configurable
 
@@ -55,7 +69,7 @@ def test_template_placeholders_and_boilerplate_are_absent_text():
 def test_a_placeholder_section_falls_back_and_a_placeholder_report_is_rejected_with_the_reason():
     from radcap.ingestion.common import report_row
 
-    base = dict(report_id="r", study_id="s", group_id="g", dataset="iu-xray", source="f.xml", rules=RULES)
+    base = {"report_id": "r", "study_id": "s", "group_id": "g", "dataset": "iu-xray", "source": "f.xml", "rules": RULES}
     row = report_row(**base, findings_raw="Heart size normal.", impression_raw="See above.")
     assert row["target"] == "heart size normal." and row["target_section"] == "findings" and row["_unusable"] is None
     row = report_row(**base, caption_raw="Replace this - DESCRIPTION OF THE IMAGE OR FINDINGS.")

@@ -14,10 +14,27 @@ from radcap.text.vocab import SPECIALS, Vocabulary, detokenize, tokenize
 def test_tokenize_splits_sentence_punctuation_but_keeps_numbers_and_hyphens():
     text = "no acute cardiopulmonary abnormality. xxxx 2.5 cm nodule (left), t-spine changes."
     assert tokenize(text) == [
-        "no", "acute", "cardiopulmonary", "abnormality", ".", "xxxx", "2.5", "cm", "nodule", "(", "left", ")",
-        ",", "t-spine", "changes", ".",
+        "no",
+        "acute",
+        "cardiopulmonary",
+        "abnormality",
+        ".",
+        "xxxx",
+        "2.5",
+        "cm",
+        "nodule",
+        "(",
+        "left",
+        ")",
+        ",",
+        "t-spine",
+        "changes",
+        ".",
     ]
-    assert detokenize(tokenize(text)) == "no acute cardiopulmonary abnormality. xxxx 2.5 cm nodule (left), t-spine changes."
+    assert (
+        detokenize(tokenize(text))
+        == "no acute cardiopulmonary abnormality. xxxx 2.5 cm nodule (left), t-spine changes."
+    )
 
 
 def test_vocabulary_counts_specials_and_round_trip(tmp_path):
@@ -38,7 +55,7 @@ def test_a_broken_vocabulary_file_is_a_user_error(tmp_path):
     (tmp_path / "v.json").write_text('{"tokens": ["a", "b"], "max_length": 5, "min_count": 1}')
     with pytest.raises(RadcapError, match="not a radcap vocabulary"):
         Vocabulary.load(tmp_path / "v.json")
-    with pytest.raises(RadcapError, match="v2.json"):
+    with pytest.raises(RadcapError, match=r"v2\.json"):
         Vocabulary.load(tmp_path / "v2.json")
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -38,11 +38,21 @@ OUTPUT = {"json": False}  # set by the --json option of the command group
 
 @app.callback()
 def _options(
-    json_output: Annotated[bool, typer.Option("--json", help="Print each command's summary as one JSON object "
-                                              "on stdout (for scripts), instead of a table.")] = False,
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print each command's summary as one JSON object on stdout (for scripts), instead of a table.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's INFO logs on the console.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show everything: INFO logs, Prefect's failure logs and "
-                                        "tracebacks, also for mistakes in the input.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show everything: INFO logs, Prefect's failure logs and tracebacks, also for mistakes in the input.",
+        ),
+    ] = False,
 ) -> None:
     OUTPUT["json"] = json_output
     from radcap.core.logs import DEBUG, configure_console
@@ -50,12 +60,27 @@ def _options(
     DEBUG["on"] = debug
     configure_console(verbose, debug)
 
+
 EXIT_OK, EXIT_REJECTS, EXIT_USAGE = 0, 1, 2
-NEEDS_TENSORFLOW = {"features", "optimize-encoder", "check-precision", "pretrain-encoder", "train", "evaluate", "caption", "caption-inbox", "promote", "nightly",
-                    "train-retrieval", "search", "retrieve", "demo"}
+NEEDS_TENSORFLOW = {
+    "features",
+    "optimize-encoder",
+    "check-precision",
+    "pretrain-encoder",
+    "train",
+    "evaluate",
+    "caption",
+    "caption-inbox",
+    "promote",
+    "nightly",
+    "train-retrieval",
+    "search",
+    "retrieve",
+    "demo",
+}
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     iu_xml = "iu-xml"
     iu_csv = "iu-csv"
     medpix2 = "medpix2"
@@ -116,13 +141,11 @@ def ingest(
     fmt: Annotated[Format, typer.Option("--format", help="Layout of the source collection.")],
     source: Annotated[Path, typer.Option(help="Folder (iu-xml, medpix2, iu-csv) or file (iu-csv, manifest).")],
     out: Annotated[Path, typer.Option(help="Data directory to write reports/images/rejects Parquet into.")],
-    images: Annotated[Optional[Path], typer.Option(help="Folder holding the image files.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder holding the image files.")] = None,
     views: Annotated[
-        Optional[Path], typer.Option(help="IU projections CSV (uid, filename, projection) giving each image's view.")
+        Path | None, typer.Option(help="IU projections CSV (uid, filename, projection) giving each image's view.")
     ] = None,
-    split_file: Annotated[
-        Optional[Path], typer.Option(help="R2Gen annotation.json: use the published IU split.")
-    ] = None,
+    split_file: Annotated[Path | None, typer.Option(help="R2Gen annotation.json: use the published IU split.")] = None,
 ) -> None:
     """Parse a report collection into validated Parquet tables (reports, images, rejects)."""
     _existing(source, "source")
@@ -136,7 +159,16 @@ def ingest(
     _print_summary(
         f"ingest {fmt.value} -> {out}",
         summary,
-        ["report_inputs", "reports", "report_rejects", "images", "image_rejects", "images_found", "splits", "data_version"],
+        [
+            "report_inputs",
+            "reports",
+            "report_rejects",
+            "images",
+            "image_rejects",
+            "images_found",
+            "splits",
+            "data_version",
+        ],
     )
     rejected = summary["report_rejects"] + summary["image_rejects"]
     if rejected:
@@ -148,14 +180,26 @@ def ingest(
 def features(
     data: Annotated[Path, typer.Option(help="Data directory written by `radcap ingest`.")],
     encoder: Annotated[
-        Optional[str],
-        typer.Option(help="random[:SEED], a CheXNet .h5, a .keras file or models:/radcap-encoder/N (default: latest registered)."),
+        str | None,
+        typer.Option(
+            help="random[:SEED], a CheXNet .h5, a .keras file or models:/radcap-encoder/N (default: latest registered)."
+        ),
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Default from settings.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 (default), bf16 or int8: an optimized build "
-                                                     "(`radcap optimize-encoder`), stored as VERSION@PRECISION.")] = None,
-    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
-                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, max=1024, help="Default from settings.")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="fp32 (default), bf16 or int8: an optimized build "
+            "(`radcap optimize-encoder`), stored as VERSION@PRECISION."
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Dask: local:N worker processes, or a scheduler "
+            "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process)."
+        ),
+    ] = None,
 ) -> None:
     """Encode every image of DATA with the CheXNet encoder into DATA/features (resumable, skips stored images)."""
     _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
@@ -163,8 +207,13 @@ def features(
     from radcap.imaging.precision import check_precision
 
     hide_user_error_tracebacks()
-    summary = extract_features_flow(data, encoder, batch_size or get_settings().encoder.batch_size,
-                                    check_precision(precision or get_settings().encoder.precision), _cluster(cluster))
+    summary = extract_features_flow(
+        data,
+        encoder,
+        batch_size or get_settings().encoder.batch_size,
+        check_precision(precision or get_settings().encoder.precision),
+        _cluster(cluster),
+    )
     catalog = DataCatalog(data)
     _finish(f"features -> {catalog.features}", summary, "images", catalog.feature_rejects)
 
@@ -172,13 +221,19 @@ def features(
 @app.command("optimize-encoder")
 def optimize_encoder(
     precision: Annotated[str, typer.Option(help="bf16 or int8.")],
-    encoder: Annotated[Optional[str], typer.Option(help="The source encoder (as `radcap features --encoder`; "
-                                                    "default: latest registered).")] = None,
-    calibration: Annotated[Optional[Path], typer.Option(help="int8: a folder of real images (PNG, JPEG, DICOM) "
-                                                         "like those it will encode.")] = None,
-    images: Annotated[Optional[int], typer.Option(min=16, help="int8: calibration images (default from settings).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Where the build is written (default: "
-                                                "out/optimized-encoder-PRECISION).")] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(help="The source encoder (as `radcap features --encoder`; default: latest registered)."),
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="int8: a folder of real images (PNG, JPEG, DICOM) like those it will encode.")
+    ] = None,
+    images: Annotated[
+        int | None, typer.Option(min=16, help="int8: calibration images (default from settings).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where the build is written (default: out/optimized-encoder-PRECISION).")
+    ] = None,
 ) -> None:
     """Build the encoder's inference graph at bf16 or int8 (OpenVINO; int8 calibrated on real images) once,
     and register it as `radcap-encoder-optimized` tagged with its source version and precision."""
@@ -193,14 +248,21 @@ def optimize_encoder(
     from radcap.flows.optimize import optimize_encoder_flow
 
     hide_user_error_tracebacks()
-    summary = optimize_encoder_flow(encoder, precision, calibration, out or Path(f"out/optimized-encoder-{precision}"),
-                                    images or get_settings().encoder.optimize_calibration_images)
+    summary = optimize_encoder_flow(
+        encoder,
+        precision,
+        calibration,
+        out or Path(f"out/optimized-encoder-{precision}"),
+        images or get_settings().encoder.optimize_calibration_images,
+    )
     _print_summary("optimize-encoder", summary, list(summary))
 
 
 @app.command("check-precision")
 def check_precision_command(
-    model: Annotated[str, typer.Option(help="The captioner or retriever: models:/NAME/N (a pass is recorded on that version).")],
+    model: Annotated[
+        str, typer.Option(help="The captioner or retriever: models:/NAME/N (a pass is recorded on that version).")
+    ],
     data: Annotated[Path, typer.Option(help="Data directory with features at fp32 and at PRECISION.")],
     precision: Annotated[str, typer.Option(help="bf16 or int8.")],
     split: Annotated[str, typer.Option(help="A split no choice touched (the one you report on).")] = "test",
@@ -208,7 +270,8 @@ def check_precision_command(
 ) -> None:
     """Compare the captioner's reports from fp32 and PRECISION features of the same held-out studies (pooled
     cosine >= 0.99, BLEU-4/METEOR/ROUGE-L/CIDEr within 2% relative; for a retriever: image-to-report recall@1/5/10
-    and mean recall within 2%); on a pass, `radcap caption --precision` (`radcap retrieve --precision`) accepts it. Exit 0 passed, 1 failed (reasons printed and in DATA/precision-check-PRECISION.json)."""
+    and mean recall within 2%); on a pass, `radcap caption --precision` (`radcap retrieve --precision`) accepts it.
+    Exit 0 passed, 1 failed (reasons printed and in DATA/precision-check-PRECISION.json)."""
     from radcap.imaging.precision import check_precision
 
     _existing(DataCatalog(data).images, "images table (run `radcap ingest` first)")
@@ -224,24 +287,26 @@ def check_precision_command(
     raise typer.Exit(EXIT_OK if summary["passed"] else EXIT_REJECTS)
 
 
-class SelectOn(str, Enum):
+class SelectOn(StrEnum):
     carve = "carve"
     val = "val"
 
 
-SELECT_ON_HELP = ("Where early stopping (and for `train` the length penalty and the guard threshold) is chosen: carve "
-                  "(a fixed 10% of the train split's groups, the default: val and test stay untouched and can be "
-                  "reported) or val.")
+SELECT_ON_HELP = (
+    "Where early stopping (and for `train` the length penalty and the guard threshold) is chosen: carve "
+    "(a fixed 10% of the train split's groups, the default: val and test stay untouched and can be "
+    "reported) or val."
+)
 
 
 @app.command("pretrain-encoder")
 def pretrain_encoder(
     data: Annotated[list[Path], typer.Option(help="Data directory written by `radcap ingest` (repeatable).")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: FIRST_DATA/encoder).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epochs (default from settings).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(min=32, help="Training resolution (default from settings).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1)] = None,
-    select_on: Annotated[Optional[SelectOn], typer.Option(help=SELECT_ON_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: FIRST_DATA/encoder).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default from settings).")] = None,
+    image_size: Annotated[int | None, typer.Option(min=32, help="Training resolution (default from settings).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    select_on: Annotated[SelectOn | None, typer.Option(help=SELECT_ON_HELP)] = None,
 ) -> None:
     """Train the CheXNet encoder on labels derived from the data (MeSH, MedPix metadata, manifest labels),
     log it to MLflow and register it as `radcap-encoder`."""
@@ -249,7 +314,9 @@ def pretrain_encoder(
         _existing(DataCatalog(d).images, "images table (run `radcap ingest` first)")
     from radcap.flows.pretrain import pretrain_encoder_flow
 
-    cfg = _with_overrides(get_settings().encoder, epochs=epochs, pretrain_size=image_size, pretrain_batch_size=batch_size)
+    cfg = _with_overrides(
+        get_settings().encoder, epochs=epochs, pretrain_size=image_size, pretrain_batch_size=batch_size
+    )
     out = out or DataCatalog(data[0]).encoder_run
     hide_user_error_tracebacks()
     rules = _with_overrides(get_settings().split, select_on=select_on.value if select_on else None)
@@ -257,7 +324,7 @@ def pretrain_encoder(
     _finish("pretrain-encoder", summary, "images", RunFolder(out).rejects)
 
 
-class Architecture(str, Enum):
+class Architecture(StrEnum):
     show_tell = "show-tell"
     show_attend_tell = "show-attend-tell"
 
@@ -265,24 +332,38 @@ class Architecture(str, Enum):
 @app.command()
 def train(
     data: Annotated[Path, typer.Option(help="Data directory with features (`radcap features`).")],
-    architecture: Annotated[Optional[Architecture], typer.Option(help="Decoder (default from settings).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: DATA/captioner-ARCH).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    encoder_version: Annotated[Optional[str], typer.Option(help="Feature-store encoder version (default: last extracted).")] = None,
-    scst_epochs: Annotated[Optional[int], typer.Option(min=0, help="Self-critical (CIDEr-D) fine-tuning epochs after cross-entropy (default from settings: 0).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed of initialization, batches and sampling.")] = None,
-    select_on: Annotated[Optional[SelectOn], typer.Option(help=SELECT_ON_HELP)] = None,
+    architecture: Annotated[Architecture | None, typer.Option(help="Decoder (default from settings).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: DATA/captioner-ARCH).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    encoder_version: Annotated[
+        str | None, typer.Option(help="Feature-store encoder version (default: last extracted).")
+    ] = None,
+    scst_epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Self-critical (CIDEr-D) fine-tuning epochs after cross-entropy (default from settings: 0)."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed of initialization, batches and sampling.")] = None,
+    select_on: Annotated[SelectOn | None, typer.Option(help=SELECT_ON_HELP)] = None,
 ) -> None:
     """Train a report decoder (teacher forcing, early stopping on the selection set, optionally self-critical
     fine-tuning), log it to MLflow and register it as `radcap-captioner`."""
     _existing(DataCatalog(data).reports, "reports table (run `radcap ingest` first)")
     from radcap.flows.train import train_flow
 
-    cfg = _with_overrides(get_settings().captioner, architecture=architecture.value if architecture else None, epochs=epochs,
-                          scst_epochs=scst_epochs, seed=seed)
+    cfg = _with_overrides(
+        get_settings().captioner,
+        architecture=architecture.value if architecture else None,
+        epochs=epochs,
+        scst_epochs=scst_epochs,
+        seed=seed,
+    )
     rules = _with_overrides(get_settings().split, select_on=select_on.value if select_on else None)
     hide_user_error_tracebacks()
-    summary = train_flow(data, out or DataCatalog(data).captioner_run(cfg.architecture), cfg, encoder_version, rules=rules)
+    summary = train_flow(
+        data, out or DataCatalog(data).captioner_run(cfg.architecture), cfg, encoder_version, rules=rules
+    )
     _print_summary(f"train {cfg.architecture}", summary, list(summary))
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
 
@@ -290,12 +371,28 @@ def train(
 @app.command()
 def evaluate(
     data: Annotated[Path, typer.Option(help="Data directory with features.")],
-    model: Annotated[str, typer.Option(help="models:/radcap-captioner/N, models:/radcap-captioner@champion or a bundle folder.")],
+    model: Annotated[
+        str, typer.Option(help="models:/radcap-captioner/N, models:/radcap-captioner@champion or a bundle folder.")
+    ],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
-    out: Annotated[Optional[Path], typer.Option(help="Folder for metrics.json, report.md, captions.csv (default: DATA/evaluation-SPLIT).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for metrics.json, report.md, captions.csv (default: DATA/evaluation-SPLIT)."),
+    ] = None,
     meteor: Annotated[bool, typer.Option(help="METEOR needs Java; --no-meteor skips it.")] = True,
-    retriever: Annotated[Optional[str], typer.Option(help="Also score a contrastive retriever's top-1 report (models:/radcap-retriever/N or run folder).")] = None,
-    ood_data: Annotated[Optional[list[Path]], typer.Option(help="A data directory of images unlike the training ones, with features for the model's encoder: reports the share its domain guard catches (repeatable).")] = None,
+    retriever: Annotated[
+        str | None,
+        typer.Option(
+            help="Also score a contrastive retriever's top-1 report (models:/radcap-retriever/N or run folder)."
+        ),
+    ] = None,
+    ood_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A data directory of images unlike the training ones, with features for the model's encoder: "
+            "reports the share its domain guard catches (repeatable)."
+        ),
+    ] = None,
 ) -> None:
     """Score a captioner on a split: BLEU-1..4, METEOR, ROUGE-L, CIDEr and clinical F1, beside baselines."""
     if split not in ("train", "val", "test"):
@@ -304,34 +401,76 @@ def evaluate(
     from radcap.flows.evaluate import evaluate_flow
 
     hide_user_error_tracebacks()
-    summary = evaluate_flow(data, model, split, out or DataCatalog(data).evaluation(split), meteor, retriever,
-                            list(ood_data or []))
+    summary = evaluate_flow(
+        data, model, split, out or DataCatalog(data).evaluation(split), meteor, retriever, list(ood_data or [])
+    )
     _print_summary(f"evaluate {split}", summary, list(summary))
     raise typer.Exit(EXIT_OK)
 
 
 @app.command()
 def caption(
-    input: Annotated[Path, typer.Option("--input", help="A PACS export folder (DICOM, nested, any names) or PNG/JPEG files.")],
+    input: Annotated[
+        Path, typer.Option("--input", help="A PACS export folder (DICOM, nested, any names) or PNG/JPEG files.")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for captions.parquet, captions.csv and rejects.parquet.")],
-    model: Annotated[Optional[str], typer.Option(help="models:/NAME@ALIAS, models:/NAME/N or a bundle folder (default from settings: models:/radcap-captioner@champion).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Images per forward pass (default from settings).")] = None,
-    identifiers: Annotated[Optional[str], typer.Option(help="uid (DICOM UIDs) or hash (salted; salt from RADCAP_CAPTION__ID_SALT, else the workspace's own).")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Where the captioner's encoder file is now, when it was trained on a .h5/.keras encoder that moved (checked against the recorded version).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: fp32 (default), bf16 or int8 (the "
-                                                     "registered optimized build, at which the captioner passed `radcap check-precision`).")] = None,
-    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
-                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
-    consensus_samples: Annotated[Optional[int], typer.Option(help="0: the beam's most probable report (several "
-                                                             "times faster); N: consensus among N sampled reports "
-                                                             "(default: as the model was saved).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="models:/NAME@ALIAS, models:/NAME/N or a bundle folder "
+            "(default from settings: models:/radcap-captioner@champion)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, max=1024, help="Images per forward pass (default from settings).")
+    ] = None,
+    identifiers: Annotated[
+        str | None,
+        typer.Option(
+            help="uid (DICOM UIDs) or hash (salted; salt from RADCAP_CAPTION__ID_SALT, else the workspace's own)."
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the captioner's encoder file is now, when it was trained on a .h5/.keras encoder that moved "
+            "(checked against the recorded version)."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder precision: fp32 (default), bf16 or int8 (the "
+            "registered optimized build, at which the captioner passed `radcap check-precision`)."
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Dask: local:N worker processes, or a scheduler "
+            "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process)."
+        ),
+    ] = None,
+    consensus_samples: Annotated[
+        int | None,
+        typer.Option(
+            help="0: the beam's most probable report (several "
+            "times faster); N: consensus among N sampled reports "
+            "(default: as the model was saved)."
+        ),
+    ] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
     _existing(input, "input")
     from radcap.flows.caption import caption_flow
 
-    cfg = _with_overrides(get_settings().caption, batch_size=batch_size, identifiers=identifiers, precision=precision,
-                          consensus_samples=consensus_samples)
+    cfg = _with_overrides(
+        get_settings().caption,
+        batch_size=batch_size,
+        identifiers=identifiers,
+        precision=precision,
+        consensus_samples=consensus_samples,
+    )
     hide_user_error_tracebacks()
     summary = caption_flow(input, out, model, cfg, encoder, _cluster(cluster))
     _finish(f"caption -> {out}", summary, "files", summary["rejects"])
@@ -339,12 +478,19 @@ def caption(
 
 @app.command("caption-inbox")
 def caption_inbox(
-    inbox: Annotated[Path, typer.Option(help="Folder whose sub-folders are batches (complete: marker file or settled).")],
+    inbox: Annotated[
+        Path, typer.Option(help="Folder whose sub-folders are batches (complete: marker file or settled).")
+    ],
     out: Annotated[Path, typer.Option(help="Each batch is captioned into OUT/BATCH/.")],
-    model: Annotated[Optional[str], typer.Option(help="Captioner (default from settings).")] = None,
-    settle_seconds: Annotated[Optional[float], typer.Option(min=0, help="Default from settings.")] = None,
-    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
-                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
+    model: Annotated[str | None, typer.Option(help="Captioner (default from settings).")] = None,
+    settle_seconds: Annotated[float | None, typer.Option(min=0, help="Default from settings.")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Dask: local:N worker processes, or a scheduler "
+            "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process)."
+        ),
+    ] = None,
 ) -> None:
     """One run of the scheduled `caption_new_batches` flow: caption the complete batches nobody took yet."""
     _existing(inbox, "inbox")
@@ -359,11 +505,11 @@ def caption_inbox(
 @app.command()
 def promote(
     data: Annotated[Path, typer.Option(help="Data directory with the held-out split and features.")],
-    candidate: Annotated[Optional[str], typer.Option(help="Version number (default: the newest version).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Registered model (default: radcap-captioner).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="val or test (default from settings).")] = None,
-    metric: Annotated[Optional[str], typer.Option(help="Primary metric: CIDEr, BLEU-4, METEOR or ROUGE-L.")] = None,
-    tolerance: Annotated[Optional[float], typer.Option(min=0, help="Clinical F1 the candidate may lose.")] = None,
+    candidate: Annotated[str | None, typer.Option(help="Version number (default: the newest version).")] = None,
+    name: Annotated[str | None, typer.Option(help="Registered model (default: radcap-captioner).")] = None,
+    split: Annotated[str | None, typer.Option(help="val or test (default from settings).")] = None,
+    metric: Annotated[str | None, typer.Option(help="Primary metric: CIDEr, BLEU-4, METEOR or ROUGE-L.")] = None,
+    tolerance: Annotated[float | None, typer.Option(min=0, help="Clinical F1 the candidate may lose.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Compare and report; change nothing.")] = False,
 ) -> None:
     """Move the `champion` alias to the candidate only if it beats the champion on the same held-out reports."""
@@ -382,7 +528,7 @@ def promote(
 
 @app.command()
 def rollback(
-    name: Annotated[Optional[str], typer.Option(help="Registered model (default: radcap-captioner).")] = None,
+    name: Annotated[str | None, typer.Option(help="Registered model (default: radcap-captioner).")] = None,
 ) -> None:
     """Give the `champion` alias back to the previous champion."""
     from radcap.flows.promote import rollback_flow
@@ -397,13 +543,18 @@ def nightly(
     source: Annotated[Path, typer.Option(help="Report collection (as for `radcap ingest`).")],
     workdir: Annotated[Path, typer.Option(help="Data, runs and evaluations go here.")],
     fmt: Annotated[Format, typer.Option("--format")] = Format.iu_xml,
-    images: Annotated[Optional[Path], typer.Option()] = None,
-    views: Annotated[Optional[Path], typer.Option()] = None,
-    split_file: Annotated[Optional[Path], typer.Option()] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Default: latest registered radcap-encoder.")] = None,
+    images: Annotated[Path | None, typer.Option()] = None,
+    views: Annotated[Path | None, typer.Option()] = None,
+    split_file: Annotated[Path | None, typer.Option()] = None,
+    encoder: Annotated[str | None, typer.Option(help="Default: latest registered radcap-encoder.")] = None,
     promote: Annotated[bool, typer.Option(help="Run the gated promotion at the end.")] = True,
-    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
-                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Dask: local:N worker processes, or a scheduler "
+            "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process)."
+        ),
+    ] = None,
 ) -> None:
     """One run of the `nightly_retrain` flow: ingest, incremental features, train, evaluate, promote."""
     for path, what in ((source, "source"), (images, "images folder"), (views, "views CSV"), (split_file, "split file")):
@@ -411,17 +562,20 @@ def nightly(
     from radcap.flows.nightly import nightly_retrain
 
     hide_user_error_tracebacks()
-    summary = nightly_retrain(source, workdir, fmt.value, images, views, split_file, encoder, promote=promote,
-                              cluster=_cluster(cluster))
+    summary = nightly_retrain(
+        source, workdir, fmt.value, images, views, split_file, encoder, promote=promote, cluster=_cluster(cluster)
+    )
     _print_summary("nightly", summary, list(summary))
 
 
 @app.command("train-retrieval")
 def train_retrieval(
     data: Annotated[Path, typer.Option(help="Data directory with features (`radcap features`).")],
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default: DATA/retriever).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1)] = None,
-    encoder_version: Annotated[Optional[str], typer.Option(help="Feature-store encoder version (default: last extracted).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: DATA/retriever).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
+    encoder_version: Annotated[
+        str | None, typer.Option(help="Feature-store encoder version (default: last extracted).")
+    ] = None,
     meteor: Annotated[bool, typer.Option(help="METEOR needs Java; --no-meteor skips it.")] = True,
 ) -> None:
     """Train the contrastive image-report model, evaluate it on val beside baselines, index the training
@@ -442,16 +596,23 @@ def _print_hits(table, title: str) -> None:
     for column in ("query", "rank", "score", "item_id", "text", "source"):
         view.add_column(column, overflow="fold")
     for row in table.itertuples():
-        view.add_row(str(row.query)[:60], str(row.rank), f"{row.score:.3f}", row.item_id, row.text[:90], row.source[:50])
+        view.add_row(
+            str(row.query)[:60], str(row.rank), f"{row.score:.3f}", row.item_id, row.text[:90], row.source[:50]
+        )
     Console().print(view)
 
 
 @app.command()
 def search(
     text: Annotated[list[str], typer.Option(help="Text query, e.g. 'left pleural effusion' (repeatable).")],
-    model: Annotated[Optional[str], typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also write results.parquet and results.csv here.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever)."
+        ),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(min=1)] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write results.parquet and results.csv here.")] = None,
 ) -> None:
     """Report-to-image search: the known images whose embeddings are closest to each text query."""
     from radcap.flows.retrieval import search_flow
@@ -466,13 +627,30 @@ def search(
 def retrieve(
     input: Annotated[Path, typer.Option("--input", help="Images as for `radcap caption` (DICOM export or PNG/JPEG).")],
     out: Annotated[Path, typer.Option(help="Folder for results.parquet, results.csv and rejects.parquet.")],
-    model: Annotated[Optional[str], typer.Option(help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(min=1)] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Where the retriever's encoder file is now (see `radcap caption --encoder`).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Encoder precision: fp32 (default), bf16 or int8 (the "
-                                                     "registered optimized build, at which the retriever passed `radcap check-precision`).")] = None,
-    cluster: Annotated[Optional[str], typer.Option(help="Run on Dask: local:N worker processes, or a scheduler "
-                                                   "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Retriever: models:/radcap-retriever/N or a run folder (default: the newest registered retriever)."
+        ),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(min=1)] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="Where the retriever's encoder file is now (see `radcap caption --encoder`).")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder precision: fp32 (default), bf16 or int8 (the "
+            "registered optimized build, at which the retriever passed `radcap check-precision`)."
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on Dask: local:N worker processes, or a scheduler "
+            "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process)."
+        ),
+    ] = None,
 ) -> None:
     """Image-to-report retrieval: the closest known reports for each new study, with scores."""
     _existing(input, "input")
@@ -481,8 +659,15 @@ def retrieve(
 
     hide_user_error_tracebacks()
     cfg = get_settings().retrieval
-    summary = retrieve_flow(input, model or f"models:/{cfg.registered_name}/latest", top_k or cfg.top_k, out, encoder,
-                            check_precision(precision or cfg.precision), _cluster(cluster))
+    summary = retrieve_flow(
+        input,
+        model or f"models:/{cfg.registered_name}/latest",
+        top_k or cfg.top_k,
+        out,
+        encoder,
+        check_precision(precision or cfg.precision),
+        _cluster(cluster),
+    )
     _print_hits(summary["table"], f"retrieve -> {out}")
     summary.pop("table")
     _finish(f"retrieve -> {out}", summary, "files", summary["rejects"])
@@ -491,7 +676,7 @@ def retrieve(
 @app.command()
 def sample(
     out: Annotated[Path, typer.Option(help="Folder to write the synthetic IU-layout sample into.")],
-    studies: Annotated[Optional[int], typer.Option(help="Number of studies (default from settings).")] = None,
+    studies: Annotated[int | None, typer.Option(help="Number of studies (default from settings).")] = None,
 ) -> None:
     """Write the embedded default dataset: synthetic chest radiograph phantoms with IU-layout XML reports."""
     from radcap.ingestion.phantoms import write_sample
@@ -514,13 +699,24 @@ def demo(
 
 @app.command("app")
 def web_app(
-    model: Annotated[Optional[str], typer.Option(help="Captioner: models:/NAME@ALIAS, models:/NAME/N or a folder. "
-                                                  "Default: the configured champion, else (after `make demo`) the demo's.")] = None,
-    retriever: Annotated[Optional[str], typer.Option(help="Retriever for the closest training reports "
-                                                      "(default: the newest registered one, when there is one).")] = None,
-    studies: Annotated[Optional[Path], typer.Option(help="A folder of studies (PACS export, PNG/JPEG) to pick from.")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Listen address (0.0.0.0: the network).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Listen port.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Captioner: models:/NAME@ALIAS, models:/NAME/N or a folder. "
+            "Default: the configured champion, else (after `make demo`) the demo's."
+        ),
+    ] = None,
+    retriever: Annotated[
+        str | None,
+        typer.Option(
+            help="Retriever for the closest training reports (default: the newest registered one, when there is one)."
+        ),
+    ] = None,
+    studies: Annotated[
+        Path | None, typer.Option(help="A folder of studies (PACS export, PNG/JPEG) to pick from.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (0.0.0.0: the network).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
 ) -> None:
     """A web page for one study: upload its images (or pick one), read the report, where the model looked for
     each word, the findings it states, the closest training reports; and the registered versions. Ctrl-C stops it."""
@@ -528,8 +724,14 @@ def web_app(
 
     from radcap.web.launch import streamlit_command, with_embedded_default
 
-    cfg = _with_overrides(get_settings().app, model=model, retriever=retriever,
-                          studies=_existing(studies, "folder of studies"), host=host, port=port)
+    cfg = _with_overrides(
+        get_settings().app,
+        model=model,
+        retriever=retriever,
+        studies=_existing(studies, "folder of studies"),
+        host=host,
+        port=port,
+    )
     cfg, note = with_embedded_default(cfg, model is not None)
     if note:
         console.print(note)
@@ -541,13 +743,15 @@ def web_app(
         raise typer.Exit(EXIT_OK) from None
 
 
-server_app = typer.Typer(help="Keep one local Prefect server alive for many commands (instead of a temporary one each).",
-                         no_args_is_help=True)
+server_app = typer.Typer(
+    help="Keep one local Prefect server alive for many commands (instead of a temporary one each).",
+    no_args_is_help=True,
+)
 app.add_typer(server_app, name="server")
 
 
 @server_app.command("start")
-def server_start(port: Annotated[Optional[int], typer.Option(help="Default: a free port.")] = None) -> None:
+def server_start(port: Annotated[int | None, typer.Option(help="Default: a free port.")] = None) -> None:
     """Start a local Prefect server in the background; later commands use it (PREFECT_API_URL still wins)."""
     from radcap.operations import server
 
@@ -606,11 +810,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/bold red]: what was written so far is kept; run again to finish")
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a fault, not a user mistake
+    except Exception as exc:
         traceback.print_exc()
-        console.print(f"[bold red]error:[/bold red] the run stopped on an unexpected fault "
-                      f"({type(exc).__name__}: {exc}); outputs written so far are kept, and a re-run resumes",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[bold red]error:[/bold red] the run stopped on an unexpected fault "
+            f"({type(exc).__name__}: {exc}); outputs written so far are kept, and a re-run resumes",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(EXIT_USAGE)
 
 

@@ -25,23 +25,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
+import pyarrow.compute
 import pyarrow.parquet as pq
 
-from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 from radcap.captioning.data import VIEW_ORDER, pack_views
-from radcap.imaging.features import Forward, stream_features
 from radcap.core.io import atomic_path, exclusive_lock, new_run_id, read_table, write_json, write_table
+from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
+from radcap.imaging.features import Forward, stream_features
 from radcap.pacs.exports import InputImage, Reject
 
 
@@ -59,9 +59,9 @@ def load_captioning_model(uri: str, encoder: str | None = None, precision: str =
     """The captioner and exactly the encoder of its training features, at `precision` only when the captioner
     passed the precision check at it. An alias is resolved once: the version written in the outputs is the one
     loaded, even if the alias moves meanwhile."""
+    from radcap.captioning.bundle import load_captioner
     from radcap.imaging.encoders import at_precision, encoder_for
     from radcap.imaging.precision import require_precision
-    from radcap.captioning.bundle import load_captioner
 
     loaded = load_captioner(uri)
     require_precision(loaded, precision)
@@ -79,7 +79,7 @@ class CaptionResult:
 
 
 def now_utc() -> pd.Timestamp:
-    return pd.Timestamp(datetime.now(timezone.utc))
+    return pd.Timestamp(datetime.now(UTC))
 
 
 def reject_row(source_path: str, sha256: str, reason: str) -> dict:
@@ -104,7 +104,7 @@ class CaptionStore:
         return self.out / "rejects.parquet"
 
     @contextmanager
-    def writing(self, wait_seconds: float) -> Iterator["CaptionStore"]:
+    def writing(self, wait_seconds: float) -> Iterator[CaptionStore]:
         """Hold the folder's lock while writing: one writer per output folder, across processes."""
         self.out.mkdir(parents=True, exist_ok=True)
         with exclusive_lock(self.out / ".lock", wait_seconds, f"{self.out}"):
@@ -124,8 +124,9 @@ class CaptionStore:
     def _journal(self) -> Path:
         return self.captions / "_commit.json"  # '_' and '.' names are not part of the dataset for readers
 
-    def _commit(self, writes: dict[Path, pd.DataFrame | None], parts: list[Path],
-                rejects: pd.DataFrame | None = None) -> None:
+    def _commit(
+        self, writes: dict[Path, pd.DataFrame | None], parts: list[Path], rejects: pd.DataFrame | None = None
+    ) -> None:
         """Replace several files of the dataset as one step that survives a crash: every new file is written
         hidden (`.pending-*`), then a journal names the renames and deletions, then they are applied. A
         crash before the journal leaves the dataset as it was (the pending files are dropped), after it the
@@ -187,7 +188,9 @@ class CaptionStore:
     def done(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """(source_path, sha256) of every input already captioned, and of every one rejected, parts included."""
         captions, rejects = self.current()
-        return set(zip(captions["source_path"], captions["sha256"])), set(zip(rejects["source_path"], rejects["sha256"]))
+        return set(zip(captions["source_path"], captions["sha256"])), set(
+            zip(rejects["source_path"], rejects["sha256"])
+        )
 
     def write_batch(self, captions: pd.DataFrame, rejects: pd.DataFrame, run_id: str, number: int | str) -> None:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -199,20 +202,43 @@ class CaptionStore:
 
     @staticmethod
     def _fold(captions: pd.DataFrame, rejects: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        both = pd.concat([
-            pd.DataFrame({"source_path": captions["source_path"], "time": captions["captioned_at"], "table": "c",
-                          "row": np.arange(len(captions))}),
-            pd.DataFrame({"source_path": rejects["source_path"], "time": rejects["rejected_at"], "table": "r",
-                          "row": np.arange(len(rejects))}),
-        ], ignore_index=True).sort_values(["time", "table", "row"], kind="stable")
+        both = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "source_path": captions["source_path"],
+                        "time": captions["captioned_at"],
+                        "table": "c",
+                        "row": np.arange(len(captions)),
+                    }
+                ),
+                pd.DataFrame(
+                    {
+                        "source_path": rejects["source_path"],
+                        "time": rejects["rejected_at"],
+                        "table": "r",
+                        "row": np.arange(len(rejects)),
+                    }
+                ),
+            ],
+            ignore_index=True,
+        ).sort_values(["time", "table", "row"], kind="stable")
         newest = both.drop_duplicates("source_path", keep="last")
         keep_c = newest.loc[newest["table"] == "c", "row"].sort_values().to_numpy()
         keep_r = newest.loc[newest["table"] == "r", "row"].sort_values().to_numpy()
         captions = captions.iloc[keep_c].reset_index(drop=True)
         rejects = rejects.iloc[keep_r].sort_values("source_path").reset_index(drop=True)
         if len(captions):  # a study's newest report, on every row of the study
-            report = ["caption", "model", "model_version", "encoder_version", "captioned_at", "ood_score", "in_domain",
-                      "ood_reason"]
+            report = [
+                "caption",
+                "model",
+                "model_version",
+                "encoder_version",
+                "captioned_at",
+                "ood_score",
+                "in_domain",
+                "ood_reason",
+            ]
             latest = captions.sort_values("captioned_at", kind="stable").drop_duplicates("study_id", keep="last")
             latest = latest.set_index("study_id")[report]
             captions[report] = latest.loc[captions["study_id"]].to_numpy()
@@ -230,8 +256,10 @@ class CaptionStore:
         affected = [f for f in self.segments() if _touches(f, touched_paths, touched_studies)]
         old_c = [read_table(f, CAPTIONS).assign(_origin=str(f)) for f in affected]
         old_r = read_table(self.rejects, CAPTION_REJECTS) if self.rejects.exists() else CAPTION_REJECTS.empty()
-        captions, rejects = self._fold(pd.concat([*old_c, new_c.assign(_origin="")], ignore_index=True),
-                                       pd.concat([old_r, new_r], ignore_index=True))
+        captions, rejects = self._fold(
+            pd.concat([*old_c, new_c.assign(_origin="")], ignore_index=True),
+            pd.concat([old_r, new_r], ignore_index=True),
+        )
         by_origin = {origin: rows.drop(columns="_origin") for origin, rows in captions.groupby("_origin", sort=False)}
         writes = {Path(f): by_origin.get(str(f)) for f in affected}  # None: every row it held was replaced
         if "" in by_origin:
@@ -258,8 +286,13 @@ class CaptionStore:
         if len(small) < 2:
             return 0
         merged = pd.concat([read_table(f, CAPTIONS) for f in small], ignore_index=True)
-        self._commit({self.captions / f"segment-{new_run_id()}.parquet": merged.sort_values(["study_id", "source_path"]),
-                      **{f: None for f in small}}, [])
+        self._commit(
+            {
+                self.captions / f"segment-{new_run_id()}.parquet": merged.sort_values(["study_id", "source_path"]),
+                **dict.fromkeys(small),
+            },
+            [],
+        )
         return len(small)
 
 
@@ -280,8 +313,10 @@ def _touches(segment: Path, paths: set[str], studies: set[str]) -> bool:
     if not paths and not studies:
         return False
     keys = pq.read_table(segment, columns=["source_path", "study_id"])
-    return bool(pa.compute.any(pa.compute.is_in(keys["source_path"], pa.array(sorted(paths), pa.string()))).as_py()
-                or pa.compute.any(pa.compute.is_in(keys["study_id"], pa.array(sorted(studies), pa.string()))).as_py())
+    return bool(
+        pa.compute.any(pa.compute.is_in(keys["source_path"], pa.array(sorted(paths), pa.string()))).as_py()
+        or pa.compute.any(pa.compute.is_in(keys["study_id"], pa.array(sorted(studies), pa.string()))).as_py()
+    )
 
 
 def with_companions(images: list[InputImage], store: CaptionStore, root: Path) -> list[InputImage]:
@@ -292,9 +327,11 @@ def with_companions(images: list[InputImage], store: CaptionStore, root: Path) -
     captions, _ = store.current()
     studies, fresh = {i.study_id for i in images}, {i.source_path for i in images}
     earlier = captions[captions["study_id"].isin(studies) & ~captions["source_path"].isin(fresh)]
-    companions = [InputImage(root / row.source_path, row.source_path, row.sha256, "known", row.study_id,
-                             row.image_id, row.view)
-                  for row in earlier.itertuples() if (root / row.source_path).is_file()]
+    companions = [
+        InputImage(root / row.source_path, row.source_path, row.sha256, "known", row.study_id, row.image_id, row.view)
+        for row in earlier.itertuples()
+        if (root / row.source_path).is_file()
+    ]
     return images + companions
 
 
@@ -322,13 +359,13 @@ def report_studies(bundle, features: dict, decoding: dict) -> tuple[list[str | N
     study that breaks the decoder is that study's rejects. If every study fails alone too, it is raised."""
     try:
         return bundle.report(features, **decoding), {}
-    except Exception as batch_error:  # noqa: BLE001
+    except Exception as batch_error:
         captions: list[str | None] = []
         failed: dict[int, str] = {}
         for s in range(len(features["view_mask"])):
             try:
-                captions += bundle.report({k: v[s: s + 1] for k, v in features.items()}, **decoding)
-            except Exception as exc:  # noqa: BLE001
+                captions += bundle.report({k: v[s : s + 1] for k, v in features.items()}, **decoding)
+            except Exception as exc:
                 captions.append(None)
                 failed[s] = f"report generation failed for this study ({type(exc).__name__})"
         if len(failed) == len(captions):
@@ -336,8 +373,9 @@ def report_studies(bundle, features: dict, decoding: dict) -> tuple[list[str | N
         return captions, failed
 
 
-def judge_studies(guard, pooled: np.ndarray, studies: list[list[int]], modalities: list[str | None],
-                  chroma: list[float] | None = None) -> list[tuple]:
+def judge_studies(
+    guard, pooled: np.ndarray, studies: list[list[int]], modalities: list[str | None], chroma: list[float] | None = None
+) -> list[tuple]:
     """(ood_score, in_domain, reason) per study: its highest image score, its DICOM modality and its most
     colourful image."""
     if guard is None:
@@ -351,9 +389,17 @@ def judge_studies(guard, pooled: np.ndarray, studies: list[list[int]], modalitie
     return out
 
 
-def caption_images(images: list[InputImage], model: CaptioningModel, store: CaptionStore, batch_size: int = 32,
-                   decoding: dict | None = None, progress: bool = True, forward: Forward | None = None,
-                   ood_policy: str = "flag", run_id: str | None = None) -> CaptionResult:
+def caption_images(
+    images: list[InputImage],
+    model: CaptioningModel,
+    store: CaptionStore,
+    batch_size: int = 32,
+    decoding: dict | None = None,
+    progress: bool = True,
+    forward: Forward | None = None,
+    ood_policy: str = "flag",
+    run_id: str | None = None,
+) -> CaptionResult:
     """Caption `images` study by study, one part file per batch of studies (`forward`: the encoder's compiled
     forward function when the caller already has one). Each study gets its out-of-domain score and verdict;
     with `ood_policy="withhold"` a study out of domain gets no caption. `run_id` names the parts (default: a
@@ -368,8 +414,10 @@ def caption_images(images: list[InputImage], model: CaptioningModel, store: Capt
     def finish(batch) -> None:
         """Beam-search the batch's studies and write its part (in a thread, while the next batch encodes)."""
         flat = batch.items
-        rejects = {k: reject_row(flat[k].source_path, batch.shas[k] or flat[k].sha256, reason)
-                   for k, reason in batch.reasons.items()}
+        rejects = {
+            k: reject_row(flat[k].source_path, batch.shas[k] or flat[k].sha256, reason)
+            for k, reason in batch.reasons.items()
+        }
         studies, members, offset = [], [], 0
         for study in batches[batch.number]:
             keys = [offset + i for i in range(len(study)) if offset + i in batch.rows]
@@ -395,16 +443,28 @@ def caption_images(images: list[InputImage], model: CaptioningModel, store: Capt
                     if s in failed:
                         rejects[k] = reject_row(image.source_path, batch.shas[k], failed[s])
                         continue
-                    rows.append({"study_id": image.study_id, "image_id": image.image_id, "view": image.view,
-                                 "source_path": image.source_path, "sha256": batch.shas[k],
-                                 "caption": None if withheld else caption, "model": stamp_model[0],
-                                 "model_version": stamp_model[1], "encoder_version": stamp_model[2],
-                                 "captioned_at": stamp, "ood_score": score, "in_domain": in_domain,
-                                 "ood_reason": f"withheld: {reason}" if withheld else reason})
+                    rows.append(
+                        {
+                            "study_id": image.study_id,
+                            "image_id": image.image_id,
+                            "view": image.view,
+                            "source_path": image.source_path,
+                            "sha256": batch.shas[k],
+                            "caption": None if withheld else caption,
+                            "model": stamp_model[0],
+                            "model_version": stamp_model[1],
+                            "encoder_version": stamp_model[2],
+                            "captioned_at": stamp,
+                            "ood_score": score,
+                            "in_domain": in_domain,
+                            "ood_reason": f"withheld: {reason}" if withheld else reason,
+                        }
+                    )
             result.studies += len(studies) - len(failed)
         frame = pd.DataFrame(rows, columns=CAPTIONS.column_names)
-        store.write_batch(frame, pd.DataFrame(list(rejects.values()), columns=CAPTION_REJECTS.column_names),
-                          run_id, batch.number)
+        store.write_batch(
+            frame, pd.DataFrame(list(rejects.values()), columns=CAPTION_REJECTS.column_names), run_id, batch.number
+        )
         result.captioned += len(rows)
         result.rejected += len(rejects)
 
@@ -413,8 +473,16 @@ def caption_images(images: list[InputImage], model: CaptioningModel, store: Capt
     with ThreadPoolExecutor(1) as finisher:
         last: Future | None = None
         flat_batches = [[image for study in batch for image in study] for batch in batches]
-        for batch in stream_features(images, lambda image: image.path, forward, batch_size, model.encoder.input_size,
-                                     attention, progress="caption" if progress else None, batches=flat_batches):
+        for batch in stream_features(
+            images,
+            lambda image: image.path,
+            forward,
+            batch_size,
+            model.encoder.input_size,
+            attention,
+            progress="caption" if progress else None,
+            batches=flat_batches,
+        ):
             if last is not None:
                 last.result()  # raises here if the previous batch failed
             last = finisher.submit(finish, batch)
@@ -425,5 +493,6 @@ def caption_images(images: list[InputImage], model: CaptioningModel, store: Capt
 
 
 def reject_frame(rejects: list[Reject]) -> pd.DataFrame:
-    return pd.DataFrame([reject_row(r.source_path, r.sha256, r.reason) for r in rejects],
-                        columns=CAPTION_REJECTS.column_names)
+    return pd.DataFrame(
+        [reject_row(r.source_path, r.sha256, r.reason) for r in rejects], columns=CAPTION_REJECTS.column_names
+    )

@@ -14,13 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-from radcap.domain.guard import DomainGuard
 from radcap.core.errors import RadcapError
 from radcap.core.io import write_json
-from radcap.registry.store import LoadedModel, resolve_bundle
+from radcap.core.model_config import (
+    CAPTIONER_FORMATS,
+    CONFIG_FILE,
+    CONSENSUS_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    CaptionerConfig,
+    SavedModelConfig,
+)
+from radcap.domain.guard import DomainGuard
 from radcap.metrics.scores import CiderD
-from radcap.core.model_config import (CAPTIONER_FORMATS, CONFIG_FILE, CONSENSUS_FILE, VOCAB_FILE, WEIGHTS_FILE,
-                                 CaptionerConfig, SavedModelConfig)
+from radcap.registry.store import LoadedModel, resolve_bundle
 from radcap.text.vocab import END, START, UNK, Vocabulary
 
 CONSENSUS_SEED = 0  # every study's sampled pseudo-references come from this seed: its report is reproducible
@@ -46,18 +53,32 @@ class CaptionerBundle:
         """Built once: its compiled step functions are reused by every call."""
         from radcap.models.decoding import Decoder
 
-        return Decoder(self.model, self.vocab.index[START], self.vocab.index[END], self.vocab.max_length,
-                       banned=(self.vocab.index[UNK],))
+        return Decoder(
+            self.model,
+            self.vocab.index[START],
+            self.vocab.index[END],
+            self.vocab.max_length,
+            banned=(self.vocab.index[UNK],),
+        )
 
-    def generate(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
-                 consensus_samples: int = 0, batch_size: int = 64) -> list[np.ndarray]:
+    def generate(
+        self,
+        features: dict,
+        beam_width: int = 1,
+        length_penalty: float = 0.7,
+        no_repeat_ngram: int = 0,
+        consensus_samples: int = 0,
+        batch_size: int = 64,
+    ) -> list[np.ndarray]:
         """Token ids of each study's report, for a batch of study features ({'pooled', 'view_mask'[, 'grid']}
         numpy arrays): greedy with `beam_width` 1, beam search above; with `consensus_samples` N, of the beam's
         reports the one that agrees most with N reports sampled from the model (`consensus`)."""
         decoder, out = self.decoder, []
         if consensus_samples and beam_width > 1 and self.cider is None:
-            raise RadcapError("this captioner was saved without its training reports' document frequencies "
-                              f"({CONSENSUS_FILE}): decode it with consensus_samples=0, or train it again")
+            raise RadcapError(
+                "this captioner was saved without its training reports' document frequencies "
+                f"({CONSENSUS_FILE}): decode it with consensus_samples=0, or train it again"
+            )
         n = len(features["view_mask"])
         for i in range(0, n, batch_size):
             part = self.model_inputs(features, slice(i, i + batch_size))
@@ -70,8 +91,9 @@ class CaptionerBundle:
             out.extend(ids)
         return out
 
-    def consensus(self, part: dict, beam_width: int, length_penalty: float, no_repeat_ngram: int,
-                  samples: int) -> list[np.ndarray]:
+    def consensus(
+        self, part: dict, beam_width: int, length_penalty: float, no_repeat_ngram: int, samples: int
+    ) -> list[np.ndarray]:
         """Minimum Bayes risk decoding (Kumar & Byrne 2004; for captions, CIDEr as the utility): the beam's
         reports are the candidates, `samples` reports drawn from the model per study stand for the unknown
         reference, and the candidate with the highest mean CIDEr-D against them wins (ties: the beam's order).
@@ -85,21 +107,36 @@ class CaptionerBundle:
         chosen = []
         for b in range(studies):
             order = [k for k in np.argsort(-scores[b], kind="stable") if np.isfinite(scores[b, k])]
-            utility = self.cider.consensus([self.vocab.words(candidates[b, k]) for k in order],
-                                           [self.vocab.words(ids) for ids in drawn[b]])
+            utility = self.cider.consensus(
+                [self.vocab.words(candidates[b, k]) for k in order], [self.vocab.words(ids) for ids in drawn[b]]
+            )
             chosen.append(candidates[b, order[int(utility.argmax())]])
         return chosen
 
     def model_inputs(self, features: dict, rows: slice) -> dict:
         """The arrays the network reads for `rows`: grids as float32 (stored as float16), none without attention."""
-        return {k: (v[rows].astype(np.float32) if k == "grid" else v[rows])
-                for k, v in features.items() if k != "grid" or self.model.attention}
+        return {
+            k: (v[rows].astype(np.float32) if k == "grid" else v[rows])
+            for k, v in features.items()
+            if k != "grid" or self.model.attention
+        }
 
-    def caption(self, features: dict, beam_width: int = 1, length_penalty: float = 0.7, no_repeat_ngram: int = 0,
-                consensus_samples: int = 0, batch_size: int = 64) -> list[str]:
+    def caption(
+        self,
+        features: dict,
+        beam_width: int = 1,
+        length_penalty: float = 0.7,
+        no_repeat_ngram: int = 0,
+        consensus_samples: int = 0,
+        batch_size: int = 64,
+    ) -> list[str]:
         """Captions for a batch of study features (see `generate`)."""
-        return [self.vocab.decode(row) for row in self.generate(features, beam_width, length_penalty,
-                                                                  no_repeat_ngram, consensus_samples, batch_size)]
+        return [
+            self.vocab.decode(row)
+            for row in self.generate(
+                features, beam_width, length_penalty, no_repeat_ngram, consensus_samples, batch_size
+            )
+        ]
 
     def report(self, features: dict, **overrides) -> list[str]:
         """Captions decoded as the model was tuned to be (its config's `decoding`), with `overrides` (e.g. a
@@ -107,9 +144,11 @@ class CaptionerBundle:
         return self.caption(features, **self.decoding(**overrides))
 
     def decoding(self, **overrides) -> dict:
-        return self.config.decoding.model_copy(update={k: v for k, v in overrides.items() if v is not None}).model_dump()
+        return self.config.decoding.model_copy(
+            update={k: v for k, v in overrides.items() if v is not None}
+        ).model_dump()
 
-    def explain(self, features: dict, **overrides) -> list["Explanation"]:
+    def explain(self, features: dict, **overrides) -> list[Explanation]:
         """Each study's report (as `report` writes it) with its words and, for an attention model, where the
         model looked for each word: weights (words, views, grid cells), read by teacher-forcing the report."""
         out = []
@@ -144,14 +183,23 @@ def build_model(config: CaptionerConfig, vocab_size: int):
     """The network a config describes, with its variables created (so weights can be loaded into them)."""
     from radcap.models.captioner import ARCHITECTURES
 
-    kwargs = dict(vocab_size=vocab_size, max_views=config.max_views, feature_dim=config.feature_dim,
-                  embed_dim=config.embed_dim, units=config.units, dropout=config.dropout)
+    kwargs = {
+        "vocab_size": vocab_size,
+        "max_views": config.max_views,
+        "feature_dim": config.feature_dim,
+        "embed_dim": config.embed_dim,
+        "units": config.units,
+        "dropout": config.dropout,
+    }
     if config.architecture == "show-attend-tell":
         kwargs["attention_units"] = config.attention_units
     model = ARCHITECTURES[config.architecture](**kwargs)
     views, dim = config.max_views, config.feature_dim
-    features = {"pooled": np.zeros((1, views, dim), np.float32), "view_mask": np.ones((1, views), np.float32),
-                "grid": np.zeros((1, views, config.grid_cells, dim), np.float16)}
+    features = {
+        "pooled": np.zeros((1, views, dim), np.float32),
+        "view_mask": np.ones((1, views), np.float32),
+        "grid": np.zeros((1, views, config.grid_cells, dim), np.float16),
+    }
     model.teacher_forced(features, np.ones((1, 2), np.int32))
     model.built = True  # a subclassed model: its variables exist now
     return model
@@ -172,8 +220,11 @@ def read_saved_model(folder: Path, config_class: type[SavedModelConfig], formats
 
 
 def load_bundle(folder: Path) -> CaptionerBundle:
-    return CaptionerBundle(*read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model),
-                           DomainGuard.load(Path(folder)), read_consensus(Path(folder)))
+    return CaptionerBundle(
+        *read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model),
+        DomainGuard.load(Path(folder)),
+        read_consensus(Path(folder)),
+    )
 
 
 def read_consensus(folder: Path) -> CiderD | None:

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from radcap.core.catalog import DataCatalog
+from radcap.core.errors import RadcapError
+from radcap.core.io import read_table
 from radcap.data_contracts import IMAGES, REPORTS
 from radcap.data_contracts.features import GRID_CELLS
-from radcap.core.errors import RadcapError
 from radcap.imaging.features import FeatureStore, current_sha256
-from radcap.core.io import read_table
 from radcap.ingestion.splits import in_selection_carve
 from radcap.text.vocab import Vocabulary
 
@@ -48,25 +48,35 @@ class CaptionSet:
     def tokens(self, vocab: Vocabulary) -> np.ndarray:
         return np.asarray(vocab.encode_padded(self.texts), np.int32)
 
-    def subset(self, report_ids: list[str]) -> "CaptionSet":
+    def subset(self, report_ids: list[str]) -> CaptionSet:
         """The examples of `report_ids`, in that order."""
         position = {r: i for i, r in enumerate(self.report_ids)}
         index = np.array([position[r] for r in report_ids], dtype=np.int64)
-        return CaptionSet(list(report_ids), [self.texts[i] for i in index], self.pooled[index], self.view_mask[index],
-                          None if self.grid is None else self.grid[index],
-                          [self.image_ids[i] for i in index] if self.image_ids else [],
-                          group_ids=[self.group_ids[i] for i in index] if self.group_ids else [])
+        return CaptionSet(
+            list(report_ids),
+            [self.texts[i] for i in index],
+            self.pooled[index],
+            self.view_mask[index],
+            None if self.grid is None else self.grid[index],
+            [self.image_ids[i] for i in index] if self.image_ids else [],
+            group_ids=[self.group_ids[i] for i in index] if self.group_ids else [],
+        )
 
     @staticmethod
-    def concat(sets: list["CaptionSet"]) -> "CaptionSet":
+    def concat(sets: list[CaptionSet]) -> CaptionSet:
         """One set of several (e.g. every split of a data directory); grids are dropped."""
         sets = [s for s in sets if len(s)]
         if not sets:
             return CaptionSet([], [], np.zeros((0, 1, 0), np.float32), np.zeros((0, 1), np.float32))
-        return CaptionSet([r for s in sets for r in s.report_ids], [t for s in sets for t in s.texts],
-                          np.concatenate([s.pooled for s in sets]), np.concatenate([s.view_mask for s in sets]),
-                          None, [i for s in sets for i in s.image_ids],
-                          group_ids=[g for s in sets for g in s.group_ids] if all(s.group_ids for s in sets) else [])
+        return CaptionSet(
+            [r for s in sets for r in s.report_ids],
+            [t for s in sets for t in s.texts],
+            np.concatenate([s.pooled for s in sets]),
+            np.concatenate([s.view_mask for s in sets]),
+            None,
+            [i for s in sets for i in s.image_ids],
+            group_ids=[g for s in sets for g in s.group_ids] if all(s.group_ids for s in sets) else [],
+        )
 
     def feature_statistics(self, attention: bool) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and std over the images present (grid cells for attention, pooled vectors else)."""
@@ -89,8 +99,10 @@ def pack_views(studies: list[list[int]], pooled: np.ndarray, grid: np.ndarray | 
     """Per-image features -> per-study arrays: `studies` lists each study's rows of `pooled`/`grid`, in view
     order. Gives {'pooled' (S,V,D) float32, 'view_mask' (S,V)[, 'grid' (S,V,cells,D) float16]}; missing views are 0."""
     dim = pooled.shape[-1]
-    out = {"pooled": np.zeros((len(studies), max_views, dim), np.float32),
-           "view_mask": np.zeros((len(studies), max_views), np.float32)}
+    out = {
+        "pooled": np.zeros((len(studies), max_views, dim), np.float32),
+        "view_mask": np.zeros((len(studies), max_views), np.float32),
+    }
     if grid is not None:
         out["grid"] = np.zeros((len(studies), max_views, GRID_CELLS, dim), np.float16)
     for s, rows in enumerate(studies):
@@ -126,21 +138,41 @@ def build_caption_set(
     for report_id in chosen["report_id"]:
         present = [i for i in by_report.get(report_id, []) if i in row_of][:max_views]
         if not present:
-            rejects.append({"source": report_id, "item": report_id, "kind": "report", "stage": "captioning",
-                            "reason": f"no image of this report has features of its current file for encoder "
-                                      f"{encoder_version} (run `radcap features`)"})
+            rejects.append(
+                {
+                    "source": report_id,
+                    "item": report_id,
+                    "kind": "report",
+                    "stage": "captioning",
+                    "reason": f"no image of this report has features of its current file for encoder "
+                    f"{encoder_version} (run `radcap features`)",
+                }
+            )
             continue
         keep.append(report_id)
         views.append(present)
-    packed = pack_views([[row_of[i] for i in present] for present in views], stored["pooled"],
-                        stored["grid"] if grid else None, max_views)
+    packed = pack_views(
+        [[row_of[i] for i in present] for present in views],
+        stored["pooled"],
+        stored["grid"] if grid else None,
+        max_views,
+    )
     kept = chosen.set_index("report_id").loc[keep]
-    return CaptionSet(keep, kept["target"].tolist(), packed["pooled"], packed["view_mask"], packed.get("grid"), views,
-                      rejects, kept["group_id"].astype(str).tolist())
+    return CaptionSet(
+        keep,
+        kept["target"].tolist(),
+        packed["pooled"],
+        packed["view_mask"],
+        packed.get("grid"),
+        views,
+        rejects,
+        kept["group_id"].astype(str).tolist(),
+    )
 
 
-def load_caption_sets(data_dir: Path, encoder_version: str, splits: tuple[str, ...], max_views: int,
-                      grid: bool = False, min_size: int = 1) -> dict[str, CaptionSet]:
+def load_caption_sets(
+    data_dir: Path, encoder_version: str, splits: tuple[str, ...], max_views: int, grid: bool = False, min_size: int = 1
+) -> dict[str, CaptionSet]:
     """The one caption-set loader: each split's examples from a data directory's tables and feature store,
     or RadcapError when a split has fewer than `min_size` reports with features."""
     catalog = DataCatalog(data_dir)
@@ -149,13 +181,16 @@ def load_caption_sets(data_dir: Path, encoder_version: str, splits: tuple[str, .
     sets = {s: build_caption_set(reports, images, store, encoder_version, s, max_views, grid) for s in splits}
     for split, data in sets.items():
         if len(data) < min_size:
-            raise RadcapError(f"{data_dir}: {len(data)} '{split}' reports have features for encoder {encoder_version} "
-                              f"(at least {min_size} needed; run `radcap features`)")
+            raise RadcapError(
+                f"{data_dir}: {len(data)} '{split}' reports have features for encoder {encoder_version} "
+                f"(at least {min_size} needed; run `radcap features`)"
+            )
     return sets
 
 
-def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, grid: bool = False,
-                  min_size: int = 1) -> dict[str, CaptionSet]:
+def training_sets(
+    data_dir: Path, encoder_version: str, rules, max_views: int, grid: bool = False, min_size: int = 1
+) -> dict[str, CaptionSet]:
     """{'train': what the model fits, 'val': what every choice is made on}. With `rules.select_on == "carve"`
     both come from the train split (by group, deterministically) and the val and test splits are never read,
     so no choice can touch what is reported; with "val", the val split is the selection set."""
@@ -169,6 +204,8 @@ def training_sets(data_dir: Path, encoder_version: str, rules, max_views: int, g
     sets["train"].rejects = train.rejects
     for name, data in sets.items():
         if len(data) < min_size:
-            raise RadcapError(f"{data_dir}: the carved {name} set has {len(data)} reports (at least {min_size} needed); "
-                              "add training data or set RADCAP_SPLIT__SELECT_FRACTION")
+            raise RadcapError(
+                f"{data_dir}: the carved {name} set has {len(data)} reports (at least {min_size} needed); "
+                "add training data or set RADCAP_SPLIT__SELECT_FRACTION"
+            )
     return sets

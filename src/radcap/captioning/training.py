@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radcap.captioning.data import CaptionSet, mean_view
 from radcap.captioning.bundle import CaptionerBundle, build_model
-from radcap.metrics.scores import CiderD, caption_metrics, clinical_counts
+from radcap.captioning.data import CaptionSet, mean_view
 from radcap.core.model_config import CaptionerConfig
 from radcap.core.settings import DecoderSettings
 from radcap.core.training import EarlyStopping, EpochRecord, FitResult, fit
+from radcap.metrics.scores import CiderD, caption_metrics, clinical_counts
 from radcap.text.vocab import START, Vocabulary, tokenize
 
 
@@ -24,7 +24,7 @@ from radcap.text.vocab import START, Vocabulary, tokenize
 class CaptionTraining:
     bundle: CaptionerBundle
     fit: FitResult
-    self_critical: "SelfCritical | None" = None
+    self_critical: SelfCritical | None = None
 
 
 def model_config(cfg: DecoderSettings, **extra) -> CaptionerConfig:
@@ -44,9 +44,14 @@ def validation_scores(bundle: CaptionerBundle, val: CaptionSet) -> dict[str, flo
     return caption_metrics({i: [t] for i, t in zip(ids, val.texts)}, dict(zip(ids, hyps)), meteor=False)
 
 
-def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: DecoderSettings,
-                    config_extra: dict | None = None,
-                    on_epoch: Callable[[EpochRecord], None] = lambda e: None) -> CaptionTraining:
+def train_captioner(
+    train: CaptionSet,
+    val: CaptionSet,
+    vocab: Vocabulary,
+    cfg: DecoderSettings,
+    config_extra: dict | None = None,
+    on_epoch: Callable[[EpochRecord], None] = lambda e: None,
+) -> CaptionTraining:
     import keras
     import tensorflow as tf
     from tqdm import tqdm
@@ -67,29 +72,49 @@ def train_captioner(train: CaptionSet, val: CaptionSet, vocab: Vocabulary, cfg: 
 
     def tensors(data: CaptionSet, index) -> dict:
         # float16 grids are stored compactly; the network gets float32 (this CPU has no fast half-precision ops)
-        return {k: tf.constant(v.astype(np.float32) if k == "grid" else v) for k, v in data.features(index).items()
-                if k != "grid" or model.attention}
+        return {
+            k: tf.constant(v.astype(np.float32) if k == "grid" else v)
+            for k, v in data.features(index).items()
+            if k != "grid" or model.attention
+        }
 
     def run_epoch(epoch: int) -> dict[str, float]:
         start, order, losses = time.perf_counter(), rng.permutation(len(train)), []
         for i in tqdm(range(0, len(order) - bs + 1, bs), desc=f"epoch {epoch}", unit="batch", leave=False):
-            index = np.sort(order[i: i + bs])
+            index = np.sort(order[i : i + bs])
             losses.append(float(train_step(tensors(train, index), tf.constant(train_tokens[index]))))
         train_seconds = time.perf_counter() - start
-        val_losses = [float(eval_step(tensors(val, slice(i, i + bs)), tf.constant(val_tokens[i: i + bs])))
-                      for i in range(0, len(val), bs)]
+        val_losses = [
+            float(eval_step(tensors(val, slice(i, i + bs)), tf.constant(val_tokens[i : i + bs])))
+            for i in range(0, len(val), bs)
+        ]
         scores = {f"val_{k}": v for k, v in validation_scores(bundle, val).items() if v is not None}
-        return {"train_loss": float(np.mean(losses)), "val_loss": float(np.mean(val_losses)), **scores,
-                "train_seconds": train_seconds, "batches": len(losses)}
+        return {
+            "train_loss": float(np.mean(losses)),
+            "val_loss": float(np.mean(val_losses)),
+            **scores,
+            "train_seconds": train_seconds,
+            "batches": len(losses),
+        }
 
     by_loss = cfg.selection_metric == "val_loss"
-    stopping = EarlyStopping("val_loss" if by_loss else f"val_{cfg.selection_metric}", "min" if by_loss else "max",
-                             cfg.patience, cfg.min_epochs, 0.0 if by_loss else 1e-6)
+    stopping = EarlyStopping(
+        "val_loss" if by_loss else f"val_{cfg.selection_metric}",
+        "min" if by_loss else "max",
+        cfg.patience,
+        cfg.min_epochs,
+        0.0 if by_loss else 1e-6,
+    )
     return CaptionTraining(bundle, fit(model, cfg.epochs, run_epoch, stopping, on_epoch))
 
 
-def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, cfg: DecoderSettings,
-                  on_epoch: Callable[[EpochRecord], None] = lambda e: None) -> "SelfCritical | None":
+def self_critical(
+    bundle: CaptionerBundle,
+    train: CaptionSet,
+    val: CaptionSet,
+    cfg: DecoderSettings,
+    on_epoch: Callable[[EpochRecord], None] = lambda e: None,
+) -> SelfCritical | None:
     """Self-critical sequence training (Rennie et al. 2017) of a cross-entropy-trained bundle, in place: per
     batch of studies, `scst_samples` sampled captions each are rewarded (`SampleReward`: CIDEr-D against the
     study's report, optionally mixed with its similar studies' reports and clinical agreement), minus a
@@ -107,8 +132,14 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
     model, vocab, decoder = bundle.model, bundle.vocab, bundle.decoder
     keras.utils.set_random_seed(cfg.seed + 1)
     # the decoder's banned ids (pad, <start>, <unk>): the step masks exactly what sampling excluded
-    step = make_scst_step(model, keras.optimizers.Adam(cfg.scst_learning_rate), tuple(decoder.banned.tolist()),
-                          cfg.clip_norm, cfg.scst_xe_weight, cfg.scst_dropout)
+    step = make_scst_step(
+        model,
+        keras.optimizers.Adam(cfg.scst_learning_rate),
+        tuple(decoder.banned.tolist()),
+        cfg.clip_norm,
+        cfg.scst_xe_weight,
+        cfg.scst_dropout,
+    )
     truth = token_matrix(train, vocab) if cfg.scst_xe_weight else None  # the mixed objective's targets
     rewards = SampleReward(train, vocab, cfg)
     rng, bs, k = np.random.default_rng(cfg.seed + 1), min(cfg.batch_size, len(train)), cfg.scst_samples
@@ -118,13 +149,13 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
         so the step is traced once (sampled lengths vary)."""
         out = np.zeros((len(ids), vocab.max_length), np.int32)
         out[:, 0] = vocab.index[START]
-        out[:, 1: ids.shape[1] + 1] = ids
+        out[:, 1 : ids.shape[1] + 1] = ids
         return out
 
     def run_epoch(epoch: int) -> dict[str, float]:
         start, order, losses, sampled, baselines = time.perf_counter(), rng.permutation(len(train)), [], [], []
         for i in tqdm(range(0, len(order) - bs + 1, bs), desc=f"scst {epoch}", unit="batch", leave=False):
-            index = np.sort(order[i: i + bs])
+            index = np.sort(order[i : i + bs])
             features = bundle.model_inputs(train.features(index), slice(None))
             repeated = {key: np.repeat(v, k, axis=0) for key, v in features.items()}  # study b at rows b*k..
             samples = decoder.sample(features, rng, samples=k, top_k=cfg.scst_top_k)
@@ -136,15 +167,31 @@ def self_critical(bundle: CaptionerBundle, train: CaptionSet, val: CaptionSet, c
                 per_study = reward.reshape(-1, k)
                 baseline = ((per_study.sum(axis=1, keepdims=True) - per_study) / (k - 1)).ravel()
             advantages = reward - baseline
-            mixed = () if truth is None else ({key: tf.constant(v) for key, v in features.items()}, tf.constant(truth[index]))
-            losses.append(float(step({key: tf.constant(v) for key, v in repeated.items()}, tf.constant(with_start(samples)),
-                                     tf.constant(advantages, tf.float32), *mixed)))
+            mixed = (
+                ()
+                if truth is None
+                else ({key: tf.constant(v) for key, v in features.items()}, tf.constant(truth[index]))
+            )
+            losses.append(
+                float(
+                    step(
+                        {key: tf.constant(v) for key, v in repeated.items()},
+                        tf.constant(with_start(samples)),
+                        tf.constant(advantages, tf.float32),
+                        *mixed,
+                    )
+                )
+            )
             sampled.append(reward.mean())
             baselines.append(baseline.mean())
         scores = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}
-        return {"scst_loss": float(np.mean(losses)), "train_sample_reward": float(np.mean(sampled)),
-                "train_baseline_reward": float(np.mean(baselines)), **scores,
-                "train_seconds": time.perf_counter() - start}
+        return {
+            "scst_loss": float(np.mean(losses)),
+            "train_sample_reward": float(np.mean(sampled)),
+            "train_baseline_reward": float(np.mean(baselines)),
+            **scores,
+            "train_seconds": time.perf_counter() - start,
+        }
 
     before = {f"val_{key}": v for key, v in validation_scores(bundle, val).items() if v is not None}
     cross_entropy_weights = model.get_weights()
@@ -216,17 +263,26 @@ def choose_length_penalty(bundle: CaptionerBundle, val: CaptionSet, cfg: Decoder
     """Beam search favours short captions; how much to correct depends on the data (IU impressions are short,
     MedPix captions long). Score each penalty of `cfg.length_penalty_grid` on the validation reports by the
     selection metric, keep the best in the bundle's decoding config, return every penalty's score."""
-    bundle.config.decoding = bundle.config.decoding.model_copy(update={
-        "beam_width": cfg.beam_width, "length_penalty": cfg.length_penalty, "no_repeat_ngram": cfg.no_repeat_ngram,
-        "consensus_samples": cfg.consensus_samples})
+    bundle.config.decoding = bundle.config.decoding.model_copy(
+        update={
+            "beam_width": cfg.beam_width,
+            "length_penalty": cfg.length_penalty,
+            "no_repeat_ngram": cfg.no_repeat_ngram,
+            "consensus_samples": cfg.consensus_samples,
+        }
+    )
     if not cfg.length_penalty_grid or cfg.beam_width <= 1 or cfg.consensus_samples:
         return {}  # (consensus decoding: the beam keeps the same reports whatever the penalty, which only ranks them)
     metric = "CIDEr" if cfg.selection_metric == "val_loss" else cfg.selection_metric
     references = {rid: [text] for rid, text in zip(val.report_ids, val.texts)}
     scores = {}
     for penalty in cfg.length_penalty_grid:
-        captions = bundle.caption(val.features(slice(None)), beam_width=cfg.beam_width, length_penalty=penalty,
-                                  no_repeat_ngram=cfg.no_repeat_ngram)
+        captions = bundle.caption(
+            val.features(slice(None)),
+            beam_width=cfg.beam_width,
+            length_penalty=penalty,
+            no_repeat_ngram=cfg.no_repeat_ngram,
+        )
         scores[penalty] = caption_metrics(references, dict(zip(val.report_ids, captions)), meteor=False)[metric]
     best = max(scores, key=lambda p: (scores[p], -abs(p - cfg.length_penalty)))
     bundle.config.decoding = bundle.config.decoding.model_copy(update={"length_penalty": best})

@@ -8,17 +8,16 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from radcap.data_contracts import REJECTS, Contract, ContractError
 from radcap.core.errors import RadcapError
-
+from radcap.data_contracts import REJECTS, Contract, ContractError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -66,8 +65,10 @@ def exclusive_lock(path: Path, wait_seconds: float, what: str) -> Iterator[None]
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
-                    raise RadcapError(f"{what} is being written by another radcap run ({holder}); wait for it "
-                                      "to finish or write elsewhere") from None
+                    raise RadcapError(
+                        f"{what} is being written by another radcap run ({holder}); wait for it "
+                        "to finish or write elsewhere"
+                    ) from None
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)

@@ -19,9 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from radcap.data_contracts.features import GRID_CELLS, POOLED_DIM
 from radcap.core.errors import RadcapError
 from radcap.core.io import write_json
+from radcap.data_contracts.features import GRID_CELLS, POOLED_DIM
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.weights.h5"  # a bundle's files
 CONSENSUS_FILE = "consensus.json"  # a captioner's CIDEr-D document frequencies (consensus decoding)
@@ -37,9 +37,13 @@ class DecodingConfig(BaseModel):
     beam_width: int = Field(1, ge=1)
     length_penalty: float = 0.7
     no_repeat_ngram: int = Field(0, ge=0)
-    consensus_samples: int = Field(0, ge=0, description="0: the beam's best report; N: of the beam's reports, the "
-                                   "one with the highest mean CIDEr-D against N reports sampled from the model "
-                                   "(minimum Bayes risk).")
+    consensus_samples: int = Field(
+        0,
+        ge=0,
+        description="0: the beam's best report; N: of the beam's reports, the "
+        "one with the highest mean CIDEr-D against N reports sampled from the model "
+        "(minimum Bayes risk).",
+    )
 
 
 class SavedModelConfig(BaseModel):
@@ -65,7 +69,9 @@ class SavedModelConfig(BaseModel):
             raise RadcapError(f"{path.parent}: not a {what} (config.json: {exc})") from exc
         if not isinstance(raw, dict) or raw.get("format") not in formats:
             found = raw.get("format") if isinstance(raw, dict) else None
-            raise RadcapError(f"{path.parent}: unsupported {what} format {found!r} (expected one of {', '.join(formats)})")
+            raise RadcapError(
+                f"{path.parent}: unsupported {what} format {found!r} (expected one of {', '.join(formats)})"
+            )
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -82,8 +88,9 @@ class CaptionerConfig(SavedModelConfig):
     dropout: float
     max_views: int
     decoding: DecodingConfig = DecodingConfig()
-    select_on: Literal["carve", "val"] | None = Field(None, description="Where its selection happened (SplitRules."
-                                                      "select_on); None: saved before this was recorded.")
+    select_on: Literal["carve", "val"] | None = Field(
+        None, description="Where its selection happened (SplitRules.select_on); None: saved before this was recorded."
+    )
 
 
 class RetrieverConfig(SavedModelConfig):

@@ -72,8 +72,12 @@ def attention_figure(bundle, features: dict, images: list[np.ndarray], grid_side
                 continue
             ax.imshow(image, cmap="gray")
             heat = attention[r, c, :cells].reshape(grid_side, grid_side)  # the first view's cells
-            ax.imshow(np.kron(heat, np.ones((side // grid_side, side // grid_side))), cmap="jet", alpha=0.4,
-                      extent=(0, side, side, 0))
+            ax.imshow(
+                np.kron(heat, np.ones((side // grid_side, side // grid_side))),
+                cmap="jet",
+                alpha=0.4,
+                extent=(0, side, side, 0),
+            )
             ax.set_title(tokens[c], fontsize=9)
     fig.tight_layout()
     return fig

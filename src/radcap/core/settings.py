@@ -52,8 +52,10 @@ class TextRules(BaseModel):
     )
     placeholder_patterns: tuple[str, ...] = Field(
         (
-            r"\breplace this\b", r"\bdescription of (?:the )?(?:image|findings)\b",
-            r"\binsert (?:a |the )?(?:caption|description|text|findings)\b", r"\blorem ipsum\b",
+            r"\breplace this\b",
+            r"\bdescription of (?:the )?(?:image|findings)\b",
+            r"\binsert (?:a |the )?(?:caption|description|text|findings)\b",
+            r"\blorem ipsum\b",
             r"^\W*(?:see above|see below|as above|same as above|see report|n/?a|none|nil|tbd|pending|"
             r"to be (?:added|completed|determined))\W*$",
             r"^[\W_]*$",  # only punctuation
@@ -74,14 +76,16 @@ class SplitRules(BaseModel):
     test: float = 0.2
     salt: str = "radcap-split-v1"
     select_on: Literal["carve", "val"] = Field(
-        "carve", description="carve: select on a deterministic `select_fraction` of the train split's groups "
+        "carve",
+        description="carve: select on a deterministic `select_fraction` of the train split's groups "
         "(patients, cases), so the val and test splits stay untouched by every choice and can be reported; "
-        "val: select on the val split (then do not report on it).")
+        "val: select on the val split (then do not report on it).",
+    )
     select_fraction: float = Field(0.1, gt=0, lt=0.5)
     select_salt: str = "radcap-select-v1"
 
     @model_validator(mode="after")
-    def _fractions_sum_to_one(self) -> "SplitRules":
+    def _fractions_sum_to_one(self) -> SplitRules:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6 or min(self.train, self.val, self.test) < 0:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {total:.3f}")
@@ -102,14 +106,22 @@ class EncoderSettings(BaseModel):
     """The CheXNet encoder: feature extraction and `radcap pretrain-encoder` (CheXNet recipe, from scratch)."""
 
     input_size: int = Field(224, description="Feature extraction size; 224 gives the 7x7 attention grid.")
-    precision: Literal["fp32", "bf16", "int8"] = Field("fp32", description="Inference precision of `radcap "
-                                                        "features` (bf16/int8: an optimized build, radcap.imaging.precision).")
+    precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32",
+        description="Inference precision of `radcap "
+        "features` (bf16/int8: an optimized build, radcap.imaging.precision).",
+    )
     optimize_calibration_images: int = Field(300, description="Real images int8 calibration reads.")
     batch_size: int = 32
-    cluster_task_images: int = Field(2048, ge=1, description="`radcap features --cluster`: images per task, each "
-                                     "task one part file (radcap.imaging.features.PART_ROWS); a lost worker re-encodes at most this.")
+    cluster_task_images: int = Field(
+        2048,
+        ge=1,
+        description="`radcap features --cluster`: images per task, each "
+        "task one part file (radcap.imaging.features.PART_ROWS); a lost worker re-encodes at most this.",
+    )
     pretrain_size: int = Field(
-        224, description="Training resolution. The network is fully convolutional, so a smaller size (e.g. 160) "
+        224,
+        description="Training resolution. The network is fully convolutional, so a smaller size (e.g. 160) "
         "trains ~2x faster on a CPU and the encoder still extracts at `input_size`.",
     )
     pretrain_batch_size: int = 16
@@ -142,49 +154,87 @@ class DecoderSettings(BaseModel):
     clip_norm: float = 5.0
     epochs: int = 30
     patience: int = Field(5, description="Epochs without a better validation metric before stopping.")
-    min_epochs: int = Field(10, description="No early stop before this: greedy captions of an early model are "
-                            "degenerate, so caption metrics are noise for the first epochs.")
+    min_epochs: int = Field(
+        10,
+        description="No early stop before this: greedy captions of an early model are "
+        "degenerate, so caption metrics are noise for the first epochs.",
+    )
     selection_metric: Literal["CIDEr", "BLEU-4", "ROUGE-L", "val_loss"] = "CIDEr"
     seed: int = 0
     beam_width: int = Field(10, description="Beam search width: with consensus decoding, the candidates.")
     length_penalty: float = Field(0.7, description="Used when `length_penalty_grid` is empty.")
     length_penalty_grid: tuple[float, ...] = Field(
-        (0.7, 1.0, 1.5, 2.0, 3.0), description="After training, the length penalty giving the best validation "
+        (0.7, 1.0, 1.5, 2.0, 3.0),
+        description="After training, the length penalty giving the best validation "
         "selection metric with beam search is chosen from these and saved with the model: beam search favours "
         "short captions, and how much to correct depends on the dataset (IU impressions are short, MedPix "
-        "captions long).")
-    no_repeat_ngram: int = Field(3, description="Decoding never repeats an n-gram of this size, nor immediately "
-                                 "repeats a phrase shorter than it (0: no blocking).")
-    consensus_samples: int = Field(20, ge=0, description="Consensus (minimum Bayes risk) decoding: of the beam's "
-                                   "`beam_width` reports, write the one with the highest mean CIDEr-D against this "
-                                   "many reports sampled from the model (0: the beam's most probable report). The "
-                                   "beam's reports do not depend on the length penalty, so none is chosen with it. "
-                                   "Chosen on held-back train groups (benchmarks/consensus_decoding.py).")
-    scst_epochs: int = Field(0, ge=0, description="Self-critical fine-tuning after cross-entropy (0: none): "
-                             "REINFORCE with CIDEr-D as reward (`scst_baseline`); the selection "
-                             "set decides whether its weights replace the cross-entropy ones.")
+        "captions long).",
+    )
+    no_repeat_ngram: int = Field(
+        3,
+        description="Decoding never repeats an n-gram of this size, nor immediately "
+        "repeats a phrase shorter than it (0: no blocking).",
+    )
+    consensus_samples: int = Field(
+        20,
+        ge=0,
+        description="Consensus (minimum Bayes risk) decoding: of the beam's "
+        "`beam_width` reports, write the one with the highest mean CIDEr-D against this "
+        "many reports sampled from the model (0: the beam's most probable report). The "
+        "beam's reports do not depend on the length penalty, so none is chosen with it. "
+        "Chosen on held-back train groups (benchmarks/consensus_decoding.py).",
+    )
+    scst_epochs: int = Field(
+        0,
+        ge=0,
+        description="Self-critical fine-tuning after cross-entropy (0: none): "
+        "REINFORCE with CIDEr-D as reward (`scst_baseline`); the selection "
+        "set decides whether its weights replace the cross-entropy ones.",
+    )
     scst_samples: int = Field(5, ge=2, description="Captions sampled per study in each SCST step.")
     scst_baseline: Literal["samples", "greedy"] = Field(
-        "samples", description="What a sample's reward is compared with: the mean reward of the study's other "
+        "samples",
+        description="What a sample's reward is compared with: the mean reward of the study's other "
         "samples (Luo 2020) or the greedy caption's (Rennie et al. 2017). On MedPix 2.0 a cross-entropy model's "
         "samples earned less than half the CIDEr-D of its greedy captions (0.029 vs 0.070), so with the greedy "
-        "baseline nearly every advantage was negative; the others' mean centres them.")
-    scst_learning_rate: float = Field(5e-5, description="Adam moves each weight by about this much per step, whatever "
-                                      "the reward's scale; rewards of sampled reports are sparse and noisy, and 2e-4 "
-                                      "lost half the selection CIDEr in one epoch on MedPix 2.0.")
+        "baseline nearly every advantage was negative; the others' mean centres them.",
+    )
+    scst_learning_rate: float = Field(
+        5e-5,
+        description="Adam moves each weight by about this much per step, whatever "
+        "the reward's scale; rewards of sampled reports are sparse and noisy, and 2e-4 "
+        "lost half the selection CIDEr in one epoch on MedPix 2.0.",
+    )
     scst_top_k: int = Field(0, ge=0, description="Sample each word from the model's k most probable (0: from all).")
-    scst_xe_weight: float = Field(0.0, ge=0, description="Adds this x the teacher-forced cross-entropy of the "
-                                  "studies' own reports to the SCST loss (a mixed objective; 0: SCST alone).")
+    scst_xe_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Adds this x the teacher-forced cross-entropy of the "
+        "studies' own reports to the SCST loss (a mixed objective; 0: SCST alone).",
+    )
     scst_dropout: bool = Field(False, description="Dropout on in the SCST step (the captions are sampled without).")
-    scst_neighbours: int = Field(0, ge=0, description="Also reward a sampled caption by CIDEr-D against the reports "
-                                 "of its study's k most similar training studies of other patients or cases (pooled "
-                                 "cosine; 0: its own report only). A decoder that has memorised its training reports "
-                                 "is rewarded for reproducing them; what similar images' reports share is what a "
-                                 "new image's report is likely to say.")
-    scst_neighbour_weight: float = Field(0.5, ge=0, le=1, description="With `scst_neighbours`: reward = (1 - w) x "
-                                         "CIDEr-D against the own report + w x its mean against the neighbours'.")
-    scst_clinical_weight: float = Field(0.0, ge=0, description="Adds this x the report's clinical agreement "
-                                        "(finding labeler, invented findings count) to the CIDEr-D reward.")
+    scst_neighbours: int = Field(
+        0,
+        ge=0,
+        description="Also reward a sampled caption by CIDEr-D against the reports "
+        "of its study's k most similar training studies of other patients or cases (pooled "
+        "cosine; 0: its own report only). A decoder that has memorised its training reports "
+        "is rewarded for reproducing them; what similar images' reports share is what a "
+        "new image's report is likely to say.",
+    )
+    scst_neighbour_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="With `scst_neighbours`: reward = (1 - w) x "
+        "CIDEr-D against the own report + w x its mean against the neighbours'.",
+    )
+    scst_clinical_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Adds this x the report's clinical agreement "
+        "(finding labeler, invented findings count) to the CIDEr-D reward.",
+    )
     registered_name: str = "radcap-captioner"
 
 
@@ -207,8 +257,10 @@ class RetrievalSettings(BaseModel):
     max_views: int = Field(2, description="Images per study the image tower averages.")
     registered_name: str = "radcap-retriever"
     precision: Literal["fp32", "bf16", "int8"] = Field(
-        "fp32", description="Encoder precision of `radcap retrieve` (bf16/int8: the registered optimized build; the "
-        "retriever must have passed `radcap check-precision` at it).")
+        "fp32",
+        description="Encoder precision of `radcap retrieve` (bf16/int8: the registered optimized build; the "
+        "retriever must have passed `radcap check-precision` at it).",
+    )
 
 
 class BulkCaptioningSettings(BaseModel):
@@ -217,25 +269,44 @@ class BulkCaptioningSettings(BaseModel):
     model: str = Field("models:/radcap-captioner@champion", description="Captioner used when none is given.")
     batch_size: int = Field(32, description="Images encoded per forward pass; memory is bounded by it.")
     precision: Literal["fp32", "bf16", "int8"] = Field(
-        "fp32", description="Encoder precision (bf16/int8: the registered optimized build; the captioner must "
-        "have passed `radcap check-precision` at it).")
+        "fp32",
+        description="Encoder precision (bf16/int8: the registered optimized build; the captioner must "
+        "have passed `radcap check-precision` at it).",
+    )
     identifiers: Literal["uid", "hash"] = Field(
-        "uid", description="Output study/image ids: DICOM UIDs as they are, or salted SHA-256 of them.")
-    id_salt: str = Field("", description="Salt for `identifiers = hash` (RADCAP_CAPTION__ID_SALT). Empty: a random "
-                         "salt made once per workspace and kept in WORKSPACE/id_salt, never an empty one.")
-    lock_wait_seconds: float = Field(10.0, description="A second run writing the same output folder waits this "
-                                     "long for the first to finish, then stops with exit 2.")
+        "uid", description="Output study/image ids: DICOM UIDs as they are, or salted SHA-256 of them."
+    )
+    id_salt: str = Field(
+        "",
+        description="Salt for `identifiers = hash` (RADCAP_CAPTION__ID_SALT). Empty: a random "
+        "salt made once per workspace and kept in WORKSPACE/id_salt, never an empty one.",
+    )
+    lock_wait_seconds: float = Field(
+        10.0,
+        description="A second run writing the same output folder waits this "
+        "long for the first to finish, then stops with exit 2.",
+    )
     ood_policy: Literal["flag", "withhold"] = Field(
-        "flag", description="A study out of the model's domain: `flag` writes its caption with in_domain false; "
-        "`withhold` writes no caption, and the row says why.")
-    consensus_samples: int | None = Field(None, ge=0, description="None: decode as the model was saved to; 0: the "
-                                          "beam's most probable report (several times faster than consensus "
-                                          "decoding); N: consensus among N sampled reports.")
+        "flag",
+        description="A study out of the model's domain: `flag` writes its caption with in_domain false; "
+        "`withhold` writes no caption, and the row says why.",
+    )
+    consensus_samples: int | None = Field(
+        None,
+        ge=0,
+        description="None: decode as the model was saved to; 0: the "
+        "beam's most probable report (several times faster than consensus "
+        "decoding); N: consensus among N sampled reports.",
+    )
     ready_marker: str = Field(".complete", description="A batch folder holding this file is complete.")
-    settle_seconds: float = Field(300.0, description="A batch folder without the marker is complete once "
-                                  "nothing in it changed for this long.")
-    claim_timeout_seconds: float = Field(6 * 3600.0, description="A claim older than this with no result is "
-                                         "taken to be from a crashed run, and the batch is taken again.")
+    settle_seconds: float = Field(
+        300.0, description="A batch folder without the marker is complete once nothing in it changed for this long."
+    )
+    claim_timeout_seconds: float = Field(
+        6 * 3600.0,
+        description="A claim older than this with no result is "
+        "taken to be from a crashed run, and the batch is taken again.",
+    )
 
 
 class PromotionSettings(BaseModel):
@@ -244,8 +315,13 @@ class PromotionSettings(BaseModel):
     primary_metric: Literal["CIDEr", "BLEU-4", "METEOR", "ROUGE-L"] = "CIDEr"
     clinical_metric: Literal["clinical_micro_f1", "clinical_macro_f1"] = "clinical_micro_f1"
     clinical_tolerance: float = Field(0.02, description="The candidate may lose at most this much clinical F1.")
-    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Promote only when the paired bootstrap puts the "
-                              "primary-metric gain above zero with this confidence (one-sided).")
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1.0,
+        description="Promote only when the paired bootstrap puts the "
+        "primary-metric gain above zero with this confidence (one-sided).",
+    )
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the held-out reports.")
     split: Literal["val", "test"] = "test"
     alias: str = "champion"
@@ -254,20 +330,30 @@ class PromotionSettings(BaseModel):
 class DomainSettings(BaseModel):
     """The out-of-domain guard every trained captioner and retriever carries (src/radcap/domain/guard.py)."""
 
-    percentile: float = Field(95.0, gt=50, lt=100, description="Threshold: this percentile of the validation "
-                              "images' scores (about 100 - percentile % of in-domain images are flagged).")
+    percentile: float = Field(
+        95.0,
+        gt=50,
+        lt=100,
+        description="Threshold: this percentile of the validation "
+        "images' scores (about 100 - percentile % of in-domain images are flagged).",
+    )
     explained_variance: float = Field(0.95, gt=0.5, le=1.0, description="The principal components kept.")
-    max_chroma: float | None = Field(0.05, description="An image whose colour channels differ by more than this "
-                                     "(mean, share of full scale) is flagged: radiological images are grayscale. "
-                                     "None turns the rule off (a collection with colour overlays).")
+    max_chroma: float | None = Field(
+        0.05,
+        description="An image whose colour channels differ by more than this "
+        "(mean, share of full scale) is flagged: radiological images are grayscale. "
+        "None turns the rule off (a collection with colour overlays).",
+    )
 
 
 class AppSettings(BaseModel):
     """The page for one study (`radcap app`, section `app`)."""
 
     model: str = Field("models:/radcap-captioner@champion", description="The captioner the page serves.")
-    retriever: str | None = Field("models:/radcap-retriever/latest", description="Closest training reports come "
-                                  "from it when it is registered (the page says so when it is not).")
+    retriever: str | None = Field(
+        "models:/radcap-retriever/latest",
+        description="Closest training reports come from it when it is registered (the page says so when it is not).",
+    )
     studies: Path | None = Field(None, description="A folder (a PACS export, PNG/JPEG files) to pick studies from.")
     neighbours: int = Field(5, ge=1, le=50, description="Closest training reports shown.")
     max_upload_mb: int = Field(64, ge=1, le=512, description="A larger uploaded file is refused with a message.")
@@ -298,11 +384,18 @@ class Settings(BaseSettings):
     domain: DomainSettings = DomainSettings()
     app: AppSettings = AppSettings()
     tracking: TrackingSettings = TrackingSettings()
-    cluster: str | None = Field(None, description="Dask cluster for features, caption, retrieve and the inbox "
-                                   "and nightly flows (RADCAP_CLUSTER): local:N worker processes, or a scheduler "
-                                   "address tcp://HOST:8786; unset: in-process (radcap.operations.cluster).")
-    cluster_task_images: int = Field(256, ge=1, description="`radcap caption`/`retrieve --cluster`: images per task (whole studies): "
-                                     "a lost worker costs at most this much work again.")
+    cluster: str | None = Field(
+        None,
+        description="Dask cluster for features, caption, retrieve and the inbox "
+        "and nightly flows (RADCAP_CLUSTER): local:N worker processes, or a scheduler "
+        "address tcp://HOST:8786; unset: in-process (radcap.operations.cluster).",
+    )
+    cluster_task_images: int = Field(
+        256,
+        ge=1,
+        description="`radcap caption`/`retrieve --cluster`: images per task (whole studies): "
+        "a lost worker costs at most this much work again.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -52,8 +52,13 @@ class EarlyStopping:
         return value < best - self.min_delta if self.mode == "min" else value > best + self.min_delta
 
 
-def fit(model, epochs: int, run_epoch: Callable[[int], dict[str, float]], stopping: EarlyStopping,
-        on_epoch: Callable[[EpochRecord], None] = lambda record: None) -> FitResult:
+def fit(
+    model,
+    epochs: int,
+    run_epoch: Callable[[int], dict[str, float]],
+    stopping: EarlyStopping,
+    on_epoch: Callable[[EpochRecord], None] = lambda record: None,
+) -> FitResult:
     """Run `run_epoch(epoch)` (its batches and validation, returning metrics) for up to `epochs` epochs; keep
     the weights of the best `stopping.monitor`, stop after `patience` epochs without improvement (not before
     `min_epochs`). On return `model` holds the best weights."""

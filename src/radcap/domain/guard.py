@@ -32,8 +32,23 @@ from radcap.core.io import atomic_path, write_json
 
 DOMAIN_JSON, DOMAIN_ARRAYS = "domain.json", "domain.npz"
 # DICOM Modality codes and dataset spellings of one family of images.
-MODALITY_FAMILIES = {"CT": "CT", "MR": "MR", "MRI": "MR", "CR": "XR", "DX": "XR", "CX": "XR", "DR": "XR", "RG": "XR",
-                     "XR": "XR", "X-RAY": "XR", "XRAY": "XR", "US": "US", "NM": "NM", "PT": "PET", "MG": "MG"}
+MODALITY_FAMILIES = {
+    "CT": "CT",
+    "MR": "MR",
+    "MRI": "MR",
+    "CR": "XR",
+    "DX": "XR",
+    "CX": "XR",
+    "DR": "XR",
+    "RG": "XR",
+    "XR": "XR",
+    "X-RAY": "XR",
+    "XRAY": "XR",
+    "US": "US",
+    "NM": "NM",
+    "PT": "PET",
+    "MG": "MG",
+}
 
 
 def modality_family(value: object) -> str | None:
@@ -56,9 +71,17 @@ class DomainGuard:
     max_chroma: float | None = 0.05  # an image more colourful than this is not a radiograph (None: no rule)
 
     @classmethod
-    def fit(cls, train: np.ndarray, groups: np.ndarray | None = None, percentile: float = 95.0, explained: float = 0.95,
-            modalities: list[str] | None = None, regions: list[str] | None = None, folds: int = 5,
-            max_chroma: float | None = 0.05) -> "DomainGuard":
+    def fit(
+        cls,
+        train: np.ndarray,
+        groups: np.ndarray | None = None,
+        percentile: float = 95.0,
+        explained: float = 0.95,
+        modalities: list[str] | None = None,
+        regions: list[str] | None = None,
+        folds: int = 5,
+        max_chroma: float | None = 0.05,
+    ) -> DomainGuard:
         """From training images' pooled features (N,D), calibrated out of fold: the images are split into
         `folds` by group (patient, case: `groups`, else each image alone), a guard fitted without each fold
         scores it, and the threshold is the `percentile` of those scores. So the threshold comes from images
@@ -66,8 +89,11 @@ class DomainGuard:
         guard = cls._density(train, explained)
         keys = np.asarray(groups if groups is not None else np.arange(len(train))).astype(str)
         fold = np.array([int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) % folds for k in keys])
-        scores = [cls._density(train[fold != f], explained).score_images(train[fold == f])
-                  for f in range(folds) if (fold == f).any() and (fold != f).sum() > 2]
+        scores = [
+            cls._density(train[fold != f], explained).score_images(train[fold == f])
+            for f in range(folds)
+            if (fold == f).any() and (fold != f).sum() > 2
+        ]
         guard.threshold = float(np.percentile(np.concatenate(scores), percentile)) if scores else float("inf")
         guard.percentile = percentile
         guard.modalities = sorted({m for m in map(modality_family, modalities or []) if m})
@@ -77,7 +103,7 @@ class DomainGuard:
         return guard
 
     @classmethod
-    def _density(cls, train: np.ndarray, explained: float) -> "DomainGuard":
+    def _density(cls, train: np.ndarray, explained: float) -> DomainGuard:
         mean, std = train.mean(axis=0), np.maximum(train.std(axis=0), 1e-3)
         z = (train - mean) / std
         _, singular, vt = np.linalg.svd(z, full_matrices=False)
@@ -85,8 +111,15 @@ class DomainGuard:
         k = int(np.searchsorted(np.cumsum(variances) / variances.sum(), explained) + 1)
         k = max(1, min(k, len(variances) - 1)) if len(variances) > 1 else 1
         residual = float(variances[k:].sum() / max(z.shape[1] - k, 1)) if len(variances) > k else 1e-6
-        return cls(mean.astype(np.float32), std.astype(np.float32), vt[:k].astype(np.float32),
-                   np.maximum(variances[:k], 1e-6).astype(np.float32), max(residual, 1e-6), float("inf"), 0.0)
+        return cls(
+            mean.astype(np.float32),
+            std.astype(np.float32),
+            vt[:k].astype(np.float32),
+            np.maximum(variances[:k], 1e-6).astype(np.float32),
+            max(residual, 1e-6),
+            float("inf"),
+            0.0,
+        )
 
     def score_images(self, pooled: np.ndarray) -> np.ndarray:
         """(N,D) pooled features -> (N,) distances (see the module doc)."""
@@ -105,30 +138,50 @@ class DomainGuard:
         if family and self.modalities and family not in self.modalities:
             return False, f"modality {family} is not among the training modalities ({', '.join(self.modalities)})"
         if score > self.threshold:
-            return False, (f"out-of-domain score {score:.2f} above the threshold {self.threshold:.2f} "
-                           f"(the {self.percentile:g}th percentile of validation images)")
+            return False, (
+                f"out-of-domain score {score:.2f} above the threshold {self.threshold:.2f} "
+                f"(the {self.percentile:g}th percentile of validation images)"
+            )
         return True, None
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / DOMAIN_ARRAYS) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, mean=self.mean, std=self.std, components=self.components, variances=self.variances)
-        write_json({"threshold": self.threshold, "percentile": self.percentile, "residual_variance": self.residual_variance,
-                    "modalities": self.modalities, "regions": self.regions, "calibration_images": self.calibration_images,
-                    "components": int(len(self.components)), "max_chroma": self.max_chroma}, folder / DOMAIN_JSON)
+        with atomic_path(folder / DOMAIN_ARRAYS) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, mean=self.mean, std=self.std, components=self.components, variances=self.variances)
+        write_json(
+            {
+                "threshold": self.threshold,
+                "percentile": self.percentile,
+                "residual_variance": self.residual_variance,
+                "modalities": self.modalities,
+                "regions": self.regions,
+                "calibration_images": self.calibration_images,
+                "components": len(self.components),
+                "max_chroma": self.max_chroma,
+            },
+            folder / DOMAIN_JSON,
+        )
 
     @classmethod
-    def load(cls, folder: Path) -> "DomainGuard | None":
+    def load(cls, folder: Path) -> DomainGuard | None:
         """The guard saved in a bundle folder, or None for a model saved without one (radcap 0.1)."""
         if not (folder / DOMAIN_JSON).exists():
             return None
         meta = json.loads((folder / DOMAIN_JSON).read_text(encoding="utf-8"))
         with np.load(folder / DOMAIN_ARRAYS, allow_pickle=False) as arrays:
-            return cls(arrays["mean"], arrays["std"], arrays["components"], arrays["variances"],
-                       float(meta["residual_variance"]), float(meta["threshold"]), float(meta["percentile"]),
-                       list(meta["modalities"]), list(meta["regions"]), int(meta.get("calibration_images", 0)),
-                       meta.get("max_chroma"))
+            return cls(
+                arrays["mean"],
+                arrays["std"],
+                arrays["components"],
+                arrays["variances"],
+                float(meta["residual_variance"]),
+                float(meta["threshold"]),
+                float(meta["percentile"]),
+                list(meta["modalities"]),
+                list(meta["regions"]),
+                int(meta.get("calibration_images", 0)),
+                meta.get("max_chroma"),
+            )
 
 
 def image_vectors(pooled: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
@@ -150,6 +203,12 @@ def domain_guard(sets: list, images, reports, cfg) -> DomainGuard:
     groups = np.array([group_of[rid] for s in sets for rid, ids in zip(s.report_ids, s.image_ids) for _ in ids])
     image_ids = {image_id for s in sets for ids in s.image_ids for image_id in ids}
     rows = images[images["image_id"].isin(image_ids)]
-    return DomainGuard.fit(vectors, groups, cfg.percentile, cfg.explained_variance,
-                           modalities=rows["modality"].dropna().tolist(), regions=rows["location_category"].dropna().tolist(),
-                           max_chroma=cfg.max_chroma)
+    return DomainGuard.fit(
+        vectors,
+        groups,
+        cfg.percentile,
+        cfg.explained_variance,
+        modalities=rows["modality"].dropna().tolist(),
+        regions=rows["location_category"].dropna().tolist(),
+        max_chroma=cfg.max_chroma,
+    )

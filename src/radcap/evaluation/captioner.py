@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radcap.registry import tracking
 from radcap.captioning.data import CaptionSet, mean_view
 from radcap.core.catalog import RunFolder
-from radcap.domain.guard import study_scores
 from radcap.core.io import atomic_path, write_json
-from radcap.metrics.scores import CAPTION_METRICS, ReportScores, paired_bootstrap, score_reports
 from radcap.core.reporting import markdown_table, metrics_figure, write_text
+from radcap.domain.guard import study_scores
+from radcap.metrics.scores import CAPTION_METRICS, ReportScores, paired_bootstrap, score_reports
+from radcap.registry import tracking
 
 TABLE_COLUMNS = [*CAPTION_METRICS, "clinical_micro_f1", "clinical_macro_f1", "repetition_rate", "stutter_rate"]
 HEADLINE_METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "clinical_micro_f1")
@@ -35,7 +35,9 @@ class System:
     captions: list[str]
 
 
-def caption_with_baselines(bundle, architecture: str, evaluated: CaptionSet, train: CaptionSet, seed: int = 0) -> list[System]:
+def caption_with_baselines(
+    bundle, architecture: str, evaluated: CaptionSet, train: CaptionSet, seed: int = 0
+) -> list[System]:
     """The model's reports (decoded as tuned) and three baselines', all for the same studies."""
     most_frequent = pd.Series(train.texts).value_counts().index[0]
     rng = np.random.default_rng(seed)
@@ -43,8 +45,16 @@ def caption_with_baselines(bundle, architecture: str, evaluated: CaptionSet, tra
     return [
         System("model", f"model ({architecture})", bundle.report(evaluated.features(slice(None)))),
         System("most_frequent", "baseline: most frequent train caption", [most_frequent] * len(evaluated)),
-        System("random", "baseline: random train caption", [train.texts[i] for i in rng.integers(0, len(train), len(evaluated))]),
-        System("nearest", "baseline: nearest train image (pooled cosine)", [train.texts[i] for i in similarity.argmax(axis=1)]),
+        System(
+            "random",
+            "baseline: random train caption",
+            [train.texts[i] for i in rng.integers(0, len(train), len(evaluated))],
+        ),
+        System(
+            "nearest",
+            "baseline: nearest train image (pooled cosine)",
+            [train.texts[i] for i in similarity.argmax(axis=1)],
+        ),
     ]
 
 
@@ -54,7 +64,9 @@ def retrieval_system(captions: list[str]) -> System:
 
 def score_systems(evaluated: CaptionSet, systems: list[System], meteor: bool = True) -> dict[str, ReportScores]:
     references = dict(zip(evaluated.report_ids, evaluated.texts))
-    return {s.key: score_reports(references, dict(zip(evaluated.report_ids, s.captions)), meteor=meteor) for s in systems}
+    return {
+        s.key: score_reports(references, dict(zip(evaluated.report_ids, s.captions)), meteor=meteor) for s in systems
+    }
 
 
 @dataclass
@@ -70,7 +82,9 @@ class Evaluation:
 
     def table(self) -> pd.DataFrame:
         summaries = self.summaries()
-        return pd.DataFrame([{"system": s.label, **{c: summaries[s.key][c] for c in TABLE_COLUMNS}} for s in self.systems])
+        return pd.DataFrame(
+            [{"system": s.label, **{c: summaries[s.key][c] for c in TABLE_COLUMNS}} for s in self.systems]
+        )
 
     @cached_property
     def against_best_baseline(self) -> list[dict]:
@@ -80,64 +94,109 @@ class Evaluation:
             return []
         model, labels, rows = self.scores["model"], {s.key: s.label for s in self.systems}, []
         for metric in HEADLINE_METRICS:
-            values = {k: v for k, scores in self.scores.items() if k != "model" and (v := scores.metric(metric)) is not None}
+            values = {
+                k: v for k, scores in self.scores.items() if k != "model" and (v := scores.metric(metric)) is not None
+            }
             if not values or model.metric(metric) is None:
                 continue
             best = max(values, key=values.get)
             gain = paired_bootstrap(model, self.scores[best], metric, BOOTSTRAP_SAMPLES)
-            rows.append({"metric": metric, "model": model.metric(metric), "best_baseline": labels[best],
-                         "baseline": values[best], "ratio": model.metric(metric) / values[best] if values[best] else None,
-                         "difference": gain["delta"], "low": gain["low"], "high": gain["high"],
-                         "p_not_better": gain["p_not_better"]})
+            rows.append(
+                {
+                    "metric": metric,
+                    "model": model.metric(metric),
+                    "best_baseline": labels[best],
+                    "baseline": values[best],
+                    "ratio": model.metric(metric) / values[best] if values[best] else None,
+                    "difference": gain["delta"],
+                    "low": gain["low"],
+                    "high": gain["high"],
+                    "p_not_better": gain["p_not_better"],
+                }
+            )
         return rows
 
     def findings(self) -> pd.DataFrame:
         summaries = self.summaries()
         first = summaries[self.systems[0].key]["per_finding"]
         columns = {"support": {o: v["support"] for o, v in first.items()}}
-        columns.update({s.label: {o: v["f1"] for o, v in summaries[s.key]["per_finding"].items()} for s in self.systems})
+        columns.update(
+            {s.label: {o: v["f1"] for o, v in summaries[s.key]["per_finding"].items()} for s in self.systems}
+        )
         return pd.DataFrame(columns).reset_index(names="finding")
 
     def selection_note(self) -> str:
         where, split = self.meta.get("select_on"), self.meta["split"]
         if where == "carve":
-            return (f"Selection (early stopping, length penalty, guard threshold) happened on a carve of the train split: "
-                    f"split `{split}` was never read in training.")
+            return (
+                f"Selection (early stopping, length penalty, guard threshold) happened on a carve of the train split: "
+                f"split `{split}` was never read in training."
+            )
         if where == "val" and split == "val":
-            return ("**Warning: this model was selected on the val split it is scored on here; these numbers "
-                    "overstate what unseen reports get.**")
+            return (
+                "**Warning: this model was selected on the val split it is scored on here; these numbers "
+                "overstate what unseen reports get.**"
+            )
         return f"Selection happened on: {where or 'not recorded (a model saved before radcap 0.2)'}."
 
     def comparison_markdown(self) -> str:
         if not self.against_best_baseline:
             return ""
-        table = pd.DataFrame([{"metric": r["metric"], "model": r["model"], "best baseline": r["best_baseline"],
-                               "baseline": r["baseline"], "ratio": r["ratio"], "difference": r["difference"],
-                               "95% interval": f"{r['low']:+.4f} .. {r['high']:+.4f}",
-                               "resamples not better": r["p_not_better"]} for r in self.against_best_baseline])
-        return (f"## Against the best baseline (paired bootstrap, {BOOTSTRAP_SAMPLES:,} resamples of these reports)\n\n"
-                f"For each metric the baseline that scores best on it; a difference whose interval excludes 0 is "
-                f"larger than what resampling these reports moves.\n\n{markdown_table(table)}\n")
+        table = pd.DataFrame(
+            [
+                {
+                    "metric": r["metric"],
+                    "model": r["model"],
+                    "best baseline": r["best_baseline"],
+                    "baseline": r["baseline"],
+                    "ratio": r["ratio"],
+                    "difference": r["difference"],
+                    "95% interval": f"{r['low']:+.4f} .. {r['high']:+.4f}",
+                    "resamples not better": r["p_not_better"],
+                }
+                for r in self.against_best_baseline
+            ]
+        )
+        return (
+            f"## Against the best baseline (paired bootstrap, {BOOTSTRAP_SAMPLES:,} resamples of these reports)\n\n"
+            f"For each metric the baseline that scores best on it; a difference whose interval excludes 0 is "
+            f"larger than what resampling these reports moves.\n\n{markdown_table(table)}\n"
+        )
 
     def markdown(self) -> str:
-        return (f"# radcap evaluation\n\n{self.meta['model']} on `{self.meta['data_dir']}` split `{self.meta['split']}` "
-                f"({len(self.evaluated)} reports). {self.selection_note()}\n\nTokenization and metric definitions: "
-                f"`src/radcap/metrics/scores.py`; repetition_rate: share of reports repeating a 3-gram; stutter_rate: share immediately repeating a phrase of 1-3 tokens.\n\n"
-                f"## Caption and clinical metrics\n\n{markdown_table(self.table())}\n{self.comparison_markdown()}"
-                f"## Clinical F1 per finding (rule-based labeler, uncertain counted positive)\n\n"
-                f"{markdown_table(self.findings(), 3)}" + (f"\n{guard_markdown(self.guard)}" if self.guard else ""))
+        return (
+            f"# radcap evaluation\n\n{self.meta['model']} on `{self.meta['data_dir']}` split `{self.meta['split']}` "
+            f"({len(self.evaluated)} reports). {self.selection_note()}\n\nTokenization and metric definitions: "
+            "`radcap.metrics.scores`; repetition_rate: share of reports repeating a 3-gram; "
+            "stutter_rate: share immediately repeating a phrase of 1-3 tokens.\n\n"
+            f"## Caption and clinical metrics\n\n{markdown_table(self.table())}\n{self.comparison_markdown()}"
+            f"## Clinical F1 per finding (rule-based labeler, uncertain counted positive)\n\n"
+            f"{markdown_table(self.findings(), 3)}" + (f"\n{guard_markdown(self.guard)}" if self.guard else "")
+        )
 
     def model_summary(self) -> dict:
         scores = self.summaries()["model"]
-        summary = {"reports": len(self.evaluated), **{k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}}
+        summary = {
+            "reports": len(self.evaluated),
+            **{k: round(v, 4) for k, v in scores.items() if isinstance(v, float)},
+        }
         for row in self.against_best_baseline:
             if row["metric"] == "CIDEr":
-                summary.update({"CIDEr_best_baseline": round(row["baseline"], 4), "CIDEr_gain_low": round(row["low"], 4),
-                                "CIDEr_gain_high": round(row["high"], 4)})
+                summary.update(
+                    {
+                        "CIDEr_best_baseline": round(row["baseline"], 4),
+                        "CIDEr_gain_low": round(row["low"], 4),
+                        "CIDEr_gain_high": round(row["high"], 4),
+                    }
+                )
         if self.guard:
             summary["ood_flagged_held_out"] = round(self.guard["held_out"]["flagged_by_score"], 4)
-            summary.update({f"ood_caught_{name}": round(q["flagged_by_score"], 4)
-                            for name, q in self.guard["out_of_domain"].items()})
+            summary.update(
+                {
+                    f"ood_caught_{name}": round(q["flagged_by_score"], 4)
+                    for name, q in self.guard["out_of_domain"].items()
+                }
+            )
         return summary
 
 
@@ -145,12 +204,24 @@ def save_evaluation(evaluation: Evaluation, out: Path) -> Path:
     """metrics.json, report.md and captions.csv in `out` (each written atomically); returns report.md."""
     folder = RunFolder(out)
     summaries = evaluation.summaries()
-    write_json({**evaluation.meta, "reports": len(evaluation.evaluated), "domain_guard": evaluation.guard,
-                "systems": {s.label: summaries[s.key] for s in evaluation.systems},
-                "against_best_baseline": evaluation.against_best_baseline}, folder.metrics)
+    write_json(
+        {
+            **evaluation.meta,
+            "reports": len(evaluation.evaluated),
+            "domain_guard": evaluation.guard,
+            "systems": {s.label: summaries[s.key] for s in evaluation.systems},
+            "against_best_baseline": evaluation.against_best_baseline,
+        },
+        folder.metrics,
+    )
     write_text(evaluation.markdown(), folder.report)
-    captions = pd.DataFrame({"report_id": evaluation.evaluated.report_ids, "reference": evaluation.evaluated.texts,
-                             **{s.label: s.captions for s in evaluation.systems}})
+    captions = pd.DataFrame(
+        {
+            "report_id": evaluation.evaluated.report_ids,
+            "reference": evaluation.evaluated.texts,
+            **{s.label: s.captions for s in evaluation.systems},
+        }
+    )
     with atomic_path(folder.captions_csv) as tmp:
         captions.to_csv(tmp, index=False)
     return folder.report
@@ -161,8 +232,10 @@ def log_evaluation(evaluation: Evaluation) -> None:
     for system in evaluation.systems:
         tracking.log_metrics(evaluation.summaries()[system.key], prefix=f"{system.key}_")
     tracking.log_text(evaluation.markdown(), "report.md")
-    tracking.log_figure(metrics_figure(evaluation.table(), TABLE_COLUMNS, f"{evaluation.meta['split']} split: model vs "
-                                       "baselines"), "metrics.png")
+    tracking.log_figure(
+        metrics_figure(evaluation.table(), TABLE_COLUMNS, f"{evaluation.meta['split']} split: model vs baselines"),
+        "metrics.png",
+    )
 
 
 def study_modalities(data: CaptionSet, images: pd.DataFrame) -> list[str | None]:
@@ -171,25 +244,40 @@ def study_modalities(data: CaptionSet, images: pd.DataFrame) -> list[str | None]
     return [next((modality.get(i) for i in ids if isinstance(modality.get(i), str)), None) for ids in data.image_ids]
 
 
-def guard_quality(guard, evaluated: CaptionSet, evaluated_modalities: list[str | None],
-                  out_of_domain: dict[str, tuple[CaptionSet, list[str | None]]]) -> dict:
+def guard_quality(
+    guard,
+    evaluated: CaptionSet,
+    evaluated_modalities: list[str | None],
+    out_of_domain: dict[str, tuple[CaptionSet, list[str | None]]],
+) -> dict:
     """The share of held-out in-domain studies the guard flags (should be about 100 - percentile %), and of each
     out-of-domain set's studies it catches: by the feature score alone, and with the modality rule."""
+
     def shares(data: CaptionSet, modalities: list[str | None]) -> dict:
         scores = study_scores(guard, data.pooled, data.view_mask)
         by_rule = [not guard.judge(float(s), m)[0] for s, m in zip(scores, modalities)]
-        return {"studies": len(data), "flagged_by_score": float(np.mean(scores > guard.threshold)),
-                "flagged_with_modality_rule": float(np.mean(by_rule)), "median_score": float(np.median(scores))}
+        return {
+            "studies": len(data),
+            "flagged_by_score": float(np.mean(scores > guard.threshold)),
+            "flagged_with_modality_rule": float(np.mean(by_rule)),
+            "median_score": float(np.median(scores)),
+        }
 
-    return {"threshold": guard.threshold, "percentile": guard.percentile, "modalities": guard.modalities,
-            "held_out": shares(evaluated, evaluated_modalities),
-            "out_of_domain": {name: shares(data, mods) for name, (data, mods) in out_of_domain.items()}}
+    return {
+        "threshold": guard.threshold,
+        "percentile": guard.percentile,
+        "modalities": guard.modalities,
+        "held_out": shares(evaluated, evaluated_modalities),
+        "out_of_domain": {name: shares(data, mods) for name, (data, mods) in out_of_domain.items()},
+    }
 
 
 def guard_markdown(quality: dict) -> str:
     rows = [{"images": f"held-out in-domain ({quality['held_out']['studies']} studies)", **quality["held_out"]}]
     rows += [{"images": f"{name} ({q['studies']} studies)", **q} for name, q in quality["out_of_domain"].items()]
     table = pd.DataFrame(rows)[["images", "flagged_by_score", "flagged_with_modality_rule", "median_score"]]
-    return (f"## Out-of-domain guard\n\nThreshold {quality['threshold']:.3f} (the {quality['percentile']:g}th percentile "
-            f"of the validation images' scores); training modalities {', '.join(quality['modalities']) or 'unknown'}. "
-            f"Share of studies flagged:\n\n{markdown_table(table, 3)}")
+    return (
+        f"## Out-of-domain guard\n\nThreshold {quality['threshold']:.3f} (the {quality['percentile']:g}th percentile "
+        f"of the validation images' scores); training modalities {', '.join(quality['modalities']) or 'unknown'}. "
+        f"Share of studies flagged:\n\n{markdown_table(table, 3)}"
+    )

@@ -19,8 +19,10 @@ def _aligned(reference, candidate, precision: str):
     available = set(candidate.report_ids)
     common = [r for r in reference.report_ids if r in available]
     if not common:
-        raise RadcapError(f"no study has both fp32 and {precision} features: run `radcap features --precision "
-                          f"{precision}` on the same data")
+        raise RadcapError(
+            f"no study has both fp32 and {precision} features: run `radcap features --precision "
+            f"{precision}` on the same data"
+        )
     reference, candidate = reference.subset(common), candidate.subset(common)
     mask = reference.view_mask > 0
     a, b = reference.pooled[mask], candidate.pooled[mask]
@@ -28,8 +30,16 @@ def _aligned(reference, candidate, precision: str):
     return reference, candidate, cosines
 
 
-def _verdict(precision: str, studies: int, cosines: np.ndarray, before: dict, after: dict, names, identical: float,
-             identical_name: str) -> dict:
+def _verdict(
+    precision: str,
+    studies: int,
+    cosines: np.ndarray,
+    before: dict,
+    after: dict,
+    names,
+    identical: float,
+    identical_name: str,
+) -> dict:
     """Each metric's relative change, and the failures against FIDELITY."""
     metrics, failures = {}, []
     for name in names:
@@ -42,9 +52,17 @@ def _verdict(precision: str, studies: int, cosines: np.ndarray, before: dict, af
             failures.append(f"{name} {change:+.1%}")
     if cosines.mean() < FIDELITY["cosine"]:
         failures.append(f"feature cosine {cosines.mean():.4f} < {FIDELITY['cosine']}")
-    return {"precision": precision, "studies": studies, "cosine_mean": round(float(cosines.mean()), 5),
-            "cosine_min": round(float(cosines.min()), 5), identical_name: round(identical, 4),
-            "metrics": metrics, "bounds": FIDELITY, "passed": not failures, "failures": failures}
+    return {
+        "precision": precision,
+        "studies": studies,
+        "cosine_mean": round(float(cosines.mean()), 5),
+        "cosine_min": round(float(cosines.min()), 5),
+        identical_name: round(identical, 4),
+        "metrics": metrics,
+        "bounds": FIDELITY,
+        "passed": not failures,
+        "failures": failures,
+    }
 
 
 def fidelity_check(bundle, reference, candidate, precision: str, meteor: bool = True) -> dict:
@@ -71,8 +89,10 @@ def retrieval_fidelity_check(bundle, index, reference, candidate, precision: str
     answers first) is the same; passed when the cosine and every recall's relative change are within FIDELITY."""
     reference, candidate, cosines = _aligned(reference, candidate, precision)
     texts = bundle.text_embeddings(reference.texts)
-    images = {name: bundle.image_embeddings(s.pooled, s.view_mask) for name, s in (("fp32", reference),
-                                                                                   (precision, candidate))}
+    images = {
+        name: bundle.image_embeddings(s.pooled, s.view_mask)
+        for name, s in (("fp32", reference), (precision, candidate))
+    }
     before, after = (both_directions(images[name], texts, reference.texts) for name in ("fp32", precision))
     top1 = {name: [hit["item_id"].iloc[0] for hit in index.search(emb, "report", 1)] for name, emb in images.items()}
     identical = float(np.mean([x == y for x, y in zip(top1["fp32"], top1[precision])]))

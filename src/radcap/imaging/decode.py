@@ -23,8 +23,8 @@ mean/std inside its graph (`models.encoder.standardize`), as CheXNet was trained
 Limits, checked before anything large is allocated (size and decompression bombs): a file over
 `MAX_FILE_BYTES` is not read; an image whose declared size (DICOM: Rows x Columns x frames x samples x bytes
 per sample; PNG/JPEG: width x height) exceeds `MAX_PIXELS` pixels or `MAX_PIXEL_BYTES` bytes is not decoded;
-a DICOM with more than `MAX_SEQUENCE_ITEMS` sequence items is not parsed; only the pixel-related tags (`PIXEL_TAGS`) are parsed at all; sides must be within
-MIN_SIDE..MAX_SIDE with an aspect ratio of at most MAX_ASPECT.
+a DICOM with more than `MAX_SEQUENCE_ITEMS` sequence items is not parsed; only the pixel-related tags
+(`PIXEL_TAGS`) are parsed at all; sides must be within MIN_SIDE..MAX_SIDE with an aspect ratio of at most MAX_ASPECT.
 
 Every failure, whatever raised it (a truncated file, a lying header, a missing decoder, a bug in a
 third-party decoder), becomes `ImageRejected` with a reason that names no header value: DICOM errors are
@@ -54,12 +54,31 @@ MAX_SEQUENCE_ITEMS = 100_000  # sequence items in a file: each becomes Python ob
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb check uses the same limit
 # The attributes decoding needs: pixel module, LUTs, windows. Nothing else of a header is ever parsed, so a
 # patient attribute is never even read, and huge or deep sequences elsewhere in the header are skipped.
-PIXEL_TAGS = ["SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns", "BitsAllocated", "BitsStored",
-              "HighBit", "PixelRepresentation", "PlanarConfiguration", "NumberOfFrames", "RescaleSlope",
-              "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence", "WindowCenter",
-              "WindowWidth", "VOILUTFunction", "ExtendedOffsetTable", "ExtendedOffsetTableLengths", "PixelData",
-              "FloatPixelData", "DoubleFloatPixelData"]
-
+PIXEL_TAGS = [
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "ModalityLUTSequence",
+    "VOILUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "ExtendedOffsetTable",
+    "ExtendedOffsetTableLengths",
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+]
 
 
 def quiet_pydicom():
@@ -128,7 +147,9 @@ def read_bytes(path: Path) -> bytes:
             if not stat.S_ISREG(info.st_mode):
                 raise ImageRejected("not a regular file")
             if info.st_size > MAX_FILE_BYTES:
-                raise ImageRejected(f"file is {info.st_size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit")
+                raise ImageRejected(
+                    f"file is {info.st_size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit"
+                )
             data = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ImageRejected("file not found") from None
@@ -155,7 +176,7 @@ def decode(data: bytes) -> LoadedImage:
         return LoadedImage(_check_shape(pixels), kind, sha, chroma)
     except ImageRejected as exc:
         raise ImageRejected(str(exc), sha) from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reject, never the run's
+    except Exception as exc:
         detail = "" if kind == "dicom" else f": {exc}"
         raise ImageRejected(f"cannot decode {kind} image ({type(exc).__name__}{detail})", sha) from None
 
@@ -234,7 +255,7 @@ def _load_dicom(data: bytes) -> tuple[np.ndarray, float]:
     check_dicom_header(data)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), specific_tags=PIXEL_TAGS)
-    except Exception as exc:  # noqa: BLE001 - see the module doc: the type only, never the message
+    except Exception as exc:
         raise ImageRejected(f"cannot read DICOM ({type(exc).__name__})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageRejected("DICOM has no pixel data")
@@ -247,11 +268,12 @@ def _load_dicom(data: bytes) -> tuple[np.ndarray, float]:
         raise ImageRejected(f"unsuitable dimensions {cols}x{rows} ({frames} frames, {samples} samples, {bits} bits)")
     declared = rows * cols * frames * samples * ((bits + 7) // 8)
     if rows * cols > MAX_PIXELS or declared > MAX_PIXEL_BYTES:
-        raise ImageRejected(f"declared pixel data of {declared / 2**20:.0f} MiB is over the "
-                            f"{MAX_PIXEL_BYTES // 2**20} MiB limit")
+        raise ImageRejected(
+            f"declared pixel data of {declared / 2**20:.0f} MiB is over the {MAX_PIXEL_BYTES // 2**20} MiB limit"
+        )
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for truncated data or missing decoders
+    except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax = syntax if isinstance(syntax, str) and all(c in "0123456789." for c in syntax) else "unknown"
         raise ImageRejected(f"cannot decode DICOM pixels (transfer syntax {syntax}; {type(exc).__name__})") from None
@@ -300,8 +322,11 @@ def _display_values(arr: np.ndarray, ds, apply_voi_lut) -> np.ndarray | None:
             wide = int(descriptor[2]) > 8 if len(descriptor) == 3 else True
         except (TypeError, ValueError):
             wide = True
-        lut = (np.frombuffer(data[: len(data) // 2 * 2] if wide else data, "<u2" if wide else "u1")
-               if isinstance(data, bytes) else np.asarray(data if data is not None else [], dtype=np.float64))
+        lut = (
+            np.frombuffer(data[: len(data) // 2 * 2] if wide else data, "<u2" if wide else "u1")
+            if isinstance(data, bytes)
+            else np.asarray(data if data is not None else [], dtype=np.float64)
+        )
         if lut.size and lut.max() > 0:  # the LUT's own top: LUTDescriptor's bit depth is often wrong in the wild
             return np.clip(apply_voi_lut(arr, ds, index=0, prefer_lut=True).astype(np.float32) / lut.max(), 0, 1)
     center, width = _first_number(ds, "WindowCenter"), _first_number(ds, "WindowWidth")
@@ -330,7 +355,7 @@ def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
     )
     out = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    out[top: top + new_h, left: left + new_w] = np.clip(np.asarray(resized), 0.0, 1.0)
+    out[top : top + new_h, left : left + new_w] = np.clip(np.asarray(resized), 0.0, 1.0)
     return out
 
 
@@ -346,7 +371,7 @@ def read_image(source: Path | bytes, size: int) -> Decoded:
     image = decode(check_bytes(source) if isinstance(source, (bytes, bytearray)) else read_bytes(source))
     try:
         return Decoded(to_square(image, size), image.sha256, image.chroma)
-    except Exception as exc:  # noqa: BLE001 - e.g. out of memory while resizing: this file's reject
+    except Exception as exc:
         raise ImageRejected(f"cannot resize image ({type(exc).__name__})", image.sha256) from None
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from radcap.core.errors import RadcapError
-from radcap.imaging.features import spec_for_version
 from radcap.imaging.decode import file_sha256
+from radcap.imaging.features import spec_for_version
 from radcap.registry.store import download, parse_model_uri
 
 ENCODER_NAME = "chexnet-densenet121"
@@ -106,15 +106,19 @@ def encoder_for(config, override: str | None = None) -> Encoder:
         raise RadcapError("the model records no encoder version; retrain it with this radcap version")
     spec = override or getattr(config, "encoder_spec", None) or spec_for_version(expected)
     if not spec:
-        raise RadcapError(f"the model's features came from encoder {expected}, a file whose path it does not "
-                          "record: pass that file with --encoder")
+        raise RadcapError(
+            f"the model's features came from encoder {expected}, a file whose path it does not "
+            "record: pass that file with --encoder"
+        )
     try:
         encoder = resolve_encoder(spec)
     except RadcapError as exc:
         raise RadcapError(f"cannot load the model's encoder {expected}: {exc}") from exc
     if encoder.version != expected:
-        raise RadcapError(f"{spec} is encoder {encoder.version}, but the model's features came from {expected}: "
-                          "give the encoder it was trained with (--encoder), never another one")
+        raise RadcapError(
+            f"{spec} is encoder {encoder.version}, but the model's features came from {expected}: "
+            "give the encoder it was trained with (--encoder), never another one"
+        )
     return encoder
 
 
@@ -122,15 +126,16 @@ def at_precision(encoder: Encoder, precision: str) -> Encoder:
     """`encoder` at `precision`: itself for fp32, else its registered optimized build (never built here)."""
     from dataclasses import replace
 
-    from radcap.imaging.precision import check_precision
-    from radcap.imaging.precision import find_optimized_encoder
+    from radcap.imaging.precision import check_precision, find_optimized_encoder
 
     if check_precision(precision) == "fp32":
         return encoder
     found = find_optimized_encoder(encoder.version, precision)
     if found is None:
-        raise RadcapError(f"no {precision} build of encoder {encoder.version}: run `radcap optimize-encoder "
-                          f"--encoder {encoder.spec} --precision {precision}` once")
+        raise RadcapError(
+            f"no {precision} build of encoder {encoder.version}: run `radcap optimize-encoder "
+            f"--encoder {encoder.spec} --precision {precision}` once"
+        )
     uri, folder = found
     return replace(encoder, precision=precision, optimized=folder, optimized_uri=uri)
 
@@ -140,7 +145,7 @@ def _load_keras(path: Path):
 
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # noqa: BLE001 - keras raises many types for a bad file
+    except Exception as exc:
         raise RadcapError(f"{path}: cannot load the Keras model: {exc}") from exc
 
 
@@ -149,8 +154,9 @@ def _from_registry(uri: str) -> Encoder:
         name, number = parse_model_uri(uri)
     except RadcapError as exc:
         if uri.endswith("/latest"):
-            raise RadcapError(f"{exc}: run `radcap pretrain-encoder`, or pass --encoder random or a CheXNet "
-                              ".h5 file") from None
+            raise RadcapError(
+                f"{exc}: run `radcap pretrain-encoder`, or pass --encoder random or a CheXNet .h5 file"
+            ) from None
         raise
     files = sorted(download(name, number).rglob("*.keras"))
     if not files:

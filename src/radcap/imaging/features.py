@@ -33,10 +33,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from radcap.core.io import atomic_path, new_run_id, write_json
 from radcap.data_contracts import FEATURES
 from radcap.data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
 from radcap.imaging.decode import Decoded, ImageRejected, file_sha256, read_image
-from radcap.core.io import atomic_path, new_run_id, write_json
 
 PART_ROWS = 2048  # rows per part file: ~130 MB with grids; 10^7 images are ~4,900 files per encoder version
 PART_SECONDS = 60.0  # a part open this long is closed anyway: a crash loses at most about a minute of encoding
@@ -112,8 +112,15 @@ class FeatureStore:
             reason = "image file not found when the data was ingested" if not isinstance(path, str) else None
             sha = None if reason else current_sha256(path)
             if reason or sha is None:
-                rejects.append({"source": path if isinstance(path, str) else image_id, "item": image_id, "kind": "image",
-                                "stage": "features", "reason": reason or "cannot read file (missing or unreadable)"})
+                rejects.append(
+                    {
+                        "source": path if isinstance(path, str) else image_id,
+                        "item": image_id,
+                        "kind": "image",
+                        "stage": "features",
+                        "reason": reason or "cannot read file (missing or unreadable)",
+                    }
+                )
             elif (image_id, sha) in done:
                 skipped += 1
             else:
@@ -140,8 +147,9 @@ class FeatureStore:
         """The spec that reloads exactly the encoder of `version` (recorded path, registry URI or random:N)."""
         return self.encoder_specs().get(version) or spec_for_version(version)
 
-    def load(self, encoder_version: str, images: dict[str, str | None] | list[str] | None = None,
-             grid: bool = False) -> dict:
+    def load(
+        self, encoder_version: str, images: dict[str, str | None] | list[str] | None = None, grid: bool = False
+    ) -> dict:
         """{'image_id': [...], 'pooled': (N,1024) float32, 'grid': (N,7,7,1024) float16 if asked}.
 
         `images` maps image ids to their current sha256 (None: the file is gone); each image gets the row of
@@ -158,8 +166,11 @@ class FeatureStore:
             if table.num_rows:
                 tables.append(table)
         if not tables:
-            return {"image_id": [], "pooled": np.zeros((0, POOLED_DIM), np.float32),
-                    **({"grid": np.zeros((0, 7, 7, POOLED_DIM), np.float16)} if grid else {})}
+            return {
+                "image_id": [],
+                "pooled": np.zeros((0, POOLED_DIM), np.float32),
+                **({"grid": np.zeros((0, 7, 7, POOLED_DIM), np.float16)} if grid else {}),
+            }
         table = pa.concat_tables(tables)
         ids, shas = table["image_id"].to_pylist(), table["sha256"].to_pylist()
         chosen: dict[str, int] = {}
@@ -227,17 +238,17 @@ def encode_batch(forward: Forward, arrays: list[np.ndarray], batch_size: int, gr
     grids = np.zeros((n, GRID_CELLS, POOLED_DIM), np.float16) if grid else None
     failed: dict[int, str] = {}
     for start in range(0, n, batch_size):
-        part = arrays[start: start + batch_size]
+        part = arrays[start : start + batch_size]
         try:
             p, g = forward(_pad(part, batch_size))
             rows = [(start + k, p[k], g[k]) for k in range(len(part))]
-        except Exception as batch_error:  # noqa: BLE001 - isolate the image that broke it
+        except Exception as batch_error:
             rows, errors = [], {}
             for k, array in enumerate(part):
                 try:
                     p, g = forward(_pad([array], batch_size))
                     rows.append((start + k, p[0], g[0]))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors[start + k] = f"the encoder failed on this image ({type(exc).__name__})"
             if not rows:
                 raise batch_error
@@ -262,17 +273,27 @@ class DecodedBatch:
     encoded: Encoded | None
 
 
-def stream_features(items: list, path_of: Callable[[object], Path], forward: Forward, batch_size: int,
-                    input_size: int, grid: bool, workers: int = 2, progress: str | None = None,
-                    batches: list[list] | None = None) -> Iterator[DecodedBatch]:
+def stream_features(
+    items: list,
+    path_of: Callable[[object], Path],
+    forward: Forward,
+    batch_size: int,
+    input_size: int,
+    grid: bool,
+    workers: int = 2,
+    progress: str | None = None,
+    batches: list[list] | None = None,
+) -> Iterator[DecodedBatch]:
     """Decode `items` (two batches ahead, in threads) and encode them batch by batch, yielding each batch.
     `path_of(item)` is the item's file, or its bytes (an upload, a REST request).
     `batches` overrides the default split into `batch_size` chunks (captioning keeps studies whole)."""
     from tqdm import tqdm
 
-    batches = batches if batches is not None else [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
-    with ThreadPoolExecutor(workers) as decoders, tqdm(total=sum(map(len, batches)), desc=progress or "",
-                                                      unit="img", disable=progress is None) as bar:
+    batches = batches if batches is not None else [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with (
+        ThreadPoolExecutor(workers) as decoders,
+        tqdm(total=sum(map(len, batches)), desc=progress or "", unit="img", disable=progress is None) as bar,
+    ):
         pending: deque[list[Future]] = deque()
 
         def submit(batch: list) -> None:
@@ -306,8 +327,9 @@ class PartWriter:
     when closed: readers never see half a file, nothing is rewritten to make files large, and a crash loses
     at most the open part."""
 
-    def __init__(self, store: FeatureStore, run_id: str, part_rows: int = PART_ROWS,
-                 part_seconds: float = PART_SECONDS):
+    def __init__(
+        self, store: FeatureStore, run_id: str, part_rows: int = PART_ROWS, part_seconds: float = PART_SECONDS
+    ):
         self.store, self.run_id, self.part_rows, self.part_seconds = store, run_id, part_rows, part_seconds
         self.number, self.rows, self.writer, self.tmp, self.opened = 0, 0, None, None, 0.0
 
@@ -355,18 +377,28 @@ def extract_features(
     parts = PartWriter(store, run_id, part_rows)
     with ThreadPoolExecutor(1) as writer:
         last_write: Future | None = None
-        for batch in stream_features(items, lambda item: Path(item.path), forward, batch_size, input_size, True,
-                                     decode_workers, "features" if progress else None):
+        for batch in stream_features(
+            items,
+            lambda item: Path(item.path),
+            forward,
+            batch_size,
+            input_size,
+            True,
+            decode_workers,
+            "features" if progress else None,
+        ):
             for k, reason in sorted(batch.reasons.items()):
                 item = batch.items[k]
-                result.rejects.append({"source": item.path, "item": item.image_id, "kind": "image",
-                                       "stage": "features", "reason": reason})
+                result.rejects.append(
+                    {"source": item.path, "item": item.image_id, "kind": "image", "stage": "features", "reason": reason}
+                )
             if batch.rows:
                 positions = sorted(batch.rows)
                 kept = [ImageItem(batch.items[k].image_id, batch.items[k].path, batch.shas[k]) for k in positions]
                 rows = [batch.rows[k] for k in positions]
-                table = features_table(kept, batch.encoded.pooled[rows], batch.encoded.grid[rows],
-                                       encoder_name, encoder_version)
+                table = features_table(
+                    kept, batch.encoded.pooled[rows], batch.encoded.grid[rows], encoder_name, encoder_version
+                )
                 if last_write is not None:
                     last_write.result()  # at most one batch waiting to be written
                 last_write = writer.submit(parts.append, table)

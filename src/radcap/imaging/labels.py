@@ -19,8 +19,20 @@ import numpy as np
 import pandas as pd
 
 CHESTXRAY14 = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 )
 
 # MeSH major heading (text before the first '/') -> ChestX-ray14 observation. Only unambiguous headings:
@@ -121,7 +133,7 @@ class LabelSpace:
     labels: tuple[str, ...]
 
     @classmethod
-    def fit(cls, train: pd.DataFrame, min_count: int = 5) -> "LabelSpace":
+    def fit(cls, train: pd.DataFrame, min_count: int = 5) -> LabelSpace:
         """Labels with at least `min_count` positive training images; an exclusive namespace needs two values."""
         counts = pd.Series([label for labels in train["labels"] for label in labels], dtype=object).value_counts()
         kept = sorted(label for label, n in counts.items() if n >= min_count)

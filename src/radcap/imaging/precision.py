@@ -77,7 +77,7 @@ def quantize_int8(model, calibration: np.ndarray):
 
     if len(calibration) < 16:
         raise RadcapError(f"int8 calibration needs at least 16 readable images, got {len(calibration)}")
-    dataset = nncf.Dataset([calibration[i: i + 1] for i in range(len(calibration))])
+    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
     return nncf.quantize(model, dataset, subset_size=len(calibration), preset=nncf.QuantizationPreset.PERFORMANCE)
 
 
@@ -93,7 +93,7 @@ class OptimizedMeta:
         (folder / META_FILE).write_text(json.dumps(self.__dict__, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path) -> "OptimizedMeta":
+    def load(cls, folder: Path) -> OptimizedMeta:
         try:
             return cls(**json.loads((folder / META_FILE).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
@@ -149,7 +149,8 @@ def require_precision(loaded, precision: str) -> None:
         raise RadcapError(
             f"{loaded.uri} has not passed the precision check at {precision} (accepts {', '.join(accepted)}): run "
             f"`radcap check-precision --model {loaded.uri} --precision {precision} --data DIR` on held-out data "
-            f"first (features of DIR at {precision}: `radcap features --precision {precision}`)")
+            f"first (features of DIR at {precision}: `radcap features --precision {precision}`)"
+        )
 
 
 OPTIMIZED_ENCODER = "radcap-encoder-optimized"
@@ -169,7 +170,9 @@ def find_optimized_encoder(source_version: str, precision: str) -> tuple[str, Pa
         versions = store.client().search_model_versions(f"name='{OPTIMIZED_ENCODER}'")
     except MlflowException:
         return None
-    found = [v for v in versions if v.tags.get("source_version") == source_version and v.tags.get("precision") == precision]
+    found = [
+        v for v in versions if v.tags.get("source_version") == source_version and v.tags.get("precision") == precision
+    ]
     if not found:
         return None
     newest = max(found, key=lambda v: int(v.version))

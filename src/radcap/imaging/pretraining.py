@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radcap.imaging.decode import ImageRejected, prepare
-from radcap.imaging.labels import EXCLUSIVE, LabelSpace
 from radcap.core.settings import EncoderSettings
 from radcap.core.training import EarlyStopping, EpochRecord, FitResult, fit
+from radcap.imaging.decode import ImageRejected, prepare
+from radcap.imaging.labels import EXCLUSIVE, LabelSpace
 
 
 def decode_images(paths: list[str], size: int, target: Path, workers: int = 2) -> tuple[np.ndarray, list[str | None]]:
@@ -92,16 +92,21 @@ def train_encoder(
     train_pixels, train_rows = train
     targets, mask = space.encode(train_rows)
     pos_weight, neg_weight = space.class_weights(targets, mask)
-    trainer = EncoderTrainer(model, pos_weight, neg_weight, cfg.learning_rate,
-                             augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed))
+    trainer = EncoderTrainer(
+        model, pos_weight, neg_weight, cfg.learning_rate, augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed)
+    )
     has_val = val is not None and len(val[1]) > 0
     if has_val:
         val_pixels, val_rows = val
         val_targets, val_mask = space.encode(val_rows)
     rng, bs = np.random.default_rng(cfg.seed), cfg.pretrain_batch_size
     steps_per_epoch = max(1, len(train_rows) // bs)
-    schedule = dict(total_steps=cfg.epochs * steps_per_epoch, warmup_steps=max(1, round(cfg.warmup_epochs * steps_per_epoch)),
-                    peak=cfg.learning_rate, floor_ratio=cfg.min_lr_ratio)
+    schedule = {
+        "total_steps": cfg.epochs * steps_per_epoch,
+        "warmup_steps": max(1, round(cfg.warmup_epochs * steps_per_epoch)),
+        "peak": cfg.learning_rate,
+        "floor_ratio": cfg.min_lr_ratio,
+    }
     step = 0
 
     def run_epoch(epoch: int) -> dict[str, float]:
@@ -109,7 +114,7 @@ def train_encoder(
         order, losses, lr = rng.permutation(len(train_rows)), [], cfg.learning_rate
         # Full batches only (one compiled shape; the few images left over are drawn in the next epochs).
         # Sorted indices: memmap reads go forward through the file.
-        batches = [np.sort(order[i: i + bs]) for i in range(0, steps_per_epoch * bs, bs)]
+        batches = [np.sort(order[i : i + bs]) for i in range(0, steps_per_epoch * bs, bs)]
         for idx in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
             lr = learning_rate_at(step, **schedule)
             trainer.set_learning_rate(lr)
@@ -129,7 +134,7 @@ def train_encoder(
 def _evaluate(trainer, pixels: np.ndarray, targets: np.ndarray, mask: np.ndarray, batch: int):
     losses, weights, probs = [], [], []
     for i in range(0, len(pixels), batch):
-        x, t, m = pixels[i: i + batch], targets[i: i + batch], mask[i: i + batch]
+        x, t, m = pixels[i : i + batch], targets[i : i + batch], mask[i : i + batch]
         n = len(x)
         if n < batch and len(pixels) > batch:  # pad the last batch (masked out): no retracing
             pad = batch - n

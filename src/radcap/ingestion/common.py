@@ -60,12 +60,20 @@ def report_row(
 ) -> dict:
     """A reports row with its normalized columns; `target` is None when there is no text to learn from, and
     then `_unusable` says why when a section held only a placeholder (the key is not a column)."""
-    findings_raw, impression_raw, caption_raw = (clean_raw(v, rules) for v in (findings_raw, impression_raw, caption_raw))
+    findings_raw, impression_raw, caption_raw = (
+        clean_raw(v, rules) for v in (findings_raw, impression_raw, caption_raw)
+    )
     findings, impression = normalize(findings_raw, rules), normalize(impression_raw, rules)
     caption = normalize(caption_raw, rules)
-    placeholders = {name: raw for name, value, raw in (("findings", findings, findings_raw),
-                                                        ("impression", impression, impression_raw),
-                                                        ("caption", caption, caption_raw)) if placeholder(value, rules)}
+    placeholders = {
+        name: raw
+        for name, value, raw in (
+            ("findings", findings, findings_raw),
+            ("impression", impression, impression_raw),
+            ("caption", caption, caption_raw),
+        )
+        if placeholder(value, rules)
+    }
     findings = None if "findings" in placeholders else findings
     impression = None if "impression" in placeholders else impression
     if caption_raw is not None:
@@ -91,8 +99,10 @@ def report_row(
         "target_section": section,
         "mesh": list(mesh or []),
         "n_images": 0,
-        "_unusable": None if target is not None or not placeholders else "placeholder text instead of a report: " + "; ".join(
-            f"{name} '{raw[:60]}'" for name, raw in placeholders.items()),
+        "_unusable": None
+        if target is not None or not placeholders
+        else "placeholder text instead of a report: "
+        + "; ".join(f"{name} '{raw[:60]}'" for name, raw in placeholders.items()),
     }
 
 

@@ -63,9 +63,7 @@ def _parse_xml_file(path: Path, parsed: Parsed, rules: TextRules) -> None:
     uid = (uid_element.get("id") or "").strip() if uid_element is not None else ""
     if not uid:
         return parsed.reject(source, "no <uId id=...>: the report has no identifier")
-    sections = {
-        (el.get("Label") or "").upper(): _text(el) for el in root.iterfind(".//Abstract/AbstractText")
-    }
+    sections = {(el.get("Label") or "").upper(): _text(el) for el in root.iterfind(".//Abstract/AbstractText")}
     image_ids = list(dict.fromkeys(i.strip() for i in root.xpath("parentImage/@id") if i.strip()))
     report = report_row(
         report_id=uid,
@@ -104,7 +102,7 @@ def read_iu_xml(
     for path in files:
         try:
             _parse_xml_file(path, parsed, rules)
-        except Exception as exc:  # noqa: BLE001 - one file's failure is that file's reject, never the run's
+        except Exception as exc:
             parsed.reject(str(path), f"cannot parse the report ({type(exc).__name__}: {exc})")
     _drop_duplicate_reports(parsed)
     views = _read_views(views_csv) if views_csv else {}
@@ -145,7 +143,9 @@ def _drop_duplicate_reports(parsed: Parsed) -> None:
     for report in parsed.reports:
         rid = report["report_id"]
         if rid in first_source:
-            parsed.reject(report["source"], f"duplicate report id {rid} (kept the one in {first_source[rid]})", item=rid)
+            parsed.reject(
+                report["source"], f"duplicate report id {rid} (kept the one in {first_source[rid]})", item=rid
+            )
             dropped.add(report["source"])
         else:
             first_source[rid] = report["source"]
@@ -156,9 +156,13 @@ def _drop_duplicate_reports(parsed: Parsed) -> None:
     for image in parsed.images:
         image_id, source = image["image_id"], image["_source"]
         if source in dropped:
-            parsed.reject(source, f"its report, a duplicate of {image['report_id']}, was rejected", item=image_id, kind="image")
+            parsed.reject(
+                source, f"its report, a duplicate of {image['report_id']}, was rejected", item=image_id, kind="image"
+            )
         elif image_id in owner:
-            parsed.reject(source, f"image {image_id} is already referenced by {owner[image_id]}", item=image_id, kind="image")
+            parsed.reject(
+                source, f"image {image_id} is already referenced by {owner[image_id]}", item=image_id, kind="image"
+            )
         else:
             owner[image_id] = source
             images.append(image)
@@ -259,4 +263,6 @@ def _attach_projection_images(path: Path, reports: dict[str, dict], parsed: Pars
         else:
             seen.add(image_id)
             path_found = find_image(images_dir, row["filename"].strip(), image_id)
-            parsed.add_image(image_row(image_id, report, view=_view(row["projection"]), modality="CX", path=path_found), where)
+            parsed.add_image(
+                image_row(image_id, report, view=_view(row["projection"]), modality="CX", path=path_found), where
+            )

@@ -24,7 +24,10 @@ from radcap.ingestion.common import Parsed, image_row, report_row
 from radcap.text.normalize import clean_raw, normalize, placeholder
 
 DATASET = "manifest"
-COLUMN_ALIASES = {"image": ("image", "image_path", "path", "file", "filename"), "caption": ("caption", "report", "text")}
+COLUMN_ALIASES = {
+    "image": ("image", "image_path", "path", "file", "filename"),
+    "caption": ("caption", "report", "text"),
+}
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
 
@@ -36,14 +39,16 @@ def _load(path: Path) -> pd.DataFrame:
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-    except Exception as exc:  # noqa: BLE001 - pandas/pyarrow raise many types for a bad file
+    except Exception as exc:
         raise RadcapError(f"{path}: cannot read the manifest ({type(exc).__name__}: {exc})") from exc
     renames = {}
     for column, aliases in COLUMN_ALIASES.items():
         found = [a for a in aliases if a in frame.columns]
         if not found:
-            raise RadcapError(f"{path}: manifest lacks the {column} column (named any of {', '.join(aliases)}; "
-                              f"has {', '.join(map(str, frame.columns))})")
+            raise RadcapError(
+                f"{path}: manifest lacks the {column} column (named any of {', '.join(aliases)}; "
+                f"has {', '.join(map(str, frame.columns))})"
+            )
         if len(found) > 1:
             raise RadcapError(f"{path}: manifest has several {column} columns ({', '.join(found)}); keep one")
         renames[found[0]] = column
@@ -100,8 +105,14 @@ class _Reader:
             n = self.captions_per_study.get(study_id, 0)
             self.captions_per_study[study_id] = n + 1
             report = report_row(
-                report_id=study_id if n == 0 else f"{study_id}#{n + 1}", study_id=study_id, group_id=group_id,
-                dataset=DATASET, source=where, rules=self.rules, caption_raw=caption, split=split or "unassigned",
+                report_id=study_id if n == 0 else f"{study_id}#{n + 1}",
+                study_id=study_id,
+                group_id=group_id,
+                dataset=DATASET,
+                source=where,
+                rules=self.rules,
+                caption_raw=caption,
+                split=split or "unassigned",
                 split_source="manifest" if split else "none",
             )
             self.reports[(study_id, caption)] = report
@@ -112,11 +123,17 @@ class _Reader:
         self.seen_images.add(image_id)
         image_path = (self.root / image).resolve()
         view = (_text(row.get("view")) or "").lower()
-        parsed.add_image(image_row(
-            image_id, report, path=str(image_path) if image_path.is_file() else None,
-            view=view if view in ("frontal", "lateral") else "unknown", modality=_text(row.get("modality")),
-            labels=parse_labels(row.get("labels")),
-        ), where)
+        parsed.add_image(
+            image_row(
+                image_id,
+                report,
+                path=str(image_path) if image_path.is_file() else None,
+                view=view if view in ("frontal", "lateral") else "unknown",
+                modality=_text(row.get("modality")),
+                labels=parse_labels(row.get("labels")),
+            ),
+            where,
+        )
 
 
 def read_manifest(source: Path, rules: TextRules, images_dir: Path | None = None) -> Parsed:
@@ -126,6 +143,6 @@ def read_manifest(source: Path, rules: TextRules, images_dir: Path | None = None
         where = f"{source}:{line}"
         try:
             reader.row(where, row)
-        except Exception as exc:  # noqa: BLE001 - one row's failure is that row's reject, never the run's
+        except Exception as exc:
             reader.parsed.reject_image(where, f"unusable row ({type(exc).__name__}: {exc})", None)
     return reader.parsed

@@ -49,8 +49,16 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _add_record(parsed: Parsed, where: str, record: dict, split: str, cases: dict, seen: dict[str, str],
-                rules: TextRules, images_dir: Path) -> None:
+def _add_record(
+    parsed: Parsed,
+    where: str,
+    record: dict,
+    split: str,
+    cases: dict,
+    seen: dict[str, str],
+    rules: TextRules,
+    images_dir: Path,
+) -> None:
     """One description line -> a report and its image, or a reject naming the line."""
     image_id, case_id = _text_field(record, "image"), _text_field(record, "U_id")
     description = record.get("Description")
@@ -78,9 +86,18 @@ def _add_record(parsed: Parsed, where: str, record: dict, split: str, cases: dic
         return parsed.reject(where, report["_unusable"] or "image has no caption", item=image_id)
     seen[image_id] = where
     parsed.reports.append(report)
-    parsed.add_image(image_row(image_id, report, path=find_image(images_dir, image_id), modality=_opt_str(record.get("Type")),
-                               plane=_opt_str(description.get("Plane")), location=_opt_str(record.get("Location")),
-                               location_category=_opt_str(record.get("Location Category"))), where)
+    parsed.add_image(
+        image_row(
+            image_id,
+            report,
+            path=find_image(images_dir, image_id),
+            modality=_opt_str(record.get("Type")),
+            plane=_opt_str(description.get("Plane")),
+            location=_opt_str(record.get("Location")),
+            location_category=_opt_str(record.get("Location Category")),
+        ),
+        where,
+    )
 
 
 def read_medpix(source: Path, rules: TextRules, images_dir: Path | None = None) -> Parsed:
@@ -106,6 +123,6 @@ def read_medpix(source: Path, rules: TextRules, images_dir: Path | None = None) 
         for where, record in _read_jsonl(path, parsed):
             try:
                 _add_record(parsed, where, record, split, cases, seen, rules, images_dir)
-            except Exception as exc:  # noqa: BLE001 - one record's failure is that record's reject
+            except Exception as exc:
                 parsed.reject(where, f"unusable record ({type(exc).__name__}: {exc})")
     return parsed

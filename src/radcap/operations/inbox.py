@@ -20,9 +20,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from radcap.core.io import exclusive_lock, write_json
 
@@ -47,7 +47,7 @@ def complete_batches(inbox: Path, marker: str, settle_seconds: float, now: float
 class Claim:
     """This process's hold on one batch (see the module doc)."""
 
-    def __init__(self, ledger: "Ledger", batch: str, token: str, timeout: float):
+    def __init__(self, ledger: Ledger, batch: str, token: str, timeout: float):
         self.ledger, self.batch, self.token, self.timeout = ledger, batch, token, timeout
 
     def _mine(self) -> bool:
@@ -65,7 +65,7 @@ class Claim:
             return True
 
     @contextmanager
-    def kept_alive(self) -> Iterator["Claim"]:
+    def kept_alive(self) -> Iterator[Claim]:
         """Heartbeats every timeout/4 in a thread while the batch is worked on."""
         stop = threading.Event()
 

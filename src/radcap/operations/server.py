@@ -81,7 +81,10 @@ def start(port: int | None = None, wait_seconds: float = 120.0) -> dict:
     with open(log, "ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             env={**os.environ, "PREFECT_API_URL": ""},
         )
     api_url = f"http://127.0.0.1:{port}/api"

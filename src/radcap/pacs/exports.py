@@ -29,8 +29,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from radcap.imaging.decode import ImageRejected, check_dicom_header, quiet_pydicom, read_bytes, sniff
 from radcap.core.runtime import workspace_salt
+from radcap.imaging.decode import ImageRejected, check_dicom_header, quiet_pydicom, read_bytes, sniff
 
 FRONTAL, LATERAL = {"PA", "AP", "PA_ERECT", "AP_SUPINE"}, {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"}
 _HEADER_TAGS = ["StudyInstanceUID", "SOPInstanceUID", "ViewPosition", "Modality"]
@@ -92,8 +92,10 @@ def _link_reason(link: Path, root: Path) -> str:
     if not _inside(target, root.resolve()):
         return "symbolic link pointing outside the input folder (not followed)"
     kind = "folder" if target.is_dir() else "file"
-    return (f"symbolic link to the {kind} '{target.relative_to(root.resolve()).as_posix()}' inside the input "
-            "folder (not followed: the target is captioned under its own path)")
+    return (
+        f"symbolic link to the {kind} '{target.relative_to(root.resolve()).as_posix()}' inside the input "
+        "folder (not followed: the target is captioned under its own path)"
+    )
 
 
 def walk_inputs(root: Path, under: Path | None = None, exclude: Path | None = None) -> tuple[list[Path], list[Reject]]:
@@ -107,8 +109,13 @@ def walk_inputs(root: Path, under: Path | None = None, exclude: Path | None = No
 
     def unreadable(error: OSError) -> None:
         where = Path(error.filename) if error.filename else start
-        rejects.append(Reject(relative_path(where, root) if _inside(where, root) else str(where), "",
-                              f"cannot list folder: {error.strerror or type(error).__name__}"))
+        rejects.append(
+            Reject(
+                relative_path(where, root) if _inside(where, root) else str(where),
+                "",
+                f"cannot list folder: {error.strerror or type(error).__name__}",
+            )
+        )
 
     if start.is_symlink():
         return [], [Reject(relative_path(start, root), "", _link_reason(start, root))]
@@ -175,7 +182,9 @@ def identifiers(mode: str, salt: str = "") -> Identifiers:
     return Identifiers(mode, salt)
 
 
-def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]] | None = None) -> InputImage | Reject | Done:
+def describe(
+    path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]] | None = None
+) -> InputImage | Reject | Done:
     """The input's identity, a Reject with the reason, or Done when (path, sha256) is in `done`."""
     relative = relative_path(path, root)
     try:
@@ -197,11 +206,19 @@ def describe(path: Path, root: Path, ids: Identifiers, done: set[tuple[str, str]
         study, instance, view, modality = dicom_identity(data)
     except ImageRejected as exc:
         return Reject(relative, digest, str(exc))
-    except Exception as exc:  # noqa: BLE001 - any parser failure is this file's reject; the type only (privacy)
+    except Exception as exc:
         return Reject(relative, digest, f"cannot read DICOM header ({type(exc).__name__})")
     # Without UIDs the file is still captioned, as a study of its own, under its content hash.
-    return InputImage(path, relative, digest, kind, ids(study) if study else content_id,
-                      ids(instance) if instance else content_id, view, modality)
+    return InputImage(
+        path,
+        relative,
+        digest,
+        kind,
+        ids(study) if study else content_id,
+        ids(instance) if instance else content_id,
+        view,
+        modality,
+    )
 
 
 def dicom_identity(data: bytes) -> tuple[str | None, str | None, str, str | None]:
@@ -210,13 +227,25 @@ def dicom_identity(data: bytes) -> tuple[str | None, str | None, str, str | None
     check_dicom_header(data)
     header = quiet_pydicom().dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     modality = header.get("Modality")
-    modality = modality.strip().upper() if isinstance(modality, str) and _MODALITY.match(modality.strip().upper()) else None
-    return (uid_or_none(header.get("StudyInstanceUID")), uid_or_none(header.get("SOPInstanceUID")),
-            view_of(header.get("ViewPosition")), modality)
+    modality = (
+        modality.strip().upper() if isinstance(modality, str) and _MODALITY.match(modality.strip().upper()) else None
+    )
+    return (
+        uid_or_none(header.get("StudyInstanceUID")),
+        uid_or_none(header.get("SOPInstanceUID")),
+        view_of(header.get("ViewPosition")),
+        modality,
+    )
 
 
-def scan(root: Path, ids: Identifiers, exclude: Path | None = None, done: set[tuple[str, str]] | None = None,
-         under: Path | None = None, rejected: set[tuple[str, str]] = frozenset()) -> Scan:
+def scan(
+    root: Path,
+    ids: Identifiers,
+    exclude: Path | None = None,
+    done: set[tuple[str, str]] | None = None,
+    under: Path | None = None,
+    rejected: set[tuple[str, str]] = frozenset(),
+) -> Scan:
     """Every input under `under` (default `root`; paths relative to `root`): the new or changed images,
     the rejects, and how many were already `done` ((source_path, sha256) pairs of a previous run; those
     also in `rejected` were rejected then, and still are)."""

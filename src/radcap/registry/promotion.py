@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from radcap.metrics.scores import ReportScores, paired_bootstrap
 from radcap.core.settings import PromotionSettings
+from radcap.metrics.scores import ReportScores, paired_bootstrap
 
 
 @dataclass
@@ -36,14 +36,21 @@ def decide(candidate: str, champion: str | None, scores: dict[str, ReportScores]
     if new.metric(primary) is None or old.metric(primary) is None:
         return Decision(False, f"{primary} could not be computed (is Java available for METEOR?)")
     gain = paired_bootstrap(new, old, primary, cfg.bootstrap_samples, 0.95)
-    described = (f"{primary} {new.metric(primary):.4f} vs {old.metric(primary):.4f} "
-                 f"(gain {gain['delta']:+.4f}, 95% interval {gain['low']:+.4f}..{gain['high']:+.4f}, "
-                 f"not better in {gain['p_not_better']:.1%} of {cfg.bootstrap_samples} resamples of {len(new)} reports)")
+    described = (
+        f"{primary} {new.metric(primary):.4f} vs {old.metric(primary):.4f} "
+        f"(gain {gain['delta']:+.4f}, 95% interval {gain['low']:+.4f}..{gain['high']:+.4f}, "
+        f"not better in {gain['p_not_better']:.1%} of {cfg.bootstrap_samples} resamples of {len(new)} reports)"
+    )
     if gain["p_not_better"] > 1.0 - cfg.confidence:
         return Decision(False, f"{described}: not better with {cfg.confidence:.0%} confidence", gain)
     new_clinical, old_clinical = new.metric(clinical), old.metric(clinical)
     if new_clinical < old_clinical - cfg.clinical_tolerance:
-        return Decision(False, f"{described}, but {clinical} {new_clinical:.4f} loses more than "
-                        f"{cfg.clinical_tolerance} against the champion's {old_clinical:.4f}", gain)
-    return Decision(True, f"{described}; {clinical} {new_clinical:.4f} within {cfg.clinical_tolerance} of "
-                    f"{old_clinical:.4f}", gain)
+        return Decision(
+            False,
+            f"{described}, but {clinical} {new_clinical:.4f} loses more than "
+            f"{cfg.clinical_tolerance} against the champion's {old_clinical:.4f}",
+            gain,
+        )
+    return Decision(
+        True, f"{described}; {clinical} {new_clinical:.4f} within {cfg.clinical_tolerance} of {old_clinical:.4f}", gain
+    )

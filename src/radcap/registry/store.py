@@ -104,9 +104,23 @@ def resolve_bundle(uri: str, formats: tuple[str, ...], what: str) -> tuple[Path,
 
 # What a logged pyfunc needs installed, pinned to the versions in use. Given explicitly: MLflow would
 # otherwise infer it by importing the model's code in a subprocess (10-20 s per registration).
-SERVING_REQUIREMENTS = ("keras", "numpy", "pandas", "pyarrow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg",
-                        "pylibjpeg-openjpeg", "pillow", "nltk", "h5py", "pydantic", "pydantic-settings", "pandera",
-                        "scikit-learn")
+SERVING_REQUIREMENTS = (
+    "keras",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pillow",
+    "nltk",
+    "h5py",
+    "pydantic",
+    "pydantic-settings",
+    "pandera",
+    "scikit-learn",
+)
 
 
 def pip_requirements() -> list[str]:
@@ -121,16 +135,19 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def register_pyfunc(code: str, artifacts: dict[str, Path], registered_name: str, tags: dict,
-                    signature=None) -> str:
+def register_pyfunc(code: str, artifacts: dict[str, Path], registered_name: str, tags: dict, signature=None) -> str:
     """Log a pyfunc model as code (`radcap/serving/<code>.py`) with `artifacts` in the active MLflow run,
     register it under `registered_name`, tag the version; return the version number."""
     import mlflow
 
-    info = mlflow.pyfunc.log_model(name=code.removeprefix("pyfunc_"), python_model=str(SERVING / f"{code}.py"),
-                                   artifacts={k: str(v) for k, v in artifacts.items()},
-                                   registered_model_name=registered_name, signature=signature,
-                                   pip_requirements=pip_requirements())
+    info = mlflow.pyfunc.log_model(
+        name=code.removeprefix("pyfunc_"),
+        python_model=str(SERVING / f"{code}.py"),
+        artifacts={k: str(v) for k, v in artifacts.items()},
+        registered_model_name=registered_name,
+        signature=signature,
+        pip_requirements=pip_requirements(),
+    )
     version = str(info.registered_model_version)
     tag_version(registered_name, version, tags)
     return version
@@ -140,8 +157,9 @@ def register_keras(model, registered_name: str, tags: dict) -> str:
     """Log a Keras model (`.keras`, loadable in safe mode) in the active run, register it, tag the version."""
     import mlflow
 
-    info = mlflow.tensorflow.log_model(model, name="encoder", registered_model_name=registered_name,
-                                       pip_requirements=pip_requirements())
+    info = mlflow.tensorflow.log_model(
+        model, name="encoder", registered_model_name=registered_name, pip_requirements=pip_requirements()
+    )
     version = str(info.registered_model_version)
     tag_version(registered_name, version, tags)
     return version
@@ -186,14 +204,17 @@ def version_table(name: str) -> pd.DataFrame:
         except ValueError:
             pass
         held_out = promotion.get("metrics", {}).get(str(v.version), {})
-        rows.append({
-            "version": int(v.version), "aliases": ", ".join(sorted(a for a, n in aliases.items() if str(n) == str(v.version))),
-            "registered": pd.Timestamp(v.creation_timestamp, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M"),
-            "architecture": tags.get("architecture", ""),
-            **{k: _number(tags[k]) for k in sorted(tags) if k.startswith("val_")},
-            **{f"{promotion.get('split', 'test')}_{k}": x for k, x in held_out.items() if k != "reports"},
-            "promotion": f"{promotion['outcome']}: {promotion.get('reason', '')}" if promotion else "",
-        })
+        rows.append(
+            {
+                "version": int(v.version),
+                "aliases": ", ".join(sorted(a for a, n in aliases.items() if str(n) == str(v.version))),
+                "registered": pd.Timestamp(v.creation_timestamp, unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M"),
+                "architecture": tags.get("architecture", ""),
+                **{k: _number(tags[k]) for k in sorted(tags) if k.startswith("val_")},
+                **{f"{promotion.get('split', 'test')}_{k}": x for k, x in held_out.items() if k != "reports"},
+                "promotion": f"{promotion['outcome']}: {promotion.get('reason', '')}" if promotion else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -233,29 +254,46 @@ def captioner_signature(decoding):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([
-        ColSpec("string", "image_path", required=False), ColSpec("string", "image_base64", required=False),
-        ColSpec("string", "study_id", required=False),
-        ColSpec("string", "view", required=False), ColSpec(Array("double"), "pooled", required=False),
-        ColSpec(Array("double"), "grid", required=False),
-    ])
-    outputs = Schema([ColSpec("string", "study_id"), ColSpec("string", "caption"),
-                      ColSpec("double", "ood_score", required=False), ColSpec("boolean", "in_domain", required=False),
-                      ColSpec("string", "ood_reason", required=False)])
-    params = ParamSchema([
-        ParamSpec("beam_width", "long", int(decoding.beam_width)),
-        ParamSpec("length_penalty", "double", float(decoding.length_penalty)),
-        ParamSpec("no_repeat_ngram", "long", int(decoding.no_repeat_ngram)),
-        ParamSpec("consensus_samples", "long", int(decoding.consensus_samples)),
-    ])
+    inputs = Schema(
+        [
+            ColSpec("string", "image_path", required=False),
+            ColSpec("string", "image_base64", required=False),
+            ColSpec("string", "study_id", required=False),
+            ColSpec("string", "view", required=False),
+            ColSpec(Array("double"), "pooled", required=False),
+            ColSpec(Array("double"), "grid", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", "study_id"),
+            ColSpec("string", "caption"),
+            ColSpec("double", "ood_score", required=False),
+            ColSpec("boolean", "in_domain", required=False),
+            ColSpec("string", "ood_reason", required=False),
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("beam_width", "long", int(decoding.beam_width)),
+            ParamSpec("length_penalty", "double", float(decoding.length_penalty)),
+            ParamSpec("no_repeat_ngram", "long", int(decoding.no_repeat_ngram)),
+            ParamSpec("consensus_samples", "long", int(decoding.consensus_samples)),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def register_captioner(folder: Path, registered_name: str, tags: dict) -> str:
     """A saved captioner bundle as a new version of `registered_name` (in the active MLflow run)."""
     config = CaptionerConfig.load(folder / CONFIG_FILE, CAPTIONER_FORMATS)
-    return register_pyfunc("pyfunc_captioner", {"captioner": folder}, registered_name,
-                           {**tags, "architecture": config.architecture}, captioner_signature(config.decoding))
+    return register_pyfunc(
+        "pyfunc_captioner",
+        {"captioner": folder},
+        registered_name,
+        {**tags, "architecture": config.architecture},
+        captioner_signature(config.decoding),
+    )
 
 
 def register_retriever(folder: Path, index: Path, registered_name: str, tags: dict) -> str:

@@ -47,8 +47,11 @@ def _create_experiment(experiment: str) -> None:
 def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:
     import mlflow
 
-    floats = {metric_name(f"{prefix}{k}"): float(v) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    floats = {
+        metric_name(f"{prefix}{k}"): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     if floats:
         mlflow.log_metrics(floats, step=step)
 

@@ -23,13 +23,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from radcap.captioning.data import VIEW_ORDER, pack_views
-from radcap.captioning.bundle import load_bundle
 from radcap.captioning.bulk import judge_studies
-from radcap.imaging.encoders import encoder_for
+from radcap.captioning.bundle import load_bundle
+from radcap.captioning.data import VIEW_ORDER, pack_views
 from radcap.core.errors import RadcapError
-from radcap.imaging.features import stream_features
 from radcap.core.runtime import apply_offline_defaults
+from radcap.imaging.encoders import encoder_for
+from radcap.imaging.features import stream_features
 
 
 class BadInput(RadcapError, MlflowException):
@@ -52,13 +52,16 @@ class RadcapCaptioner(PythonModel):
             self._encoder = (encoder, encoder.forward_fn())
         return self._encoder
 
-    def _image_features(self, images: list[str | bytes], names: list[str]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    def _image_features(
+        self, images: list[str | bytes], names: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         encoder, forward = self._forward()
         pooled, grid, chroma = [], [], []
         # Batches are padded to one size: a request of one study pays for its own views only, not for 16 images.
         size = min(16, max(self.bundle.config.max_views, len(images)))
-        for batch in stream_features(list(range(len(images))), images.__getitem__, forward, size, encoder.input_size,
-                                     grid=True):
+        for batch in stream_features(
+            list(range(len(images))), images.__getitem__, forward, size, encoder.input_size, grid=True
+        ):
             if batch.reasons:
                 k, reason = min(batch.reasons.items())
                 raise RadcapError(f"{names[batch.items[k]]}: {reason}")
@@ -87,17 +90,28 @@ class RadcapCaptioner(PythonModel):
             pooled, grid, chroma = self._image_features([Path(p) for p in paths], paths)
         else:
             pooled = np.stack(frame["pooled"].map(np.asarray)).astype(np.float32)
-            grid = (np.stack(frame["grid"].map(lambda g: np.asarray(g).reshape(config.grid_cells, -1))).astype(np.float16)
-                    if "grid" in frame else None)
+            grid = (
+                np.stack(frame["grid"].map(lambda g: np.asarray(g).reshape(config.grid_cells, -1))).astype(np.float16)
+                if "grid" in frame
+                else None
+            )
         rank = frame["view"].map(VIEW_ORDER).fillna(2) if "view" in frame else pd.Series(0, index=frame.index)
         studies = list(dict.fromkeys(frame["study_id"]))
         rows = [sorted(frame.index[frame["study_id"] == study], key=lambda r: (rank[r], r)) for study in studies]
         features = pack_views(rows, pooled, grid, config.max_views)
         captions = self.bundle.report(features, **(params or {}))
-        verdicts = judge_studies(self.bundle.domain, pooled, rows, [None] * len(rows),
-                                 [max(chroma[r] for r in study) for study in rows])
-        return pd.DataFrame({"study_id": studies, "caption": captions, "ood_score": [v[0] for v in verdicts],
-                             "in_domain": [v[1] for v in verdicts], "ood_reason": [v[2] for v in verdicts]})
+        verdicts = judge_studies(
+            self.bundle.domain, pooled, rows, [None] * len(rows), [max(chroma[r] for r in study) for study in rows]
+        )
+        return pd.DataFrame(
+            {
+                "study_id": studies,
+                "caption": captions,
+                "ood_score": [v[0] for v in verdicts],
+                "in_domain": [v[1] for v in verdicts],
+                "ood_reason": [v[2] for v in verdicts],
+            }
+        )
 
 
 def _from_base64(value, row: int) -> bytes:

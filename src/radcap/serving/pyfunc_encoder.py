@@ -15,9 +15,9 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from radcap.core.errors import RadcapError
+from radcap.core.runtime import apply_offline_defaults
 from radcap.imaging.features import stream_features
 from radcap.imaging.precision import OptimizedMeta, openvino_forward
-from radcap.core.runtime import apply_offline_defaults
 
 
 class RadcapOptimizedEncoder(PythonModel):

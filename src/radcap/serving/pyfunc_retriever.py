@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from radcap.retrieval.retriever import RetrievalIndex, read_retriever
 from radcap.core.runtime import apply_offline_defaults
+from radcap.retrieval.retriever import RetrievalIndex, read_retriever
 
 
 class RadcapRetriever(PythonModel):
@@ -28,10 +28,18 @@ class RadcapRetriever(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         top_k = int((params or {}).get("top_k", 5))
         if "text" in model_input:
-            queries, kind, labels = self.bundle.text_embeddings(model_input["text"].astype(str).tolist()), "image", model_input["text"]
+            queries, kind, labels = (
+                self.bundle.text_embeddings(model_input["text"].astype(str).tolist()),
+                "image",
+                model_input["text"],
+            )
         else:
             pooled = np.stack(model_input["pooled"].map(np.asarray)).astype(np.float32)[:, None, :]
-            queries, kind, labels = self.bundle.image_embeddings(pooled, np.ones(pooled.shape[:2], np.float32)), "report", model_input.index.astype(str)
+            queries, kind, labels = (
+                self.bundle.image_embeddings(pooled, np.ones(pooled.shape[:2], np.float32)),
+                "report",
+                model_input.index.astype(str),
+            )
         hits = self.index.search(queries, kind, top_k)
         return pd.concat([h.assign(query=str(q)) for q, h in zip(labels, hits)], ignore_index=True)
 

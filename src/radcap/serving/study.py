@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radcap.captioning.data import VIEW_ORDER, pack_views
 from radcap.captioning.bulk import judge_studies
+from radcap.captioning.data import VIEW_ORDER, pack_views
 from radcap.core.errors import RadcapError
 from radcap.data_contracts.features import GRID_SIDE
-from radcap.imaging.features import encode_batch
-from radcap.text.labeler import NEGATIVE, POSITIVE, UNCERTAIN, label_text
 from radcap.imaging.decode import ImageRejected, LoadedImage, check_bytes, decode, to_square
+from radcap.imaging.features import encode_batch
 from radcap.pacs.exports import Identifiers, dicom_identity, scan
 from radcap.registry.store import LoadedModel
+from radcap.text.labeler import NEGATIVE, POSITIVE, UNCERTAIN, label_text
 
 STATUS = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
 
@@ -53,7 +53,7 @@ def read_upload(name: str, data: bytes) -> StudyImage:
     if image.kind == "dicom":
         try:
             _, _, view, modality = dicom_identity(data)
-        except Exception:  # noqa: BLE001 - the pixels decoded; a header without a usable view is no error
+        except Exception:
             pass
     return StudyImage(name, view, image, modality)
 
@@ -64,8 +64,10 @@ def read_study(files: list[tuple[str, bytes]], max_views: int = 2) -> list[Study
     if not files:
         raise RadcapError("no image: give one frontal image, or a frontal and a lateral one")
     if len(files) > max_views:
-        raise RadcapError(f"{len(files)} images: a study here has at most {max_views} (one per view: "
-                          "frontal, lateral); caption more with `radcap caption`")
+        raise RadcapError(
+            f"{len(files)} images: a study here has at most {max_views} (one per view: "
+            "frontal, lateral); caption more with `radcap caption`"
+        )
     return assign_views([read_upload(name, data) for name, data in files])
 
 
@@ -128,9 +130,14 @@ class StudyReader:
     @property
     def description(self) -> dict:
         config = self.bundle.config
-        return {"model": self.captioner.uri, "architecture": config.architecture, "encoder": config.encoder_version,
-                "max_views": config.max_views, **config.decoding.model_dump(),
-                "retriever": self.retriever.uri if self.retriever else None}
+        return {
+            "model": self.captioner.uri,
+            "architecture": config.architecture,
+            "encoder": config.encoder_version,
+            "max_views": config.max_views,
+            **config.decoding.model_dump(),
+            "retriever": self.retriever.uri if self.retriever else None,
+        }
 
     def generate(self, files: list[tuple[str, bytes]], **decoding) -> StudyReport:
         """Bytes in, report out (what a request costs: reading the images included)."""
@@ -140,8 +147,14 @@ class StudyReader:
         report.seconds = {"read_images": time.perf_counter() - start - sum(report.seconds.values()), **report.seconds}
         return report
 
-    def read(self, images: list[StudyImage], beam_width: int | None = None, length_penalty: float | None = None,
-             no_repeat_ngram: int | None = None, consensus_samples: int | None = None) -> StudyReport:
+    def read(
+        self,
+        images: list[StudyImage],
+        beam_width: int | None = None,
+        length_penalty: float | None = None,
+        no_repeat_ngram: int | None = None,
+        consensus_samples: int | None = None,
+    ) -> StudyReport:
         config, seconds = self.bundle.config, {}
         if not images or len(images) > config.max_views:
             raise RadcapError(f"{len(images)} images: this model reads 1 to {config.max_views} per study")
@@ -153,19 +166,31 @@ class StudyReader:
             row, reason = min(encoded.failed.items())
             raise RadcapError(f"{images[row].name}: {reason}")
         rows = [list(range(len(images)))]
-        features = pack_views(rows, encoded.pooled, encoded.grid if self.bundle.model.attention else None,
-                              config.max_views)
+        features = pack_views(
+            rows, encoded.pooled, encoded.grid if self.bundle.model.attention else None, config.max_views
+        )
         seconds["encoder"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        explained = self.bundle.explain(features, beam_width=beam_width, length_penalty=length_penalty,
-                                        no_repeat_ngram=no_repeat_ngram, consensus_samples=consensus_samples)[0]
+        explained = self.bundle.explain(
+            features,
+            beam_width=beam_width,
+            length_penalty=length_penalty,
+            no_repeat_ngram=no_repeat_ngram,
+            consensus_samples=consensus_samples,
+        )[0]
         attention = None
         if explained.attention is not None:
-            attention = explained.attention[:, : len(images)].reshape(len(explained.words), len(images), GRID_SIDE, GRID_SIDE)
-        score, in_domain, reason = judge_studies(self.bundle.domain, encoded.pooled, rows,
-                                                 [next((i.modality for i in images if i.modality), None)],
-                                                 [max(i.image.chroma for i in images)])[0]
+            attention = explained.attention[:, : len(images)].reshape(
+                len(explained.words), len(images), GRID_SIDE, GRID_SIDE
+            )
+        score, in_domain, reason = judge_studies(
+            self.bundle.domain,
+            encoded.pooled,
+            rows,
+            [next((i.modality for i in images if i.modality), None)],
+            [max(i.image.chroma for i in images)],
+        )[0]
         seconds["decoder"] = time.perf_counter() - clock
 
         neighbours = None
@@ -173,8 +198,18 @@ class StudyReader:
             clock = time.perf_counter()
             neighbours = self._neighbours(encoded.pooled, squares, len(images))
             seconds["retrieval"] = time.perf_counter() - clock
-        return StudyReport(explained.report, explained.words, attention, images, findings_of(explained.report),
-                           neighbours, score, in_domain, reason, seconds)
+        return StudyReport(
+            explained.report,
+            explained.words,
+            attention,
+            images,
+            findings_of(explained.report),
+            neighbours,
+            score,
+            in_domain,
+            reason,
+            seconds,
+        )
 
     def _neighbours(self, pooled: np.ndarray, squares: list[np.ndarray], views: int) -> pd.DataFrame:
         bundle = self.retriever.bundle
@@ -210,7 +245,9 @@ def attention_overlay(square: np.ndarray, heat: np.ndarray, alpha: float = 0.45)
     side = square.shape[0]
     span = float(heat.max() - heat.min())
     scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
-    smooth = np.asarray(Image.fromarray(scaled.astype(np.float32), mode="F").resize((side, side), Image.Resampling.BILINEAR))
+    smooth = np.asarray(
+        Image.fromarray(scaled.astype(np.float32), mode="F").resize((side, side), Image.Resampling.BILINEAR)
+    )
     colour = colormaps["inferno"](np.clip(smooth, 0, 1))[..., :3]
     gray = np.repeat(square[..., None].astype(np.float32) / 255.0, 3, axis=-1)
     return (np.clip((1 - alpha) * gray + alpha * colour, 0, 1) * 255 + 0.5).astype(np.uint8)

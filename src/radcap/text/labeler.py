@@ -24,76 +24,161 @@ from dataclasses import dataclass
 POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 
 OBSERVATIONS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 )
 
 MENTIONS = {
     "Enlarged Cardiomediastinum": [
-        r"widen\w* (?:of the )?(?:superior )?mediastin\w*", r"mediastin\w* (?:is |are )?widen\w*",
-        r"enlarged cardiomediastin\w*", r"cardiomediastinal (?:silhouette|contours?) (?:is |are )?(?:enlarged|widened|prominent)",
+        r"widen\w* (?:of the )?(?:superior )?mediastin\w*",
+        r"mediastin\w* (?:is |are )?widen\w*",
+        r"enlarged cardiomediastin\w*",
+        r"cardiomediastinal (?:silhouette|contours?) (?:is |are )?(?:enlarged|widened|prominent)",
         r"mediastinal (?:widening|enlargement)",
     ],
     "Cardiomegaly": [
-        r"cardiomegaly", r"enlarged (?:heart|cardiac (?:silhouette|contour|shadow))", r"cardiac enlargement",
-        r"(?:heart|cardiac silhouette|cardiac shadow|heart size) (?:is |are )?(?:\w+ly )?(?:enlarged|increased|large|prominent)",
+        r"cardiomegaly",
+        r"enlarged (?:heart|cardiac (?:silhouette|contour|shadow))",
+        r"cardiac enlargement",
+        r"(?:heart|cardiac silhouette|cardiac shadow|heart size) (?:is |are )?(?:\w+ly )?(?:enlarged|increased|large|prominent)",  # noqa: E501 (one pattern per line)
         r"enlargement of the (?:heart|cardiac silhouette)",
     ],
-    "Lung Lesion": [r"nodul\w*", r"\bmass(?:es)?\b", r"\blesions?\b", r"tumou?r", r"neoplasm", r"carcinoma", r"metasta\w*", r"\bcysts?\b"],
+    "Lung Lesion": [
+        r"nodul\w*",
+        r"\bmass(?:es)?\b",
+        r"\blesions?\b",
+        r"tumou?r",
+        r"neoplasm",
+        r"carcinoma",
+        r"metasta\w*",
+        r"\bcysts?\b",
+    ],
     "Lung Opacity": [
-        r"opaci\w*", r"infiltrat\w*", r"densit(?:y|ies)", r"air ?space (?:disease|opacit\w*)", r"hazy|haziness",
-        r"reticul\w* (?:opacit\w*|markings?)", r"interstitial (?:markings?|opacit\w*|disease)", r"scarring|\bscars?\b",
+        r"opaci\w*",
+        r"infiltrat\w*",
+        r"densit(?:y|ies)",
+        r"air ?space (?:disease|opacit\w*)",
+        r"hazy|haziness",
+        r"reticul\w* (?:opacit\w*|markings?)",
+        r"interstitial (?:markings?|opacit\w*|disease)",
+        r"scarring|\bscars?\b",
     ],
     "Edema": [r"edema", r"(?:vascular|venous) congestion", r"congestive heart failure|\bchf\b", r"kerley"],
     "Consolidation": [r"consolidat\w*"],
     "Pneumonia": [r"pneumoni\w*", r"infectio\w*", r"infectious process"],
     "Atelectasis": [r"atelecta\w*", r"\bcollapse\w*"],
     "Pneumothorax": [r"pneumothora\w*"],
-    "Pleural Effusion": [r"effusions?", r"pleural fluid", r"hydropneumothorax", r"blunt\w* of the (?:\w+ )*costophrenic"],
+    "Pleural Effusion": [
+        r"effusions?",
+        r"pleural fluid",
+        r"hydropneumothorax",
+        r"blunt\w* of the (?:\w+ )*costophrenic",
+    ],
     "Pleural Other": [r"pleural (?:thickening|scar\w*|plaques?|calcification)", r"fibrothorax", r"pleural-parenchymal"],
     "Fracture": [r"fractur\w*"],
     "Support Devices": [
-        r"pacemaker", r"\bpacer\b", r"defibrillator|\baicd\b|\bicd\b", r"catheter", r"\bpicc\b", r"\btubes?\b",
-        r"sternotomy", r"(?:surgical |vascular )?clips?\b", r"\bwires?\b", r"stents?\b", r"\bport\b|port-a-cath",
-        r"hardware", r"prosthe\w*", r"(?:valve|joint) (?:replacement|prosthesis)", r"\bleads?\b", r"fixation",
-        r"central (?:venous )?line", r"\bdevices?\b",
+        r"pacemaker",
+        r"\bpacer\b",
+        r"defibrillator|\baicd\b|\bicd\b",
+        r"catheter",
+        r"\bpicc\b",
+        r"\btubes?\b",
+        r"sternotomy",
+        r"(?:surgical |vascular )?clips?\b",
+        r"\bwires?\b",
+        r"stents?\b",
+        r"\bport\b|port-a-cath",
+        r"hardware",
+        r"prosthe\w*",
+        r"(?:valve|joint) (?:replacement|prosthesis)",
+        r"\bleads?\b",
+        r"fixation",
+        r"central (?:venous )?line",
+        r"\bdevices?\b",
     ],
 }
 
 # Explicit normal statements, which negate without a negation word.
 NORMAL_PHRASES = {
     "Cardiomegaly": [
-        r"(?:heart|cardiac) (?:size|silhouette|contours?|shadow) (?:is |are )?(?:\w+ )?(?:normal|within normal limits|unremarkable|stable|upper limits? of normal)",
-        r"normal (?:heart|cardiac) (?:size|silhouette)", r"heart is (?:normal|not enlarged)",
-        r"cardiomediastinal (?:silhouette|contours?) (?:is |are )?(?:\w+ )?(?:normal|within normal limits|unremarkable|stable)",
-        r"normal cardiomediastinal", r"cardiomediastinal silhouette and pulmonary vasculature are within normal limits",
+        r"(?:heart|cardiac) (?:size|silhouette|contours?|shadow) (?:is |are )?(?:\w+ )?(?:normal|within normal limits|unremarkable|stable|upper limits? of normal)",  # noqa: E501
+        r"normal (?:heart|cardiac) (?:size|silhouette)",
+        r"heart is (?:normal|not enlarged)",
+        r"cardiomediastinal (?:silhouette|contours?) (?:is |are )?(?:\w+ )?(?:normal|within normal limits|unremarkable|stable)",  # noqa: E501
+        r"normal cardiomediastinal",
+        r"cardiomediastinal silhouette and pulmonary vasculature are within normal limits",
     ],
     "Enlarged Cardiomediastinum": [
-        r"(?:cardio)?mediastinal (?:silhouette|contours?) (?:is |are )?(?:\w+ )?(?:normal|within normal limits|unremarkable|stable)",
-        r"normal (?:cardio)?mediastinal", r"mediastinum is (?:normal|within normal limits|unremarkable)",
+        r"(?:cardio)?mediastinal (?:silhouette|contours?) (?:is |are )?(?:\w+ )?(?:normal|within normal limits|unremarkable|stable)",  # noqa: E501
+        r"normal (?:cardio)?mediastinal",
+        r"mediastinum is (?:normal|within normal limits|unremarkable)",
     ],
     "Lung Opacity": [r"lungs? (?:is |are )?clear", r"clear lungs?"],
     "Pneumothorax": [],
 }
 
 PRE_NEGATION = (
-    r"\bno\b", r"\bnot\b", r"\bwithout\b", r"negative for", r"free of", r"clear of", r"absence of", r"\bnor\b",
-    r"resolution of", r"resolved", r"rule[sd]? out(?! of)", r"removal of", r"\bnone\b", r"\bnegative\b",
+    r"\bno\b",
+    r"\bnot\b",
+    r"\bwithout\b",
+    r"negative for",
+    r"free of",
+    r"clear of",
+    r"absence of",
+    r"\bnor\b",
+    r"resolution of",
+    r"resolved",
+    r"rule[sd]? out(?! of)",
+    r"removal of",
+    r"\bnone\b",
+    r"\bnegative\b",
 )
 POST_NEGATION = (
-    r"(?:is|are|was|were|has been|have been) (?:no longer |not )(?:seen|present|identified|visualized|appreciated|evident|demonstrated)",
-    r"(?:has|have) (?:resolved|cleared|been removed)", r"(?:is|are) (?:absent|resolved|gone)", r"\bresolved\b",
+    r"(?:is|are|was|were|has been|have been) (?:no longer |not )(?:seen|present|identified|visualized|appreciated|evident|demonstrated)",  # noqa: E501
+    r"(?:has|have) (?:resolved|cleared|been removed)",
+    r"(?:is|are) (?:absent|resolved|gone)",
+    r"\bresolved\b",
     r"not (?:seen|identified|present|appreciated|evident)",
 )
 UNCERTAINTY = (
-    r"\bmay\b", r"\bmight\b", r"\bpossib\w*", r"\bprobabl\w*", r"\blikely\b", r"\bsuggest\w*", r"suspicio\w*",
-    r"concerning for", r"(?:cannot|can not|could not|not) (?:be )?(?:excluded|exclude|ruled out|rule out)",
-    r"questionabl\w*", r"question of", r"\bversus\b|\bvs\.?\b", r"equivocal", r"differential", r"borderline",
-    r"\bcould\b", r"\bpresum\w*", r"\bconsider\w*", r"\bindeterminate\b", r"\bvs\b", r"\bmimic\w*",
+    r"\bmay\b",
+    r"\bmight\b",
+    r"\bpossib\w*",
+    r"\bprobabl\w*",
+    r"\blikely\b",
+    r"\bsuggest\w*",
+    r"suspicio\w*",
+    r"concerning for",
+    r"(?:cannot|can not|could not|not) (?:be )?(?:excluded|exclude|ruled out|rule out)",
+    r"questionabl\w*",
+    r"question of",
+    r"\bversus\b|\bvs\.?\b",
+    r"equivocal",
+    r"differential",
+    r"borderline",
+    r"\bcould\b",
+    r"\bpresum\w*",
+    r"\bconsider\w*",
+    r"\bindeterminate\b",
+    r"\bvs\b",
+    r"\bmimic\w*",
     r"\bor\b(?= \w+ (?:pneumonia|atelectasis|consolidation|infection|edema|effusion|mass|nodule))",
 )
-CLAUSE_BREAK = re.compile(r";|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bexcept\b|\bwhich\b|\bwhereas\b|\bwith the exception of\b")
+CLAUSE_BREAK = re.compile(
+    r";|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bexcept\b|\bwhich\b|\bwhereas\b|\bwith the exception of\b"
+)
 SENTENCE_BREAK = re.compile(r"(?<!\d)\.(?!\d)|\n|\?|!")
 
 _MENTIONS = {obs: re.compile("|".join(f"(?:{p})" for p in pats)) for obs, pats in MENTIONS.items()}
@@ -128,7 +213,9 @@ def label_text(text: str | None) -> dict[str, float | None]:
                 values[obs].append(_mention_value(clause, match.start(), match.end()))
     out: dict[str, float | None] = {}
     for obs, found in values.items():
-        out[obs] = None if not found else (POSITIVE if POSITIVE in found else UNCERTAIN if UNCERTAIN in found else NEGATIVE)
+        out[obs] = (
+            None if not found else (POSITIVE if POSITIVE in found else UNCERTAIN if UNCERTAIN in found else NEGATIVE)
+        )
     pathology = [v for obs, v in out.items() if obs != "Support Devices"]
     out = {"No Finding": NEGATIVE if any(v in (POSITIVE, UNCERTAIN) for v in pathology) else POSITIVE, **out}
     return out
@@ -142,7 +229,4 @@ class BinaryLabels:
 
     def __call__(self, text: str | None) -> dict[str, int]:
         labels = label_text(text)
-        return {
-            obs: int((self.uncertain_as if v == UNCERTAIN else (v or 0.0)) >= 0.5)
-            for obs, v in labels.items()
-        }
+        return {obs: int((self.uncertain_as if v == UNCERTAIN else (v or 0.0)) >= 0.5) for obs, v in labels.items()}

@@ -51,10 +51,12 @@ class Vocabulary:
     min_count: int
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_count: int = 2, max_length: int = 60) -> "Vocabulary":
+    def build(cls, texts: Iterable[str], min_count: int = 2, max_length: int = 60) -> Vocabulary:
         """Tokens seen at least `min_count` times, most frequent first (ties alphabetical, so it is stable)."""
         counts = Counter(token for text in texts for token in tokenize(text))
-        kept = sorted((t for t, n in counts.items() if n >= min_count and t not in SPECIALS), key=lambda t: (-counts[t], t))
+        kept = sorted(
+            (t for t, n in counts.items() if n >= min_count and t not in SPECIALS), key=lambda t: (-counts[t], t)
+        )
         return cls(SPECIALS + tuple(kept), max_length, min_count)
 
     def __len__(self) -> int:
@@ -89,14 +91,19 @@ class Vocabulary:
         return words
 
     def to_json(self) -> dict:
-        return {"format": "radcap-vocabulary/1", "tokens": list(self.tokens), "max_length": self.max_length,
-                "min_count": self.min_count, "specials": list(SPECIALS)}
+        return {
+            "format": "radcap-vocabulary/1",
+            "tokens": list(self.tokens),
+            "max_length": self.max_length,
+            "min_count": self.min_count,
+            "specials": list(SPECIALS),
+        }
 
     def save(self, path: Path) -> None:
         write_json(self.to_json(), path)
 
     @classmethod
-    def load(cls, path: Path) -> "Vocabulary":
+    def load(cls, path: Path) -> Vocabulary:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             tokens = tuple(data["tokens"])

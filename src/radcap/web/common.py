@@ -58,8 +58,6 @@ def guarded(page) -> None:
         page()
     except RadcapError as exc:
         st.error(str(exc))
-    except Exception:  # noqa: BLE001 - a fault: the traceback goes to the server's log, not the page
+    except Exception:
         log.exception("the page failed")
         st.error("Something went wrong on the server (the traceback is in its log); please report it.")
-
-

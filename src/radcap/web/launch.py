@@ -29,8 +29,10 @@ def with_embedded_default(cfg: AppSettings, model_given: bool) -> tuple[AppSetti
         try:
             parse_model_uri(demo_model)
         except RadcapError:
-            raise RadcapError(f"{missing}; nor is the demo's champion registered: run `make demo` first, or give "
-                              "--model (a models:/ URI or a captioner folder)") from None
+            raise RadcapError(
+                f"{missing}; nor is the demo's champion registered: run `make demo` first, or give "
+                "--model (a models:/ URI or a captioner folder)"
+            ) from None
     studies = cfg.studies or (DEMO_STUDIES.resolve() if DEMO_STUDIES.is_dir() else None)
     note = f"{cfg.model} is not registered: serving the demo's champion {demo_model}"
     return cfg.model_copy(update={"model": demo_model, "studies": studies}), note
@@ -39,14 +41,39 @@ def with_embedded_default(cfg: AppSettings, model_given: bool) -> tuple[AppSetti
 def streamlit_command(cfg: AppSettings) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) running the page with `cfg`: headless, no usage statistics sent, no file watcher,
     Streamlit's own upload limit at the page's, error details kept out of the browser."""
-    argv = [sys.executable, "-m", "streamlit", "run", str(PAGE),
-            "--server.headless", "true", "--server.address", cfg.host, "--server.port", str(cfg.port),
-            "--server.maxUploadSize", str(cfg.max_upload_mb), "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
-            "--client.toolbarMode", "viewer", "--global.developmentMode", "false"]
-    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", "RADCAP_APP__MODEL": cfg.model,
-           "RADCAP_APP__RETRIEVER": cfg.retriever or "", "RADCAP_APP__NEIGHBOURS": str(cfg.neighbours),
-           "RADCAP_APP__MAX_UPLOAD_MB": str(cfg.max_upload_mb)}
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(PAGE),
+        "--server.headless",
+        "true",
+        "--server.address",
+        cfg.host,
+        "--server.port",
+        str(cfg.port),
+        "--server.maxUploadSize",
+        str(cfg.max_upload_mb),
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.showErrorDetails",
+        "none",
+        "--client.toolbarMode",
+        "viewer",
+        "--global.developmentMode",
+        "false",
+    ]
+    env = {
+        **os.environ,
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        "RADCAP_APP__MODEL": cfg.model,
+        "RADCAP_APP__RETRIEVER": cfg.retriever or "",
+        "RADCAP_APP__NEIGHBOURS": str(cfg.neighbours),
+        "RADCAP_APP__MAX_UPLOAD_MB": str(cfg.max_upload_mb),
+    }
     if cfg.studies is not None:
         env["RADCAP_APP__STUDIES"] = str(Path(cfg.studies).resolve())
     return argv, env

@@ -8,5 +8,9 @@ import streamlit as st
 PAGES = Path(__file__).resolve().parent / "pages"
 
 st.set_page_config(page_title="radcap", layout="wide")
-st.navigation([st.Page(PAGES / "study.py", title="Study", url_path="study", default=True),
-               st.Page(PAGES / "models.py", title="Models", url_path="models")]).run()
+st.navigation(
+    [
+        st.Page(PAGES / "study.py", title="Study", url_path="study", default=True),
+        st.Page(PAGES / "models.py", title="Models", url_path="models"),
+    ]
+).run()

@@ -21,9 +21,11 @@ def models_page() -> None:
         st.info(f"No version of {name} is registered.")
         return
     alias = cfg.model.split("@", 1)[1] if "@" in cfg.model else "champion"
-    st.markdown(f"**{alias}**: version {champion(name, alias) or '(none)'} · served: version "
-                f"{parse_model_uri(cfg.model)[1]} · promotion history (oldest first): "
-                f"{', '.join(history(name)) or '(none)'}")
+    st.markdown(
+        f"**{alias}**: version {champion(name, alias) or '(none)'} · served: version "
+        f"{parse_model_uri(cfg.model)[1]} · promotion history (oldest first): "
+        f"{', '.join(history(name)) or '(none)'}"
+    )
     st.dataframe(table, hide_index=True, key="versions")
 
 

@@ -11,8 +11,10 @@ from radcap.web.common import display, guarded, load_reader, log, settings
 
 def model_card(reader, alias: str | None) -> None:
     info = reader.description
-    st.sidebar.markdown(f"**Model** `{reader.captioner.name}` version **{reader.captioner.version}**"
-                        + (f" (alias `{alias}`)" if alias else ""))
+    st.sidebar.markdown(
+        f"**Model** `{reader.captioner.name}` version **{reader.captioner.version}**"
+        + (f" (alias `{alias}`)" if alias else "")
+    )
     st.sidebar.markdown(f"{info['architecture']} · encoder `{info['encoder']}`")
     if reader.retriever:
         st.sidebar.markdown(f"**Retriever** `{reader.retriever.name}` version {reader.retriever.version}")
@@ -21,13 +23,17 @@ def model_card(reader, alias: str | None) -> None:
 def chosen_files(cfg) -> list[tuple[str, bytes]]:
     """The study's files: the uploads, else the study picked from the configured folder."""
     limit = cfg.max_upload_mb * 2**20
-    uploads = st.file_uploader("Images of one study (PNG, JPEG or DICOM; a frontal and optionally a lateral view)",
-                               accept_multiple_files=True, key="uploads")
+    uploads = st.file_uploader(
+        "Images of one study (PNG, JPEG or DICOM; a frontal and optionally a lateral view)",
+        accept_multiple_files=True,
+        key="uploads",
+    )
     files = []
     for upload in uploads or []:
         if upload.size > limit:
-            raise RadcapError(f"{upload.name}: file is {upload.size / 2**20:.0f} MiB, over the page's "
-                              f"{cfg.max_upload_mb} MiB limit")
+            raise RadcapError(
+                f"{upload.name}: file is {upload.size / 2**20:.0f} MiB, over the page's {cfg.max_upload_mb} MiB limit"
+            )
         files.append((upload.name, upload.getvalue()))
     if files or cfg.studies is None:
         return files
@@ -64,9 +70,14 @@ def study_page() -> None:
     st.sidebar.markdown("**Decoding** (defaults: the model's tuned values)")
     beam = st.sidebar.slider("Beam width (1: greedy)", 1, 10, int(defaults.beam_width), key="beam_width")
     penalty = st.sidebar.slider("Length penalty", 0.0, 3.0, float(defaults.length_penalty), 0.1, key="length_penalty")
-    consensus = st.sidebar.slider("Consensus samples (0: the beam's most probable report)", 0, 40,
-                                  int(defaults.consensus_samples), key="consensus_samples",
-                                  disabled=reader.bundle.cider is None)
+    consensus = st.sidebar.slider(
+        "Consensus samples (0: the beam's most probable report)",
+        0,
+        40,
+        int(defaults.consensus_samples),
+        key="consensus_samples",
+        disabled=reader.bundle.cider is None,
+    )
     if note:
         st.sidebar.caption(note)
 
@@ -105,7 +116,9 @@ def study_page() -> None:
         t = options.index(word)
         size = reader.encoder.input_size
         for column, image, heat in zip(st.columns(len(images)), images, report.attention[t]):
-            column.image(attention_overlay(image.square(size), heat), caption=f"{image.view}, word {t + 1}: {report.words[t]}")
+            column.image(
+                attention_overlay(image.square(size), heat), caption=f"{image.view}, word {t + 1}: {report.words[t]}"
+            )
     if report.neighbours is not None:
         st.subheader("Closest training reports")
         st.dataframe(report.neighbours.rename(columns={"score": "similarity"}), hide_index=True, key="neighbours")
