@@ -96,7 +96,8 @@ def caption_new_batches(
     get_model = cache(
         lambda: load_model(model_name, None, cfg.precision)
     )  # loaded once per run, at the first batch with work
-    taken, failed = [], []
+    taken: list[str] = []
+    failed: list[str] = []
     batches = list(complete_batches(inbox, cfg.ready_marker, cfg.settle_seconds))
     # One cluster for every batch of the run, and none started when no batch is complete.
     with dask_client((cluster or get_settings().cluster) if batches else None) as client:

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.utilities.annotations import quote
 
+from radcap.core.errors import RadcapError
 from radcap.core.settings import get_settings
 from radcap.registry.tracking import tracked_run
 from radcap.tasks.features import load_encoder
@@ -19,7 +20,11 @@ def optimize_encoder_flow(
     encoder: str | None, precision: str, calibration: Path | None, out: Path, calibration_images: int
 ) -> dict:
     model = load_encoder(encoder)
-    squares = calibration_squares(calibration, calibration_images, model.input_size) if precision == "int8" else None
+    squares = None
+    if precision == "int8":
+        if calibration is None:
+            raise RadcapError("int8 is calibrated on real images: give --calibration FOLDER")
+        squares = calibration_squares(calibration, calibration_images, model.input_size)
     with tracked_run(
         get_settings().tracking.encoder,
         f"optimize-encoder-{precision}",

@@ -25,7 +25,8 @@ class Decoder:
         batch = int(tf.shape(next(iter(features.values())))[0])
         tokens = np.full(batch, self.start_id, np.int32)
         done = np.zeros(batch, bool)
-        out, attention = [], []
+        out: list = []
+        attention: list = []
         for _ in range(self.max_length - 1):
             logits, state, weights = self._step(tf.constant(tokens), state)
             logits = logits.numpy()

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect.logging import get_run_logger
 
 from radcap.captioning import bundle as captioners
+from radcap.captioning.bundle import CaptionerBundle
 from radcap.captioning.data import CaptionSet, load_caption_sets
 from radcap.core.catalog import DataCatalog
 from radcap.core.errors import RadcapError
@@ -30,7 +31,7 @@ from radcap.tasks import registry_task, uncached
 
 
 @registry_task
-def load_captioner(uri: str) -> LoadedModel:
+def load_captioner(uri: str) -> LoadedModel[CaptionerBundle]:
     loaded = captioners.load_captioner(uri)
     config = loaded.bundle.config
     get_run_logger().info("captioner %s: %s on encoder %s", loaded.uri, config.architecture, config.encoder_version)
@@ -38,7 +39,7 @@ def load_captioner(uri: str) -> LoadedModel:
 
 
 @uncached
-def evaluation_sets(data_dir: Path, loaded: LoadedModel, split: str) -> tuple[CaptionSet, CaptionSet]:
+def evaluation_sets(data_dir: Path, loaded: LoadedModel[CaptionerBundle], split: str) -> tuple[CaptionSet, CaptionSet]:
     config = loaded.bundle.config
     evaluated = load_caption_sets(
         data_dir, config.encoder_version, (split,), config.max_views, grid=loaded.bundle.model.attention
@@ -48,7 +49,7 @@ def evaluation_sets(data_dir: Path, loaded: LoadedModel, split: str) -> tuple[Ca
 
 
 @uncached
-def caption_systems(loaded: LoadedModel, evaluated: CaptionSet, train: CaptionSet) -> list[System]:
+def caption_systems(loaded: LoadedModel[CaptionerBundle], evaluated: CaptionSet, train: CaptionSet) -> list[System]:
     """The model's reports and the baselines' for the evaluated studies."""
     return caption_with_baselines(loaded.bundle, loaded.bundle.config.architecture, evaluated, train)
 
@@ -70,7 +71,9 @@ def retrieval_captions(uri: str, data_dir: Path, evaluated: CaptionSet, split: s
 
 
 @uncached
-def check_guard(loaded: LoadedModel, data_dir: Path, evaluated: CaptionSet, ood_data: list[Path]) -> dict | None:
+def check_guard(
+    loaded: LoadedModel[CaptionerBundle], data_dir: Path, evaluated: CaptionSet, ood_data: list[Path]
+) -> dict | None:
     """How the model's domain guard does on the evaluated (held-out, in-domain) studies and on each
     out-of-domain data directory (features for the model's encoder needed there too)."""
     guard, config = loaded.bundle.domain, loaded.bundle.config

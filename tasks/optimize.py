@@ -24,7 +24,8 @@ from radcap.tasks import registry_task, uncached
 def calibration_squares(folder: Path, count: int, size: int) -> np.ndarray:
     """The first `count` readable images under `folder` (sorted paths: the same set every run), as the uint8
     squares the encoder reads. Unreadable files are skipped (they are not outputs of this command)."""
-    squares, skipped = [], 0
+    squares: list[np.ndarray] = []
+    skipped = 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         if len(squares) == count:
             break

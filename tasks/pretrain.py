@@ -115,7 +115,7 @@ def register_encoder(
         curves_figure(
             result,
             {"train_loss": "train", "val_loss": "val"},
-            scores and {k: k for k in scores},
+            {k: k for k in scores},
             "masked weighted BCE",
             "validation",
         ),

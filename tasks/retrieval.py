@@ -22,9 +22,9 @@ from radcap.operations.cluster import dask_client
 from radcap.pacs.exports import identifiers, scan
 from radcap.registry import store as registry
 from radcap.registry import tracking
-from radcap.registry.store import LoadedModel
 from radcap.retrieval import retriever as retrievers
 from radcap.retrieval.retriever import (
+    LoadedRetriever,
     RetrievalIndex,
     RetrieverTraining,
     result_rows,
@@ -141,7 +141,7 @@ def register_retriever(out: Path, cfg: RetrievalSettings, tags: dict) -> str:
 
 
 @registry_task
-def load_retriever(uri: str) -> LoadedModel:
+def load_retriever(uri: str) -> LoadedRetriever:
     loaded = retrievers.load_retriever(uri)
     table = loaded.index.table
     get_run_logger().info(
@@ -154,7 +154,7 @@ def load_retriever(uri: str) -> LoadedModel:
 
 
 @uncached
-def search_texts(texts: list[str], loaded: LoadedModel, top_k: int) -> pd.DataFrame:
+def search_texts(texts: list[str], loaded: LoadedRetriever, top_k: int) -> pd.DataFrame:
     hits = loaded.index.search(loaded.bundle.text_embeddings(texts), "image", top_k)
     return result_rows(texts, hits, loaded.uri, [None] * len(texts))
 
@@ -162,7 +162,7 @@ def search_texts(texts: list[str], loaded: LoadedModel, top_k: int) -> pd.DataFr
 @uncached
 def retrieve_images(
     root: Path,
-    loaded: LoadedModel,
+    loaded: LoadedRetriever,
     top_k: int,
     cfg: BulkCaptioningSettings,
     encoder: str | None = None,

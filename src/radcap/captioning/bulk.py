@@ -38,9 +38,11 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 
+from radcap.captioning.bundle import CaptionerBundle
 from radcap.captioning.data import VIEW_ORDER, pack_views
 from radcap.core.io import atomic_path, exclusive_lock, new_run_id, read_table, write_json, write_table
 from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
+from radcap.imaging.encoders import Encoder
 from radcap.imaging.features import Forward, stream_features
 from radcap.pacs.exports import InputImage, Reject
 
@@ -49,8 +51,8 @@ from radcap.pacs.exports import InputImage, Reject
 class CaptioningModel:
     """A captioner with exactly the encoder of its training features, and what outputs are stamped with."""
 
-    bundle: object  # radcap.captioning.bundle.CaptionerBundle
-    encoder: object  # radcap.imaging.encoders.Encoder
+    bundle: CaptionerBundle
+    encoder: Encoder
     name: str  # registered name (or the bundle folder)
     version: str  # registry version number (or "local")
 
@@ -341,7 +343,9 @@ def study_batches(images: list[InputImage], batch_size: int) -> list[list[list[I
     studies: dict[str, list[InputImage]] = {}
     for image in images:
         studies.setdefault(image.study_id, []).append(image)
-    batches, current, count = [], [], 0
+    batches: list[list[list[InputImage]]] = []
+    current: list[list[InputImage]] = []
+    count = 0
     for members in studies.values():
         members = sorted(members, key=lambda i: (VIEW_ORDER[i.view], i.source_path))
         if current and count + len(members) > batch_size:

@@ -8,9 +8,11 @@ encoder its features came from, so captioning new images extracts features with 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +32,11 @@ from radcap.metrics.scores import CiderD
 from radcap.registry.store import LoadedModel, resolve_bundle
 from radcap.text.vocab import END, START, UNK, Vocabulary
 
+if TYPE_CHECKING:  # Keras is imported where a model is built, not at import time
+    from radcap.models.captioner import Captioner
+
+SavedConfig = TypeVar("SavedConfig", bound=SavedModelConfig)
+
 CONSENSUS_SEED = 0  # every study's sampled pseudo-references come from this seed: its report is reproducible
 
 
@@ -42,7 +49,7 @@ class Explanation:
 
 @dataclass
 class CaptionerBundle:
-    model: object  # radcap.models.captioner.Captioner
+    model: Captioner
     vocab: Vocabulary
     config: CaptionerConfig
     domain: DomainGuard | None = None  # the out-of-domain guard (None: saved before radcap 0.2)
@@ -100,6 +107,10 @@ class CaptionerBundle:
         Beam search alone returns the most probable report, which for a model trained on one report per image
         is often one training report's specific wording; the consensus candidate says what the model's likely
         reports share."""
+        if self.cider is None:
+            raise RadcapError(
+                "this captioner was saved without the training reports' statistics consensus decoding needs"
+            )
         candidates, scores = self.decoder.beam_candidates(part, beam_width, length_penalty, no_repeat_ngram)
         studies = len(candidates)
         drawn = self.decoder.sample(part, [np.random.default_rng(CONSENSUS_SEED) for _ in range(studies)], samples)
@@ -205,7 +216,9 @@ def build_model(config: CaptionerConfig, vocab_size: int):
     return model
 
 
-def read_saved_model(folder: Path, config_class: type[SavedModelConfig], formats: tuple[str, ...], build):
+def read_saved_model(
+    folder: Path, config_class: type[SavedConfig], formats: tuple[str, ...], build: Callable[[SavedConfig, int], Any]
+) -> tuple[Any, Vocabulary, SavedConfig]:
     """Rebuild a saved Keras model bundle: the typed config, the JSON vocabulary, then the HDF5 arrays read into
     `build(config, vocab_size)`. Returns (model, vocab, config)."""
     folder = Path(folder)
@@ -220,11 +233,8 @@ def read_saved_model(folder: Path, config_class: type[SavedModelConfig], formats
 
 
 def load_bundle(folder: Path) -> CaptionerBundle:
-    return CaptionerBundle(
-        *read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model),
-        DomainGuard.load(Path(folder)),
-        read_consensus(Path(folder)),
-    )
+    model, vocab, config = read_saved_model(folder, CaptionerConfig, CAPTIONER_FORMATS, build_model)
+    return CaptionerBundle(model, vocab, config, DomainGuard.load(Path(folder)), read_consensus(Path(folder)))
 
 
 def read_consensus(folder: Path) -> CiderD | None:
@@ -237,7 +247,7 @@ def read_consensus(folder: Path) -> CiderD | None:
         raise RadcapError(f"{path}: not a CIDEr-D document-frequency table: {exc}") from None
 
 
-def load_captioner(uri: str) -> LoadedModel:
+def load_captioner(uri: str) -> LoadedModel[CaptionerBundle]:
     """A captioner bundle from a local folder or a registry URI."""
     folder, name, version = resolve_bundle(uri, CAPTIONER_FORMATS, "captioner")
     return LoadedModel(load_bundle(folder), name, version)

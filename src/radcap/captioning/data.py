@@ -82,6 +82,8 @@ class CaptionSet:
         """Per-channel mean and std over the images present (grid cells for attention, pooled vectors else)."""
         present = self.view_mask.reshape(-1) > 0
         if attention:
+            if self.grid is None:
+                raise ValueError("this caption set was loaded without the attention grid")
             values = self.grid.reshape(-1, self.grid.shape[2], self.grid.shape[3])[present].astype(np.float32)
             values = values.reshape(-1, values.shape[-1])
         else:

@@ -38,10 +38,16 @@ def token_matrix(data: CaptionSet, vocab: Vocabulary) -> np.ndarray:
     return tokens[:, :longest]  # one shape for the whole run: no padding to max_length, no retracing
 
 
+def scores_without_meteor(references: dict[str, list[str]], hypotheses: dict[str, str]) -> dict[str, float]:
+    """Caption metrics for choices made during training: no METEOR (a Java process per epoch would dominate)."""
+    scores = caption_metrics(references, hypotheses, meteor=False)
+    return {name: value for name, value in scores.items() if value is not None}
+
+
 def validation_scores(bundle: CaptionerBundle, val: CaptionSet) -> dict[str, float]:
     hyps = bundle.caption(val.features(slice(None)))
     ids = [str(i) for i in range(len(val))]
-    return caption_metrics({i: [t] for i, t in zip(ids, val.texts)}, dict(zip(ids, hyps)), meteor=False)
+    return scores_without_meteor({i: [t] for i, t in zip(ids, val.texts)}, dict(zip(ids, hyps)))
 
 
 def train_captioner(
@@ -217,7 +223,7 @@ class SampleReward:
         self.neighbours = similar_studies(train, cfg.scst_neighbours) if cfg.scst_neighbours else None
 
     def cider_d(self, words: list[str], row: int) -> float:
-        others = [] if self.neighbours is None else self.neighbours[row]
+        others = [] if self.neighbours is None else list(self.neighbours[row])
         own, *theirs = self.cider.scores(words, [self.vectors[row], *(self.vectors[j] for j in others)])
         if not theirs:
             return own
@@ -283,7 +289,7 @@ def choose_length_penalty(bundle: CaptionerBundle, val: CaptionSet, cfg: Decoder
             length_penalty=penalty,
             no_repeat_ngram=cfg.no_repeat_ngram,
         )
-        scores[penalty] = caption_metrics(references, dict(zip(val.report_ids, captions)), meteor=False)[metric]
+        scores[penalty] = scores_without_meteor(references, dict(zip(val.report_ids, captions)))[metric]
     best = max(scores, key=lambda p: (scores[p], -abs(p - cfg.length_penalty)))
     bundle.config.decoding = bundle.config.decoding.model_copy(update={"length_penalty": best})
     return scores

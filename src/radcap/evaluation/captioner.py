@@ -99,7 +99,7 @@ class Evaluation:
             }
             if not values or model.metric(metric) is None:
                 continue
-            best = max(values, key=values.get)
+            best = max(values, key=lambda k: values[k])
             gain = paired_bootstrap(model, self.scores[best], metric, BOOTSTRAP_SAMPLES)
             rows.append(
                 {
@@ -107,7 +107,7 @@ class Evaluation:
                     "model": model.metric(metric),
                     "best_baseline": labels[best],
                     "baseline": values[best],
-                    "ratio": model.metric(metric) / values[best] if values[best] else None,
+                    "ratio": model.value(metric) / values[best] if values[best] else None,
                     "difference": gain["delta"],
                     "low": gain["low"],
                     "high": gain["high"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ REGISTERED_ENCODER = "radcap-encoder"
 
 @dataclass
 class Encoder:
-    model: object  # keras.Model: the CheXNet classifier
+    model: Any  # keras.Model: the CheXNet classifier
     name: str
     version: str
     spec: str  # reloads exactly this encoder

@@ -22,11 +22,12 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -255,9 +256,12 @@ def encode_batch(forward: Forward, arrays: list[np.ndarray], batch_size: int, gr
             failed.update(errors)
         for position, p, g in rows:
             pooled[position] = p
-            if grid:
+            if grids is not None:
                 grids[position] = np.asarray(g).reshape(GRID_CELLS, -1)
     return Encoded(pooled, grids, failed)
+
+
+Item = TypeVar("Item")  # what stream_features streams: a path, an upload, a study's image...
 
 
 @dataclass
@@ -270,26 +274,40 @@ class DecodedBatch:
     chroma: list[float]  # colour of each decoded image (0 grayscale; 0 for rejects)
     rows: dict[int, int]  # input position -> row of `encoded`
     reasons: dict[int, str]  # input position -> reject reason
-    encoded: Encoded | None
+    encoded: Encoded | None  # None when no image of the batch decoded
+
+    @property
+    def features(self) -> Encoded:
+        """`encoded`, for a batch with rows (`rows` is empty when nothing was encoded)."""
+        if self.encoded is None:
+            raise ValueError("no image of this batch was encoded")
+        return self.encoded
+
+    def grid_rows(self, rows: list[int]) -> np.ndarray:
+        """The attention grids of `rows` (the batch was streamed with grid=True)."""
+        if self.features.grid is None:
+            raise ValueError("this batch was streamed without grids")
+        return self.features.grid[rows]
 
 
 def stream_features(
-    items: list,
-    path_of: Callable[[object], Path],
+    items: Sequence[Item],
+    path_of: Callable[[Item], Path | bytes],
     forward: Forward,
     batch_size: int,
     input_size: int,
     grid: bool,
     workers: int = 2,
     progress: str | None = None,
-    batches: list[list] | None = None,
+    batches: list[list[Item]] | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decode `items` (two batches ahead, in threads) and encode them batch by batch, yielding each batch.
     `path_of(item)` is the item's file, or its bytes (an upload, a REST request).
     `batches` overrides the default split into `batch_size` chunks (captioning keeps studies whole)."""
     from tqdm import tqdm
 
-    batches = batches if batches is not None else [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if batches is None:
+        batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
     with (
         ThreadPoolExecutor(workers) as decoders,
         tqdm(total=sum(map(len, batches)), desc=progress or "", unit="img", disable=progress is None) as bar,
@@ -331,7 +349,9 @@ class PartWriter:
         self, store: FeatureStore, run_id: str, part_rows: int = PART_ROWS, part_seconds: float = PART_SECONDS
     ):
         self.store, self.run_id, self.part_rows, self.part_seconds = store, run_id, part_rows, part_seconds
-        self.number, self.rows, self.writer, self.tmp, self.opened = 0, 0, None, None, 0.0
+        self.number, self.rows, self.opened = 0, 0, 0.0
+        self.writer: pq.ParquetWriter | None = None
+        self.tmp: Path | None = None
 
     def append(self, table: pa.Table) -> None:
         table = FEATURES.validate(table)
@@ -346,7 +366,7 @@ class PartWriter:
             self.close()
 
     def close(self) -> None:
-        if self.writer is None:
+        if self.writer is None or self.tmp is None:
             return
         self.writer.close()
         target = self.store.root / f"part-{self.run_id}-{self.number:05d}.parquet"
@@ -397,7 +417,7 @@ def extract_features(
                 kept = [ImageItem(batch.items[k].image_id, batch.items[k].path, batch.shas[k]) for k in positions]
                 rows = [batch.rows[k] for k in positions]
                 table = features_table(
-                    kept, batch.encoded.pooled[rows], batch.encoded.grid[rows], encoder_name, encoder_version
+                    kept, batch.features.pooled[rows], batch.grid_rows(rows), encoder_name, encoder_version
                 )
                 if last_write is not None:
                     last_write.result()  # at most one batch waiting to be written

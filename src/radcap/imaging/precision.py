@@ -115,7 +115,7 @@ def openvino_forward(folder: Path, precision: str):
     hint = "bf16" if precision == "bf16" else "f32"  # int8 layers run int8 either way; the rest stays f32
     config = {"INFERENCE_PRECISION_HINT": hint}
     if os.environ.get("RADCAP_WORKER_THREADS"):  # a cluster worker's share of the cores (radcap.operations.cluster)
-        config["INFERENCE_NUM_THREADS"] = int(os.environ["RADCAP_WORKER_THREADS"])
+        config["INFERENCE_NUM_THREADS"] = os.environ["RADCAP_WORKER_THREADS"]
     compiled = core.compile_model(str(folder / IR_FILE), "CPU", config)
     request = compiled.create_infer_request()
     pooled_out, grid_out = sorted(compiled.outputs, key=lambda o: o.get_partial_shape().rank.get_length())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +97,18 @@ def train_encoder(
         model, pos_weight, neg_weight, cfg.learning_rate, augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed)
     )
     has_val = val is not None and len(val[1]) > 0
-    if has_val:
+    if val is not None and has_val:
         val_pixels, val_rows = val
         val_targets, val_mask = space.encode(val_rows)
     rng, bs = np.random.default_rng(cfg.seed), cfg.pretrain_batch_size
     steps_per_epoch = max(1, len(train_rows) // bs)
-    schedule = {
-        "total_steps": cfg.epochs * steps_per_epoch,
-        "warmup_steps": max(1, round(cfg.warmup_epochs * steps_per_epoch)),
-        "peak": cfg.learning_rate,
-        "floor_ratio": cfg.min_lr_ratio,
-    }
+    schedule = partial(
+        learning_rate_at,
+        total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=max(1, round(cfg.warmup_epochs * steps_per_epoch)),
+        peak=cfg.learning_rate,
+        floor_ratio=cfg.min_lr_ratio,
+    )
     step = 0
 
     def run_epoch(epoch: int) -> dict[str, float]:
@@ -116,7 +118,7 @@ def train_encoder(
         # Sorted indices: memmap reads go forward through the file.
         batches = [np.sort(order[i : i + bs]) for i in range(0, steps_per_epoch * bs, bs)]
         for idx in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False):
-            lr = learning_rate_at(step, **schedule)
+            lr = schedule(step)
             trainer.set_learning_rate(lr)
             losses.append(float(trainer.train_step(train_pixels[idx], targets[idx], mask[idx])))
             step += 1

@@ -35,7 +35,7 @@ class Parsed:
         self.image_inputs += 1
         self.images.append({**row, "_source": source})
 
-    def reject_image(self, source: str, reason: str, image_id: str) -> None:
+    def reject_image(self, source: str, reason: str, image_id: str | None) -> None:
         """An image input that is rejected before it becomes a row (counted as an image input)."""
         self.image_inputs += 1
         self.reject(source, reason, item=image_id, kind="image")
@@ -102,7 +102,7 @@ def report_row(
         "_unusable": None
         if target is not None or not placeholders
         else "placeholder text instead of a report: "
-        + "; ".join(f"{name} '{raw[:60]}'" for name, raw in placeholders.items()),
+        + "; ".join(f"{name} '{str(raw)[:60]}'" for name, raw in placeholders.items()),
     }
 
 

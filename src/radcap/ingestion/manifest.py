@@ -94,7 +94,7 @@ class _Reader:
             return parsed.reject_image(where, f"unknown split '{split_value}' (use train, val or test)", image_id)
         caption = _text(row.get("caption"))
         normalized = normalize(clean_raw(caption, self.rules), self.rules)
-        if normalized is None:
+        if caption is None or normalized is None:
             return parsed.reject_image(where, "row has no caption", image_id)
         if placeholder(normalized, self.rules):
             return parsed.reject_image(where, f"placeholder text instead of a caption: '{caption[:60]}'", image_id)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from lxml import etree
@@ -39,7 +40,7 @@ class Findings:
 
 
 def draw_findings(rng: np.random.Generator) -> Findings:
-    def maybe(p: float, choices: list) -> object:
+    def maybe(p: float, choices: list) -> Any:
         return choices[rng.integers(len(choices))] if rng.random() < p else None
 
     lobes = [(s, z) for s in SIDES for z in ZONES]

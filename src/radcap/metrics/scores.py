@@ -204,6 +204,13 @@ class ReportScores:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def value(self, name: str, index: np.ndarray | None = None) -> float:
+        """`metric`, for a metric that must have been computed (METEOR is None when Java did not run)."""
+        value = self.metric(name, index)
+        if value is None:
+            raise ValueError(f"{name} was not computed for these reports")
+        return value
+
     def metric(self, name: str, index: np.ndarray | None = None) -> float | None:
         """One metric over the reports at `index` (all when None)."""
         take = (lambda a: a) if index is None else (lambda a: a[index])
@@ -329,7 +336,8 @@ class CiderD:
 
     def vector(self, tokens: list[str]) -> tuple[list[dict], np.ndarray, int]:
         """tf-idf weights per n-gram order, their norms, and pycocoevalcap's length (the bigram count)."""
-        vec, norm = [{} for _ in range(self.n)], np.zeros(self.n)
+        vec: list[dict] = [{} for _ in range(self.n)]
+        norm = np.zeros(self.n)
         for gram, tf in Counter(self._ngrams(tokens)).items():
             weight = tf * (self.log_documents - math.log(max(1.0, self.document_frequency.get(gram, 0.0))))
             vec[len(gram) - 1][gram] = weight
@@ -343,8 +351,8 @@ class CiderD:
 
     def scores(self, hypothesis: list[str], references: list) -> list[float]:
         """The hypothesis against each of several references (token lists or `vector()`s), vectorized once."""
-        hypothesis = self.vector(hypothesis)
-        return [self._similarity(hypothesis, r if isinstance(r, tuple) else self.vector(r)) for r in references]
+        vector = self.vector(hypothesis)
+        return [self._similarity(vector, r if isinstance(r, tuple) else self.vector(r)) for r in references]
 
     def _similarity(self, hypothesis: tuple, reference: tuple) -> float:
         vec_h, norm_h, len_h = hypothesis
@@ -361,7 +369,7 @@ class CiderD:
 
 def caption_metrics(
     references: dict[str, list[str]], hypotheses: dict[str, str], meteor: bool = True
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Corpus-level caption scores of `hypotheses` (one per id) against `references` (the first per id)."""
     scores = score_reports({k: v[0] for k, v in references.items()}, hypotheses, meteor=meteor)
     out = {m: scores.metric(m) for m in CAPTION_METRICS}
@@ -395,11 +403,11 @@ def paired_bootstrap(
     deltas = np.empty(samples)
     for s in range(samples):
         index = rng.integers(0, n, n)
-        deltas[s] = candidate.metric(metric, index) - baseline.metric(metric, index)
+        deltas[s] = candidate.value(metric, index) - baseline.value(metric, index)
     alpha = (1.0 - confidence) / 2
     everything = np.arange(n)  # the same statistic as the resamples' (METEOR: per-report mean, not its corpus score)
     return {
-        "delta": float(candidate.metric(metric, everything) - baseline.metric(metric, everything)),
+        "delta": float(candidate.value(metric, everything) - baseline.value(metric, everything)),
         "low": float(np.quantile(deltas, alpha)),
         "high": float(np.quantile(deltas, 1 - alpha)),
         "p_not_better": float(np.mean(deltas <= 0)),

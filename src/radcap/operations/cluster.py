@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from radcap.core.errors import RadcapError
 
@@ -146,7 +146,7 @@ def run_tasks(
     run_id: str,
     weights: list[int],
     progress: str | None = None,
-) -> Iterator[object]:
+) -> Iterator[tuple[int, Any]]:
     """Submit `function(chunk, number, run_id, *common)` per chunk under a stable key (a resubmission is the
     same task), and yield (number, result) as they finish, advancing a progress bar by each chunk's `weights`."""
     from distributed import as_completed

@@ -26,6 +26,7 @@ import io
 import os
 import re
 import stat
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,7 +245,7 @@ def scan(
     exclude: Path | None = None,
     done: set[tuple[str, str]] | None = None,
     under: Path | None = None,
-    rejected: set[tuple[str, str]] = frozenset(),
+    rejected: Set[tuple[str, str]] = frozenset(),
 ) -> Scan:
     """Every input under `under` (default `root`; paths relative to `root`): the new or changed images,
     the rejects, and how many were already `done` ((source_path, sha256) pairs of a previous run; those

@@ -43,7 +43,7 @@ def decide(candidate: str, champion: str | None, scores: dict[str, ReportScores]
     )
     if gain["p_not_better"] > 1.0 - cfg.confidence:
         return Decision(False, f"{described}: not better with {cfg.confidence:.0%} confidence", gain)
-    new_clinical, old_clinical = new.metric(clinical), old.metric(clinical)
+    new_clinical, old_clinical = new.value(clinical), old.value(clinical)
     if new_clinical < old_clinical - cfg.clinical_tolerance:
         return Decision(
             False,

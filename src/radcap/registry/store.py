@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import pandas as pd
 
 from radcap.core.errors import RadcapError
 from radcap.core.model_config import CAPTIONER_FORMATS, CONFIG_FILE, CaptionerConfig
 
+Bundle = TypeVar("Bundle")
 HISTORY_TAG = "champion_history"
 SERVING = Path(__file__).resolve().parents[1] / "serving"  # the pyfunc modules logged as code
 
@@ -78,13 +80,12 @@ def _bundle_folder(local: Path, formats: tuple[str, ...], what: str, label: str)
 
 
 @dataclass
-class LoadedModel:
-    """A model as loaded, with the name and version to stamp its outputs with."""
+class LoadedModel(Generic[Bundle]):
+    """A model as loaded (a captioner's or a retriever's bundle), with the name and version to stamp outputs with."""
 
-    bundle: object
+    bundle: Bundle
     name: str  # registered name, or the bundle folder
     version: str  # registry version number, or "local"
-    index: object | None = None  # a retriever's RetrievalIndex
 
     @property
     def uri(self) -> str:

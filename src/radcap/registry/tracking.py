@@ -89,4 +89,7 @@ def log_dict(data: dict, name: str) -> None:
 def active_run_id() -> str:
     import mlflow
 
-    return mlflow.active_run().info.run_id
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no MLflow run is active (open one with tracked_run)")
+    return run.info.run_id

@@ -9,8 +9,9 @@ index (FAISS, ScaNN, pgvector) over the same vectors.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,9 @@ from radcap.imaging.features import stream_features
 from radcap.metrics.scores import score_reports
 from radcap.registry.store import LoadedModel, resolve_bundle
 from radcap.text.vocab import Vocabulary, tokenize
+
+if TYPE_CHECKING:  # Keras is imported where a model is built, not at import time
+    from radcap.models.retrieval import DualEncoder
 
 KS = (1, 5, 10)
 
@@ -55,7 +59,7 @@ def build_dual_encoder(config: RetrieverConfig, vocab_size: int):
 
 @dataclass
 class RetrieverBundle:
-    model: object  # models.retrieval.DualEncoder
+    model: DualEncoder
     vocab: Vocabulary
     config: RetrieverConfig
     domain: DomainGuard | None = None  # the out-of-domain guard (None: saved before radcap 0.2)
@@ -80,10 +84,8 @@ class RetrieverBundle:
 
 
 def read_retriever(folder: Path) -> RetrieverBundle:
-    return RetrieverBundle(
-        *read_saved_model(folder, RetrieverConfig, RETRIEVER_FORMATS, build_dual_encoder),
-        DomainGuard.load(Path(folder)),
-    )
+    model, vocab, config = read_saved_model(folder, RetrieverConfig, RETRIEVER_FORMATS, build_dual_encoder)
+    return RetrieverBundle(model, vocab, config, DomainGuard.load(Path(folder)))
 
 
 def relevance(query_texts: list[str], gallery_texts: list[str]) -> np.ndarray:
@@ -357,22 +359,29 @@ def retrieve_studies(
         if not studies:
             continue
         rows = [[batch.rows[k] for k in keys] for keys in studies.values()]
-        packed = pack_views(rows, batch.encoded.pooled, None, bundle.config.max_views)
+        packed = pack_views(rows, batch.features.pooled, None, bundle.config.max_views)
         hits = index.search(bundle.image_embeddings(packed["pooled"], packed["view_mask"]), "report", top_k)
         queries = [";".join(batch.items[k].source_path for k in keys) for keys in studies.values()]
         modalities = [
             next((batch.items[k].modality for k in keys if batch.items[k].modality), None) for keys in studies.values()
         ]
         colours = [max(batch.chroma[k] for k in keys) for keys in studies.values()]
-        verdicts = judge_studies(bundle.domain, batch.encoded.pooled, rows, modalities, colours)
+        verdicts = judge_studies(bundle.domain, batch.features.pooled, rows, modalities, colours)
         frames.append(result_rows(queries, hits, model_name, list(studies), verdicts, encoder_version))
     return (pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()), rejects
 
 
-def load_retriever(uri: str) -> LoadedModel:
+@dataclass
+class LoadedRetriever(LoadedModel[RetrieverBundle]):
+    """A loaded retriever and the index of the known reports and images it searches."""
+
+    index: RetrievalIndex = field(kw_only=True)
+
+
+def load_retriever(uri: str) -> LoadedRetriever:
     """A retriever bundle and its index, from a run folder (retriever/ + index.parquet) or a registry URI."""
     folder, name, version = resolve_bundle(uri, RETRIEVER_FORMATS, "retriever")
     indexes = sorted(folder.parent.rglob(RunFolder(folder.parent).index.name))
     if not indexes:
         raise RadcapError(f"{uri}: the retriever has no index.parquet")
-    return LoadedModel(read_retriever(folder), name, version, RetrievalIndex.load(indexes[0]))
+    return LoadedRetriever(read_retriever(folder), name, version, index=RetrievalIndex.load(indexes[0]))

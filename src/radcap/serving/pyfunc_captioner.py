@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow
@@ -53,7 +54,7 @@ class RadcapCaptioner(PythonModel):
         return self._encoder
 
     def _image_features(
-        self, images: list[str | bytes], names: list[str]
+        self, images: Sequence[Path | bytes], names: list[str]
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         encoder, forward = self._forward()
         pooled, grid, chroma = [], [], []
@@ -65,8 +66,8 @@ class RadcapCaptioner(PythonModel):
             if batch.reasons:
                 k, reason = min(batch.reasons.items())
                 raise RadcapError(f"{names[batch.items[k]]}: {reason}")
-            pooled.append(batch.encoded.pooled)
-            grid.append(batch.encoded.grid)
+            pooled.append(batch.features.pooled)
+            grid.append(batch.grid_rows(list(range(len(batch.items)))))
             chroma += batch.chroma
         return np.concatenate(pooled), np.concatenate(grid), chroma
 
@@ -82,6 +83,7 @@ class RadcapCaptioner(PythonModel):
         if "study_id" not in frame:
             frame = frame.assign(study_id=[str(i) for i in range(len(frame))])
         chroma = [0.0] * len(frame)
+        grid: np.ndarray | None
         if "image_base64" in frame:
             images = [_from_base64(value, k) for k, value in enumerate(frame["image_base64"])]
             pooled, grid, chroma = self._image_features(images, [f"image_base64 row {k}" for k in range(len(frame))])

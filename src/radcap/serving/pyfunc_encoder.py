@@ -30,11 +30,11 @@ class RadcapOptimizedEncoder(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         paths = [Path(p) for p in model_input["image_path"].astype(str)]
         pooled = []
-        for batch in stream_features(paths, lambda p: p, self.forward, 16, self.meta.input_size, grid=False):
+        for batch in stream_features(paths, Path, self.forward, 16, self.meta.input_size, grid=False):
             if batch.reasons:
                 k, reason = min(batch.reasons.items())
                 raise RadcapError(f"{batch.items[k]}: {reason}")
-            pooled.append(batch.encoded.pooled)
+            pooled.append(batch.features.pooled)
         return pd.DataFrame({"pooled": list(np.concatenate(pooled).astype(np.float64))})
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from radcap.captioning.bulk import judge_studies
+from radcap.captioning.bundle import CaptionerBundle
 from radcap.captioning.data import VIEW_ORDER, pack_views
 from radcap.core.errors import RadcapError
 from radcap.data_contracts.features import GRID_SIDE
@@ -26,6 +27,7 @@ from radcap.imaging.decode import ImageRejected, LoadedImage, check_bytes, decod
 from radcap.imaging.features import encode_batch
 from radcap.pacs.exports import Identifiers, dicom_identity, scan
 from radcap.registry.store import LoadedModel
+from radcap.retrieval.retriever import LoadedRetriever
 from radcap.text.labeler import NEGATIVE, POSITIVE, UNCERTAIN, label_text
 
 STATUS = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
@@ -104,7 +106,9 @@ def findings_of(report: str) -> pd.DataFrame:
 class StudyReader:
     """A loaded captioner (and optionally a retriever) answering for one study at a time, warm between calls."""
 
-    def __init__(self, captioner: LoadedModel, retriever: LoadedModel | None = None, neighbours: int = 5):
+    def __init__(
+        self, captioner: LoadedModel[CaptionerBundle], retriever: LoadedRetriever | None = None, neighbours: int = 5
+    ):
         from radcap.imaging.encoders import encoder_for
 
         self.captioner, self.retriever, self.top_k = captioner, retriever, neighbours
@@ -212,6 +216,7 @@ class StudyReader:
         )
 
     def _neighbours(self, pooled: np.ndarray, squares: list[np.ndarray], views: int) -> pd.DataFrame:
+        assert self.retriever is not None  # called only with a retriever
         bundle = self.retriever.bundle
         if self._retriever_forward is not None:
             size, forward = self._retriever_forward
