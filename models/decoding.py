@@ -15,7 +15,10 @@ class Decoder:
         self.model, self.start_id, self.end_id, self.max_length = model, start_id, end_id, max_length
         self.recurrent = getattr(model, "recurrent_state", None)  # state entries each token changes (None: all)
         self.banned = np.array(sorted({0, start_id, *banned}), np.int64)
-        self._start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
+        start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
+        # One dtype whatever the caller holds (float16 grids from the store, float64 from pandas): a new dtype
+        # would trace the graph again.
+        self._start = lambda features: start({k: tf.convert_to_tensor(v, tf.float32) for k, v in features.items()})
         self._step = tf.function(lambda tokens, state: model.step(tokens, state, training=False), reduce_retracing=True)
 
     def greedy(self, features: dict, no_repeat_ngram: int = 0) -> tuple[np.ndarray, np.ndarray | None]:

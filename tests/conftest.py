@@ -8,8 +8,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Before radcap (and so Prefect/MLflow) is imported anywhere.
-os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-"))
+# Before radcap (and so Prefect/MLflow) is imported anywhere. Each pytest-xdist worker gets a workspace of its
+# own (its own MLflow store and Prefect home): the controller's, which the workers inherit, would be shared.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ["RADCAP_WORKSPACE"] = tempfile.mkdtemp(prefix=f"radcap-tests-{os.environ['PYTEST_XDIST_WORKER']}-")
+else:
+    os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-"))
 
 import pytest
 
@@ -21,12 +25,26 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RADCAP_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 
 
+def missing(what: str) -> None:
+    """Something a test needs is not on this machine: a skip that says why on a developer's machine, a failure
+    in CI (CI=true), where a skipped test would pass unseen."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} (CI=true: required in CI)")
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real data in ../shared/data; tests that need it skip, saying why, where it is absent."""
+    """The real data in ../shared/data (RADCAP_SHARED_DATA elsewhere)."""
     if not (SHARED_DATA / "README.md").exists():
-        pytest.skip(f"real data not found at {SHARED_DATA} (set RADCAP_SHARED_DATA)")
+        missing(f"real data not found at {SHARED_DATA} (set RADCAP_SHARED_DATA)")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The skip count, always, so that a run that silently skipped real-data tests is seen as such."""
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    terminalreporter.write_line(f"radcap: {skipped} test(s) skipped (CI={os.environ.get('CI', 'unset')})")
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +157,20 @@ def parrot_captioner(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_captioner(tmp_path_factory) -> Path:
     return make_tiny_captioner(tmp_path_factory.mktemp("tiny") / "captioner")
+
+
+@pytest.fixture(scope="session")
+def registered_parrot(parrot_captioner: Path) -> str:
+    """The parrot captioner registered (as `radcap train` registers: a pyfunc logged as code), with the `champion`
+    alias; its models:/ URI by alias."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from radcap.registry.store import register_captioner
+
+    name = "radcap-captioner-serving-test"
+    mlflow.set_experiment("radcap-serving-test")
+    with mlflow.start_run():
+        version = register_captioner(parrot_captioner, name, {})
+    MlflowClient().set_registered_model_alias(name, "champion", version)
+    return f"models:/{name}@champion"

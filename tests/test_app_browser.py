@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
+
 pytestmark = pytest.mark.realdata
 REPORT = "left pleural effusion."
 
@@ -23,9 +24,7 @@ def chromium() -> str:
     """The browser's executable; CI must have one (`.ci/run` installs Debian's `chromium`)."""
     found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("no Chromium on PATH: .ci/run installs Debian's `chromium`")
-        pytest.skip("no Chromium on PATH (apt install chromium)")
+        missing("no Chromium on PATH (apt install chromium; .ci/run installs it)")
     return found
 
 

@@ -51,8 +51,26 @@ def test_the_modality_rule_flags_whatever_the_score():
     assert not in_domain and "modality XR is not among the training modalities (CT, MR)" in reason
     assert not guard.judge(11.0, "CT")[0] and "above the threshold" in guard.judge(11.0, "CT")[1]
     assert modality_family("DX") == modality_family("cr") == modality_family("X-ray") == "XR"
-    scores = study_scores(guard, np.zeros((2, 2, 2), np.float32), np.array([[1, 0], [1, 1]], np.float32))
-    assert scores.shape == (2,)
+
+
+def test_a_study_is_as_far_out_as_its_farthest_view():
+    """Study scores from image scores: in-domain studies score below the threshold, a study with one foreign
+    view scores as that view (above it), and a missing view (masked) counts for nothing, whatever it holds."""
+    rng = np.random.default_rng(1)
+    basis = rng.normal(size=(4, 32))
+
+    def images(n, shift=0.0):
+        return (rng.normal(size=(n, 4)) @ basis + 0.1 * rng.normal(size=(n, 32)) + shift).astype(np.float32)
+
+    guard = DomainGuard.fit(images(1000), percentile=95)
+    inside, outside = images(2), images(2, shift=5.0)
+    pooled = np.stack([inside, [inside[0], outside[0]], [inside[1], outside[1]]])
+    mask = np.array([[1, 1], [1, 1], [1, 0]], np.float32)  # the third study's foreign view is a masked slot
+    scores = study_scores(guard, pooled, mask)
+    image_scores = guard.score_images(pooled.reshape(-1, 32)).reshape(3, 2)
+    assert scores[0] == pytest.approx(image_scores[0].max()) and scores[0] < guard.threshold
+    assert scores[1] == pytest.approx(image_scores[1, 1]) and scores[1] > guard.threshold
+    assert scores[2] == pytest.approx(image_scores[2, 0]) and scores[2] < guard.threshold
 
 
 def _pixels(folder: Path, n: int, size: int = 128) -> list[np.ndarray]:

@@ -10,14 +10,13 @@ import random
 from functools import lru_cache
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from radcap.imaging.decode import ImageRejected, decode
 from radcap.pacs.exports import Identifiers, InputImage, Reject, describe
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, missing
 from tests.dicom_mutations import MUTATIONS, SECRETS, base_dataset, to_bytes
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -27,7 +26,7 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(Heal
 def real_pixels() -> np.ndarray:
     files = sorted((SHARED_DATA / "covid_cxr" / "images").glob("*.png"))
     if not files:
-        pytest.skip(f"real data not found at {SHARED_DATA}")
+        missing(f"real data not found at {SHARED_DATA} (set RADCAP_SHARED_DATA)")
     return np.asarray(Image.open(files[0]).convert("L").resize((64, 64)))
 
 

@@ -1,4 +1,4 @@
-"""The registered captioner behind MLflow's own REST server (`mlflow models serve`), as another hospital system
+"""The registered captioner behind MLflow's own REST server (`radcap serve`), as another hospital system
 calls it: a study's real image bytes, base64 in JSON, in; its report out; a broken image is a 400 naming the row."""
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ from tests.test_app_browser import free_port, running_server
 
 pytestmark = pytest.mark.realdata
 NAME = "radcap-captioner-rest-test"
-
-
-def venv_env() -> dict:
-    """MLflow starts its server as `uvicorn` from PATH: the environment's own `bin/` first (as an activated venv)."""
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -44,36 +39,13 @@ def study_request(rows: list[tuple[str, str, bytes]], **params) -> dict:
 
 
 @pytest.fixture(scope="module")
-def endpoint(parrot_captioner: Path, tmp_path_factory):
-    import mlflow
-    from mlflow import MlflowClient
-
-    from radcap.core.runtime import apply_offline_defaults
-    from radcap.registry.store import register_captioner
-
-    apply_offline_defaults()
-    mlflow.set_experiment("radcap-rest-test")
-    with mlflow.start_run():
-        version = register_captioner(parrot_captioner, NAME, {})
-    MlflowClient().set_registered_model_alias(NAME, "champion", version)
+def endpoint(registered_parrot: str, tmp_path_factory):
+    """`radcap serve` as a user starts it (no PATH set up: the command finds its own server)."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "models",
-        "serve",
-        "-m",
-        f"models:/{NAME}@champion",
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with running_server(argv, f"http://127.0.0.1:{port}/ping", log, 240, env=venv_env()):
+    argv = [sys.executable, "-m", "radcap.cli", "serve", "--model", registered_parrot, "--port", str(port)]
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # as a service manager would: this environment's bin/ not on it
+    with running_server(argv, f"http://127.0.0.1:{port}/ping", log, 240, env=env):
         yield f"http://127.0.0.1:{port}/invocations"
 
 

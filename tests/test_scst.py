@@ -155,40 +155,54 @@ def test_sampling_follows_the_model_and_never_writes_banned_tokens():
     np.testing.assert_array_equal(ids, again)  # the generator decides
 
 
-def test_self_critical_keeps_the_cross_entropy_weights_unless_the_selection_set_improves():
-    """With a learning rate of 0 SCST cannot beat cross-entropy on the selection set: the weights are the
-    cross-entropy ones, bit for bit, and the result says so."""
+def test_self_critical_restores_the_cross_entropy_weights_when_its_steps_make_things_worse():
+    """A cross-entropy model that has learnt something, then SCST steps far too large for it: every SCST epoch
+    moves the weights and scores worse on the selection set, so the bundle ends with the cross-entropy weights,
+    bit for bit, and the result says so."""
     from radcap.captioning.data import CaptionSet
     from radcap.captioning.training import self_critical, train_captioner
     from radcap.core.settings import DecoderSettings
     from radcap.text.vocab import Vocabulary
 
     rng = np.random.default_rng(0)
-    texts = [REPORTS[i % len(REPORTS)] for i in range(24)]
-    data = CaptionSet(
-        [str(i) for i in range(24)], texts, rng.random((24, 2, 1024), np.float32), np.ones((24, 2), np.float32)
-    )
+    kinds = [i % 4 for i in range(32)]  # four reports, each told by its own block of feature channels
+    texts = [REPORTS[k] for k in kinds]
+    pooled = rng.random((32, 2, 1024), np.float32) * 0.1
+    for i, k in enumerate(kinds):
+        pooled[i, :, k * 256 : (k + 1) * 256] += 1.0
+    data = CaptionSet([str(i) for i in range(32)], texts, pooled, np.ones((32, 2), np.float32))
     cfg = DecoderSettings(
         architecture="show-tell",
-        embed_dim=8,
-        units=16,
-        epochs=1,
-        min_epochs=1,
+        embed_dim=16,
+        units=32,
+        dropout=0.0,
+        epochs=12,
+        min_epochs=12,
         min_count=1,
         batch_size=8,
+        learning_rate=1e-2,
         scst_epochs=2,
         scst_samples=2,
-        scst_learning_rate=0.0,
+        scst_learning_rate=1.0,
     )
     vocab = Vocabulary.build(texts, 1, 16)
     trained = train_captioner(data, data, vocab, cfg, {"encoder_version": "test"})
-    weights = [w.copy() for w in trained.bundle.model.get_weights()]
-    result = self_critical(trained.bundle, data, data, cfg)
-    assert not result.kept and len(result.fit.history) == 2
+    model = trained.bundle.model
+    cross_entropy = [w.copy() for w in model.get_weights()]
+    moved: list[bool] = []
+
+    def weights_moved(_record) -> None:
+        moved.append(any(not np.array_equal(a, b) for a, b in zip(cross_entropy, model.get_weights())))
+
+    result = self_critical(trained.bundle, data, data, cfg, weights_moved)
+    assert moved == [True, True]  # each SCST epoch changed the weights
+    scst_best = max(record.metrics["val_CIDEr"] for record in result.fit.history)
+    assert result.before["val_CIDEr"] > 0.5 > scst_best  # worse on the selection set
+    assert not result.kept
     assert {"scst_loss", "train_sample_reward", "train_baseline_reward", "val_CIDEr"} <= set(
         result.fit.history[0].metrics
     )
-    for a, b in zip(weights, trained.bundle.model.get_weights()):
+    for a, b in zip(cross_entropy, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert self_critical(trained.bundle, data, data, cfg.model_copy(update={"scst_epochs": 0})) is None
     greedy = self_critical(

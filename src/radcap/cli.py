@@ -10,6 +10,7 @@ an input the user must fix (the message names the file and the reason).
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from enum import StrEnum
@@ -25,6 +26,7 @@ from radcap.core.catalog import DataCatalog, RunFolder
 from radcap.core.errors import RadcapError
 from radcap.core.logs import hide_user_error_tracebacks
 from radcap.core.settings import get_settings
+from radcap.operations.processes import die_with_parent, supervise
 
 app = typer.Typer(
     help="radcap: radiology report generation pipeline (Prefect flows, Keras models, MLflow registry).",
@@ -56,9 +58,10 @@ def _options(
 ) -> None:
     OUTPUT["json"] = json_output
     from radcap.core.logs import DEBUG, configure_console
+    from radcap.core.runtime import workspace_dir
 
     DEBUG["on"] = debug
-    configure_console(verbose, debug)
+    configure_console(verbose, debug, workspace_dir())
 
 
 EXIT_OK, EXIT_REJECTS, EXIT_USAGE = 0, 1, 2
@@ -737,10 +740,31 @@ def web_app(
         console.print(note)
     argv, env = streamlit_command(cfg)
     console.print(f"radcap app: http://{cfg.host}:{cfg.port} (model {cfg.model}; Ctrl-C stops it)")
-    try:
-        raise typer.Exit(subprocess.run(argv, env=env).returncode)
-    except KeyboardInterrupt:
-        raise typer.Exit(EXIT_OK) from None
+    raise typer.Exit(_server_exit(supervise(lambda: subprocess.Popen(argv, env=env, preexec_fn=die_with_parent))))
+
+
+def _server_exit(code: int) -> int:
+    """A server stopped as asked (SIGINT, SIGTERM) is a success; anything else is its own exit code."""
+    return EXIT_OK if code in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM) else code
+
+
+@app.command("serve")
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Option(help="models:/NAME@ALIAS or models:/NAME/N (default from settings: the champion)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Listen address (0.0.0.0: the network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port.")] = 5001,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes answering requests.")] = 1,
+) -> None:
+    """The REST endpoint of a registered captioner (MLflow's scoring server, as `mlflow models serve --env-manager
+    local` runs it, from this environment): POST a study's images as base64 to /invocations. Ctrl-C stops it."""
+    from radcap.serving.rest import start_rest_server
+
+    uri = model or get_settings().caption.model
+    console.print(f"radcap serve: http://{host}:{port}/invocations (model {uri}; GET /ping; Ctrl-C stops it)")
+    raise typer.Exit(_server_exit(supervise(lambda: start_rest_server(uri, host, port, workers))))
 
 
 server_app = typer.Typer(

@@ -209,7 +209,7 @@ def build_model(config: CaptionerConfig, vocab_size: int):
     features = {
         "pooled": np.zeros((1, views, dim), np.float32),
         "view_mask": np.ones((1, views), np.float32),
-        "grid": np.zeros((1, views, config.grid_cells, dim), np.float16),
+        "grid": np.zeros((1, views, config.grid_cells, dim), np.float32),  # what model_inputs gives it
     }
     model.teacher_forced(features, np.ones((1, 2), np.int32))
     model.built = True  # a subclassed model: its variables exist now

@@ -8,20 +8,60 @@ attached to console handlers only.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
+from pathlib import Path
 
 from radcap.core.errors import RadcapError
 
+LOG_FILE = "logs/radcap.log"  # under the workspace (.radcap/)
 
-def configure_console(verbose: bool, debug: bool) -> None:
+
+def configure_console(verbose: bool, debug: bool, workspace: Path | None = None) -> None:
     """Before Prefect is imported: its console shows warnings and errors by default (a level the user set in
-    the environment is kept), INFO with --verbose or --debug (the option wins)."""
+    the environment is kept), INFO with --verbose or --debug (the option wins). Libraries' Python warnings
+    (deprecations, MLflow's advice on logging models) go to the workspace's log file, not the console, unless
+    --verbose or --debug: the console keeps progress, summaries and what the user can act on."""
     for key in ("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "MLFLOW_LOGGING_LEVEL"):  # MLflow: "Creating initial..."
         if verbose or debug:
             os.environ[key] = "INFO"
         else:
             os.environ.setdefault(key, "WARNING")
+    if workspace is not None:
+        library_notices_to_file(workspace / LOG_FILE, also_console=verbose or debug)
+
+
+def library_notices_to_file(path: Path, also_console: bool) -> None:
+    """Python warnings and radcap's record of library chatter (`library_chatter`) are written to `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.captureWarnings(True)
+    for name in ("py.warnings", CHATTER):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        logger.propagate = also_console
+
+
+CHATTER = "radcap.library"
+
+
+@contextmanager
+def library_chatter() -> Iterator[None]:
+    """What a library prints straight to stderr inside this block (MLflow's "Successfully registered model",
+    "Created version"), as records of the `radcap.library` logger: in the log file, not the console."""
+    captured = io.StringIO()
+    try:
+        with redirect_stderr(captured):
+            yield
+    finally:
+        for line in captured.getvalue().splitlines():
+            if line.strip():
+                logging.getLogger(CHATTER).info(line)
 
 
 class _QuietUserErrors(logging.Filter):

@@ -43,6 +43,7 @@ def offline_defaults(workspace: Path) -> dict[str, str]:
         # MLflow: local SQLite tracking store and registry, artifacts beside it; no telemetry.
         "MLFLOW_TRACKING_URI": f"sqlite:///{workspace / 'mlflow.db'}",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a bar per model load, in the middle of the output
         # Keras would otherwise write to ~/.keras; nothing is ever downloaded (weights=None everywhere).
         "KERAS_HOME": str(workspace / "keras"),
         "TF_CPP_MIN_LOG_LEVEL": "2",

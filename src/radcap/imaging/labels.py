@@ -83,12 +83,14 @@ def _present(value: object) -> bool:
 
 def image_labels(image: dict, report: dict | None) -> list[str]:
     """All 'namespace:value' labels of one image row (IMAGES contract), given its report row."""
-    labels = set(image.get("labels") or [])
+    given = image.get("labels")  # an array from Parquet: no truth value
+    labels = set(given if given is not None else [])
     dataset = image["dataset"]
     if image.get("view") in ("frontal", "lateral"):
         labels.add(f"view:{image['view']}")
     if dataset == "iu-xray" and report is not None:
-        cxr14 = mesh_to_cxr14(list(report.get("mesh") or []))
+        mesh = report.get("mesh")
+        cxr14 = mesh_to_cxr14(list(mesh if mesh is not None else []))
         if cxr14 is not None:
             labels.update(f"cxr14:{label}" for label in cxr14)
             labels.add("cxr14:*")  # marks the image as annotated for cxr14 even when all are negative

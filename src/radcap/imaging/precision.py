@@ -159,7 +159,13 @@ OPTIMIZED_ENCODER = "radcap-encoder-optimized"
 def register_optimized_encoder(folder: Path, tags: dict) -> str:
     """An optimized encoder's IR folder as a new version of `radcap-encoder-optimized` (in the active MLflow
     run), tagged with its source encoder version and precision (`find_optimized_encoder` looks it up by them)."""
-    return store.register_pyfunc("pyfunc_encoder", {"encoder": folder}, OPTIMIZED_ENCODER, tags)
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image_path")]), outputs=Schema([ColSpec(Array("double"), "pooled")])
+    )
+    return store.register_pyfunc("pyfunc_encoder", {"encoder": folder}, OPTIMIZED_ENCODER, tags, signature)
 
 
 def find_optimized_encoder(source_version: str, precision: str) -> tuple[str, Path] | None:

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 import pandas as pd
 
 from radcap.core.errors import RadcapError
+from radcap.core.logs import library_chatter
 from radcap.core.model_config import CAPTIONER_FORMATS, CONFIG_FILE, CaptionerConfig
 
 Bundle = TypeVar("Bundle")
@@ -136,31 +137,45 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def register_pyfunc(code: str, artifacts: dict[str, Path], registered_name: str, tags: dict, signature=None) -> str:
-    """Log a pyfunc model as code (`radcap/serving/<code>.py`) with `artifacts` in the active MLflow run,
-    register it under `registered_name`, tag the version; return the version number."""
+def register_pyfunc(code: str, artifacts: dict[str, Path], registered_name: str, tags: dict, signature) -> str:
+    """Log a pyfunc model as code (`src/radcap/serving/<code>.py`) with `artifacts` and its `signature` in the
+    active MLflow run, register it under `registered_name`, tag the version; return the version number."""
     import mlflow
 
-    info = mlflow.pyfunc.log_model(
-        name=code.removeprefix("pyfunc_"),
-        python_model=str(SERVING / f"{code}.py"),
-        artifacts={k: str(v) for k, v in artifacts.items()},
-        registered_model_name=registered_name,
-        signature=signature,
-        pip_requirements=pip_requirements(),
-    )
+    with library_chatter():  # "Successfully registered model ...": to the log file
+        info = mlflow.pyfunc.log_model(
+            name=code.removeprefix("pyfunc_"),
+            python_model=str(SERVING / f"{code}.py"),
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            registered_model_name=registered_name,
+            signature=signature,
+            pip_requirements=pip_requirements(),
+        )
     version = str(info.registered_model_version)
     tag_version(registered_name, version, tags)
     return version
 
 
 def register_keras(model, registered_name: str, tags: dict) -> str:
-    """Log a Keras model (`.keras`, loadable in safe mode) in the active run, register it, tag the version."""
+    """Log a Keras model (`.keras`, loadable in safe mode) with its tensor signature in the active run, register
+    it, tag the version."""
     import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
 
-    info = mlflow.tensorflow.log_model(
-        model, name="encoder", registered_model_name=registered_name, pip_requirements=pip_requirements()
-    )
+    def spec(shape) -> Schema:
+        return Schema([TensorSpec(np.dtype(np.float32), tuple(-1 if d is None else d for d in shape))])
+
+    signature = ModelSignature(inputs=spec(model.input_shape), outputs=spec(model.output_shape))
+    with library_chatter():
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="encoder",
+            registered_model_name=registered_name,
+            signature=signature,
+            pip_requirements=pip_requirements(),
+        )
     version = str(info.registered_model_version)
     tag_version(registered_name, version, tags)
     return version
@@ -297,5 +312,18 @@ def register_captioner(folder: Path, registered_name: str, tags: dict) -> str:
     )
 
 
+def retriever_signature():
+    """A text query (report-to-image search) or one image's pooled features per row in; (query, rank) rows out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    inputs = Schema([ColSpec("string", "text", required=False), ColSpec(Array("double"), "pooled", required=False)])
+    columns: list[ColSpec | TensorSpec] = [ColSpec("string", n) for n in ("query", "item_id", "kind", "text", "source")]
+    outputs = Schema([*columns, ColSpec("integer", "rank"), ColSpec("float", "score")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("top_k", "long", 5)]))
+
+
 def register_retriever(folder: Path, index: Path, registered_name: str, tags: dict) -> str:
-    return register_pyfunc("pyfunc_retriever", {"retriever": folder, "index": index}, registered_name, tags)
+    return register_pyfunc(
+        "pyfunc_retriever", {"retriever": folder, "index": index}, registered_name, tags, retriever_signature()
+    )
