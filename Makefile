@@ -48,7 +48,7 @@ check: lint types
 
 # What CI runs (.ci/run): everything.
 test: lint types docs
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --durations=20
 
 clean:
 	rm -rf out .radcap build

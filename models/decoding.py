@@ -6,6 +6,23 @@ import numpy as np
 import tensorflow as tf
 
 
+def traced_once(fn):
+    """`fn` compiled on its first call, for that call's structure and dtypes with the batch axis open: one trace
+    for every batch size (greedy, beam and sampling use different ones). TensorFlow counts traces by the Python
+    code, across every model a process decodes with (evaluate, promote, caption in one run), and a second trace
+    per model would add up to its "excessive retracing" warning."""
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            signature = tf.nest.map_structure(lambda x: tf.TensorSpec((None, *x.shape[1:]), x.dtype), args)
+            compiled = tf.function(fn, input_signature=signature)
+        return compiled(*args)
+
+    return call
+
+
 class Decoder:
     """Wraps a captioner's `start`/`step` in compiled functions; ids follow `radcap.text.vocab` (pad 0)."""
 
@@ -15,11 +32,10 @@ class Decoder:
         self.model, self.start_id, self.end_id, self.max_length = model, start_id, end_id, max_length
         self.recurrent = getattr(model, "recurrent_state", None)  # state entries each token changes (None: all)
         self.banned = np.array(sorted({0, start_id, *banned}), np.int64)
-        start = tf.function(lambda features: model.start(features, training=False), reduce_retracing=True)
-        # One dtype whatever the caller holds (float16 grids from the store, float64 from pandas): a new dtype
-        # would trace the graph again.
-        self._start = lambda features: start({k: tf.convert_to_tensor(v, tf.float32) for k, v in features.items()})
-        self._step = tf.function(lambda tokens, state: model.step(tokens, state, training=False), reduce_retracing=True)
+        start = traced_once(lambda features: model.start(features, training=False))
+        # One dtype whatever the caller holds (float16 grids from the store, float64 from pandas).
+        self._start = lambda features: start({k: tf.cast(v, tf.float32) for k, v in features.items()})
+        self._step = traced_once(lambda tokens, state: model.step(tokens, state, training=False))
 
     def greedy(self, features: dict, no_repeat_ngram: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """(ids (B,T) without <start>, ending at <end> then pad 0; attention (B,T,L) or None).

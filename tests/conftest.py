@@ -15,10 +15,13 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 else:
     os.environ.setdefault("RADCAP_WORKSPACE", tempfile.mkdtemp(prefix="radcap-tests-"))
 
+import numpy as np
 import pytest
 
-from radcap.core.runtime import apply_offline_defaults
+from radcap.core.runtime import apply_offline_defaults, offline_defaults, workspace_dir
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # the controller's MLflow store and Prefect home are not this worker's
+    os.environ.update(offline_defaults(workspace_dir()))
 apply_offline_defaults()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +150,54 @@ def make_parrot_captioner(
         step(features, tokens)
     CaptionerBundle(model, vocab, config).save(folder)
     return folder
+
+
+TELLS = ("left pleural effusion.", "no acute disease.", "right upper lobe nodule.", "mild cardiomegaly.")
+
+
+def random_encoder_features(paths: list[Path]) -> np.ndarray:
+    """(N, 1024) pooled features of image files from the `random:0` encoder, through the streaming path every
+    stage uses (so exactly what `radcap caption` computes for them)."""
+    from radcap.imaging.encoders import resolve_encoder
+    from radcap.imaging.features import stream_features
+
+    encoder = resolve_encoder("random:0")
+    batches = stream_features(paths, Path, encoder.forward_fn(), 16, encoder.input_size, grid=False)
+    return np.concatenate([batch.features.pooled for batch in batches])
+
+
+def make_teller_captioner(folder: Path, data, epochs: int = 40) -> list[str]:
+    """A tiny Show-and-Tell trained through the real training loop to tell `data`'s studies apart: study k is
+    given TELLS[k % 4], so a report depends on the study's features, with a margin no float noise crosses (its
+    reports stay the same under 10% relative noise on the features). A path that mixes up, drops or corrupts
+    features writes other reports. Saves the bundle to `folder`; returns its reports for `data`."""
+    from radcap.captioning.data import CaptionSet
+    from radcap.captioning.training import train_captioner
+    from radcap.core.settings import DecoderSettings
+    from radcap.text.vocab import Vocabulary
+
+    texts = [TELLS[k % len(TELLS)] for k in range(len(data))]
+    told = CaptionSet(data.report_ids, texts, data.pooled, data.view_mask)
+    cfg = DecoderSettings(
+        architecture="show-tell",
+        embed_dim=32,
+        units=64,
+        dropout=0.0,
+        epochs=epochs,
+        min_epochs=epochs,
+        min_count=1,
+        batch_size=8,
+        learning_rate=1e-2,
+        beam_width=1,
+        consensus_samples=0,
+        length_penalty_grid=(),
+    )
+    extra = {"encoder_version": "random-seed0", "encoder_spec": "random:0", "data_version": "teller"}
+    bundle = train_captioner(told, told, Vocabulary.build(texts, 1, 12), cfg, extra).bundle
+    bundle.save(folder)
+    reports = bundle.caption(told.features(slice(None)))
+    assert len(set(reports)) >= 3, reports  # the fixture is only useful if its words depend on its input
+    return reports
 
 
 @pytest.fixture(scope="session")

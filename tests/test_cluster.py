@@ -124,7 +124,23 @@ def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
     assert again.returncode == 0 and summary_of(again)["encoded"] == 0  # a re-run encodes nothing
 
 
-def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, parrot_captioner, prefect_api):
+@pytest.fixture(scope="module")
+def teller(xray_folder: Path, tmp_path_factory) -> Path:
+    """A captioner whose report tells the 40 X-rays apart (tests.conftest.make_teller_captioner)."""
+    from radcap.captioning.data import CaptionSet
+    from tests.conftest import make_teller_captioner, random_encoder_features
+
+    paths = sorted(xray_folder.glob("*.png"))
+    pooled = np.zeros((len(paths), 2, 1024), np.float32)
+    pooled[:, 0] = random_encoder_features(paths)
+    view_mask = np.repeat([[1.0, 0.0]], len(paths), axis=0).astype(np.float32)
+    data = CaptionSet([p.stem for p in paths], [""] * len(paths), pooled, view_mask)
+    folder = tmp_path_factory.mktemp("teller") / "captioner"
+    make_teller_captioner(folder, data)
+    return folder
+
+
+def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, teller, prefect_api):
     outputs = {}
     for name, extra in (("local", []), ("cluster", ["--cluster", "local:2"])):
         done = run_cli(
@@ -135,12 +151,13 @@ def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, parrot_ca
             "--out",
             str(tmp_path / name),
             "--model",
-            str(parrot_captioner),
+            str(teller),
             *extra,
             env=SMALL_TASKS,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         outputs[name] = pd.read_parquet(tmp_path / name / "captions.parquet").sort_values("source_path")
+    assert outputs["local"]["caption"].nunique() >= 3  # reports that depend on each image: a mix-up would show
     keys = ["study_id", "image_id", "view", "source_path", "sha256", "caption", "model", "encoder_version"]
     pd.testing.assert_frame_equal(
         outputs["local"][keys].reset_index(drop=True), outputs["cluster"][keys].reset_index(drop=True)

@@ -4,6 +4,7 @@ re-run (nothing recomputed), and a broken image file as a reject with exit code 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,24 @@ def data_dir(tmp_path_factory, prefect_api) -> Path:
     )
     assert done.returncode == 0, done.stderr
     return root / "data"
+
+
+# What a newcomer must not see among a command's progress bars and summary: libraries' notices (they go to the
+# workspace's log file) and the warnings whose causes radcap fixed (a logged model without a signature, retracing).
+NOISE = (
+    "Successfully registered model",
+    "Created version",
+    "UserWarning",
+    "without a signature",
+    "retracing",
+    "Downloading artifacts",
+    "DT_HALF",
+)
+
+
+def assert_quiet(stderr: str) -> None:
+    found = [noise for noise in NOISE if noise in stderr]
+    assert not found, f"{found} on the console:\n{stderr[-3000:]}"
 
 
 def test_pretrain_register_and_extract(data_dir: Path):
@@ -72,6 +91,7 @@ def test_pretrain_register_and_extract(data_dir: Path):
         for p, data in saved.items():
             p.write_bytes(data)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert_quiet(done.stderr)
     summary = json.loads((data_dir / "encoder" / "pretrain.json").read_text())
     assert summary["registered"].startswith("models:/radcap-encoder/") and summary["output_units"] >= 2
     assert summary["rejected"] == 0 and summary["select_on"] == "carve"
@@ -160,6 +180,9 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
         env={**env, "RADCAP_CAPTIONER__SCST_SAMPLES": "2"},
     )
     assert done.returncode in (0, 1), done.stderr[-3000:]
+    assert_quiet(done.stderr)
+    log = Path(os.environ["RADCAP_WORKSPACE"]) / "logs" / "radcap.log"  # where they went instead
+    assert "Successfully registered model" in log.read_text()
     trained = json.loads(done.stdout.strip().splitlines()[-1])
     assert trained["scst_epochs_run"] == 1
     # kept exactly when SCST's epoch beat the cross-entropy model on the selection set; else the reported (kept)
