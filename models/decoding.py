@@ -6,6 +6,12 @@ import numpy as np
 import tensorflow as tf
 
 
+def as_float32(value):
+    """Cast in numpy where the value is numpy: a float16 cast inside TensorFlow goes through its half-precision
+    kernels (and says so on stderr, once per process, on CPUs without them)."""
+    return np.asarray(value, np.float32) if isinstance(value, np.ndarray) else tf.cast(value, tf.float32)
+
+
 def traced_once(fn):
     """`fn` compiled on its first call, for that call's structure and dtypes with the batch axis open: one trace
     for every batch size (greedy, beam and sampling use different ones). TensorFlow counts traces by the Python
@@ -34,7 +40,7 @@ class Decoder:
         self.banned = np.array(sorted({0, start_id, *banned}), np.int64)
         start = traced_once(lambda features: model.start(features, training=False))
         # One dtype whatever the caller holds (float16 grids from the store, float64 from pandas).
-        self._start = lambda features: start({k: tf.cast(v, tf.float32) for k, v in features.items()})
+        self._start = lambda features: start({k: as_float32(v) for k, v in features.items()})
         self._step = traced_once(lambda tokens, state: model.step(tokens, state, training=False))
 
     def greedy(self, features: dict, no_repeat_ngram: int = 0) -> tuple[np.ndarray, np.ndarray | None]:

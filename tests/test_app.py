@@ -168,6 +168,7 @@ def test_a_study_picked_from_a_folder(parrot_captioner, xrays, tmp_path, monkeyp
     assert study not in page_text(at)  # studies are named by their files, not by header values
 
 
+@pytest.mark.slow
 def test_models_page_lists_versions_with_metrics_and_the_champion(parrot_captioner, monkeypatch):
     import mlflow
     from streamlit.testing.v1 import AppTest

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import missing
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 REPORT = "left pleural effusion."
 
 

@@ -28,6 +28,7 @@ def tiny_batch(n: int = 8, seed: int = 0):
     return features, tf.constant(captions.astype(np.int32)), captions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_tiny_model_learns_and_decodes(arch):
     tf.keras.utils.set_random_seed(0)

@@ -36,6 +36,7 @@ def test_missing_source_names_the_path_without_traceback(tmp_path: Path, capsys)
     assert str(missing) in err and "not found" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_bad_csv_columns_inside_the_flow_is_one_line(tmp_path: Path, prefect_api):
     bad = tmp_path / "reports.csv"
     bad.write_text("a,b\n1,2\n")
@@ -44,6 +45,7 @@ def test_bad_csv_columns_inside_the_flow_is_one_line(tmp_path: Path, prefect_api
     assert "missing columns" in result.stderr and "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_exit_1_when_inputs_are_rejected_and_0_when_not(tmp_path: Path, prefect_api):
     from radcap.core.settings import SampleSettings
     from radcap.ingestion.phantoms import write_sample
@@ -59,6 +61,7 @@ def test_exit_1_when_inputs_are_rejected_and_0_when_not(tmp_path: Path, prefect_
     assert rejected.returncode == 1 and "1 inputs rejected" in rejected.stderr
 
 
+@pytest.mark.slow
 def test_a_user_error_inside_a_flow_is_one_line_and_debug_shows_the_rest(tmp_path, prefect_api):
     """Not three Prefect ERROR blocks: one line, exit 2. --debug shows the traceback and Prefect's failure logs."""
     from radcap.core.settings import get_settings

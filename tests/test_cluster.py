@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 SMALL_TASKS = {
     "RADCAP_CLUSTER_TASK_IMAGES": "8",

@@ -59,6 +59,7 @@ def test_resolve_encoder_errors_are_user_errors(tmp_path):
         resolve_encoder(str(tmp_path / "missing.h5"))
 
 
+@pytest.mark.slow
 def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair):
     from radcap.imaging.encoders import resolve_encoder
     from tests.keras2_h5 import save_chexnet_h5_keras2_layout

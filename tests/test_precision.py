@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

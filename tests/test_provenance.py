@@ -13,6 +13,7 @@ from PIL import Image
 from tests.conftest import make_tiny_captioner, run_cli
 
 
+@pytest.mark.slow
 def test_a_model_is_never_fed_another_encoders_features(tmp_path):
     from types import SimpleNamespace as Config
 
@@ -30,6 +31,7 @@ def test_a_model_is_never_fed_another_encoders_features(tmp_path):
     assert encoder_for(Config(encoder_version="random-seed0")).version == "random-seed0"  # reloadable from the version
 
 
+@pytest.mark.slow
 def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
     from types import SimpleNamespace as Config
 
@@ -53,6 +55,7 @@ def test_a_moved_encoder_file_is_found_with_encoder_and_checked(tmp_path):
         encoder_for(config, override=str(tmp_path / "other.keras"))
 
 
+@pytest.mark.slow
 def test_caption_stops_with_one_line_instead_of_falling_back_to_another_encoder(tmp_path, prefect_api):
     bundle = make_tiny_captioner(tmp_path / "bundle")
     config = json.loads((bundle / "config.json").read_text())

@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_app_browser import free_port, running_server
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 NAME = "radcap-captioner-rest-test"
 
 

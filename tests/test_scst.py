@@ -155,6 +155,7 @@ def test_sampling_follows_the_model_and_never_writes_banned_tokens():
     np.testing.assert_array_equal(ids, again)  # the generator decides
 
 
+@pytest.mark.slow
 def test_self_critical_restores_the_cross_entropy_weights_when_its_steps_make_things_worse():
     """A cross-entropy model that has learnt something, then SCST steps far too large for it: every SCST epoch
     moves the weights and scores worse on the selection set, so the bundle ends with the cross-entropy weights,

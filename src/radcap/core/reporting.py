@@ -58,7 +58,7 @@ def curves_figure(fit: FitResult, losses: dict[str, str], scores: dict[str, str]
 def attention_figure(bundle, features: dict, images: list[np.ndarray], grid_side: int, words: int = 6):
     """The first words of greedy captions with their attention drawn over each study's first image."""
     plt = _pyplot()
-    ids, attention = bundle.decoder.greedy(features)
+    ids, attention = bundle.decoder.greedy(bundle.model_inputs(features, slice(None)))
     rows = len(images)
     fig, axes = plt.subplots(rows, words, figsize=(2.2 * words, 2.4 * rows), squeeze=False)
     cells = grid_side * grid_side
