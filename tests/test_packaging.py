@@ -41,3 +41,20 @@ def test_a_design_card_folder_has_only_its_radcap_name(folder):
     assert bare.returncode != 0 and f"import radcap.{folder}, not {folder}" in bare.stderr
     named = subprocess.run([sys.executable, "-c", f"import radcap.{folder}"], cwd=ROOT, capture_output=True, text=True)
     assert named.returncode == 0, named.stderr
+
+
+def test_logged_model_code_names_only_a_stable_public_class():
+    """What MLflow stores with each registered version is frozen there: it must not import radcap's internals,
+    which move (the 0.3 rooms moved every module), only `radcap.serving.pyfunc_<kind>`."""
+    import ast
+
+    logged = sorted((ROOT / "src" / "radcap" / "serving" / "logged").glob("*.py"))
+    assert {p.stem for p in logged} == {"captioner", "retriever", "encoder"}
+    for path in logged:
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert imported == {"mlflow", f"radcap.serving.pyfunc_{path.stem}"}, (path.name, imported)

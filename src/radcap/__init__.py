@@ -5,4 +5,4 @@ telemetry off, local MLflow store, Keras home) are applied by the entry points t
 the deployed flows and the MLflow pyfunc loaders, through `radcap.core.runtime.apply_offline_defaults`.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

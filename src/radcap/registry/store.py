@@ -26,7 +26,7 @@ from radcap.core.model_config import CAPTIONER_FORMATS, CONFIG_FILE, CaptionerCo
 
 Bundle = TypeVar("Bundle")
 HISTORY_TAG = "champion_history"
-SERVING = Path(__file__).resolve().parents[1] / "serving"  # the pyfunc modules logged as code
+LOGGED_CODE = Path(__file__).resolve().parents[1] / "serving" / "logged"  # what each pyfunc logs as its code
 
 
 def client():
@@ -138,14 +138,15 @@ def pip_requirements() -> list[str]:
 
 
 def register_pyfunc(code: str, artifacts: dict[str, Path], registered_name: str, tags: dict, signature) -> str:
-    """Log a pyfunc model as code (`src/radcap/serving/<code>.py`) with `artifacts` and its `signature` in the
-    active MLflow run, register it under `registered_name`, tag the version; return the version number."""
+    """Log a pyfunc model as code (`src/radcap/serving/logged/<kind>.py`, naming the class in
+    `radcap.serving.pyfunc_<kind>`) with `artifacts` and its `signature` in the active MLflow run, register it
+    under `registered_name`, tag the version; return the version number."""
     import mlflow
 
     with library_chatter():  # "Successfully registered model ...": to the log file
         info = mlflow.pyfunc.log_model(
             name=code.removeprefix("pyfunc_"),
-            python_model=str(SERVING / f"{code}.py"),
+            python_model=str(LOGGED_CODE / f"{code.removeprefix('pyfunc_')}.py"),
             artifacts={k: str(v) for k, v in artifacts.items()},
             registered_model_name=registered_name,
             signature=signature,

@@ -17,7 +17,6 @@ import binascii
 from collections.abc import Sequence
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -123,6 +122,3 @@ def _from_base64(value, row: int) -> bytes:
         return base64.b64decode(str(value), validate=True)
     except (binascii.Error, ValueError):
         raise RadcapError(f"image_base64 row {row}: not valid base64") from None
-
-
-mlflow.models.set_model(RadcapCaptioner())

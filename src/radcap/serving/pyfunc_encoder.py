@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -36,6 +35,3 @@ class RadcapOptimizedEncoder(PythonModel):
                 raise RadcapError(f"{batch.items[k]}: {reason}")
             pooled.append(batch.features.pooled)
         return pd.DataFrame({"pooled": list(np.concatenate(pooled).astype(np.float64))})
-
-
-mlflow.models.set_model(RadcapOptimizedEncoder())

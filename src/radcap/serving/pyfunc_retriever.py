@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -42,6 +41,3 @@ class RadcapRetriever(PythonModel):
             )
         hits = self.index.search(queries, kind, top_k)
         return pd.concat([h.assign(query=str(q)) for q, h in zip(labels, hits)], ignore_index=True)
-
-
-mlflow.models.set_model(RadcapRetriever())
