@@ -86,15 +86,25 @@ def _norm(name: str) -> str:
     return name.replace("/", "_")  # Keras 2 named DenseNet layers 'conv1/conv', Keras 3 'conv1_conv'
 
 
-def load_chexnet_h5(model: keras.Model, path: Path) -> int:
-    """Load a CheXNet Keras `.h5` into `model` by layer name (Keras 2 or 3 naming); return layers loaded.
-
-    Raises ValueError naming the first layer whose name or shapes do not match.
-    """
+def read_chexnet_h5(path: Path) -> list[tuple[str, list[np.ndarray]]]:
+    """The weighted layers of a CheXNet Keras `.h5`, read without building a model (so a wrong file is refused at
+    once, before any network is built). Raises ValueError naming the file when it is not Keras HDF5 weights."""
     try:
         stored = _h5_layer_weights(path)
     except (OSError, KeyError) as exc:
         raise ValueError(f"{path}: not a Keras HDF5 weights file ({exc})") from exc
+    if not stored:
+        raise ValueError(f"{path}: not a Keras HDF5 weights file (no weighted layers)")
+    return stored
+
+
+def load_chexnet_h5(model: keras.Model, path: Path, stored: list[tuple[str, list[np.ndarray]]] | None = None) -> int:
+    """Load a CheXNet Keras `.h5` into `model` by layer name (Keras 2 or 3 naming); return layers loaded.
+
+    `stored` is the file's layers when already read by `read_chexnet_h5`. Raises ValueError naming the first layer
+    whose name or shapes do not match.
+    """
+    stored = read_chexnet_h5(path) if stored is None else stored
     by_name = {_norm(layer.name): layer for layer in model.layers if layer.weights}
     if len(stored) != len(by_name):
         raise ValueError(f"{path}: {len(stored)} weighted layers in the file, {len(by_name)} in the model")

@@ -68,13 +68,22 @@ def prefect_api():
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `radcap ...` as a user would, in a child process, against the session's Prefect API."""
+    """Run `radcap ...` as a user would, in a child process, against the session's Prefect API. With
+    RADCAP_TEST_TIMING=FILE, each command's seconds are appended to FILE (where a slow suite spends its time)."""
     from prefect.settings import PREFECT_API_URL
 
     child_env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or "", **(env or {})}
-    return subprocess.run(
+    import time
+
+    start = time.perf_counter()
+    done = subprocess.run(
         [sys.executable, "-m", "radcap.cli", *args], capture_output=True, text=True, env=child_env, timeout=600
     )
+    if os.environ.get("RADCAP_TEST_TIMING"):
+        with open(os.environ["RADCAP_TEST_TIMING"], "a") as log:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "")
+            log.write(f"{time.perf_counter() - start:7.1f} {test} {' '.join(args[:3])}\n")
+    return done
 
 
 def make_tiny_captioner(
@@ -233,3 +242,23 @@ def registered_parrot(parrot_captioner: Path) -> str:
         version = register_captioner(parrot_captioner, name, {})
     MlflowClient().set_registered_model_alias(name, "champion", version)
     return f"models:/{name}@champion"
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler():
+    """A Dask cluster of 2 worker processes for the session, given to commands as `--cluster tcp://...`, as a user
+    names a cluster that runs on its own. Its workers import radcap once for every command that uses them, where
+    `--cluster local:2` starts and stops a cluster inside each command (tested on its own in tests/test_cluster.py)."""
+    import dask
+    from distributed import LocalCluster
+
+    from radcap.operations.cluster import worker_environment
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=worker_environment()
+        )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()

@@ -140,9 +140,9 @@ def teller(xray_folder: Path, tmp_path_factory) -> Path:
     return folder
 
 
-def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, teller, prefect_api):
+def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, teller, prefect_api, dask_scheduler):
     outputs = {}
-    for name, extra in (("local", []), ("cluster", ["--cluster", "local:2"])):
+    for name, extra in (("local", []), ("cluster", ["--cluster", dask_scheduler])):
         done = run_cli(
             "--json",
             "caption",
@@ -165,7 +165,9 @@ def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, teller, p
     assert len(outputs["cluster"]) == 40
 
 
-def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(xray_folder, tmp_path, prefect_api):
+def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(
+    xray_folder, tmp_path, prefect_api, dask_scheduler
+):
     """A model saved to decode by consensus, but without the document frequencies that needs, cannot caption as
     saved (one line naming the fix); `--consensus-samples 0` captions with its beam, in both paths."""
     from tests.conftest import make_parrot_captioner
@@ -181,7 +183,7 @@ def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(
     as_saved = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "as-saved"), "--model", str(model))
     assert as_saved.returncode == 2 and "consensus_samples=0" in as_saved.stderr, as_saved.stderr[-2000:]
     assert "Traceback" not in as_saved.stderr
-    for name, extra in (("local", []), ("cluster", ["--cluster", "local:2"])):
+    for name, extra in (("local", []), ("cluster", ["--cluster", dask_scheduler])):
         done = run_cli(
             "--json",
             "caption",

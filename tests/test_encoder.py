@@ -51,8 +51,11 @@ def test_resolve_encoder_errors_are_user_errors(tmp_path):
 
     (tmp_path / "notes.h5").write_text("not hdf5")
     (tmp_path / "model.onnx").write_bytes(b"x")
+    (tmp_path / "model.keras").write_text("not a zip")
     with pytest.raises(RadcapError, match="not a Keras HDF5 weights file"):
         resolve_encoder(str(tmp_path / "notes.h5"))
+    with pytest.raises(RadcapError, match=r"not a Keras \.keras archive"):
+        resolve_encoder(str(tmp_path / "model.keras"))
     with pytest.raises(RadcapError, match="unsupported encoder file"):
         resolve_encoder(str(tmp_path / "model.onnx"))
     with pytest.raises(RadcapError, match="not found"):

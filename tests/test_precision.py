@@ -20,46 +20,23 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+CALIBRATION = 20  # the first real X-rays calibrate the int8 build; the others measure it
+
+
 @pytest.fixture(scope="module")
 def xrays(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[:48]
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_each_precision_matches_fp32_on_real_images(precision, xrays, tmp_path):
-    from radcap.imaging.decode import prepare
-    from radcap.imaging.encoders import resolve_encoder
-    from radcap.imaging.precision import OptimizedMeta, convert, openvino_forward, quantize_int8, save_optimized
-    from radcap.models.encoder import uint8_feature_model
-
-    encoder = resolve_encoder("random:0")
-    calibration = np.stack([prepare(p, 224) for p in xrays[:32]])
-    held_out = np.stack([prepare(p, 224) for p in xrays[32:]])  # never seen by the calibration
-    model = convert(uint8_feature_model(encoder.model, 224), 224)
-    if precision == "int8":
-        model = quantize_int8(model, calibration)
-    folder = save_optimized(model, OptimizedMeta(precision, encoder.version, encoder.spec, 224, 32), tmp_path / "ir")
-    assert {p.name for p in folder.iterdir()} == {"encoder.xml", "encoder.bin", "optimized.json"}
-
-    reference_pooled, reference_grid = encoder.forward_fn()(held_out)
-    pooled, grid = openvino_forward(folder, precision)(held_out)
-    assert pooled.shape == reference_pooled.shape and grid.shape == reference_grid.shape
-    assert cosine(pooled, reference_pooled).mean() >= 0.99
-    flat, reference_flat = grid.reshape(len(grid) * 49, -1), reference_grid.reshape(len(grid) * 49, -1)
-    assert np.nanmean(cosine(flat, reference_flat)) >= 0.98
-
-
 @pytest.fixture(scope="module")
 def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
-    """A phantom data directory with features at fp32 and int8 (the int8 build calibrated on other phantoms)."""
+    """A phantom data directory, and bf16 and int8 builds of the random:0 encoder registered (the int8 build
+    calibrated on the first 20 real X-rays: no image is both calibrated on and measured)."""
     root = tmp_path_factory.mktemp("precision")
-    # Calibration phantoms of another seed than the data's: no image is both calibrated on and measured.
-    assert (
-        run_cli(
-            "sample", "--out", str(root / "calibration"), "--studies", "12", env={"RADCAP_SAMPLE__SEED": "11"}
-        ).returncode
-        == 0
-    )
+    calibration = root / "calibration"
+    calibration.mkdir()
+    for path in xrays[:CALIBRATION]:
+        (calibration / path.name).write_bytes(path.read_bytes())
     done = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "bf16")
     assert done.returncode == 0, done.stderr[-3000:]  # a bf16 build exists; the int8 lookup must not take it
     missing = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "int8")
@@ -85,7 +62,6 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
     done = run_cli("features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
     assert done.returncode == 2 and "radcap optimize-encoder" in done.stderr and "Traceback" not in done.stderr
 
-    calibration = root / "calibration" / "images"
     (calibration / "notes.txt").write_text("not an image")  # skipped, not fatal
     done = run_cli(
         "--json",
@@ -97,14 +73,37 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
         "--calibration",
         str(calibration),
         "--images",
-        "20",
+        str(CALIBRATION),
         "--out",
         str(root / "int8"),
     )
     assert done.returncode == 0, done.stderr[-3000:]
     built = json.loads(done.stdout.strip().splitlines()[-1])
-    assert built["registered"].startswith("models:/radcap-encoder-optimized/") and built["calibration_images"] == 20
+    assert built["registered"].startswith("models:/radcap-encoder-optimized/")
+    assert built["calibration_images"] == CALIBRATION
     return data
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_each_precision_matches_fp32_on_real_images(precision, int8_data, xrays):
+    """The builds `radcap optimize-encoder` registered (int8 calibrated on 20 real X-rays) against the fp32
+    encoder, on 16 other real X-rays no calibration saw."""
+    from radcap.imaging.decode import prepare
+    from radcap.imaging.encoders import resolve_encoder
+    from radcap.imaging.precision import find_optimized_encoder, openvino_forward
+
+    encoder = resolve_encoder("random:0")
+    found = find_optimized_encoder(encoder.version, precision)
+    assert found is not None
+    _, folder = found
+    assert {p.name for p in folder.iterdir()} == {"encoder.xml", "encoder.bin", "optimized.json"}
+    held_out = np.stack([prepare(p, 224) for p in xrays[CALIBRATION:]])
+    reference_pooled, reference_grid = encoder.forward_fn()(held_out)
+    pooled, grid = openvino_forward(folder, precision)(held_out)
+    assert pooled.shape == reference_pooled.shape and grid.shape == reference_grid.shape
+    assert cosine(pooled, reference_pooled).mean() >= 0.99
+    flat, reference_flat = grid.reshape(len(grid) * 49, -1), reference_grid.reshape(len(grid) * 49, -1)
+    assert np.nanmean(cosine(flat, reference_flat)) >= 0.98
 
 
 def test_features_at_int8_are_stored_apart_from_fp32(int8_data: Path):
@@ -139,9 +138,10 @@ def xray_data(int8_data: Path, xrays: list[Path], tmp_path_factory) -> Path:
     phantoms, near copies of one another to an untrained encoder, do not."""
     root = tmp_path_factory.mktemp("xray-precision")
     (root / "xrays").mkdir()
-    for path in xrays[:24]:
+    chosen = xrays[CALIBRATION : CALIBRATION + 24]
+    for path in chosen:
         (root / "xrays" / path.name).write_bytes(path.read_bytes())
-    rows = [{"image": f"xrays/{p.name}", "caption": "no acute disease.", "split": "train"} for p in xrays[:24]]
+    rows = [{"image": f"xrays/{p.name}", "caption": "no acute disease.", "split": "train"} for p in chosen]
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     data = root / "data"
     done = run_cli("ingest", "--format", "manifest", "--source", str(root / "manifest.csv"), "--out", str(data))
@@ -303,7 +303,7 @@ def assert_same_answers(results: pd.DataFrame, reference: pd.DataFrame, atol: fl
 
 
 def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(
-    int8_data: Path, retriever_uri: str, tmp_path: Path
+    int8_data: Path, retriever_uri: str, tmp_path: Path, dask_scheduler: str
 ):
     data, uri = int8_data, retriever_uri
     images = data.parent / "sample" / "images"
@@ -363,7 +363,7 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(
         "--top-k",
         "1",
         "--cluster",
-        "local:2",
+        dask_scheduler,
         env={"RADCAP_CLUSTER_TASK_IMAGES": "4", "RADCAP_CAPTION__BATCH_SIZE": "4"},
     )
     assert done.returncode == 0, done.stderr[-3000:]

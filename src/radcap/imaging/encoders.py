@@ -13,7 +13,10 @@ encoder: a moved, edited or missing file, or a deleted registry version, stops t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,10 @@ REGISTERED_ENCODER = "radcap-encoder"
 
 @dataclass
 class Encoder:
-    model: Any  # keras.Model: the CheXNet classifier
+    """An encoder, known by its version before its network is built or read: a run that finds every image already
+    stored (a nightly re-run, an inbox run with nothing new) never loads DenseNet-121 at all."""
+
+    load: Callable[[], Any]  # builds or reads the keras.Model (the CheXNet classifier), at the first use of `model`
     name: str
     version: str
     spec: str  # reloads exactly this encoder
@@ -39,6 +45,13 @@ class Encoder:
     precision: str = "fp32"  # bf16 / int8: an optimized build of this encoder (radcap.imaging.precision)
     optimized: Path | None = None  # that build's IR folder
     optimized_uri: str | None = None
+    _model: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self.load()
+        return self._model
 
     @property
     def store_version(self) -> str:
@@ -72,7 +85,7 @@ class Encoder:
 
 def resolve_encoder(spec: str | None) -> Encoder:
     """The encoder a user names (`radcap features --encoder`); None means the newest registered one."""
-    from radcap.models.encoder import build_chexnet, load_chexnet_h5
+    from radcap.models.encoder import build_chexnet, load_chexnet_h5, read_chexnet_h5
 
     if spec is None:
         return _from_registry(f"models:/{REGISTERED_ENCODER}/latest")
@@ -81,21 +94,31 @@ def resolve_encoder(spec: str | None) -> Encoder:
             seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         except ValueError:
             raise RadcapError(f"{spec}: expected random or random:SEED with an integer seed") from None
-        return Encoder(build_chexnet(seed=seed), ENCODER_NAME, f"random-seed{seed}", f"random:{seed}")
+        return Encoder(partial(build_chexnet, seed=seed), ENCODER_NAME, f"random-seed{seed}", f"random:{seed}")
     if spec.startswith("models:/"):
         return _from_registry(spec)
     path = Path(spec)
     if not path.is_file():
         raise RadcapError(f"{path}: encoder file not found (or use random, models:/{REGISTERED_ENCODER}/N)")
     if path.suffix == ".h5":
-        model = build_chexnet()
         try:
-            load_chexnet_h5(model, path)
+            stored = read_chexnet_h5(path)  # a wrong file is refused now, not when the first image needs it
         except ValueError as exc:
             raise RadcapError(str(exc)) from exc
-        return Encoder(model, ENCODER_NAME, f"h5-{file_sha256(path)[:12]}", str(path.resolve()))
+
+        def published_chexnet():
+            model = build_chexnet()
+            try:
+                load_chexnet_h5(model, path, stored)
+            except ValueError as exc:
+                raise RadcapError(str(exc)) from exc
+            return model
+
+        return Encoder(published_chexnet, ENCODER_NAME, f"h5-{file_sha256(path)[:12]}", str(path.resolve()))
     if path.suffix == ".keras":
-        return Encoder(_load_keras(path), ENCODER_NAME, f"keras-{file_sha256(path)[:12]}", str(path.resolve()))
+        if not zipfile.is_zipfile(path):  # a .keras file is a zip archive; anything else is refused now
+            raise RadcapError(f"{path}: not a Keras .keras archive")
+        return Encoder(partial(_load_keras, path), ENCODER_NAME, f"keras-{file_sha256(path)[:12]}", str(path.resolve()))
     raise RadcapError(f"{path}: unsupported encoder file (expected .h5 CheXNet weights or .keras)")
 
 
@@ -159,7 +182,11 @@ def _from_registry(uri: str) -> Encoder:
                 f"{exc}: run `radcap pretrain-encoder`, or pass --encoder random or a CheXNet .h5 file"
             ) from None
         raise
-    files = sorted(download(name, number).rglob("*.keras"))
-    if not files:
-        raise RadcapError(f"{uri}: the registered model holds no .keras file")
-    return Encoder(_load_keras(files[0]), ENCODER_NAME, f"{name}/{number}", f"models:/{name}/{number}")
+
+    def registered_keras():
+        files = sorted(download(name, number).rglob("*.keras"))
+        if not files:
+            raise RadcapError(f"models:/{name}/{number}: the registered model holds no .keras file")
+        return _load_keras(files[0])
+
+    return Encoder(registered_keras, ENCODER_NAME, f"{name}/{number}", f"models:/{name}/{number}")

@@ -53,7 +53,7 @@ def parse_cluster(spec: str | None) -> tuple[str, int | str] | None:
     raise RadcapError(f"--cluster {spec}: expected local:N or a scheduler address (tcp://HOST:8786)")
 
 
-def _worker_environment() -> dict[str, str]:
+def worker_environment() -> dict[str, str]:
     """What worker processes inherit: radcap's offline defaults and one compute thread each (N workers on N
     cores; TensorFlow and OpenVINO would otherwise each start a thread per core)."""
     keep = {k: v for k, v in os.environ.items() if k.startswith(("RADCAP_", "PREFECT_", "MLFLOW_", "KERAS_"))}
@@ -104,7 +104,7 @@ def dask_client(spec: str | None, announce: Callable[[str], None] = announce) ->
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",
-                env=_worker_environment(),
+                env=worker_environment(),
                 silence_logs=logging.ERROR,
             )
         try:
