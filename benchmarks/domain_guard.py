@@ -1,20 +1,22 @@
-"""The out-of-domain guard on real data: does a captioner know when an image is unlike its training images?
+"""The out-of-domain guard on real data: does a captioner know when a study is unlike its training studies,
+also when its encoder never saw the intruder?
 
-Four data directories, each ingested and encoded with the same encoder: `--encoder` (default `random:0`, an
-untrained DenseNet-121), or, with `--pretrain-epochs N`, an encoder pretrained here first (CheXNet recipe) on
-the MedPix and chest X-ray train splits:
-* medpix: MedPix 2.0 (CT/MR, official split; placeholder captions rejected);
-* covid: the 553 real chest X-rays of ../shared/data/covid_cxr, as a manifest (clinical notes as captions,
-  split 70/10/20 by patient);
-* phantoms: the embedded synthetic radiographs (60 studies);
-* nonmedical: 60 made-up pictures (noise, gradients, shapes, a scanned-form look, colour, alpha).
-Two captioners are trained (a small Show-and-Tell: the guard, not the captions, is measured here), each
-selecting on a set carved from its train split, so the reported split is untouched: one on MedPix (reported
-on MedPix dev), one on the chest X-rays (reported on their test patients). Each is evaluated with the other
-directories as out-of-domain sets. Prints the share of studies flagged.
+Four data directories: medpix (MedPix 2.0, CT/MR, official split; placeholder captions rejected), covid (the
+553 real chest X-rays of ../shared/data/covid_cxr as a manifest, split 70/10/20 by patient), phantoms (the
+embedded synthetic radiographs) and nonmedical (60 made-up pictures: noise, gradients, shapes, a scanned form,
+colour, alpha). Two small captioners (Show-and-Tell: the guard, not the captions, is measured) are trained, one
+on MedPix (reported on MedPix dev) and one on the chest X-rays (reported on their test patients); each is
+evaluated with the other directories as out-of-domain sets, and `radcap caption` is run on the picture folders.
+The encoder setups (`--setups`):
+* random: the untrained DenseNet-121 (`random:SEED`);
+* own: an encoder pretrained (CheXNet recipe, `--pretrain-epochs`, `--pretrain-size`) on each captioner's own
+  training images only: the MedPix model's encoder never saw an X-ray, the X-ray model's never saw a CT;
+* both: one encoder pretrained on the MedPix and chest X-ray train splits.
+Each setup runs for every `--seeds` value (the pretraining seed; for random, the untrained weights' seed).
+Prints, per setup and captioner, the share of studies flagged: by the combined score, by each signal alone (at
+its own out-of-fold threshold), and with the modality and colour rules; `--json` keeps every number.
 
-    .venv/bin/python benchmarks/domain_guard.py [--encoder models:/radcap-encoder/3] [--out out/bench/ood]
-    .venv/bin/python benchmarks/domain_guard.py --pretrain-epochs 4 --pretrain-size 128
+    .venv/bin/python benchmarks/domain_guard.py --setups random own --seeds 0 1 2 --json out/bench/ood.json
 """
 
 from __future__ import annotations
@@ -99,23 +101,103 @@ def nonmedical_manifest(folder: Path, n: int = 60) -> Path:
     return folder / "manifest.csv"
 
 
+def pretrained(dirs: list[Path], out: Path, name: str, seed: int, epochs: int, size: int) -> str:
+    from radcap.core.settings import get_settings
+    from radcap.flows.pretrain import pretrain_encoder_flow
+
+    cfg = get_settings().encoder.model_copy(
+        update={"epochs": epochs, "pretrain_size": size, "seed": seed, "registered_name": name}
+    )
+    return pretrain_encoder_flow(dirs, out, cfg)["registered"]
+
+
+def run_setup(dirs: dict[str, Path], sources: dict[str, Path], out: Path, encoders: dict[str, str]) -> dict:
+    """Features with each captioner's encoder, both captioners trained and evaluated; the guard's shares."""
+    from radcap.core.settings import get_settings
+    from radcap.flows.caption import caption_flow
+    from radcap.flows.evaluate import evaluate_flow
+    from radcap.flows.features import extract_features_flow
+    from radcap.flows.train import train_flow
+
+    cfg = get_settings().captioner.model_copy(
+        update={
+            "architecture": "show-tell",
+            "units": 256,
+            "embed_dim": 128,
+            "epochs": 6,
+            "min_epochs": 3,
+            "beam_width": 1,
+            "registered_name": "radcap-captioner-oodbench",
+        }
+    )
+    results = {}
+    for trained_on, split in (("medpix", "val"), ("covid", "test")):
+        versions = {
+            name: extract_features_flow(folder, encoders[trained_on], 32)["encoder_version"]
+            for name, folder in dirs.items()
+        }
+        trained = train_flow(dirs[trained_on], out / f"captioner-{trained_on}", cfg, versions[trained_on])
+        others = [dirs[name] for name in dirs if name != trained_on]
+        evaluate_flow(
+            dirs[trained_on],
+            trained["registered"],
+            split,
+            out / f"evaluation-{trained_on}",
+            meteor=False,
+            ood_data=others,
+        )
+        quality = json.loads((out / f"evaluation-{trained_on}" / "metrics.json").read_text())["domain_guard"]
+        quality["encoder"] = versions[trained_on]
+        quality["captioned"] = {}
+        # The guard as `radcap caption` applies it (score, modality and colour rules) on the picture folders.
+        for name, folder in sources.items():
+            caption_flow(
+                folder, out / f"captions-{trained_on}-{name}", str(out / f"captioner-{trained_on}" / "captioner")
+            )
+            rows = pd.read_parquet(out / f"captions-{trained_on}-{name}" / "captions.parquet")
+            quality["captioned"][name] = {
+                "images": len(rows),
+                "flagged": float((~rows["in_domain"].astype(bool)).mean()),
+            }
+        results[trained_on] = quality
+    return results
+
+
+def print_table(runs: list[dict]) -> None:
+    print(
+        "| encoder | captioner | held-out in-domain (two-view) | out-of-domain set | combined | features alone "
+        "| image alone | with rules | `radcap caption` |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        for trained_on, q in run["results"].items():
+            held = q["held_out"]
+            multi = held.get("multi_view_flagged_by_score")
+            own = f"{held['flagged_by_score']:.1%}" + (f" ({multi:.1%})" if multi is not None else "")
+            for name, o in q["out_of_domain"].items():
+                captioned = q["captioned"].get(name, {}).get("flagged")
+                print(
+                    f"| {run['setup']} seed {run['seed']} ({q['encoder']}) | {trained_on} | {own} | {name} "
+                    f"| {o['flagged_by_score']:.1%} | {o.get('flagged_by_features_alone', float('nan')):.1%} "
+                    f"| {o.get('flagged_by_image_alone', float('nan')):.1%} | {o['flagged_with_modality_rule']:.1%} "
+                    f"| {'' if captioned is None else f'{captioned:.1%}'} |"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--encoder", default="random:0")
+    parser.add_argument("--setups", nargs="+", default=["random"], choices=["random", "own", "both"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench" / "ood")
-    parser.add_argument("--pretrain-epochs", type=int, default=0)
+    parser.add_argument("--pretrain-epochs", type=int, default=4)
     parser.add_argument("--pretrain-size", type=int, default=128)
+    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from radcap.core.runtime import apply_offline_defaults
 
     apply_offline_defaults()
     from radcap.core.settings import get_settings
-    from radcap.flows.caption import caption_flow
-    from radcap.flows.evaluate import evaluate_flow
-    from radcap.flows.features import extract_features_flow
     from radcap.flows.ingest import ingest_reports
-    from radcap.flows.pretrain import pretrain_encoder_flow
-    from radcap.flows.train import train_flow
     from radcap.ingestion.phantoms import write_sample
 
     settings, out = get_settings(), args.out
@@ -131,77 +213,33 @@ def main() -> None:
         views=sample / "indiana_projections.csv",
         settings=settings,
     )
-    ingest_reports(
-        "manifest", nonmedical_manifest(out / "sources" / "nonmedical"), dirs["nonmedical"], settings=settings
-    )
-    encoder = args.encoder
-    if args.pretrain_epochs:
-        cfg = settings.encoder.model_copy(
-            update={
-                "epochs": args.pretrain_epochs,
-                "pretrain_size": args.pretrain_size,
-                "registered_name": "radcap-encoder-oodbench",
-            }
-        )
-        encoder = pretrain_encoder_flow([dirs["medpix"], dirs["covid"]], out / "encoder", cfg)["registered"]
-    versions = {name: extract_features_flow(folder, encoder, 32)["encoder_version"] for name, folder in dirs.items()}
-    version = versions["medpix"]
-    cfg = settings.captioner.model_copy(
-        update={
-            "architecture": "show-tell",
-            "units": 256,
-            "embed_dim": 128,
-            "epochs": 6,
-            "min_epochs": 3,
-            "beam_width": 1,
-            "registered_name": "radcap-captioner-oodbench",
-        }
-    )
-    results, captioned = {}, {}
-    for trained_on, split in (("medpix", "val"), ("covid", "test")):
-        trained = train_flow(dirs[trained_on], out / f"captioner-{trained_on}", cfg, version)
-        others = [dirs[name] for name in dirs if name != trained_on]
-        evaluate_flow(
-            dirs[trained_on],
-            trained["registered"],
-            split,
-            out / f"evaluation-{trained_on}",
-            meteor=False,
-            ood_data=others,
-        )
-        results[trained_on] = json.loads((out / f"evaluation-{trained_on}" / "metrics.json").read_text())[
-            "domain_guard"
-        ]
-        # The guard as `radcap caption` applies it (score, modality and colour rules) on picture folders.
-        for name, folder in (("nonmedical", out / "sources" / "nonmedical"), ("phantoms", sample / "images")):
-            caption_flow(
-                folder, out / f"captions-{trained_on}-{name}", str(out / f"captioner-{trained_on}" / "captioner")
-            )
-            rows = pd.read_parquet(out / f"captions-{trained_on}-{name}" / "captions.parquet")
-            captioned[(trained_on, name)] = (len(rows), float((~rows["in_domain"].astype(bool)).mean()))
-    print(f"encoder {version}")
-    for trained_on, quality in results.items():
-        held = quality["held_out"]
-        print(
-            f"\ncaptioner trained on {trained_on} (modalities {quality['modalities']}; "
-            f"threshold {quality['threshold']:.3f}, "
-            f"{quality['percentile']:g}th percentile of its training images, out of fold)"
-        )
-        print(
-            f"  held-out {trained_on} ({held['studies']} studies): flagged {held['flagged_by_score']:.1%} by score, "
-            f"{held['flagged_with_modality_rule']:.1%} with the modality rule"
-        )
-        for name, q in quality["out_of_domain"].items():
-            print(
-                f"  {name} ({q['studies']} studies): caught {q['flagged_by_score']:.1%} by score, "
-                f"{q['flagged_with_modality_rule']:.1%} with the modality rule (median score {q['median_score']:.2f})"
-            )
-        for (model, name), (n, share) in captioned.items():
-            if model == trained_on:
-                print(
-                    f"  `radcap caption` of the {name} files ({n} images; score, modality and colour rules): "
-                    f"{share:.1%} flagged"
+    pictures = nonmedical_manifest(out / "sources" / "nonmedical")
+    ingest_reports("manifest", pictures, dirs["nonmedical"], settings=settings)
+    sources = {"nonmedical": out / "sources" / "nonmedical", "phantoms": sample / "images"}
+    runs = []
+    for setup in args.setups:
+        for seed in args.seeds:
+            folder = out / f"{setup}-seed{seed}"
+            epochs, size = args.pretrain_epochs, args.pretrain_size
+            if setup == "random":
+                encoders = dict.fromkeys(("medpix", "covid"), f"random:{seed}")
+            elif setup == "own":
+                encoders = {
+                    name: pretrained(
+                        [dirs[name]], folder / f"encoder-{name}", f"radcap-encoder-ood-{name}", seed, epochs, size
+                    )
+                    for name in ("medpix", "covid")
+                }
+            else:
+                both = pretrained(
+                    [dirs["medpix"], dirs["covid"]], folder / "encoder", "radcap-encoder-ood-both", seed, epochs, size
                 )
+                encoders = dict.fromkeys(("medpix", "covid"), both)
+            runs.append({"setup": setup, "seed": seed, "results": run_setup(dirs, sources, folder, encoders)})
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(runs, indent=2))
+    print_table(runs)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,15 @@ from radcap.core.io import read_table
 from radcap.data_contracts import IMAGES, REPORTS
 from radcap.evaluation.captioner import (
     Evaluation,
+    GuardedSet,
     System,
     caption_with_baselines,
     guard_quality,
+    guarded_set,
     log_evaluation,
     retrieval_system,
     save_evaluation,
     score_systems,
-    study_modalities,
 )
 from radcap.registry.store import LoadedModel
 from radcap.retrieval import retriever as retrievers
@@ -79,7 +80,7 @@ def check_guard(
     guard, config = loaded.bundle.domain, loaded.bundle.config
     if guard is None:
         return None
-    sets = {}
+    sets: dict[str, GuardedSet] = {}
     for folder in ood_data:
         catalog = DataCatalog(folder)
         images = read_table(catalog.images, IMAGES)
@@ -91,9 +92,8 @@ def check_guard(
                 f"{folder}: no studies with features for encoder {config.encoder_version} (run `radcap "
                 f"features --data {folder} --encoder {config.encoder_spec or config.encoder_version}`)"
             )
-        sets[folder.name] = (data, study_modalities(data, images))
-    images = read_table(DataCatalog(data_dir).images, IMAGES)
-    quality = guard_quality(guard, evaluated, study_modalities(evaluated, images), sets)
+        sets[folder.name] = guarded_set(data, images)
+    quality = guard_quality(guard, guarded_set(evaluated, read_table(DataCatalog(data_dir).images, IMAGES)), sets)
     get_run_logger().info("out-of-domain guard: %s", quality)
     return quality
 

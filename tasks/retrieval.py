@@ -15,7 +15,7 @@ from radcap.core.io import atomic_path, new_run_id, read_table, write_json, writ
 from radcap.core.reporting import curves_figure, write_text
 from radcap.core.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
 from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
-from radcap.domain.guard import domain_guard
+from radcap.domain.guard import domain_guard, guard_summary
 from radcap.imaging.encoders import at_precision, encoder_for
 from radcap.imaging.precision import require_precision
 from radcap.operations.cluster import dask_client
@@ -84,7 +84,9 @@ def fit_domain_guard(
         [sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg
     )
     training.bundle.domain = guard
-    return {"domain_threshold": round(guard.threshold, 4), "domain_components": len(guard.components)}
+    summary = guard_summary(guard)
+    tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, str)})
+    return summary
 
 
 @uncached

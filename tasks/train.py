@@ -23,7 +23,7 @@ from radcap.core.settings import DecoderSettings, DomainSettings, SplitRules
 from radcap.core.training import EpochRecord
 from radcap.data_contracts import IMAGES, REPORTS
 from radcap.data_contracts.features import GRID_SIDE
-from radcap.domain.guard import domain_guard
+from radcap.domain.guard import domain_guard, guard_summary
 from radcap.imaging.decode import prepare
 from radcap.imaging.features import FeatureStore
 from radcap.registry import store as registry
@@ -149,11 +149,7 @@ def fit_domain_guard(result: CaptionTraining, sets: dict[str, CaptionSet], data_
         [sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg
     )
     result.bundle.domain = guard
-    summary = {
-        "domain_threshold": round(guard.threshold, 4),
-        "domain_components": len(guard.components),
-        "domain_modalities": ",".join(guard.modalities),
-    }
+    summary = guard_summary(guard)
     tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, str)})
     get_run_logger().info("out-of-domain guard: %s", summary)
     return summary

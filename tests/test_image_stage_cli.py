@@ -11,30 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ingested_sample, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, prefect_api) -> Path:
-    root = tmp_path_factory.mktemp("stage")
-    assert run_cli("sample", "--out", str(root / "sample"), "--studies", "16").returncode == 0
-    done = run_cli(
-        "ingest",
-        "--format",
-        "iu-xml",
-        "--source",
-        str(root / "sample" / "ecgen-radiology"),
-        "--images",
-        str(root / "sample" / "images"),
-        "--views",
-        str(root / "sample" / "indiana_projections.csv"),
-        "--out",
-        str(root / "data"),
-    )
-    assert done.returncode == 0, done.stderr
-    return root / "data"
+    return ingested_sample(tmp_path_factory.mktemp("stage"))
 
 
 # What a newcomer must not see among a command's progress bars and summary: libraries' notices (they go to the
@@ -221,8 +205,9 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     for metric, row in comparisons.items():
         baselines = {label: s[metric] for label, s in systems.items() if label != model_label}
         assert row["baseline"] == max(baselines.values()) and baselines[row["best_baseline"]] == row["baseline"]
-        if metric != "METEOR":  # METEOR's difference is over per-report scores (radcap.metrics.scores.paired_bootstrap)
-            assert abs(row["difference"] - (systems[model_label][metric] - row["baseline"])) < 1e-9
+        # One statistic per row: the columns, the ratio and the difference agree (METEOR included).
+        assert abs(row["difference"] - (systems[model_label][metric] - row["baseline"])) < 1e-9
+        assert row["model"] == systems[model_label][metric]
         assert row["low"] <= row["high"] and 0 <= row["p_not_better"] <= 1
     assert all(0 <= s["repetition_rate"] <= 1 for s in systems.values())
 
@@ -258,7 +243,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     # to float noise (batch composition changes oneDNN's rounding).
     from radcap.captioning.data import VIEW_ORDER
 
-    pooled, grid, _ = model.unwrap_python_model()._image_features(
+    pooled, grid, _, _ = model.unwrap_python_model()._image_features(
         [Path(p) for p in frame["image_path"]], frame["image_path"].tolist()
     )
     order = sorted(range(len(frame)), key=lambda r: (VIEW_ORDER.get(frame["view"].iloc[r], 2), r))

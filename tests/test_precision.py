@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import ingested_sample, run_cli
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -42,22 +42,7 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
     missing = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "int8")
     assert missing.returncode == 2 and "--calibration" in missing.stderr and "Traceback" not in missing.stderr
 
-    assert run_cli("sample", "--out", str(root / "sample"), "--studies", "16").returncode == 0
-    data = root / "data"
-    done = run_cli(
-        "ingest",
-        "--format",
-        "iu-xml",
-        "--source",
-        str(root / "sample" / "ecgen-radiology"),
-        "--images",
-        str(root / "sample" / "images"),
-        "--views",
-        str(root / "sample" / "indiana_projections.csv"),
-        "--out",
-        str(data),
-    )
-    assert done.returncode == 0, done.stderr
+    data = ingested_sample(root)
     # No int8 build of this encoder yet: one line saying how to make it.
     done = run_cli("features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
     assert done.returncode == 2 and "radcap optimize-encoder" in done.stderr and "Traceback" not in done.stderr
@@ -143,12 +128,13 @@ def xray_data(int8_data: Path, xrays: list[Path], tmp_path_factory) -> Path:
         (root / "xrays" / path.name).write_bytes(path.read_bytes())
     rows = [{"image": f"xrays/{p.name}", "caption": "no acute disease.", "split": "train"} for p in chosen]
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    from radcap.flows.features import extract_features_flow
+    from radcap.flows.ingest import ingest_reports
+
     data = root / "data"
-    done = run_cli("ingest", "--format", "manifest", "--source", str(root / "manifest.csv"), "--out", str(data))
-    assert done.returncode == 0, done.stderr[-3000:]
+    ingest_reports("manifest", root / "manifest.csv", data)
     for precision in ("fp32", "bf16"):
-        done = run_cli("features", "--data", str(data), "--encoder", "random:0", "--precision", precision)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert not extract_features_flow(data, "random:0", 32, precision)["rejected"]
     return data
 
 
@@ -270,9 +256,10 @@ def retriever_uri(int8_data: Path, tmp_path_factory) -> str:
         "RADCAP_RETRIEVAL__PATIENCE": "100",
         "RADCAP_RETRIEVAL__REGISTERED_NAME": "radcap-retriever-precision-test",
     }
+    from radcap.flows.features import extract_features_flow
+
     for precision in ("fp32", "bf16"):
-        done = run_cli("features", "--data", str(int8_data), "--encoder", "random:0", "--precision", precision)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert not extract_features_flow(int8_data, "random:0", 32, precision)["rejected"]
     done = run_cli(
         "--json",
         "train-retrieval",

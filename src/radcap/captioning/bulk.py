@@ -378,15 +378,21 @@ def report_studies(bundle, features: dict, decoding: dict) -> tuple[list[str | N
 
 
 def judge_studies(
-    guard, pooled: np.ndarray, studies: list[list[int]], modalities: list[str | None], chroma: list[float] | None = None
+    guard,
+    pooled: np.ndarray,
+    statistics: np.ndarray,
+    studies: list[list[int]],
+    modalities: list[str | None],
+    chroma: list[float],
 ) -> list[tuple]:
-    """(ood_score, in_domain, reason) per study: its highest image score, its DICOM modality and its most
-    colourful image."""
+    """(ood_score, in_domain, reason) per study: its highest image score (pooled features and pixel statistics,
+    one row per image), its DICOM modality and its most colourful image. Every path that captions, retrieves or
+    serves judges with this one function, so a study gets the same verdict everywhere."""
     if guard is None:
         return [(None, None, None)] * len(studies)
-    image_scores = guard.score_images(pooled)
+    image_scores = guard.score_images(pooled, statistics)
     out = []
-    for rows, modality, colour in zip(studies, modalities, chroma or [0.0] * len(studies)):
+    for rows, modality, colour in zip(studies, modalities, chroma):
         score = float(image_scores[rows].max())
         in_domain, reason = guard.judge(score, modality, colour)
         out.append((score, in_domain, reason))
@@ -436,7 +442,9 @@ def caption_images(
             captions, failed = report_studies(bundle, features, decoding or {})
             modalities = [next((flat[k].modality for k in keys if flat[k].modality), None) for keys in members]
             colours = [max(batch.chroma[k] for k in keys) for keys in members]
-            verdicts = judge_studies(bundle.domain, encoded.pooled, studies, modalities, colours)
+            verdicts = judge_studies(
+                bundle.domain, encoded.pooled, batch.encoded_statistics(), studies, modalities, colours
+            )
             stamp = now_utc()
             for s, (caption, keys, (score, in_domain, reason)) in enumerate(zip(captions, members, verdicts)):
                 if s not in failed and in_domain is False:

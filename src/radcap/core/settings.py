@@ -334,8 +334,14 @@ class DomainSettings(BaseModel):
         95.0,
         gt=50,
         lt=100,
-        description="Threshold: this percentile of the validation "
-        "images' scores (about 100 - percentile % of in-domain images are flagged).",
+        description="Threshold: this percentile of the training studies' scores, out of fold "
+        "(about 100 - percentile % of in-domain studies are flagged, two-view studies included).",
+    )
+    signals: list[Literal["features", "image"]] = Field(
+        ["features", "image"],
+        min_length=1,
+        description="What the guard judges: the encoder's pooled features, the images' pixel statistics, "
+        "or both (combined; radcap.domain.guard).",
     )
     explained_variance: float = Field(0.95, gt=0.5, le=1.0, description="The principal components kept.")
     max_chroma: float | None = Field(

@@ -19,7 +19,8 @@ from radcap.captioning.data import CaptionSet, mean_view
 from radcap.core.catalog import RunFolder
 from radcap.core.io import atomic_path, write_json
 from radcap.core.reporting import markdown_table, metrics_figure, write_text
-from radcap.domain.guard import study_scores
+from radcap.domain.guard import set_statistics, study_scores, study_signal_scores
+from radcap.imaging.statistics import STATISTICS
 from radcap.metrics.scores import CAPTION_METRICS, ReportScores, paired_bootstrap, score_reports
 from radcap.registry import tracking
 
@@ -244,40 +245,78 @@ def study_modalities(data: CaptionSet, images: pd.DataFrame) -> list[str | None]
     return [next((modality.get(i) for i in ids if isinstance(modality.get(i), str)), None) for ids in data.image_ids]
 
 
-def guard_quality(
-    guard,
-    evaluated: CaptionSet,
-    evaluated_modalities: list[str | None],
-    out_of_domain: dict[str, tuple[CaptionSet, list[str | None]]],
-) -> dict:
-    """The share of held-out in-domain studies the guard flags (should be about 100 - percentile %), and of each
-    out-of-domain set's studies it catches: by the feature score alone, and with the modality rule."""
+@dataclass
+class GuardedSet:
+    """Studies the guard is measured on: their features, pixel statistics (S,V,K), modalities and colour."""
 
-    def shares(data: CaptionSet, modalities: list[str | None]) -> dict:
-        scores = study_scores(guard, data.pooled, data.view_mask)
-        by_rule = [not guard.judge(float(s), m)[0] for s, m in zip(scores, modalities)]
+    data: CaptionSet
+    statistics: np.ndarray
+    modalities: list[str | None]
+    chroma: list[float]
+
+
+def guarded_set(data: CaptionSet, images) -> GuardedSet:
+    """A caption set with what the guard reads beyond its features: pixel statistics (from the image files),
+    modalities and each study's most colourful image."""
+    statistics = set_statistics(data.image_ids, data.view_mask, images)
+    colour = np.nan_to_num(statistics[..., STATISTICS.index("chroma")], nan=0.0).max(axis=1)
+    return GuardedSet(data, statistics, study_modalities(data, images), colour.tolist())
+
+
+def guard_quality(guard, evaluated: GuardedSet, out_of_domain: dict[str, GuardedSet]) -> dict:
+    """The share of held-out in-domain studies the guard flags (about 100 - percentile %; two-view studies
+    apart), and of each out-of-domain set's studies it catches: by the combined score, by each signal alone (at
+    its own out-of-fold threshold), and with the modality and colour rules, as `radcap caption` judges."""
+
+    def shares(guarded: GuardedSet) -> dict:
+        data = guarded.data
+        scores = study_scores(guard, data.pooled, data.view_mask, guarded.statistics)
+        alone = study_signal_scores(guard, data.pooled, data.view_mask, guarded.statistics)
+        judged = [not guard.judge(float(s), m, c)[0] for s, m, c in zip(scores, guarded.modalities, guarded.chroma)]
+        two_views = data.view_mask.sum(axis=1) > 1
         return {
             "studies": len(data),
             "flagged_by_score": float(np.mean(scores > guard.threshold)),
-            "flagged_with_modality_rule": float(np.mean(by_rule)),
+            **{f"flagged_by_{name}_alone": float(np.mean(s > 1.0)) for name, s in alone.items()},
+            "flagged_with_modality_rule": float(np.mean(judged)),
+            "multi_view_studies": int(two_views.sum()),
+            "multi_view_flagged_by_score": float(np.mean(scores[two_views] > guard.threshold))
+            if two_views.any()
+            else None,
             "median_score": float(np.median(scores)),
         }
 
     return {
         "threshold": guard.threshold,
         "percentile": guard.percentile,
+        "calibrated_per": guard.calibration.get("per", "image"),
+        "signals": list(guard.densities),
         "modalities": guard.modalities,
-        "held_out": shares(evaluated, evaluated_modalities),
-        "out_of_domain": {name: shares(data, mods) for name, (data, mods) in out_of_domain.items()},
+        "calibration": guard.calibration,
+        "held_out": shares(evaluated),
+        "out_of_domain": {name: shares(guarded) for name, guarded in out_of_domain.items()},
     }
 
 
 def guard_markdown(quality: dict) -> str:
     rows = [{"images": f"held-out in-domain ({quality['held_out']['studies']} studies)", **quality["held_out"]}]
     rows += [{"images": f"{name} ({q['studies']} studies)", **q} for name, q in quality["out_of_domain"].items()]
-    table = pd.DataFrame(rows)[["images", "flagged_by_score", "flagged_with_modality_rule", "median_score"]]
+    signals = [f"flagged_by_{name}_alone" for name in quality.get("signals", [])]
+    columns = ["images", "flagged_by_score", *signals, "flagged_with_modality_rule", "median_score"]
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    unit = "studies" if quality.get("calibrated_per") == "study" else "images"
+    held = quality["held_out"]
+    multi = (
+        f" Held-out studies with more than one view: {held['multi_view_studies']}, "
+        f"{held['multi_view_flagged_by_score']:.1%} flagged by score."
+        if held.get("multi_view_flagged_by_score") is not None
+        else ""
+    )
     return (
-        f"## Out-of-domain guard\n\nThreshold {quality['threshold']:.3f} (the {quality['percentile']:g}th percentile "
-        f"of the validation images' scores); training modalities {', '.join(quality['modalities']) or 'unknown'}. "
-        f"Share of studies flagged:\n\n{markdown_table(table, 3)}"
+        f"## Out-of-domain guard\n\nThreshold {quality['threshold']:.3f} on the combined score of "
+        f"{', '.join(quality.get('signals', ['features']))} (the {quality['percentile']:g}th percentile of the "
+        f"training {unit}' scores, out of fold); training modalities "
+        f"{', '.join(quality['modalities']) or 'unknown'}.{multi} Share of studies flagged (a signal alone: at "
+        f"its own out-of-fold threshold; with rules: modality and colour too, as `radcap caption` judges):"
+        f"\n\n{markdown_table(table, 3)}"
     )

@@ -46,6 +46,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from radcap.imaging.statistics import image_statistics
+
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 16384, 8.0
 MAX_FILE_BYTES = 512 * 2**20  # no radiograph file is this large; a bigger one is not read into memory
 MAX_PIXELS = 16384 * 16384  # declared pixels of one image, before decoding
@@ -118,6 +120,7 @@ class Decoded(NamedTuple):
     square: np.ndarray  # letterboxed uint8 grayscale
     sha256: str
     chroma: float  # see LoadedImage
+    statistics: np.ndarray  # the image's pixel statistics, for the out-of-domain guard (radcap.imaging.statistics)
 
 
 def sniff(head: bytes) -> str | None:
@@ -366,11 +369,11 @@ def to_square(image: LoadedImage, size: int) -> np.ndarray:
 
 def read_image(source: Path | bytes, size: int) -> Decoded:
     """A file (or the bytes of one, e.g. an upload or a REST request) -> (letterboxed uint8 square, sha256 of
-    the bytes decoded, chroma), or ImageRejected (with the sha when the bytes could be read). What feature
-    extraction, captioning, retrieval and serving decode with."""
+    the bytes decoded, chroma, pixel statistics), or ImageRejected (with the sha when the bytes could be read).
+    What feature extraction, captioning, retrieval and serving decode with."""
     image = decode(check_bytes(source) if isinstance(source, (bytes, bytearray)) else read_bytes(source))
     try:
-        return Decoded(to_square(image, size), image.sha256, image.chroma)
+        return Decoded(to_square(image, size), image.sha256, image.chroma, image_statistics(image.pixels, image.chroma))
     except Exception as exc:
         raise ImageRejected(f"cannot resize image ({type(exc).__name__})", image.sha256) from None
 

@@ -38,6 +38,7 @@ from radcap.core.io import atomic_path, new_run_id, write_json
 from radcap.data_contracts import FEATURES
 from radcap.data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
 from radcap.imaging.decode import Decoded, ImageRejected, file_sha256, read_image
+from radcap.imaging.statistics import STATISTICS_DIM
 
 PART_ROWS = 2048  # rows per part file: ~130 MB with grids; 10^7 images are ~4,900 files per encoder version
 PART_SECONDS = 60.0  # a part open this long is closed anyway: a crash loses at most about a minute of encoding
@@ -209,7 +210,7 @@ def features_table(items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray,
 
 
 def decode_one(source: Path | bytes, size: int) -> Decoded | ImageRejected:
-    """A file or its bytes -> (uint8 square, sha256 of the bytes decoded, chroma), or the ImageRejected to record."""
+    """A file or its bytes -> its `Decoded` (square, sha256, chroma, statistics), or the ImageRejected to record."""
     try:
         return read_image(source if isinstance(source, (bytes, bytearray)) else Path(source), size)
     except ImageRejected as exc:
@@ -272,6 +273,7 @@ class DecodedBatch:
     items: list  # the inputs, in order
     shas: list[str]  # sha256 of the bytes decoded ('' when unreadable)
     chroma: list[float]  # colour of each decoded image (0 grayscale; 0 for rejects)
+    statistics: np.ndarray  # (N, STATISTICS_DIM) pixel statistics of each input (NaN for rejects)
     rows: dict[int, int]  # input position -> row of `encoded`
     reasons: dict[int, str]  # input position -> reject reason
     encoded: Encoded | None  # None when no image of the batch decoded
@@ -282,6 +284,13 @@ class DecodedBatch:
         if self.encoded is None:
             raise ValueError("no image of this batch was encoded")
         return self.encoded
+
+    def encoded_statistics(self) -> np.ndarray:
+        """`statistics` in the rows of `encoded` (what the domain guard reads beside `encoded.pooled`)."""
+        out = np.full((len(self.features.pooled), STATISTICS_DIM), np.nan, np.float32)
+        for position, row in self.rows.items():
+            out[row] = self.statistics[position]
+        return out
 
     def grid_rows(self, rows: list[int]) -> np.ndarray:
         """The attention grids of `rows` (the batch was streamed with grid=True)."""
@@ -308,6 +317,9 @@ def stream_features(
 
     if batches is None:
         batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    # Every forward pass has one shape (one trace): the batch size, or the largest batch when all are smaller
+    # (four images are not padded to 32: on a CPU the padding cost 2 s of a 4-image request).
+    batch_size = min(batch_size, max(map(len, batches), default=1))
     with (
         ThreadPoolExecutor(workers) as decoders,
         tqdm(total=sum(map(len, batches)), desc=progress or "", unit="img", disable=progress is None) as bar,
@@ -327,6 +339,9 @@ def stream_features(
             reasons = {k: str(v) for k, v in enumerate(decoded) if isinstance(v, ImageRejected)}
             shas = [v.sha256 for v in decoded]
             chroma = [0.0 if isinstance(v, ImageRejected) else v.chroma for v in decoded]
+            statistics = np.full((len(decoded), STATISTICS_DIM), np.nan, np.float32)
+            for k in good:
+                statistics[k] = decoded[k].statistics
             encoded, rows = None, {}
             if good:
                 encoded = encode_batch(forward, [decoded[k].square for k in good], batch_size, grid)
@@ -335,7 +350,7 @@ def stream_features(
                         reasons[k] = encoded.failed[row]
                     else:
                         rows[k] = row
-            yield DecodedBatch(number, batch, shas, chroma, rows, reasons, encoded)
+            yield DecodedBatch(number, batch, shas, chroma, statistics, rows, reasons, encoded)
             bar.update(len(batch))
 
 

@@ -76,6 +76,11 @@ def namespace_scores(space: LabelSpace, probs: np.ndarray, targets: np.ndarray, 
     return scores
 
 
+# Below this many train steps a run goes eagerly: tracing the step costs about as much as 22 eager steps
+# (models/pretrain.py, measured on this 2-core CPU at 64 px).
+COMPILE_FROM_STEPS = 25
+
+
 def train_encoder(
     model,
     space: LabelSpace,
@@ -93,15 +98,20 @@ def train_encoder(
     train_pixels, train_rows = train
     targets, mask = space.encode(train_rows)
     pos_weight, neg_weight = space.class_weights(targets, mask)
+    rng, bs = np.random.default_rng(cfg.seed), cfg.pretrain_batch_size
+    steps_per_epoch = max(1, len(train_rows) // bs)
     trainer = EncoderTrainer(
-        model, pos_weight, neg_weight, cfg.learning_rate, augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed)
+        model,
+        pos_weight,
+        neg_weight,
+        cfg.learning_rate,
+        augmenter(cfg.rotation_degrees, cfg.zoom, cfg.shift, cfg.seed),
+        compiled=cfg.epochs * steps_per_epoch >= COMPILE_FROM_STEPS,
     )
     has_val = val is not None and len(val[1]) > 0
     if val is not None and has_val:
         val_pixels, val_rows = val
         val_targets, val_mask = space.encode(val_rows)
-    rng, bs = np.random.default_rng(cfg.seed), cfg.pretrain_batch_size
-    steps_per_epoch = max(1, len(train_rows) // bs)
     schedule = partial(
         learning_rate_at,
         total_steps=cfg.epochs * steps_per_epoch,

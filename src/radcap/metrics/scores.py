@@ -21,8 +21,9 @@ Paired bootstrap (`paired_bootstrap`): reports are resampled with replacement (t
 systems); each resample's metric difference is computed from the per-report statistics (BLEU and clinical
 F1 from their summed counts, CIDEr/ROUGE-L/METEOR as means of per-report scores with CIDEr's document
 frequencies fixed); the interval is the percentile interval of those differences, and the difference it
-brackets is the same statistic on all reports (for METEOR the mean of per-report scores, which differs a little
-from METEOR's corpus score in the tables: the corpus score is not a function of per-report statistics).
+brackets is the same statistic on all reports. Every METEOR figure radcap reports (tables, ratios, differences,
+intervals, the promotion gate) is the mean of per-report METEOR, so a row never mixes two statistics; METEOR's own
+corpus aggregate, which is not a function of per-report statistics, is kept beside it as `METEOR_corpus`.
 
 Repetition (`repetition_rate`): the share of reports in which some 3-gram occurs twice, as the issue tracker and
 the decoding literature count it; `stutter_rate`: the share in which a phrase of 1..3 tokens is immediately
@@ -254,7 +255,7 @@ class ReportScores:
         if name == "METEOR":
             if self.meteor is None:
                 return None
-            return self.meteor_corpus if index is None else float(take(self.meteor).mean())
+            return float(take(self.meteor).mean())  # the per-report mean everywhere (see the module doc)
         if name.startswith("clinical_"):
             return clinical_from_counts(take(self.clinical))[name.removeprefix("clinical_")]
         if name in QUALITY_METRICS:
@@ -267,6 +268,7 @@ class ReportScores:
         clinical = clinical_from_counts(self.clinical)
         return {
             **{m: self.metric(m) for m in CAPTION_METRICS},
+            "METEOR_corpus": self.meteor_corpus,
             **{m: self.metric(m) for m in QUALITY_METRICS},
             **{f"clinical_{k}": v for k, v in clinical.items() if k != "per_finding"},
             "per_finding": clinical["per_finding"],
@@ -436,9 +438,8 @@ def paired_bootstrap(
         index = rng.integers(0, n, n)
         deltas[s] = candidate.value(metric, index) - baseline.value(metric, index)
     alpha = (1.0 - confidence) / 2
-    everything = np.arange(n)  # the same statistic as the resamples' (METEOR: per-report mean, not its corpus score)
     return {
-        "delta": float(candidate.value(metric, everything) - baseline.value(metric, everything)),
+        "delta": float(candidate.value(metric) - baseline.value(metric)),  # the statistic the tables show
         "low": float(np.quantile(deltas, alpha)),
         "high": float(np.quantile(deltas, 1 - alpha)),
         "p_not_better": float(np.mean(deltas <= 0)),

@@ -366,7 +366,9 @@ def retrieve_studies(
             next((batch.items[k].modality for k in keys if batch.items[k].modality), None) for keys in studies.values()
         ]
         colours = [max(batch.chroma[k] for k in keys) for keys in studies.values()]
-        verdicts = judge_studies(bundle.domain, batch.features.pooled, rows, modalities, colours)
+        verdicts = judge_studies(
+            bundle.domain, batch.features.pooled, batch.encoded_statistics(), rows, modalities, colours
+        )
         frames.append(result_rows(queries, hits, model_name, list(studies), verdicts, encoder_version))
     return (pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()), rejects
 

@@ -30,6 +30,7 @@ from radcap.core.errors import RadcapError
 from radcap.core.runtime import apply_offline_defaults
 from radcap.imaging.encoders import encoder_for
 from radcap.imaging.features import stream_features
+from radcap.imaging.statistics import STATISTICS_DIM
 
 
 class BadInput(RadcapError, MlflowException):
@@ -54,9 +55,9 @@ class RadcapCaptioner(PythonModel):
 
     def _image_features(
         self, images: Sequence[Path | bytes], names: list[str]
-    ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    ) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
         encoder, forward = self._forward()
-        pooled, grid, chroma = [], [], []
+        pooled, grid, chroma, statistics = [], [], [], []
         # Batches are padded to one size: a request of one study pays for its own views only, not for 16 images.
         size = min(16, max(self.bundle.config.max_views, len(images)))
         for batch in stream_features(
@@ -68,7 +69,8 @@ class RadcapCaptioner(PythonModel):
             pooled.append(batch.features.pooled)
             grid.append(batch.grid_rows(list(range(len(batch.items)))))
             chroma += batch.chroma
-        return np.concatenate(pooled), np.concatenate(grid), chroma
+            statistics.append(batch.encoded_statistics())
+        return np.concatenate(pooled), np.concatenate(grid), chroma, np.concatenate(statistics)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:
@@ -82,13 +84,17 @@ class RadcapCaptioner(PythonModel):
         if "study_id" not in frame:
             frame = frame.assign(study_id=[str(i) for i in range(len(frame))])
         chroma = [0.0] * len(frame)
+        # Rows given as features carry no pixels: the guard judges them by the signals it can compute (NaN: unknown).
+        statistics = np.full((len(frame), STATISTICS_DIM), np.nan, np.float32)
         grid: np.ndarray | None
         if "image_base64" in frame:
             images = [_from_base64(value, k) for k, value in enumerate(frame["image_base64"])]
-            pooled, grid, chroma = self._image_features(images, [f"image_base64 row {k}" for k in range(len(frame))])
+            pooled, grid, chroma, statistics = self._image_features(
+                images, [f"image_base64 row {k}" for k in range(len(frame))]
+            )
         elif "image_path" in frame:
             paths = frame["image_path"].astype(str).tolist()
-            pooled, grid, chroma = self._image_features([Path(p) for p in paths], paths)
+            pooled, grid, chroma, statistics = self._image_features([Path(p) for p in paths], paths)
         else:
             pooled = np.stack(frame["pooled"].map(np.asarray)).astype(np.float32)
             grid = (
@@ -102,7 +108,12 @@ class RadcapCaptioner(PythonModel):
         features = pack_views(rows, pooled, grid, config.max_views)
         captions = self.bundle.report(features, **(params or {}))
         verdicts = judge_studies(
-            self.bundle.domain, pooled, rows, [None] * len(rows), [max(chroma[r] for r in study) for study in rows]
+            self.bundle.domain,
+            pooled,
+            statistics,
+            rows,
+            [None] * len(rows),
+            [max(chroma[r] for r in study) for study in rows],
         )
         return pd.DataFrame(
             {
