@@ -86,25 +86,26 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return done
 
 
-def ingested_sample(root: Path, studies: int = 16) -> Path:
-    """The embedded phantom sample (`studies` studies) written and ingested in this process: a fixture's setup,
-    where the `sample` and `ingest` commands are not what is tested (tests/test_cli.py and tests/test_cluster.py
-    run them as a user does)."""
+def ingested_sample(root: Path, studies: int = 16, image_size: int | None = None, data: str = "data") -> Path:
+    """The embedded phantom sample (`studies` studies of `image_size` px) written to `root/sample` and ingested
+    into `root/<data>` in this process: a fixture's setup, where the `sample` and `ingest` commands are not what
+    is tested (tests/test_cli.py and tests/test_cluster.py run them as a user does)."""
     from radcap.core.settings import get_settings
     from radcap.flows.ingest import ingest_reports
     from radcap.ingestion.phantoms import write_sample
 
     settings = get_settings()
-    sample = Path(write_sample(root / "sample", settings.sample.model_copy(update={"studies": studies}))["path"])
+    shape = {"studies": studies} | ({"image_size": image_size} if image_size else {})
+    sample = Path(write_sample(root / "sample", settings.sample.model_copy(update=shape))["path"])
     ingest_reports(
         "iu-xml",
         sample / "ecgen-radiology",
-        root / "data",
+        root / data,
         images=sample / "images",
         views=sample / "indiana_projections.csv",
         settings=settings,
     )
-    return root / "data"
+    return root / data
 
 
 def make_tiny_captioner(

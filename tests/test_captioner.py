@@ -106,21 +106,11 @@ def test_the_reported_splits_never_influence_selection(tmp_path, prefect_api):
     from radcap.captioning.bundle import load_bundle
     from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
-    from radcap.flows.ingest import ingest_reports
     from radcap.flows.train import train_flow
-    from radcap.ingestion.phantoms import write_sample
+    from tests.conftest import ingested_sample
 
     settings = get_settings()
-    sample = write_sample(tmp_path / "sample", settings.sample.model_copy(update={"studies": 40, "image_size": 64}))
-    sample = __import__("pathlib").Path(sample["path"])
-    ingest_reports(
-        "iu-xml",
-        sample / "ecgen-radiology",
-        tmp_path / "a",
-        images=sample / "images",
-        views=sample / "indiana_projections.csv",
-        settings=settings,
-    )
+    ingested_sample(tmp_path, studies=40, image_size=64, data="a")
     extract_features_flow(tmp_path / "a", "random:0", 8)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     reports = pd.read_parquet(tmp_path / "b" / "reports.parquet")

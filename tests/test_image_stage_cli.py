@@ -119,24 +119,11 @@ def test_unknown_encoder_is_a_usage_error(data_dir: Path):
 @pytest.fixture(scope="module")
 def featured_data(tmp_path_factory, prefect_api) -> Path:
     """Its own sample, ingested, with features from the untrained encoder: no other test touches it."""
-    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
-    from radcap.flows.ingest import ingest_reports
-    from radcap.ingestion.phantoms import write_sample
 
-    root = tmp_path_factory.mktemp("stage-train")
-    settings = get_settings()
-    sample = Path(write_sample(root / "sample", settings.sample.model_copy(update={"studies": 16}))["path"])
-    ingest_reports(
-        "iu-xml",
-        sample / "ecgen-radiology",
-        root / "data",
-        images=sample / "images",
-        views=sample / "indiana_projections.csv",
-        settings=settings,
-    )
-    extract_features_flow(root / "data", "random:0", 8)
-    return root / "data"
+    data = ingested_sample(tmp_path_factory.mktemp("stage-train"))
+    extract_features_flow(data, "random:0", 8)
+    return data
 
 
 def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path):

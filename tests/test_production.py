@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import ingested_sample, run_cli
 from tests.dicom_factory import FAKE_PATIENT, make_dicom
 
 pytestmark = pytest.mark.slow
@@ -27,25 +27,11 @@ MODEL_NAME = "radcap-captioner-prodtest"
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, prefect_api) -> Path:
     """60 phantom studies, ingested, with features from the untrained encoder (random:0)."""
-    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
-    from radcap.flows.ingest import ingest_reports
-    from radcap.ingestion.phantoms import write_sample
 
-    root = tmp_path_factory.mktemp("production")
-    settings = get_settings()
-    sample = write_sample(root / "sample", settings.sample.model_copy(update={"studies": 60, "image_size": 128}))
-    sample = Path(sample["path"])
-    ingest_reports(
-        "iu-xml",
-        sample / "ecgen-radiology",
-        root / "data",
-        images=sample / "images",
-        views=sample / "indiana_projections.csv",
-        settings=settings,
-    )
-    extract_features_flow(root / "data", "random:0", 8)
-    return root / "data"
+    data = ingested_sample(tmp_path_factory.mktemp("production"), studies=60, image_size=128)
+    extract_features_flow(data, "random:0", 8)
+    return data
 
 
 def _train_bundle(data_dir: Path, out: Path, epochs: int, learning_rate: float, seed: int) -> Path:

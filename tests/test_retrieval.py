@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from radcap.retrieval.retriever import recall_at_k, relevance
-from tests.conftest import run_cli
+from tests.conftest import ingested_sample, run_cli
 
 
 def test_recall_at_k_counts_ties_against_the_query():
@@ -39,26 +39,11 @@ def test_info_nce_is_low_for_aligned_pairs_and_ignores_duplicate_texts():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, prefect_api) -> Path:
-    from radcap.core.settings import get_settings
     from radcap.flows.features import extract_features_flow
-    from radcap.flows.ingest import ingest_reports
-    from radcap.ingestion.phantoms import write_sample
 
-    root = tmp_path_factory.mktemp("retrieval")
-    settings = get_settings()
-    sample = Path(
-        write_sample(root / "sample", settings.sample.model_copy(update={"studies": 60, "image_size": 128}))["path"]
-    )
-    ingest_reports(
-        "iu-xml",
-        sample / "ecgen-radiology",
-        root / "data",
-        images=sample / "images",
-        views=sample / "indiana_projections.csv",
-        settings=settings,
-    )
-    extract_features_flow(root / "data", "random:0", 8)
-    return root / "data"
+    data = ingested_sample(tmp_path_factory.mktemp("retrieval"), studies=60, image_size=128)
+    extract_features_flow(data, "random:0", 8)
+    return data
 
 
 @pytest.mark.slow
