@@ -15,20 +15,32 @@ import pytest
 
 from tests.test_app_browser import free_port, wait_for
 
-# A parent that supervises one child server; the child ignores nothing and sleeps until stopped.
+# A parent that supervises one child server; the child ignores nothing, says when it is running (a signal that
+# lands while Python is still starting kills it with exit code 1, not by the signal) and sleeps until stopped.
 PARENT = textwrap.dedent(
     """
     import subprocess, sys
     from radcap.operations.processes import die_with_parent, supervise
 
     def start():
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], preexec_fn=die_with_parent)
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(600)"],
+            preexec_fn=die_with_parent,
+        )
         print(child.pid, flush=True)
         return child
 
     sys.exit(supervise(start))
     """
 )
+
+
+def start_parent() -> tuple[subprocess.Popen, int]:
+    """The parent, and its child's pid once the child is running (both print to the one pipe, in either order)."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    lines = [parent.stdout.readline().strip() for _ in range(2)]
+    assert "ready" in lines, lines
+    return parent, int(next(line for line in lines if line.isdigit()))
 
 
 def gone(pid: int, seconds: float = 20.0) -> bool:
@@ -49,8 +61,7 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_stopping_the_parent_stops_its_server(stop):
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
+    parent, child = start_parent()
     assert psutil.pid_exists(child)
     parent.send_signal(stop)
     parent.wait(30)
@@ -60,8 +71,7 @@ def test_stopping_the_parent_stops_its_server(stop):
 
 
 def test_the_parent_exits_when_its_server_exits():
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
-    child = int(parent.stdout.readline())
+    parent, child = start_parent()
     psutil.Process(child).kill()
     assert parent.wait(30) == 128 + signal.SIGKILL
 
