@@ -417,7 +417,6 @@ def set_statistics(image_ids: list[list[str]], view_mask: np.ndarray, images: pd
     """(S,V,K) pixel statistics of a caption set's images (in its view slots), read again from their files
     (`images` table paths); NaN where a file is gone or no longer decodes."""
     from radcap.imaging.decode import ImageRejected, load_image
-    from radcap.imaging.statistics import image_statistics
 
     path_of = dict(zip(images["image_id"], images["path"]))
     out = np.full((*view_mask.shape, STATISTICS_DIM), np.nan, np.float32)
@@ -430,7 +429,7 @@ def set_statistics(image_ids: list[list[str]], view_mask: np.ndarray, images: pd
                 image = load_image(Path(path))
             except ImageRejected:
                 continue
-            out[s, v] = image_statistics(image.pixels, image.chroma)
+            out[s, v] = image.statistics
     return out
 
 

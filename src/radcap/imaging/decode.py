@@ -113,6 +113,12 @@ class LoadedImage:
     sha256: str = ""  # of the bytes that were decoded
     chroma: float = 0.0  # mean spread between the colour channels, in [0, 1]: 0 for a grayscale image
 
+    @property
+    def statistics(self) -> np.ndarray:
+        """The pixel statistics the out-of-domain guard reads (radcap.imaging.statistics), at the image's own
+        aspect ratio: what every path (captioning, serving, the guard's fitting) computes them from."""
+        return image_statistics(self.pixels, self.chroma)
+
 
 class Decoded(NamedTuple):
     """What the pipelines decode a file to (`read_image`)."""
@@ -373,7 +379,7 @@ def read_image(source: Path | bytes, size: int) -> Decoded:
     What feature extraction, captioning, retrieval and serving decode with."""
     image = decode(check_bytes(source) if isinstance(source, (bytes, bytearray)) else read_bytes(source))
     try:
-        return Decoded(to_square(image, size), image.sha256, image.chroma, image_statistics(image.pixels, image.chroma))
+        return Decoded(to_square(image, size), image.sha256, image.chroma, image.statistics)
     except Exception as exc:
         raise ImageRejected(f"cannot resize image ({type(exc).__name__})", image.sha256) from None
 

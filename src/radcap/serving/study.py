@@ -25,7 +25,6 @@ from radcap.core.errors import RadcapError
 from radcap.data_contracts.features import GRID_SIDE
 from radcap.imaging.decode import ImageRejected, LoadedImage, check_bytes, decode, to_square
 from radcap.imaging.features import encode_batch
-from radcap.imaging.statistics import image_statistics
 from radcap.pacs.exports import Identifiers, dicom_identity, scan
 from radcap.registry.store import LoadedModel
 from radcap.retrieval.retriever import LoadedRetriever
@@ -192,7 +191,7 @@ class StudyReader:
         score, in_domain, reason = judge_studies(
             self.bundle.domain,
             encoded.pooled,
-            np.stack([image_statistics(i.image.pixels, i.image.chroma) for i in images]),
+            np.stack([i.image.statistics for i in images]),
             rows,
             [next((i.modality for i in images if i.modality), None)],
             [max(i.image.chroma for i in images)],
