@@ -140,5 +140,9 @@ def _caption_batches(
             logger.exception("batch %s failed; released for the next run", batch.name)
             failed.append(batch.name)
             continue
-        claim.finish(summary)
+        if not claim.finish(summary):
+            # Our heartbeat stalled and another run took the batch over; what we wrote is kept (the store
+            # skips what is written), and the batch is recorded by the run that holds it now.
+            logger.warning("batch %s was taken over by another run while captioned; left to it", batch.name)
+            continue
         taken.append(batch.name)

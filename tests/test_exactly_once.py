@@ -188,9 +188,13 @@ def _inbox_worker(ledger_dir: str, batches: list[str], log: str, crash_after_cla
                 os._exit(3)  # dies holding the claim: another worker must take it over later
             with claim.kept_alive():
                 time.sleep(rng.uniform(0.0, 0.3))  # longer than the timeout sometimes: the heartbeat keeps it
+
+            def commit(batch=batch) -> None:
                 with open(log, "a") as handle:
                     handle.write(json.dumps({"batch": batch, "pid": os.getpid()}) + "\n")
-            claim.finish({"pid": os.getpid()})
+
+            # Fenced: a worker whose stalled heartbeat let another take the batch over commits nothing.
+            claim.finish({"pid": os.getpid()}, commit=commit)
         time.sleep(0.01)
 
 
@@ -214,4 +218,22 @@ def test_processes_hammering_one_inbox_do_each_batch_exactly_once(tmp_path):
     from radcap.operations.inbox import Ledger
 
     assert all(Ledger(tmp_path).is_done(b) for b in batches)
-    assert len(list((tmp_path / ".ledger").glob("*.stale-*"))) == 2  # the two crashed claims, taken over
+    # The two crashed claims were taken over (and, on a loaded machine, a live one whose heartbeat stalled).
+    assert len(list((tmp_path / ".ledger").glob("*.stale-*"))) >= 2
+
+
+def test_a_holder_whose_claim_was_taken_over_commits_nothing(tmp_path):
+    from radcap.operations.inbox import Ledger
+
+    ledger = Ledger(tmp_path)
+    first = ledger.claim("batch", timeout=0.5)
+    assert first is not None and ledger.claim("batch", timeout=0.5) is None  # held, heartbeat recent
+    stalled = time.time() - 5
+    os.utime(ledger.claim_file("batch"), (stalled, stalled))  # its heartbeat stalled past the timeout
+    second = ledger.claim("batch", timeout=0.5)
+    assert second is not None
+    committed: list[str] = []
+    assert not first.finish({}, commit=lambda: committed.append("first"))
+    assert not first.heartbeat()
+    assert second.finish({}, commit=lambda: committed.append("second"))
+    assert committed == ["second"] and ledger.is_done("batch") and ledger.claim("batch", timeout=0.5) is None

@@ -8,8 +8,11 @@ never taken again. Every claim operation (take, take over, finish, release) runs
 two runs can never both take over the same stale claim, and a run removes only a claim holding its token.
 A claim is kept alive by a heartbeat (its modification time is refreshed every `timeout / 4`) while its
 batch is captioned; a claim whose heartbeat stopped for `claim_timeout` was left by a crashed run and is
-taken over. Since captioning skips what is already written, the new owner finishes the batch without
-duplicates.
+taken over. A heartbeat can also stall in a live run (a loaded machine, a long pause): the claim is then
+taken over although its first holder still works. Two guards keep that harmless: captioning skips what is
+already written, so the new owner finishes the batch without duplicates; and `finish` is a fenced step,
+its last writes (`commit`) run under the ledger lock only while the claim still holds this run's token,
+so a holder that lost its claim commits nothing and records nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,11 +85,14 @@ class Claim:
             stop.set()
             thread.join()
 
-    def finish(self, summary: dict) -> bool:
-        """Record the batch as done and drop the claim; False (nothing written) if the claim was lost."""
+    def finish(self, summary: dict, commit: Callable[[], None] | None = None) -> bool:
+        """Run `commit` (the batch's last writes), record the batch as done and drop the claim, all under the
+        ledger lock; False, with nothing committed or recorded, if the claim was lost (taken over)."""
         with self.ledger.locked():
             if not self._mine():
                 return False
+            if commit is not None:
+                commit()
             write_json({"batch": self.batch, "finished": time.time(), **summary}, self.ledger.done_file(self.batch))
             self.ledger.claim_file(self.batch).unlink()
             return True
