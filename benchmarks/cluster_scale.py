@@ -5,10 +5,9 @@ archive on 10, 100 and 1,000 workers.
 Measured:
 1. Scheduler: `--tasks` no-op tasks with tiny payloads, submitted as `radcap` submits them (one keyed future per
    task) to a LocalCluster of 2 single-thread workers: tasks/s end to end, i.e. the per-task overhead.
-2. Captions dataset: a table of `--rows` synthetic rows in `--segments` segment files, then one nightly run
-   of 1,000 new rows consolidated (`CaptionStore.consolidate`: a new segment; the others only have two columns
-   read), vs rewriting the whole table as one file (what consolidation did before); then the peak memory and
-   time of reading the whole dataset back as one table (fresh process).
+2. Captions table (Delta Lake): `--rows` synthetic rows in `--segments` data files, then one nightly run of
+   1,000 new rows committed (`CaptionStore.consolidate`: one MERGE that skips the files it cannot touch), vs
+   rewriting the whole table; then the peak memory and time of reading the whole table back (fresh process).
 3. Feature store: one run's features written as `extract_features` writes them (row groups of 32 appended to
    part files of 2,048 rows, never rewritten): seconds per 1,000 images, bytes per image, files per 10^7 images.
 Projection inputs (measured elsewhere, given as options): images/s of one single-thread worker
@@ -85,26 +84,30 @@ def synthetic_captions(n: int, offset: int, minutes: int) -> pd.DataFrame:
 
 
 def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
-    from radcap.captioning.bulk import CaptionStore
-    from radcap.core.io import write_table
+    from deltalake import write_deltalake
+
+    from radcap.captioning.store import CaptionStore
+    from radcap.core.delta import create_table
     from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 
-    store = CaptionStore(tmp / "captions-out")
-    store.captions.mkdir(parents=True)
+    store = CaptionStore(tmp / "captions-out", compact_files=segments + 2)  # no compaction in the timed run
+    create_table(store.captions, CAPTIONS, store.retention_days)
     per = rows // segments
     start = time.perf_counter()
-    for k in range(segments):
-        write_table(synthetic_captions(per, k * per, k), store.captions / f"segment-{k:020d}-bench.parquet", CAPTIONS)
+    for k in range(segments):  # one data file per append
+        rows_k = CAPTIONS.validate(synthetic_captions(per, k * per, k)).replace_schema_metadata()
+        write_deltalake(str(store.captions), rows_k, mode="append")
     build = time.perf_counter() - start
-    store.write_batch(synthetic_captions(1000, rows, segments + 1), CAPTION_REJECTS.empty(), "bench-run", 0)
     start = time.perf_counter()
-    totals = store.consolidate()
+    with store.writing(60):
+        store.write_batch(synthetic_captions(1000, rows, segments + 1), CAPTION_REJECTS.empty(), "bench-run", 0)
+        totals = store.consolidate()
     incremental = time.perf_counter() - start
     start = time.perf_counter()
-    whole = pd.read_parquet(store.captions)
-    write_table(whole, tmp / "whole-table.parquet", CAPTIONS)
+    whole = pd.concat([pd.read_parquet(f) for f in store.captions.glob("part-*.parquet")], ignore_index=True)
+    write_deltalake(str(tmp / "whole-table"), CAPTIONS.validate(whole).replace_schema_metadata(), mode="overwrite")
     rewrite = time.perf_counter() - start
-    size = sum(f.stat().st_size for f in store.segments())
+    size = sum(f.stat().st_size for f in store.captions.glob("part-*.parquet"))
     del whole
     read = subprocess.run(
         [
@@ -112,11 +115,11 @@ def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
             "-c",
             (
                 "import sys, time, json; sys.path.insert(0, {!r}); sys.path.insert(0, {!r})\n"
-                "from rss import peak_rss_mib; import pandas as pd\n"
-                "base = peak_rss_mib(); t = time.perf_counter(); table = pd.read_parquet({!r})\n"
+                "from rss import peak_rss_mib; import radcap\n"
+                "base = peak_rss_mib(); t = time.perf_counter(); table = radcap.read_captions({!r})\n"
                 "print(json.dumps({{'rows': len(table), 'seconds': round(time.perf_counter() - t, 2), "
                 "'peak_rss_mib': round(peak_rss_mib(), 1), 'rss_before_mib': round(base, 1)}}))"
-            ).format(str(ROOT), str(ROOT / "benchmarks"), str(store.captions)),
+            ).format(str(ROOT), str(ROOT / "benchmarks"), str(store.out)),
         ],
         capture_output=True,
         text=True,
@@ -124,7 +127,7 @@ def captions_dataset(rows: int, segments: int, tmp: Path) -> dict:
     )
     return {
         "rows": totals["captioned_total"],
-        "segments_after": totals["segments"],
+        "table_version_after": totals["table_version"],
         "build_s": round(build, 1),
         "dataset_mib": round(size / 2**20, 1),
         "consolidate_1000_new_rows_s": round(incremental, 2),

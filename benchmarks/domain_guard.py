@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import radcap
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
@@ -154,7 +156,7 @@ def run_setup(dirs: dict[str, Path], sources: dict[str, Path], out: Path, encode
             caption_flow(
                 folder, out / f"captions-{trained_on}-{name}", str(out / f"captioner-{trained_on}" / "captioner")
             )
-            rows = pd.read_parquet(out / f"captions-{trained_on}-{name}" / "captions.parquet")
+            rows = radcap.read_captions(out / f"captions-{trained_on}-{name}")
             quality["captioned"][name] = {
                 "images": len(rows),
                 "flagged": float((~rows["in_domain"].astype(bool)).mean()),

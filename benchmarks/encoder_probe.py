@@ -35,7 +35,7 @@ def cli(*args: str) -> None:
     start = time.perf_counter()
     code = subprocess.run([RADCAP, *args], env=os.environ).returncode
     print(f"  exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
-    if code not in (0, 1):  # 1: some inputs rejected, listed in rejects.parquet
+    if code not in (0, 1):  # 1: some inputs rejected, listed in the rejects table
         sys.exit(f"radcap {args[0]} failed with exit code {code}")
 
 

@@ -7,16 +7,28 @@ if __name__ != "radcap.data_contracts":
 
 
 from radcap.data_contracts.base import Column, Contract, ContractError
-from radcap.data_contracts.captions import CAPTION_REJECTS, CAPTIONS
+from radcap.data_contracts.captions import CAPTION_HISTORY, CAPTION_REJECTS, CAPTIONS
 from radcap.data_contracts.features import FEATURES, LABELLED_IMAGES
 from radcap.data_contracts.ingest import IMAGES, REJECTS, REPORTS
 from radcap.data_contracts.retrieval import RETRIEVAL_INDEX, SEARCH_RESULTS
 
-ALL = (REPORTS, IMAGES, REJECTS, FEATURES, LABELLED_IMAGES, CAPTIONS, CAPTION_REJECTS, RETRIEVAL_INDEX, SEARCH_RESULTS)
+ALL = (
+    REPORTS,
+    IMAGES,
+    REJECTS,
+    FEATURES,
+    LABELLED_IMAGES,
+    CAPTIONS,
+    CAPTION_REJECTS,
+    CAPTION_HISTORY,
+    RETRIEVAL_INDEX,
+    SEARCH_RESULTS,
+)
 
 __all__ = [
     "ALL",
     "CAPTIONS",
+    "CAPTION_HISTORY",
     "CAPTION_REJECTS",
     "FEATURES",
     "IMAGES",

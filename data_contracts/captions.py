@@ -1,4 +1,5 @@
-"""What `radcap caption` writes: one row per input file, in exactly one of the two tables."""
+"""What `radcap caption` writes: one row per input file, in exactly one of the two tables (captions, caption
+rejects), and one row per report a study was given (caption history). All three are Delta Lake tables."""
 
 import pyarrow as pa
 
@@ -59,5 +60,28 @@ CAPTION_REJECTS = Contract(
         Column("sha256", pa.string(), nullable=False, doc="SHA-256 of the bytes ('' when unreadable)."),
         Column("reason", pa.string(), nullable=False),
         Column("rejected_at", UTC_TIME, nullable=False),
+    ),
+)
+
+CAPTION_HISTORY = Contract(
+    name="caption_history",
+    doc="One row per report a study was given, appended when it was written and never rewritten: the audit trail "
+    "of re-captioned studies (`radcap history`). Identifiers as in captions; patient attributes never appear.",
+    columns=(
+        Column("study_id", pa.string(), nullable=False, doc="As in the captions table."),
+        Column("caption", pa.string(), doc="The report given (null when withheld)."),
+        Column("model", pa.string(), nullable=False),
+        Column("model_version", pa.string(), nullable=False),
+        Column("encoder_version", pa.string(), nullable=False),
+        Column("captioned_at", UTC_TIME, nullable=False),
+        Column("in_domain", pa.bool_()),
+        Column("ood_reason", pa.string()),
+        Column("images", pa.int32(), nullable=False, doc="Image files the report was made from."),
+        Column(
+            "table_version",
+            pa.int64(),
+            nullable=False,
+            doc="Version of the captions table whose commit wrote the report (`read_captions(OUT, as_of=...)`).",
+        ),
     ),
 )

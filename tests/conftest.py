@@ -86,6 +86,47 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return done
 
 
+_CAPTURED: list = []
+
+
+def run_cli_here(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`radcap ...` in this process (the same `main`, exit code and console text), for tests where the child
+    process itself is not under test: it spares each call a TensorFlow import and an encoder build. The
+    environment is `env` over this process's for the call only, and the settings are re-read before and after.
+    Tests of what a user's shell sees (exit by signal, a quiet console from the first import, no traceback
+    from a fresh interpreter) keep `run_cli`."""
+    import contextlib
+    import io
+    import time
+
+    import prefect.main  # noqa: F401  (its logging set-up closes other handlers' streams: done before the redirect)
+    from prefect.settings import PREFECT_API_URL
+
+    from radcap.cli import main
+    from radcap.core.settings import get_settings
+
+    saved = dict(os.environ)
+    os.environ.update({"PREFECT_API_URL": PREFECT_API_URL.value() or "", **(env or {})})
+    get_settings.cache_clear()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    _CAPTURED.extend((out, err))  # a handler made during the call may keep writing to them: never closed
+    start = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+    if os.environ.get("RADCAP_TEST_TIMING"):
+        with open(os.environ["RADCAP_TEST_TIMING"], "a") as log:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "")
+            log.write(f"{time.perf_counter() - start:7.1f} {test} {' '.join(args[:3])} (in process)\n")
+    return subprocess.CompletedProcess(["radcap", *args], code, out.getvalue(), err.getvalue())
+
+
 def ingested_sample(root: Path, studies: int = 16, image_size: int | None = None, data: str = "data") -> Path:
     """The embedded phantom sample (`studies` studies of `image_size` px) written to `root/sample` and ingested
     into `root/<data>` in this process: a fixture's setup, where the `sample` and `ingest` commands are not what

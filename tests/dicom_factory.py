@@ -42,6 +42,8 @@ def make_dicom(
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "CR"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20260101", "120000", "ACC-FAKE-1", "1"
+    ds.ReferringPhysicianName, ds.PatientSex, ds.SeriesNumber, ds.InstanceNumber = "", "O", 1, 1
     if view_position:
         ds.ViewPosition = view_position
     for key, value in FAKE_PATIENT.items():

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from radcap import read_captions
+from tests.conftest import run_cli_here
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -42,7 +43,7 @@ def xray_folder(shared_data: Path, tmp_path_factory) -> Path:
 
 
 def test_a_bad_cluster_is_one_line(xray_folder, tmp_path, parrot_captioner, prefect_api):
-    done = run_cli(
+    done = run_cli_here(
         "caption",
         "--input",
         str(xray_folder),
@@ -54,7 +55,7 @@ def test_a_bad_cluster_is_one_line(xray_folder, tmp_path, parrot_captioner, pref
         "lcoal:2",
     )
     assert done.returncode == 2 and "expected local:N" in done.stderr and "Traceback" not in done.stderr
-    done = run_cli(
+    done = run_cli_here(
         "caption",
         "--input",
         str(xray_folder),
@@ -69,11 +70,11 @@ def test_a_bad_cluster_is_one_line(xray_folder, tmp_path, parrot_captioner, pref
 
 def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
     root = tmp_path_factory.mktemp("cluster-features")
-    assert run_cli("sample", "--out", str(root / "sample"), "--studies", "10").returncode == 0
+    assert run_cli_here("sample", "--out", str(root / "sample"), "--studies", "10").returncode == 0
     sample, data = root / "sample", {}
     for name in ("local", "cluster"):
         data[name] = root / name
-        done = run_cli(
+        done = run_cli_here(
             "ingest",
             "--format",
             "iu-xml",
@@ -87,9 +88,9 @@ def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
             str(data[name]),
         )
         assert done.returncode == 0, done.stderr[-2000:]
-    local = run_cli("--json", "features", "--data", str(data["local"]), "--encoder", "random:0", env=SMALL_TASKS)
+    local = run_cli_here("--json", "features", "--data", str(data["local"]), "--encoder", "random:0", env=SMALL_TASKS)
     assert local.returncode == 0, local.stderr[-3000:]
-    cluster = run_cli(
+    cluster = run_cli_here(
         "--json",
         "features",
         "--data",
@@ -118,7 +119,7 @@ def test_features_on_a_cluster_match_in_process(tmp_path_factory, prefect_api):
     assert sizes == [8, 8, 4]
     assert len(FeatureStore(data["local"] / "features").parts()) == 1
 
-    again = run_cli(
+    again = run_cli_here(
         "--json", "features", "--data", str(data["cluster"]), "--encoder", "random:0", "--cluster", "local:2"
     )
     assert again.returncode == 0 and summary_of(again)["encoded"] == 0  # a re-run encodes nothing
@@ -143,7 +144,7 @@ def teller(xray_folder: Path, tmp_path_factory) -> Path:
 def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, teller, prefect_api, dask_scheduler):
     outputs = {}
     for name, extra in (("local", []), ("cluster", ["--cluster", dask_scheduler])):
-        done = run_cli(
+        done = run_cli_here(
             "--json",
             "caption",
             "--input",
@@ -156,7 +157,7 @@ def test_captions_on_a_cluster_match_in_process(xray_folder, tmp_path, teller, p
             env=SMALL_TASKS,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        outputs[name] = pd.read_parquet(tmp_path / name / "captions.parquet").sort_values("source_path")
+        outputs[name] = read_captions(tmp_path / name).sort_values("source_path")
     assert outputs["local"]["caption"].nunique() >= 3  # reports that depend on each image: a mix-up would show
     keys = ["study_id", "image_id", "view", "source_path", "sha256", "caption", "model", "encoder_version"]
     pd.testing.assert_frame_equal(
@@ -180,11 +181,13 @@ def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(
     images.mkdir()
     for path in sorted(xray_folder.glob("*.png"))[:12]:
         shutil.copyfile(path, images / path.name)
-    as_saved = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "as-saved"), "--model", str(model))
+    as_saved = run_cli_here(
+        "caption", "--input", str(images), "--out", str(tmp_path / "as-saved"), "--model", str(model)
+    )
     assert as_saved.returncode == 2 and "consensus_samples=0" in as_saved.stderr, as_saved.stderr[-2000:]
     assert "Traceback" not in as_saved.stderr
     for name, extra in (("local", []), ("cluster", ["--cluster", dask_scheduler])):
-        done = run_cli(
+        done = run_cli_here(
             "--json",
             "caption",
             "--input",
@@ -199,7 +202,7 @@ def test_a_runs_decoding_choice_reaches_the_decoder_in_process_and_on_a_cluster(
             env=SMALL_TASKS,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        captions = pd.read_parquet(tmp_path / name / "captions.parquet")
+        captions = read_captions(tmp_path / name)
         assert len(captions) == 12 and (captions["caption"] == "left pleural effusion.").all()
 
 
@@ -270,13 +273,13 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
     assert process.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
 
-    table = pd.read_parquet(out / "captions.parquet")  # the dataset as any reader sees it
+    table = read_captions(out)  # the dataset as any reader sees it
     assert len(table) == 40 and table["source_path"].is_unique  # every image exactly once
     assert sorted(table["source_path"]) == sorted(p.name for p in xray_folder.iterdir())
     assert not list((out / ".parts").glob("*.parquet"))
     assert json.loads(stdout.strip().splitlines()[-1])["captioned"] == 40
 
-    again = run_cli(
+    again = run_cli_here(
         "--json",
         "caption",
         "--input",
@@ -290,4 +293,4 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert summary_of(again)["new_images"] == 0 and summary_of(again)["captioned"] == 0
-    assert len(pd.read_parquet(out / "captions.parquet")) == 40
+    assert len(read_captions(out)) == 40

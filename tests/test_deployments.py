@@ -35,7 +35,11 @@ def test_prefect_deploy_all_registers_the_scheduled_deployments(prefect_api):
             return {d.name: d for d in await client.read_deployments()}
 
     deployments = asyncio.run(read())
-    assert {"inbox", "nightly", "demo"} <= set(deployments)
+    assert {"inbox", "nightly", "demo", "pacs"} <= set(deployments)
+    pacs = deployments["pacs"]
+    assert pacs.schedules[0].schedule.interval.total_seconds() == 900
+    assert pacs.entrypoint == "radcap.flows.caption:caption_pacs_flow" and pacs.parameters["sr"] is True
+    assert {"pacs", "out"} <= set(pacs.parameter_openapi_schema["required"])
     inbox, nightly = deployments["inbox"], deployments["nightly"]
     assert inbox.work_pool_name == nightly.work_pool_name == "radcap-local"
     assert inbox.schedules[0].schedule.interval.total_seconds() == 300

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from radcap import read_captions
 from radcap.domain.guard import Density, DomainGuard, modality_family, study_scores, study_signal_scores
-from tests.conftest import make_tiny_captioner, run_cli
+from tests.conftest import make_tiny_captioner, run_cli_here
 from tests.dicom_factory import make_dicom
 
 
@@ -180,7 +181,7 @@ def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(
     ds.Modality = "CT"  # an X-ray's pixels, but the header says CT: flagged by the modality rule
     ds.save_as(export / "ct-labelled-dicom")
     out = tmp_path / "out"
-    done = run_cli(
+    done = run_cli_here(
         "--json",
         "caption",
         "--input",
@@ -193,7 +194,7 @@ def test_the_flag_reaches_the_captions_and_withhold_writes_no_caption(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    captions = pd.read_parquet(out / "captions.parquet").set_index("source_path")
+    captions = read_captions(out).set_index("source_path")
     assert captions["ood_score"].notna().all() and captions["in_domain"].notna().all()
     ct = captions.loc[[f"ct{k}.png" for k in range(4)]]
     assert (~ct["in_domain"]).sum() >= 3  # CT/MR slices are unlike chest X-rays
@@ -346,7 +347,7 @@ def test_chest_xrays_are_flagged_for_a_medpix_model_whose_encoder_never_saw_one(
     shares = {}
     for name, folder in (("xrays", xrays), ("dev", dev)):
         caption_flow(folder, root / f"captions-{name}", str(bundle))
-        captions = pd.read_parquet(root / f"captions-{name}" / "captions.parquet")
+        captions = read_captions(root / f"captions-{name}")
         assert captions["ood_score"].notna().all()
         shares[name] = float((~captions["in_domain"].astype(bool)).mean())
     # Measured on this tiny setup (120 training images, 1 epoch at 64 px): 45% of the X-rays, 5% of dev. Far

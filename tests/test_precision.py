@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ingested_sample, run_cli
+from radcap import read_captions
+from tests.conftest import ingested_sample, run_cli_here
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -37,18 +38,18 @@ def int8_data(xrays, tmp_path_factory, prefect_api) -> Path:
     calibration.mkdir()
     for path in xrays[:CALIBRATION]:
         (calibration / path.name).write_bytes(path.read_bytes())
-    done = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "bf16")
+    done = run_cli_here("optimize-encoder", "--encoder", "random:0", "--precision", "bf16")
     assert done.returncode == 0, done.stderr[-3000:]  # a bf16 build exists; the int8 lookup must not take it
-    missing = run_cli("optimize-encoder", "--encoder", "random:0", "--precision", "int8")
+    missing = run_cli_here("optimize-encoder", "--encoder", "random:0", "--precision", "int8")
     assert missing.returncode == 2 and "--calibration" in missing.stderr and "Traceback" not in missing.stderr
 
     data = ingested_sample(root)
     # No int8 build of this encoder yet: one line saying how to make it.
-    done = run_cli("features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
+    done = run_cli_here("features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
     assert done.returncode == 2 and "radcap optimize-encoder" in done.stderr and "Traceback" not in done.stderr
 
     (calibration / "notes.txt").write_text("not an image")  # skipped, not fatal
-    done = run_cli(
+    done = run_cli_here(
         "--json",
         "optimize-encoder",
         "--encoder",
@@ -93,7 +94,7 @@ def test_each_precision_matches_fp32_on_real_images(precision, int8_data, xrays)
 
 def test_features_at_int8_are_stored_apart_from_fp32(int8_data: Path):
     data = int8_data
-    done = run_cli("--json", "features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
+    done = run_cli_here("--json", "features", "--data", str(data), "--encoder", "random:0", "--precision", "int8")
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["precision"] == "int8" and summary["store_version"] == "random-seed0@int8"
@@ -101,7 +102,7 @@ def test_features_at_int8_are_stored_apart_from_fp32(int8_data: Path):
     assert summary["encoded"] == images
 
     # fp32 features are their own rows: none of the int8 ones is taken for them, and vice versa.
-    done = run_cli("--json", "features", "--data", str(data), "--encoder", "random:0")
+    done = run_cli_here("--json", "features", "--data", str(data), "--encoder", "random:0")
     assert done.returncode == 0, done.stderr[-3000:]
     fp32 = json.loads(done.stdout.strip().splitlines()[-1])
     assert fp32["encoded"] == images and fp32["already_stored"] == 0
@@ -156,7 +157,7 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
     uri = f"models:/radcap-captioner-precision-test/{version}"
     images = data.parent / "xrays"
 
-    refused = run_cli(
+    refused = run_cli_here(
         "caption", "--input", str(images), "--out", str(tmp_path / "c"), "--model", uri, "--precision", "bf16"
     )
     assert refused.returncode == 2 and "radcap check-precision" in refused.stderr and "Traceback" not in refused.stderr
@@ -164,7 +165,7 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
     split = pd.read_parquet(data / "reports.parquet")["split"].value_counts().index[0]
 
     def check(precision: str) -> tuple[int, dict]:
-        done = run_cli(
+        done = run_cli_here(
             "--json",
             "check-precision",
             "--model",
@@ -188,14 +189,16 @@ def test_a_captioner_reads_lower_precision_features_only_after_passing_the_check
     captions = {}
     for precision in ("fp32", "bf16"):
         out = tmp_path / f"c-{precision}"
-        done = run_cli("caption", "--input", str(images), "--out", str(out), "--model", uri, "--precision", precision)
+        done = run_cli_here(
+            "caption", "--input", str(images), "--out", str(out), "--model", uri, "--precision", precision
+        )
         assert done.returncode in (0, 1), done.stderr[-3000:]
-        captions[precision] = pd.read_parquet(out / "captions.parquet").sort_values("source_path", ignore_index=True)
+        captions[precision] = read_captions(out).sort_values("source_path", ignore_index=True)
     assert set(captions["bf16"]["encoder_version"]) == {"random-seed0@bf16"}
     assert captions["fp32"]["caption"].nunique() >= 3  # reports that depend on the images
     assert captions["bf16"]["source_path"].tolist() == captions["fp32"]["source_path"].tolist()
     assert captions["bf16"]["caption"].tolist() == captions["fp32"]["caption"].tolist()
-    still_refused = run_cli(
+    still_refused = run_cli_here(
         "caption", "--input", str(images), "--out", str(tmp_path / "d"), "--model", uri, "--precision", "int8"
     )
     assert still_refused.returncode == 2
@@ -260,7 +263,7 @@ def retriever_uri(int8_data: Path, tmp_path_factory) -> str:
 
     for precision in ("fp32", "bf16"):
         assert not extract_features_flow(int8_data, "random:0", 32, precision)["rejected"]
-    done = run_cli(
+    done = run_cli_here(
         "--json",
         "train-retrieval",
         "--data",
@@ -295,13 +298,13 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(
     data, uri = int8_data, retriever_uri
     images = data.parent / "sample" / "images"
 
-    refused = run_cli(
+    refused = run_cli_here(
         "retrieve", "--input", str(images), "--out", str(tmp_path / "r"), "--model", uri, "--precision", "bf16"
     )
     assert refused.returncode == 2 and "radcap check-precision" in refused.stderr and "Traceback" not in refused.stderr
 
     split = pd.read_parquet(data / "reports.parquet")["split"].value_counts().index[0]
-    done = run_cli(
+    done = run_cli_here(
         "--json", "check-precision", "--model", uri, "--data", str(data), "--precision", "bf16", "--split", split
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -317,7 +320,7 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(
 
     results = {}
     for precision, top_k in (("fp32", "5"), ("bf16", "1")):
-        done = run_cli(
+        done = run_cli_here(
             "retrieve",
             "--input",
             str(images),
@@ -339,7 +342,7 @@ def test_a_retriever_retrieves_at_lower_precision_only_after_passing_the_check(
     assert_same_answers(bf16, fp32, atol=0.01)  # bf16 rounding of the features
 
     # The same retrieval across a 2-process Dask cluster (tasks of 4 images): the same answers, in the same order.
-    done = run_cli(
+    done = run_cli_here(
         "retrieve",
         "--input",
         str(images),

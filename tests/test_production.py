@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from radcap import read_caption_rejects, read_captions
 from tests.conftest import ingested_sample, run_cli
 from tests.dicom_factory import FAKE_PATIENT, make_dicom
 
@@ -189,7 +190,7 @@ def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients
         "--verbose", "caption", "--input", str(export), "--out", str(out), "--model", champion_uri, "--batch-size", "4"
     )  # verbose: the logs are checked for patient values too
     assert done.returncode == 1, done.stderr[-3000:]  # finished, with rejects
-    captions, rejects = pd.read_parquet(out / "captions.parquet"), pd.read_parquet(out / "rejects.parquet")
+    captions, rejects = read_captions(out), read_caption_rejects(out)
     inputs = made["files"] + 5
     assert len(captions) + len(rejects) == inputs
     assert set(captions["source_path"]) | set(rejects["source_path"]) == {
@@ -216,7 +217,7 @@ def test_caption_pacs_export_groups_studies_rejects_bad_files_and_keeps_patients
 
     again = run_cli("--json", "caption", "--input", str(export), "--out", str(out), "--model", champion_uri)
     assert again.returncode == 1 and _summary(again.stdout)["new_images"] == 0
-    assert pd.read_parquet(out / "captions.parquet").equals(captions)  # nothing re-captioned, nothing duplicated
+    assert read_captions(out).equals(captions)  # nothing re-captioned, nothing duplicated
 
     hashed = tmp_path / "hashed"
     done = run_cli(
@@ -276,19 +277,16 @@ def test_killed_run_then_rerun_captions_every_image_exactly_once(bundles, tmp_pa
     child.send_signal(signal.SIGSTOP)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    if (out / "captions.parquet").exists():
+    if (out / "captions").exists():
         pytest.skip("the run finished before it could be stopped (a machine far faster than this test assumes)")
     partial = len(list((out / ".parts").glob("captions-*.parquet")))
     assert partial >= 1
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    captions = pd.read_parquet(out / "captions.parquet")
+    captions = read_captions(out)
     assert len(captions) == made["files"] and captions["source_path"].is_unique
-    assert (
-        pd.read_csv(out / "captions.csv")["source_path"].is_unique
-        and len(pd.read_parquet(out / "rejects.parquet")) == 0
-    )
+    assert pd.read_csv(out / "captions.csv")["source_path"].is_unique and len(read_caption_rejects(out)) == 0
     assert not list((out / ".parts").glob("*.parquet"))
     # The re-run captioned only what the killed run had not written.
     assert 0 < _summary(done.stdout)["new_images"] <= made["files"] - 2 * partial
@@ -357,7 +355,7 @@ def test_two_overlapping_inbox_runs_caption_each_batch_once(bundles, tmp_path: P
     assert all(r.returncode == 0 for r in runs), [e[-2000:] for _, e in results]
     taken = sorted(b for stdout, _ in results for b in _summary(stdout)["captioned_batches"])
     assert taken == ["batch0", "batch1"]  # each complete batch by exactly one run; batch2 not settled
-    captions = pd.read_parquet(out / "captions.parquet")  # one store for the inbox: paths BATCH/FILE
+    captions = read_captions(out)  # one store for the inbox: paths BATCH/FILE
     assert sorted(captions["source_path"]) == [
         "batch0/img0.png",
         "batch0/img1.png",

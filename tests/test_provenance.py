@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_tiny_captioner, run_cli
+from tests.conftest import make_tiny_captioner, run_cli_here
 
 
 @pytest.mark.slow
@@ -66,7 +66,7 @@ def test_caption_stops_with_one_line_instead_of_falling_back_to_another_encoder(
     images = tmp_path / "in"
     images.mkdir()
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(images / "a.png")
-    done = run_cli("caption", "--input", str(images), "--out", str(tmp_path / "out"), "--model", str(bundle))
+    done = run_cli_here("caption", "--input", str(images), "--out", str(tmp_path / "out"), "--model", str(bundle))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "pass that file with --encoder" in done.stderr.strip().splitlines()[-1]
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from radcap.retrieval.retriever import recall_at_k, relevance
-from tests.conftest import ingested_sample, run_cli
+from tests.conftest import ingested_sample, run_cli_here
 
 
 def test_recall_at_k_counts_ties_against_the_query():
@@ -100,7 +100,7 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
         pd.testing.assert_frame_equal(a, b)
     assert set(index.table["split"]) == {"train"}  # known items: training pairs only
 
-    done = run_cli(
+    done = run_cli_here(
         "search",
         "--model",
         summary["registered"],
@@ -128,7 +128,7 @@ def test_train_register_search_and_retrieve(data_dir: Path, tmp_path: Path, shar
     make_dicom(inbox / "IM2", pixels[::-1], study_uid="1.2.3.4", view_position="LL")
     Image.fromarray(pixels).save(inbox / "other.png")
     (inbox / "broken.dcm").write_bytes(b"")
-    done = run_cli(
+    done = run_cli_here(
         "--verbose",
         "retrieve",
         "--model",

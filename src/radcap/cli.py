@@ -131,12 +131,13 @@ def _print_summary(title: str, summary: dict, keys: list[str]) -> None:
     Console().print(table)
 
 
-def _finish(title: str, summary: dict, what: str, rejects: Path | str) -> None:
-    """Print the run's summary and exit 1 when inputs were rejected (saying where the reasons are), else 0."""
+def _finish(title: str, summary: dict, what: str, rejects: Path | str, incomplete: bool = False) -> None:
+    """Print the run's summary and exit 1 when inputs were rejected (saying where the reasons are) or are
+    pending (`incomplete`), else 0."""
     _print_summary(title, summary, list(summary))
     if summary["rejected"]:
         console.print(f"[yellow]{summary['rejected']} {what} rejected; reasons in {rejects}[/yellow]")
-    raise typer.Exit(EXIT_REJECTS if summary["rejected"] else EXIT_OK)
+    raise typer.Exit(EXIT_REJECTS if summary["rejected"] or incomplete else EXIT_OK)
 
 
 @app.command()
@@ -414,9 +415,19 @@ def evaluate(
 @app.command()
 def caption(
     input: Annotated[
-        Path, typer.Option("--input", help="A PACS export folder (DICOM, nested, any names) or PNG/JPEG files.")
+        str,
+        typer.Option(
+            "--input",
+            help="A PACS export folder (DICOM, nested, any names) or PNG/JPEG files, or a PACS: "
+            "dicomweb:http://HOST:PORT/dicom-web (its new or changed studies; credentials from RADCAP_PACS__*).",
+        ),
     ],
-    out: Annotated[Path, typer.Option(help="Folder for captions.parquet, captions.csv and rejects.parquet.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for the captions, caption_rejects and caption_history Delta tables and captions.csv."
+        ),
+    ],
     model: Annotated[
         str | None,
         typer.Option(
@@ -462,9 +473,25 @@ def caption(
             "(default: as the model was saved)."
         ),
     ] = None,
+    sr: Annotated[
+        bool, typer.Option("--sr", help="Write each captioned DICOM study's draft as a DICOM SR in OUT/sr/.")
+    ] = False,
+    fhir: Annotated[
+        bool, typer.Option("--fhir", help="Write a FHIR DiagnosticReport per study: OUT/fhir/DiagnosticReport.ndjson.")
+    ] = False,
+    store: Annotated[
+        str | None, typer.Option(help="Send each SR to this PACS by STOW-RS: dicomweb:http://HOST:PORT/dicom-web.")
+    ] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
-    _existing(input, "input")
+    from radcap.pacs.dicomweb import base_url, is_dicomweb
+
+    if is_dicomweb(input):
+        base_url(input)  # a malformed address is one line
+    else:
+        _existing(Path(input), "input")
+    if store is not None and not is_dicomweb(store):
+        raise RadcapError(f"--store {store}: give a PACS as dicomweb:http://HOST:PORT/dicom-web")
     from radcap.flows.caption import caption_flow
 
     cfg = _with_overrides(
@@ -475,8 +502,53 @@ def caption(
         consensus_samples=consensus_samples,
     )
     hide_user_error_tracebacks()
-    summary = caption_flow(input, out, model, cfg, encoder, _cluster(cluster))
-    _finish(f"caption -> {out}", summary, "files", summary["rejects"])
+    summary = caption_flow(input, out, model, cfg, encoder, _cluster(cluster), sr=sr, fhir=fhir, store=store)
+    pending = summary.get("studies_pending", 0) + summary.get("reports_pending", 0)
+    if pending:
+        console.print(f"[yellow]{pending} studies or reports pending: the next run retries them[/yellow]")
+    _finish(f"caption -> {out}", summary, "files", summary["rejects"], incomplete=bool(pending))
+
+
+@app.command()
+def history(
+    out: Annotated[Path, typer.Option(help="An output folder of `radcap caption` or `caption-inbox`.")],
+    study: Annotated[str, typer.Option(help="The study's id as the captions table gives it (UID or its hash).")],
+) -> None:
+    """Every report a study was given, oldest first, with the model, encoder, time and captions table version
+    (`radcap.read_captions(OUT, as_of=VERSION)` reads the table as that report left it)."""
+    from radcap.captioning.store import study_history
+
+    _existing(out / "caption_history", "caption history (run `radcap caption` first)")
+    rows = study_history(out, study)
+    if not len(rows):
+        raise RadcapError(f"{out}: no report was ever given to study {study} (ids as in the captions table)")
+    if OUTPUT["json"]:
+        print(rows.to_json(orient="records", date_format="iso"))
+    else:
+        table = Table(title=f"reports of study {study}")
+        for column in ("table_version", "captioned_at", "model", "model_version", "encoder_version", "caption"):
+            table.add_column(column)
+        for row in rows.itertuples():
+            table.add_row(
+                *(
+                    str(getattr(row, c))
+                    for c in ("table_version", "captioned_at", "model", "model_version", "encoder_version", "caption")
+                )
+            )
+        Console().print(table)
+
+
+@app.command("migrate-captions")
+def migrate_captions(
+    out: Annotated[Path, typer.Option(help="An output folder written before captions were Delta tables.")],
+) -> None:
+    """Turn captions.parquet and rejects.parquet (and parts a crashed run left) into the Delta tables; the old
+    files are kept in OUT/.pre-delta-TIME/. Running it again does nothing. `radcap caption` also does it first."""
+    from radcap.captioning.store import migrate
+
+    _existing(out, "output folder")
+    summary = migrate(out, wait_seconds=get_settings().caption.lock_wait_seconds)
+    _print_summary("migrate-captions", summary, list(summary))
 
 
 @app.command("caption-inbox")

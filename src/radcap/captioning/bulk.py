@@ -1,19 +1,8 @@
 """Bulk captioning: images -> CheXNet features -> one report per study, written crash-safe and idempotent.
 
-Output folder layout (`CaptionStore`):
-* `captions.parquet/`: a Parquet dataset (CAPTIONS contract), one row per captioned input file, read as one
-  table by `pd.read_parquet`/`pyarrow.dataset`; its files (`segment-*.parquet`) are written whole and never
-  appended to; `rejects.parquet` (CAPTION_REJECTS): the inputs that could not be captioned. Every input file
-  is in exactly one of the two, keyed by its path relative to the input folder;
-* `captions.csv`: this run's export, the rows of the studies it captioned (the whole table is the dataset);
-* `.parts/`: one atomically written Parquet file per batch while a run is in progress;
-* `.lock`: held by the one run that writes the folder (a second run waits, then stops with one line).
-A crash loses at most the batch in flight. The next run skips every (path, sha256) already written (so
-only new or changed files are read beyond their hash) and consolidates: the parts become one new segment,
-and only the segments holding rows the new ones replace (a changed file, a re-captioned study) are
-rewritten, so a run over a 10^7-row table writes what it captioned, not the table. Too many small segments
-are merged (`MAX_SEGMENTS`). Only then are the parts deleted; a crash in between is repaired by the next
-consolidation (the newest row of each path wins, whichever file holds it).
+Outputs are written through `CaptionStore` (radcap.captioning.store): Delta Lake tables of captions, rejects
+and report history; each batch staged atomically, so a crash loses at most the batch in flight and the next
+run skips every (path, sha256) already written (only new or changed files are read beyond their hash).
 
 Studies are captioned whole, also across runs: when a new or changed image joins a study that already has
 captioned images (a lateral arriving after its frontal, in the next run or the next inbox batch), the study
@@ -22,25 +11,19 @@ is captioned again from all its views, and every row of the study carries its ne
 
 from __future__ import annotations
 
-import json
-import os
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute
-import pyarrow.parquet as pq
 
 from radcap.captioning.bundle import CaptionerBundle
 from radcap.captioning.data import VIEW_ORDER, pack_views
-from radcap.core.io import atomic_path, exclusive_lock, new_run_id, read_table, write_json, write_table
+from radcap.captioning.store import CaptionStore
+from radcap.core.io import new_run_id
 from radcap.data_contracts import CAPTION_REJECTS, CAPTIONS
 from radcap.imaging.encoders import Encoder
 from radcap.imaging.features import Forward, stream_features
@@ -86,239 +69,6 @@ def now_utc() -> pd.Timestamp:
 
 def reject_row(source_path: str, sha256: str, reason: str) -> dict:
     return {"source_path": source_path, "sha256": sha256, "reason": reason, "rejected_at": now_utc()}
-
-
-class CaptionStore:
-    def __init__(self, out: Path):
-        self.out = Path(out)
-        self.parts_dir = self.out / ".parts"
-
-    @property
-    def captions(self) -> Path:
-        return self.out / "captions.parquet"
-
-    @property
-    def captions_csv(self) -> Path:
-        return self.out / "captions.csv"
-
-    @property
-    def rejects(self) -> Path:
-        return self.out / "rejects.parquet"
-
-    @contextmanager
-    def writing(self, wait_seconds: float) -> Iterator[CaptionStore]:
-        """Hold the folder's lock while writing: one writer per output folder, across processes."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(self.out / ".lock", wait_seconds, f"{self.out}"):
-            yield self
-
-    def _parts(self, table: str) -> list[Path]:
-        return sorted(self.parts_dir.glob(f"{table}-*.parquet")) if self.parts_dir.exists() else []
-
-    def segments(self) -> list[Path]:
-        """The files of the captions dataset (a table written before datasets is moved in first; an
-        interrupted commit is finished first)."""
-        self._adopt_single_file()
-        self._recover()
-        return sorted(self.captions.glob("segment-*.parquet")) if self.captions.is_dir() else []
-
-    @property
-    def _journal(self) -> Path:
-        return self.captions / "_commit.json"  # '_' and '.' names are not part of the dataset for readers
-
-    def _commit(
-        self, writes: dict[Path, pd.DataFrame | None], parts: list[Path], rejects: pd.DataFrame | None = None
-    ) -> None:
-        """Replace several files of the dataset as one step that survives a crash: every new file is written
-        hidden (`.pending-*`), then a journal names the renames and deletions, then they are applied. A
-        crash before the journal leaves the dataset as it was (the pending files are dropped), after it the
-        next access finishes the commit; either way no row is lost or doubled."""
-        self.captions.mkdir(parents=True, exist_ok=True)
-        renames, deletions = {}, [str(p) for p in parts]
-        for target, rows in writes.items():
-            if rows is None or not len(rows):
-                deletions.append(str(target))
-                continue
-            pending = target.with_name(f".pending-{target.name}")
-            write_table(rows, pending, CAPTIONS)
-            renames[str(pending)] = str(target)
-        if rejects is not None:
-            pending = self.captions / ".pending-rejects.parquet"
-            write_table(rejects, pending, CAPTION_REJECTS)
-            renames[str(pending)] = str(self.rejects)
-        write_json({"renames": renames, "deletions": deletions}, self._journal)
-        self._recover()
-
-    def _recover(self) -> None:
-        if not self.captions.is_dir():
-            return
-        if self._journal.exists():
-            plan = json.loads(self._journal.read_text(encoding="utf-8"))
-            for pending, target in plan["renames"].items():
-                if Path(pending).exists():
-                    _move(pending, target)
-            for path in plan["deletions"]:
-                Path(path).unlink(missing_ok=True)
-            self._journal.unlink()
-        for pending in self.captions.glob(".pending-*"):  # written before a crash that came before the journal
-            pending.unlink(missing_ok=True)
-
-    def _adopt_single_file(self) -> None:
-        """`captions.parquet` was one file before it was a dataset: it becomes the dataset's first segment
-        (two renames; a crash between them is finished by the next call)."""
-        legacy = self.out / ".captions-single-file.parquet"
-        if self.captions.is_file():
-            self.captions.rename(legacy)
-        if legacy.exists():
-            self.captions.mkdir(parents=True, exist_ok=True)
-            legacy.rename(self.captions / "segment-00000000000000000000-legacy.parquet")
-
-    def _all(self, table: str, parts: list[Path] | None = None) -> pd.DataFrame:
-        if table == "captions":
-            files, contract = self.segments(), CAPTIONS
-        else:
-            files, contract = ([self.rejects] if self.rejects.exists() else []), CAPTION_REJECTS
-        frames = [read_table(f, contract) for f in files]
-        frames += [read_table(p, contract) for p in (self._parts(table) if parts is None else parts)]
-        return _concat(frames, contract)
-
-    def current(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(captions, rejects) as they stand, parts included: the newest row per source path wins across both
-        tables, and each study's rows carry its newest report."""
-        return self._fold(self._all("captions"), self._all("rejects"))
-
-    def done(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """(source_path, sha256) of every input already captioned, and of every one rejected, parts included."""
-        captions, rejects = self.current()
-        return set(zip(captions["source_path"], captions["sha256"])), set(
-            zip(rejects["source_path"], rejects["sha256"])
-        )
-
-    def write_batch(self, captions: pd.DataFrame, rejects: pd.DataFrame, run_id: str, number: int | str) -> None:
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{run_id}-{number:06d}.parquet" if isinstance(number, int) else f"{run_id}-{number}.parquet"
-        if len(captions):
-            write_table(captions, self.parts_dir / f"captions-{name}", CAPTIONS)
-        if len(rejects):
-            write_table(rejects, self.parts_dir / f"rejects-{name}", CAPTION_REJECTS)
-
-    @staticmethod
-    def _fold(captions: pd.DataFrame, rejects: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        both = pd.concat(
-            [
-                pd.DataFrame(
-                    {
-                        "source_path": captions["source_path"],
-                        "time": captions["captioned_at"],
-                        "table": "c",
-                        "row": np.arange(len(captions)),
-                    }
-                ),
-                pd.DataFrame(
-                    {
-                        "source_path": rejects["source_path"],
-                        "time": rejects["rejected_at"],
-                        "table": "r",
-                        "row": np.arange(len(rejects)),
-                    }
-                ),
-            ],
-            ignore_index=True,
-        ).sort_values(["time", "table", "row"], kind="stable")
-        newest = both.drop_duplicates("source_path", keep="last")
-        keep_c = newest.loc[newest["table"] == "c", "row"].sort_values().to_numpy()
-        keep_r = newest.loc[newest["table"] == "r", "row"].sort_values().to_numpy()
-        captions = captions.iloc[keep_c].reset_index(drop=True)
-        rejects = rejects.iloc[keep_r].sort_values("source_path").reset_index(drop=True)
-        if len(captions):  # a study's newest report, on every row of the study
-            report = [
-                "caption",
-                "model",
-                "model_version",
-                "encoder_version",
-                "captioned_at",
-                "ood_score",
-                "in_domain",
-                "ood_reason",
-            ]
-            latest = captions.sort_values("captioned_at", kind="stable").drop_duplicates("study_id", keep="last")
-            latest = latest.set_index("study_id")[report]
-            captions[report] = latest.loc[captions["study_id"]].to_numpy()
-        captions = captions.sort_values(["study_id", "source_path"]).reset_index(drop=True)
-        return captions.astype({"captioned_at": CAPTIONS.empty()["captioned_at"].dtype}), rejects
-
-    def consolidate(self) -> dict[str, int]:
-        """Fold the parts into the dataset (see the module doc); call it holding the lock (`writing`)."""
-        parts_c, parts_r = self._parts("captions"), self._parts("rejects")
-        new_c = _concat([read_table(p, CAPTIONS) for p in parts_c], CAPTIONS)
-        new_r = _concat([read_table(p, CAPTION_REJECTS) for p in parts_r], CAPTION_REJECTS)
-        touched_paths = set(new_c["source_path"]) | set(new_r["source_path"])
-        touched_studies = set(new_c["study_id"])
-        # Only the segments holding a replaced path or a re-captioned study are read whole and rewritten.
-        affected = [f for f in self.segments() if _touches(f, touched_paths, touched_studies)]
-        old_c = [read_table(f, CAPTIONS).assign(_origin=str(f)) for f in affected]
-        old_r = read_table(self.rejects, CAPTION_REJECTS) if self.rejects.exists() else CAPTION_REJECTS.empty()
-        captions, rejects = self._fold(
-            pd.concat([*old_c, new_c.assign(_origin="")], ignore_index=True),
-            pd.concat([old_r, new_r], ignore_index=True),
-        )
-        by_origin = {origin: rows.drop(columns="_origin") for origin, rows in captions.groupby("_origin", sort=False)}
-        writes = {Path(f): by_origin.get(str(f)) for f in affected}  # None: every row it held was replaced
-        if "" in by_origin:
-            writes[self.captions / f"segment-{new_run_id()}.parquet"] = by_origin[""]
-        with atomic_path(self.captions_csv) as tmp:  # this run's export
-            captions[captions["study_id"].isin(touched_studies)].drop(columns="_origin").to_csv(tmp, index=False)
-        # One commit: the new and rewritten segments, the rejects table (small: rewritten whole), and the parts
-        # deleted only with it, so a path is never in both tables nor in neither.
-        self._commit(writes, parts_c + parts_r, rejects)
-        self.merge_small_segments()
-        if not self.segments():  # an empty table still has its columns for readers of the dataset
-            write_table(CAPTIONS.empty(), self.captions / "segment-00000000000000000000-empty.parquet", CAPTIONS)
-        total = sum(pq.ParquetFile(f).metadata.num_rows for f in self.segments())
-        return {"captioned_total": total, "rejected_total": len(rejects), "segments": len(self.segments())}
-
-    def merge_small_segments(self, max_segments: int | None = None, target_rows: int | None = None) -> int:
-        """Past `max_segments` files, merge the smallest (each under `target_rows`) into one: a nightly run adds a
-        segment, so small ones pile up; big ones are never rewritten by a merge. Returns the files merged."""
-        max_segments, target_rows = max_segments or MAX_SEGMENTS, target_rows or SEGMENT_TARGET_ROWS
-        sizes = sorted((pq.ParquetFile(f).metadata.num_rows, f) for f in self.segments())
-        if len(sizes) <= max_segments:
-            return 0
-        small = [f for rows, f in sizes if rows < target_rows][: len(sizes) - max_segments + 1]
-        if len(small) < 2:
-            return 0
-        merged = pd.concat([read_table(f, CAPTIONS) for f in small], ignore_index=True)
-        self._commit(
-            {
-                self.captions / f"segment-{new_run_id()}.parquet": merged.sort_values(["study_id", "source_path"]),
-                **dict.fromkeys(small),
-            },
-            [],
-        )
-        return len(small)
-
-
-MAX_SEGMENTS = 64  # files in the captions dataset before the small ones are merged
-SEGMENT_TARGET_ROWS = 1_000_000  # a segment this big is never rewritten by a merge
-
-
-def _move(source: str, target: str) -> None:
-    os.replace(source, target)  # atomic on one filesystem (a separate function: tests crash a commit here)
-
-
-def _concat(frames: list[pd.DataFrame], contract) -> pd.DataFrame:
-    return pd.concat(frames, ignore_index=True) if frames else contract.empty()
-
-
-def _touches(segment: Path, paths: set[str], studies: set[str]) -> bool:
-    """Does the segment hold any of `paths` or `studies`? (Two columns read, not the rows.)"""
-    if not paths and not studies:
-        return False
-    keys = pq.read_table(segment, columns=["source_path", "study_id"])
-    return bool(
-        pa.compute.any(pa.compute.is_in(keys["source_path"], pa.array(sorted(paths), pa.string()))).as_py()
-        or pa.compute.any(pa.compute.is_in(keys["study_id"], pa.array(sorted(studies), pa.string()))).as_py()
-    )
 
 
 def with_companions(images: list[InputImage], store: CaptionStore, root: Path) -> list[InputImage]:

@@ -43,6 +43,9 @@ def library_notices_to_file(path: Path, also_console: bool) -> None:
     for name in ("py.warnings", CHATTER):
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
+        for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)  # configured again in one process (`main` called twice): one handler
+            old.close()
         logger.addHandler(handler)
         logger.propagate = also_console
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -298,6 +298,16 @@ class BulkCaptioningSettings(BaseModel):
         "beam's most probable report (several times faster than consensus "
         "decoding); N: consensus among N sampled reports.",
     )
+    retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="The captions tables keep every version this many days (`read_captions(as_of=...)`, "
+        "readers of an older snapshot); `vacuum` then removes the files no version needs. The caption "
+        "history table is never vacuumed of its rows.",
+    )
+    compact_files: int = Field(
+        64, ge=2, description="A captions table holding more data files than this is compacted (`optimize`)."
+    )
     ready_marker: str = Field(".complete", description="A batch folder holding this file is complete.")
     settle_seconds: float = Field(
         300.0, description="A batch folder without the marker is complete once nothing in it changed for this long."
@@ -367,6 +377,34 @@ class AppSettings(BaseModel):
     port: int = 8501
 
 
+class PacsSettings(BaseModel):
+    """A PACS spoken to over DICOMweb (`--input dicomweb:URL`, `--store dicomweb:URL`; section `pacs`). Secrets
+    come from the environment (RADCAP_PACS__PASSWORD, RADCAP_PACS__TOKEN) and are never logged."""
+
+    username: str | None = Field(None, description="HTTP basic authentication user (with `password`).")
+    password: SecretStr | None = Field(None, description="HTTP basic authentication password.")
+    token: SecretStr | None = Field(None, description="Bearer token (instead of a user and password).")
+    verify_tls: bool = Field(True, description="Check the server's TLS certificate (https URLs).")
+    ca_bundle: Path | None = Field(None, description="CA certificates to check it against (default: the system's).")
+    timeout_seconds: float = Field(30.0, gt=0, description="Connecting, and each wait for bytes of a response.")
+    response_seconds: float = Field(
+        300.0, gt=0, description="A whole response (one study's instances) may take this long, then it is cut."
+    )
+    max_response_mb: int = Field(2048, ge=1, description="A larger response (one study) is cut: never unbounded.")
+    retries: int = Field(4, ge=0, le=20, description="Tries after the first on a 5xx, a timeout or a lost link.")
+    backoff_seconds: float = Field(0.5, ge=0, description="First wait between tries; doubled each time.")
+    studies_per_chunk: int = Field(
+        64,
+        ge=1,
+        description="Studies fetched, captioned and committed together (the next chunk is fetched "
+        "meanwhile): disk and memory hold two chunks.",
+    )
+    modalities: list[str] = Field([], description="Only studies with one of these modalities (QIDO ModalitiesInStudy).")
+    study_date_from: str | None = Field(None, description="YYYYMMDD: only studies from that date on.")
+    study_date_to: str | None = Field(None, description="YYYYMMDD: only studies up to that date.")
+    poll_minutes: int = Field(15, ge=1, description="The `pacs` deployment polls every N minutes.")
+
+
 class TrackingSettings(BaseModel):
     """MLflow experiment names, one per stage."""
 
@@ -389,6 +427,7 @@ class Settings(BaseSettings):
     promotion: PromotionSettings = PromotionSettings()
     domain: DomainSettings = DomainSettings()
     app: AppSettings = AppSettings()
+    pacs: PacsSettings = PacsSettings()
     tracking: TrackingSettings = TrackingSettings()
     cluster: str | None = Field(
         None,
