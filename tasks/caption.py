@@ -20,7 +20,7 @@ from radcap.core.io import new_run_id
 from radcap.core.settings import BulkCaptioningSettings, get_settings
 from radcap.data_contracts import CAPTIONS
 from radcap.operations.cluster import dask_client
-from radcap.pacs.exports import InputImage, identifiers, scan
+from radcap.pacs.exports import InputImage, identifiers, relative_path, scan, walk_inputs
 from radcap.tasks import registry_task, uncached
 
 
@@ -51,7 +51,10 @@ class Inputs:
 def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path | None = None) -> Inputs:
     """New inputs to caption (with their studies' earlier images); unreadable ones are recorded as rejects."""
     store = CaptionStore(out)
-    captioned, rejected = store.done()
+    # Only the rows of the files found here are read, not the whole table (a PACS chunk is a few studies).
+    files, found_rejects = walk_inputs(root, under, out)
+    candidates = [relative_path(p, root) for p in files] + [r.source_path for r in found_rejects]
+    captioned, rejected = store.done(paths=candidates)
     found = scan(
         root,
         identifiers(cfg.identifiers, cfg.id_salt),

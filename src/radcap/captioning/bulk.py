@@ -76,8 +76,8 @@ def with_companions(images: list[InputImage], store: CaptionStore, root: Path) -
     (paths as the store records them), so each touched study is captioned again from all its views."""
     if not images or root.is_file():
         return images
-    captions, _ = store.current()
     studies, fresh = {i.study_id for i in images}, {i.source_path for i in images}
+    captions, _ = store.current(studies=sorted(studies))  # those studies' rows only
     earlier = captions[captions["study_id"].isin(studies) & ~captions["source_path"].isin(fresh)]
     companions = [
         InputImage(root / row.source_path, row.source_path, row.sha256, "known", row.study_id, row.image_id, row.view)

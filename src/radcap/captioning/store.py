@@ -108,21 +108,31 @@ class CaptionStore:
     def _table(self, folder: Path, contract, where: dict[str, list[str]] | None = None) -> pd.DataFrame:
         return delta.read_snapshot(folder, contract, where=where) if delta.is_delta(folder) else contract.empty()
 
-    def current(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def current(
+        self, paths: list[str] | None = None, studies: list[str] | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(captions, rejects) as they stand, parts included: the newest row per source path wins across both
-        tables, and each study's rows carry its newest report."""
+        tables, and each study's rows carry its newest report. With `paths` and/or `studies`, only the rows of
+        those paths and of those studies (whole), read without reading the rest of the table."""
         if legacy_tables(self.out):  # not migrated yet (the next writer does it): read as the old reader did
             return _legacy_current(self.out)
-        captions = _concat([self._table(self.captions, CAPTIONS), *_read(self._parts("captions"), CAPTIONS)], CAPTIONS)
+        where_c = where_r = None
+        if paths is not None or studies is not None:
+            where_c = {"source_path": list(paths or []), "study_id": list(studies or [])}
+            where_r = {"source_path": list(paths or [])}
+        captions = _concat(
+            [self._table(self.captions, CAPTIONS, where_c), *_read(self._parts("captions"), CAPTIONS)], CAPTIONS
+        )
         rejects = _concat(
-            [self._table(self.rejects, CAPTION_REJECTS), *_read(self._parts("rejects"), CAPTION_REJECTS)],
+            [self._table(self.rejects, CAPTION_REJECTS, where_r), *_read(self._parts("rejects"), CAPTION_REJECTS)],
             CAPTION_REJECTS,
         )
         return fold(captions, rejects)
 
-    def done(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """(source_path, sha256) of every input already captioned, and of every one rejected, parts included."""
-        captions, rejects = self.current()
+    def done(self, paths: list[str] | None = None) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(source_path, sha256) of every input already captioned, and of every one rejected, parts included
+        (of `paths` only, when given)."""
+        captions, rejects = self.current(paths=paths)
         return set(zip(captions["source_path"], captions["sha256"])), set(
             zip(rejects["source_path"], rejects["sha256"])
         )
