@@ -227,7 +227,10 @@ def caption_pacs(
     with exclusive_lock(out / ".lock", cfg.lock_wait_seconds, str(out)):
         todo, problems = new_studies(pacs, out)
         summary["studies_found"], summary["pacs_answer_problems"] = len(todo), len(problems)
-        size = get_settings().pacs.studies_per_chunk
+        # Chunks of even size, at most `studies_per_chunk`: no small last chunk, whose smaller forward pass would
+        # cost the encoder a trace of its own (a chunk's batches are padded to its largest).
+        count = -(-len(todo) // get_settings().pacs.studies_per_chunk)
+        size = -(-len(todo) // count) if count else 1
         chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
 
         def fetch(number: int):

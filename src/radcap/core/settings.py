@@ -394,7 +394,7 @@ class PacsSettings(BaseModel):
     retries: int = Field(4, ge=0, le=20, description="Tries after the first on a 5xx, a timeout or a lost link.")
     backoff_seconds: float = Field(0.5, ge=0, description="First wait between tries; doubled each time.")
     studies_per_chunk: int = Field(
-        64,
+        256,
         ge=1,
         description="Studies fetched, captioned and committed together (the next chunk is fetched "
         "meanwhile): disk and memory hold two chunks.",
