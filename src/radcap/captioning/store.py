@@ -208,14 +208,6 @@ class CaptionStore:
         reports = reports.reset_index().assign(table_version=version)
         write_deltalake(str(self.history), CAPTION_HISTORY.validate(reports).replace_schema_metadata(), mode="append")
 
-    def maintain(self) -> dict[str, int]:
-        """Compact and vacuum now, whatever the file count (`radcap captions-maintenance`)."""
-        totals = {"compacted_files": 0, "vacuumed_files": 0}
-        for table in (self.captions, self.rejects, self.history):
-            for key, value in delta.compact_and_vacuum(table, 1, self.retention_days).items():
-                totals[key] += value
-        return totals
-
 
 def fold(captions: pd.DataFrame, rejects: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The newest row per source path wins across both tables (by its time); each study's rows then carry the
