@@ -52,8 +52,8 @@ def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path 
     """New inputs to caption (with their studies' earlier images); unreadable ones are recorded as rejects."""
     store = CaptionStore(out)
     # Only the rows of the files found here are read, not the whole table (a PACS chunk is a few studies).
-    files, found_rejects = walk_inputs(root, under, out)
-    candidates = [relative_path(p, root) for p in files] + [r.source_path for r in found_rejects]
+    walked = walk_inputs(root, under, out)
+    candidates = [relative_path(p, root) for p in walked[0]] + [r.source_path for r in walked[1]]
     captioned, rejected = store.done(paths=candidates)
     found = scan(
         root,
@@ -62,6 +62,7 @@ def scan_inputs(root: Path, out: Path, cfg: BulkCaptioningSettings, under: Path 
         done=captioned | rejected,
         under=under,
         rejected=rejected,
+        walked=walked,  # walked once, for the rows to read and for the scan
     )
     if found.rejects:
         # A part of its own per run: a crashed run's scan part must not be replaced by the next run's.

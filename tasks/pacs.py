@@ -12,7 +12,7 @@ from radcap.core.delta import is_delta, read_snapshot
 from radcap.core.settings import get_settings
 from radcap.data_contracts import CAPTIONS
 from radcap.pacs.dicomweb import Pacs, StudyFound, Watermark, safe_url
-from radcap.pacs.reports import ReportCounts, ReportWriter
+from radcap.pacs.reports import ReportWriter
 from radcap.tasks import uncached
 
 
@@ -72,7 +72,7 @@ def write_reports(out: Path, root: Path, targets: ReportTargets, sources: set[st
         studies = set(captions["study_id"])
         captions = read_snapshot(out / "captions", CAPTIONS, where={"study_id": sorted(studies)})
     store = Pacs(targets.store, get_settings().pacs) if targets.store else None
-    counts = ReportWriter(out, root, targets.sr, targets.fhir, store).write(captions, ReportCounts())
+    counts = ReportWriter(out, root, targets.sr, targets.fhir, store).write(captions)
     for study, reason in counts.pending.items():
         get_run_logger().warning("study %s: report pending: %s", study, reason)
     return {

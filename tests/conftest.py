@@ -79,11 +79,16 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", "radcap.cli", *args], capture_output=True, text=True, env=child_env, timeout=600
     )
+    _log_timing(time.perf_counter() - start, args)
+    return done
+
+
+def _log_timing(seconds: float, args: tuple[str, ...], how: str = "") -> None:
+    """With RADCAP_TEST_TIMING=FILE, a command's seconds go to FILE (where a slow suite spends its time)."""
     if os.environ.get("RADCAP_TEST_TIMING"):
         with open(os.environ["RADCAP_TEST_TIMING"], "a") as log:
             test = os.environ.get("PYTEST_CURRENT_TEST", "")
-            log.write(f"{time.perf_counter() - start:7.1f} {test} {' '.join(args[:3])}\n")
-    return done
+            log.write(f"{seconds:7.1f} {test} {' '.join(args[:3])}{how}\n")
 
 
 _CAPTURED: list = []
@@ -120,10 +125,7 @@ def run_cli_here(*args: str, env: dict | None = None) -> subprocess.CompletedPro
         os.environ.clear()
         os.environ.update(saved)
         get_settings.cache_clear()
-    if os.environ.get("RADCAP_TEST_TIMING"):
-        with open(os.environ["RADCAP_TEST_TIMING"], "a") as log:
-            test = os.environ.get("PYTEST_CURRENT_TEST", "")
-            log.write(f"{time.perf_counter() - start:7.1f} {test} {' '.join(args[:3])} (in process)\n")
+    _log_timing(time.perf_counter() - start, args, " (in process)")
     return subprocess.CompletedProcess(["radcap", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -163,16 +163,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if fault == "endless-local":  # no upstream: a multipart answer that never ends
-            self.send_response(200)
-            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=b')
-            self.send_header("Connection", "close")
-            self.end_headers()
-            try:
-                while not server.stopping.is_set():
-                    self.wfile.write(b"\0" * 65536)
-            except OSError:
-                pass
-            self.close_connection = True
+            self._endless(200, 'multipart/related; type="application/dicom"; boundary=b')
             return
         host = server.upstream.removeprefix("http://")
         upstream = http.client.HTTPConnection(host, timeout=60)
@@ -192,41 +183,37 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             content_type = "text/html"
         if isinstance(fault, tuple) and fault[0] == "mangle":  # ("mangle", body -> body, content type or None)
             data, content_type = fault[1](data), fault[2] or content_type
-        if fault == "truncate":
-            self.send_response(reply.status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.close_connection = True
-            return
-        if fault == "close":
-            self.send_response(reply.status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Connection", "close")
-            self.end_headers()
+        if fault in ("truncate", "close"):  # half the body: with the full length announced, or none
+            length = {"Content-Length": str(len(data))} if fault == "truncate" else {"Connection": "close"}
+            self._head(reply.status, content_type, length)
             self.wfile.write(data[: len(data) // 2])
             self.close_connection = True
             return
         if fault == "endless":
-            self.send_response(reply.status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            try:
-                while not server.stopping.is_set():
-                    self.wfile.write(b"\0" * 65536)
-            except OSError:
-                pass
-            self.close_connection = True
+            self._endless(reply.status, content_type)
             return
         self._reply(reply.status, data, content_type)
 
-    def _reply(self, status: int, data: bytes, content_type: str) -> None:
+    def _head(self, status: int, content_type: str, headers: dict[str, str]) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.end_headers()
+
+    def _endless(self, status: int, content_type: str) -> None:
+        """A body that never ends (until the proxy closes)."""
+        server: FaultyProxy = self.server  # type: ignore[assignment]
+        self._head(status, content_type, {"Connection": "close"})
+        try:
+            while not server.stopping.is_set():
+                self.wfile.write(b"\0" * 65536)
+        except OSError:
+            pass
+        self.close_connection = True
+
+    def _reply(self, status: int, data: bytes, content_type: str) -> None:
+        self._head(status, content_type, {"Content-Length": str(len(data))})
         self.wfile.write(data)
 
     do_GET = do_POST = do_PUT = do_DELETE = _handle

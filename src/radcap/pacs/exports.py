@@ -246,11 +246,13 @@ def scan(
     done: set[tuple[str, str]] | None = None,
     under: Path | None = None,
     rejected: Set[tuple[str, str]] = frozenset(),
+    walked: tuple[list[Path], list[Reject]] | None = None,
 ) -> Scan:
     """Every input under `under` (default `root`; paths relative to `root`): the new or changed images,
     the rejects, and how many were already `done` ((source_path, sha256) pairs of a previous run; those
-    also in `rejected` were rejected then, and still are)."""
-    files, rejects = walk_inputs(root, under, exclude)
+    also in `rejected` were rejected then, and still are). `walked`: `walk_inputs(root, under, exclude)`,
+    when the caller already has it."""
+    files, rejects = walked if walked is not None else walk_inputs(root, under, exclude)
     # A link or special file already listed as such is not listed again.
     result = Scan([], [r for r in rejects if done is None or (r.source_path, r.sha256) not in done])
     result.done = result.done_rejected = len(rejects) - len(result.rejects)

@@ -70,7 +70,7 @@ def _folder_name(study_id: str) -> str:
 
 
 def _ood_statement(first: pd.Series) -> str:
-    if first.get("in_domain") is False or first.get("in_domain") == False:  # noqa: E712 (numpy bool)
+    if first.get("in_domain") == False:  # noqa: E712 (numpy's False too; None is not flagged)
         return f"Out-of-domain check: FLAGGED, unlike the model's training images ({first.get('ood_reason')})."
     score = first.get("ood_score")
     if score is None or pd.isna(score):
