@@ -9,13 +9,15 @@ if __name__ != "radcap.data_contracts":
 from radcap.data_contracts.base import Column, Contract, ContractError
 from radcap.data_contracts.captions import CAPTION_HISTORY, CAPTION_REJECTS, CAPTIONS
 from radcap.data_contracts.features import FEATURES, LABELLED_IMAGES
-from radcap.data_contracts.ingest import IMAGES, REJECTS, REPORTS
+from radcap.data_contracts.ingest import IMAGES, PENDING, REJECTS, REPORTS
+from radcap.data_contracts.monitoring import MONITOR_STUDIES, MONITOR_WEEKS
 from radcap.data_contracts.retrieval import RETRIEVAL_INDEX, SEARCH_RESULTS
 
 ALL = (
     REPORTS,
     IMAGES,
     REJECTS,
+    PENDING,
     FEATURES,
     LABELLED_IMAGES,
     CAPTIONS,
@@ -23,6 +25,8 @@ ALL = (
     CAPTION_HISTORY,
     RETRIEVAL_INDEX,
     SEARCH_RESULTS,
+    MONITOR_STUDIES,
+    MONITOR_WEEKS,
 )
 
 __all__ = [
@@ -33,6 +37,9 @@ __all__ = [
     "FEATURES",
     "IMAGES",
     "LABELLED_IMAGES",
+    "MONITOR_STUDIES",
+    "MONITOR_WEEKS",
+    "PENDING",
     "REJECTS",
     "REPORTS",
     "RETRIEVAL_INDEX",

@@ -6,7 +6,9 @@ from radcap.data_contracts.base import Column, Contract
 
 SPLITS = ("train", "val", "test", "unassigned")
 SPLIT_SOURCES = ("r2gen", "official", "manifest", "hash", "none")
-DATASETS = ("iu-xray", "medpix2", "manifest")
+DATASETS = ("iu-xray", "medpix2", "manifest", "hl7", "fhir", "dicom-sr")
+SIGNED_STATUSES = ("final", "amended")
+UTC_TIME = pa.timestamp("us", tz="UTC")
 VIEWS = ("frontal", "lateral", "unknown")
 
 REPORTS = Contract(
@@ -38,6 +40,13 @@ REPORTS = Contract(
         ),
         Column("mesh", pa.list_(pa.string()), nullable=False, doc="IU MeSH major terms (empty elsewhere)."),
         Column("n_images", pa.int32(), nullable=False, doc="Images referenced by the report."),
+        Column("reported_at", UTC_TIME, doc="When the report was signed (signed clinical reports; null elsewhere)."),
+        Column(
+            "report_status",
+            pa.string(),
+            isin=SIGNED_STATUSES,
+            doc="final or amended for signed clinical reports (HL7, FHIR, DICOM SR); null for research collections.",
+        ),
     ),
 )
 
@@ -76,5 +85,28 @@ REJECTS = Contract(
         Column("kind", pa.string(), nullable=False, isin=("report", "image")),
         Column("stage", pa.string(), nullable=False),
         Column("reason", pa.string(), nullable=False),
+    ),
+)
+
+PENDING = Contract(
+    name="pending",
+    doc="Signed reports whose study has no images yet (`radcap ingest --format hl7|fhir|dicom-sr`): tried again "
+    "by every later run, from this table, until paired or too old. Identifiers other than the Study Instance UID "
+    "are keyed hashes; patient attributes never appear.",
+    unique=("report_key",),
+    columns=(
+        Column("report_key", pa.string(), nullable=False, doc="Hash of the report's format, id, study and text."),
+        Column("source", pa.string(), nullable=False, doc="Input file (and message or entry) it came from."),
+        Column("item", pa.string(), doc="The report's id in its format (message control id, resource id, SOP UID)."),
+        Column("format", pa.string(), nullable=False, isin=("hl7", "fhir", "dicom-sr")),
+        Column("status", pa.string(), nullable=False, isin=SIGNED_STATUSES),
+        Column("study_uid", pa.string(), doc="Study Instance UID the report names."),
+        Column("accession_key", pa.string(), doc="Keyed hash of the accession number (pairs it on a later run)."),
+        Column("group_key", pa.string(), doc="Keyed hash of the patient id: the split group."),
+        Column("findings_raw", pa.string()),
+        Column("impression_raw", pa.string()),
+        Column("reported_at", UTC_TIME),
+        Column("first_seen", UTC_TIME, nullable=False, doc="When a run first saw the report."),
+        Column("reason", pa.string(), nullable=False, doc="Why it is pending."),
     ),
 )

@@ -1,4 +1,4 @@
-"""`nightly_retrain`: ingest -> incremental features -> train -> evaluate -> promote, as one DAG.
+"""`nightly_retrain`: ingest -> incremental features -> train -> evaluate -> promote (-> monitor), as one DAG.
 
 Unchanged inputs are not recomputed: ingestion is skipped when the input files' fingerprint is the one
 recorded last time, feature extraction only encodes images whose bytes it has not stored, and training
@@ -17,33 +17,40 @@ from radcap.core.settings import get_settings
 from radcap.flows.evaluate import evaluate_flow
 from radcap.flows.features import extract_features_flow
 from radcap.flows.ingest import ingest_reports
+from radcap.flows.monitor import monitor_flow
 from radcap.flows.promote import promote_flow
 from radcap.flows.train import train_flow
+from radcap.tasks.monitor import DriftAlarm
 from radcap.tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
 
 
 @flow(name="nightly-retrain")
 def nightly_retrain(
-    source: Path,
+    source: Path | str,
     workdir: Path,
     fmt: str = "iu-xml",
-    images: Path | None = None,
+    images: Path | str | None = None,
     views: Path | None = None,
     split_file: Path | None = None,
     encoder: str | None = None,
     architecture: str | None = None,
     promote: bool = True,
     cluster: str | None = None,
+    captions: Path | None = None,
 ) -> dict:
-    """`cluster`: a Dask cluster for the feature extraction (default: settings' `cluster`; unset: in-process)."""
+    """`cluster`: a Dask cluster for the feature extraction (default: settings' `cluster`; unset: in-process).
+    `captions`: the bulk captioning output whose drafts the signed reports are compared with (`radcap monitor`);
+    a drift alarm fails the run after everything else is done (the candidate is still trained and judged)."""
     apply_offline_defaults()  # a deployment's entry point
     settings = get_settings()
     data = workdir / "data"
+    local = [p for p in (source, images) if not str(p or "").startswith("dicomweb:")]
     fingerprint = input_fingerprint(
-        [source, images, views, split_file],
+        [*(Path(p) if p is not None else None for p in local), views, split_file],
         {"format": fmt, "text": settings.text.model_dump(), "split": settings.split.model_dump()},
     )
-    if not ingest_is_current(data, fingerprint):
+    # A PACS is not fingerprinted, and pending signed reports wait for images that may have arrived: both ingest.
+    if len(local) < 2 or not ingest_is_current(data, fingerprint):
         ingest_reports(fmt, source, data, images=images, views=views, split_file=split_file, settings=settings)
         record_ingest(data, fingerprint)
     ingested = ingest_summary(data)
@@ -65,4 +72,12 @@ def nightly_retrain(
     if promote:
         decision = promote_flow(data, cfg.registered_name, trained["registered"].rsplit("/", 1)[1], out=workdir)
         summary.update(promotion=decision["outcome"], promotion_reason=decision["reason"])
+        summary["latest_signed_reports"] = decision.get("latest_signed_reports", {})
+    if captions is not None:
+        try:
+            watched = monitor_flow(captions, [data], model=cfg.registered_name)
+        except DriftAlarm as alarm:
+            summary.update(monitor="degraded")
+            raise DriftAlarm(f"{alarm} (the rest of the nightly run finished: {summary})") from None
+        summary.update(monitor=watched["status"], monitor_message=watched["message"])
     return summary

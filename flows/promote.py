@@ -8,7 +8,14 @@ from prefect import flow
 from prefect.utilities.annotations import quote
 
 from radcap.core.settings import PromotionSettings, get_settings
-from radcap.tasks.promote import contenders, decide, record_decision, restore_previous, score_versions
+from radcap.tasks.promote import (
+    contenders,
+    decide,
+    latest_signed_agreement,
+    record_decision,
+    restore_previous,
+    score_versions,
+)
 
 
 @flow(name="promote-captioner")
@@ -24,9 +31,10 @@ def promote_flow(
     name = name or get_settings().captioner.registered_name
     new, current = contenders(name, candidate, cfg.alias)
     versions = [new] if current in (None, new) else [new, current]
-    scores = score_versions(data_dir, name, versions, cfg.split, cfg.primary_metric == "METEOR")
+    scores, reports = score_versions(data_dir, name, versions, cfg.split, cfg.primary_metric == "METEOR")
     decision = decide(new, current, quote(scores), cfg)
-    return record_decision(name, new, current, decision, quote(scores), cfg, data_dir, dry_run, out)
+    latest = latest_signed_agreement(data_dir, quote(reports), cfg.latest_signed_reports)
+    return record_decision(name, new, current, decision, quote(scores), cfg, data_dir, dry_run, out, quote(latest))
 
 
 @flow(name="rollback-captioner")

@@ -29,6 +29,7 @@ def ingest_is_current(data_dir: Path, fingerprint: str) -> bool:
         catalog.ingest_summary.exists()
         and marker.exists()
         and json.loads(marker.read_text())["fingerprint"] == fingerprint
+        and not (catalog.pending.exists() and json.loads(catalog.ingest_summary.read_text()).get("pending"))
     )
     if current:
         get_run_logger().info("inputs unchanged (fingerprint %s): ingestion skipped", fingerprint)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
 from prefect.logging import get_run_logger
 
 from radcap.captioning.bundle import load_captioner
 from radcap.captioning.data import load_caption_sets
+from radcap.core.catalog import DataCatalog
 from radcap.core.errors import RadcapError
-from radcap.core.io import write_json
+from radcap.core.io import read_table, write_json
 from radcap.core.settings import PromotionSettings
+from radcap.data_contracts import REPORTS
 from radcap.metrics.scores import CAPTION_METRICS, CLINICAL_METRICS, ReportScores, score_reports
 from radcap.registry import promotion
 from radcap.registry import store as registry
@@ -27,8 +30,11 @@ def contenders(name: str, candidate: str | None, alias: str) -> tuple[str, str |
 
 
 @uncached
-def score_versions(data_dir: Path, name: str, versions: list[str], split: str, meteor: bool) -> dict[str, ReportScores]:
-    """Caption and score each version on the reports of `split` that every version has features for."""
+def score_versions(
+    data_dir: Path, name: str, versions: list[str], split: str, meteor: bool
+) -> tuple[dict[str, ReportScores], dict[str, dict[str, str]]]:
+    """Caption and score each version on the reports of `split` that every version has features for; the scores
+    and each version's reports (by report id)."""
     loaded = {}
     for version in versions:
         bundle = load_captioner(f"models:/{name}/{version}").bundle
@@ -42,13 +48,12 @@ def score_versions(data_dir: Path, name: str, versions: list[str], split: str, m
     common = set.intersection(*(set(s.report_ids) for _, s in loaded.values()))
     if not common:
         raise RadcapError(f"{data_dir}: no '{split}' report has features for every compared model's encoder")
-    scores = {}
+    scores, reports = {}, {}
     for version, (bundle, data) in loaded.items():
         ids = sorted(common)
         data = data.subset(ids)
-        scores[version] = score_reports(
-            dict(zip(ids, data.texts)), dict(zip(ids, bundle.report(data.features(slice(None))))), meteor=meteor
-        )
+        reports[version] = dict(zip(ids, bundle.report(data.features(slice(None)))))
+        scores[version] = score_reports(dict(zip(ids, data.texts)), reports[version], meteor=meteor)
         summary = scores[version].summary()
         get_run_logger().info(
             "version %s on %d %s reports: %s",
@@ -57,7 +62,30 @@ def score_versions(data_dir: Path, name: str, versions: list[str], split: str, m
             split,
             {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)},
         )
-    return scores
+    return scores, reports
+
+
+@uncached
+def latest_signed_agreement(data_dir: Path, reports: dict[str, dict[str, str]], latest: int) -> dict:
+    """Each version's agreement (radcap.monitoring) with the `latest` signed clinical reports among the compared
+    ones (what radiologists signed most recently): shown in the promotion record, never deciding it. Empty when
+    the data holds no signed reports."""
+    from radcap.core.settings import get_settings
+    from radcap.monitoring.agreement import score_studies, with_intervals
+
+    table = read_table(DataCatalog(data_dir).reports, REPORTS)
+    compared = set.intersection(*(set(r) for r in reports.values())) if reports else set()
+    signed = table[table["report_status"].notna() & table["report_id"].isin(compared)]
+    signed = signed.sort_values("reported_at", kind="stable").tail(latest)
+    if signed.empty:
+        return {}
+    cfg = get_settings().monitor
+    out: dict = {"reports": len(signed), "signed_from": str(signed["reported_at"].min()), "versions": {}}
+    for version, texts in reports.items():
+        pairs = pd.DataFrame({"draft": [texts[i] for i in signed["report_id"]], "final": list(signed["target"])})
+        values = with_intervals(score_studies(pairs), cfg.bootstrap_samples, cfg.confidence)
+        out["versions"][version] = {k: round(v, 4) for k, v in values.items()}
+    return out
 
 
 @uncached
@@ -76,6 +104,7 @@ def record_decision(
     data_dir: Path,
     dry_run: bool,
     out: Path | None = None,
+    latest_signed: dict | None = None,
 ) -> dict:
     """Move the alias (unless dry run), tag both versions with the decision and both metric sets, and write
     the record to `out/promotion-NAME-vN.json` when `out` is given."""
@@ -99,6 +128,7 @@ def record_decision(
         "confidence": cfg.confidence,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "metrics": metrics,
+        "latest_signed_reports": latest_signed or {},  # shown beside the decision, never part of it
     }
     if not dry_run:
         registry.tag_version(name, candidate, {"promotion": record})

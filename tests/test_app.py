@@ -201,3 +201,40 @@ def test_models_page_lists_versions_with_metrics_and_the_champion(parrot_caption
     assert table.loc[int(second), "test_CIDEr"] == pytest.approx(0.5)
     assert table.loc[int(second), "promotion"].startswith("refused")
     assert f"promotion history (oldest first): {first}" in page_text(at)
+
+
+@pytest.mark.slow
+def test_models_page_shows_the_agreement_trend_and_the_drift_banner(parrot_captioner, monkeypatch, tmp_path):
+    """What `radcap monitor` records (its MLflow run, the `degraded` tag) is what the pages show."""
+    import mlflow
+    from streamlit.testing.v1 import AppTest
+
+    from radcap.core.settings import get_settings
+    from radcap.monitoring.agreement import score_studies, weekly_table
+    from radcap.monitoring.drift import DriftReport
+    from radcap.monitoring.simulation import stream
+    from radcap.registry import store as registry
+    from radcap.tasks.monitor import Agreement, record_night
+    from radcap.web import PAGE
+
+    name = "radcap-app-drift-test"
+    mlflow.set_experiment("radcap-tests")
+    with mlflow.start_run():
+        version = registry.register_captioner(parrot_captioner, name, {})
+    registry.set_champion(name, version)
+    frame = stream(["no acute disease.", "small left pleural effusion.", "mild cardiomegaly."], 14, 5, seed=0)
+    frame["model_version"] = version
+    scored = score_studies(frame)
+    agreement = Agreement(frame, scored, weekly_table(frame, scored, 200, 0.95))
+    drift = DriftReport(version, "degraded", f"version {version} degraded: words_kept 0.9 -> 0.5")
+    record_night.fn(agreement, drift, name, get_settings())
+    monkeypatch.setenv("RADCAP_APP__MODEL", f"models:/{name}@champion")
+    monkeypatch.setenv("RADCAP_APP__RETRIEVER", "")
+    at = AppTest.from_file(str(PAGE), default_timeout=180)
+    at.run()
+    at.switch_page("pages/models.py").run()
+    assert [e.value for e in at.error] == [
+        f"Drift alarm: the served model's drafts agree less with signed reports than they did. {drift.message}"
+    ]
+    weeks = at.dataframe[1].value
+    assert list(weeks["week"]) == ["2026-01-05", "2026-01-12"] and weeks["drafted"].sum() == len(frame)

@@ -40,3 +40,6 @@ def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
     assert [r["item"] for r in data.rejects] == ["r3"] and "no image of this report has features" in data.rejects[0][
         "reason"
     ]
+    # A split with no image (all a small clinical collection's patients fell in the others) loads as nothing,
+    # not as pyarrow's "is_in" error on an untyped empty list.
+    assert len(store.load("v1", [])["image_id"]) == 0 and len(store.load("v1", {})["image_id"]) == 0

@@ -35,7 +35,9 @@ def test_prefect_deploy_all_registers_the_scheduled_deployments(prefect_api):
             return {d.name: d for d in await client.read_deployments()}
 
     deployments = asyncio.run(read())
-    assert {"inbox", "nightly", "demo", "pacs"} <= set(deployments)
+    assert {"inbox", "nightly", "demo", "pacs", "nightly-signed", "monitor"} <= set(deployments)
+    assert deployments["monitor"].entrypoint == "radcap.flows.monitor:monitor_flow"
+    assert deployments["nightly-signed"].parameters["fmt"] == "hl7"
     pacs = deployments["pacs"]
     assert pacs.schedules[0].schedule.interval.total_seconds() == 900
     assert pacs.entrypoint == "radcap.flows.caption:caption_pacs_flow" and pacs.parameters["sr"] is True

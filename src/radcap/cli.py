@@ -5,7 +5,7 @@ which `radcap --help` and `radcap contracts` do not need, and the offline defaul
 by `main` before Prefect is first imported.
 
 Exit codes: 0 success, 1 finished but some inputs were rejected (see rejects.parquet), 2 usage error or
-an input the user must fix (the message names the file and the reason).
+an input the user must fix (the message names the file and the reason), 3 `radcap monitor`'s drift alarm.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _options(
     configure_console(verbose, debug, workspace_dir())
 
 
-EXIT_OK, EXIT_REJECTS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_REJECTS, EXIT_USAGE, EXIT_ALARM = 0, 1, 2, 3
 NEEDS_TENSORFLOW = {
     "features",
     "optimize-encoder",
@@ -88,6 +88,12 @@ class Format(StrEnum):
     iu_csv = "iu-csv"
     medpix2 = "medpix2"
     manifest = "manifest"
+    hl7 = "hl7"
+    fhir = "fhir"
+    dicom_sr = "dicom-sr"
+
+
+SIGNED = {Format.hl7, Format.fhir, Format.dicom_sr}
 
 
 def _cluster(spec: str | None) -> str | None:
@@ -140,26 +146,51 @@ def _finish(title: str, summary: dict, what: str, rejects: Path | str, incomplet
     raise typer.Exit(EXIT_REJECTS if summary["rejected"] or incomplete else EXIT_OK)
 
 
+def _location(value: str | None, what: str) -> Path | str | None:
+    """A folder or file that must exist, or `dicomweb:URL` (a PACS), kept as text."""
+    if value is None or value.startswith("dicomweb:"):
+        return value
+    return _existing(Path(value), what)
+
+
 @app.command()
 def ingest(
     fmt: Annotated[Format, typer.Option("--format", help="Layout of the source collection.")],
-    source: Annotated[Path, typer.Option(help="Folder (iu-xml, medpix2, iu-csv) or file (iu-csv, manifest).")],
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Folder (iu-xml, medpix2, iu-csv, hl7, fhir, dicom-sr) or file (iu-csv, manifest); "
+            "dicom-sr also dicomweb:URL (the PACS's SR instances)."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Data directory to write reports/images/rejects Parquet into.")],
-    images: Annotated[Path | None, typer.Option(help="Folder holding the image files.")] = None,
+    images: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder holding the image files; for hl7, fhir and dicom-sr a DICOM folder or dicomweb:URL "
+            "(the studies the reports name are fetched from the PACS)."
+        ),
+    ] = None,
     views: Annotated[
         Path | None, typer.Option(help="IU projections CSV (uid, filename, projection) giving each image's view.")
     ] = None,
     split_file: Annotated[Path | None, typer.Option(help="R2Gen annotation.json: use the published IU split.")] = None,
 ) -> None:
-    """Parse a report collection into validated Parquet tables (reports, images, rejects)."""
-    _existing(source, "source")
-    _existing(images, "images folder")
+    """Parse a report collection into validated Parquet tables (reports, images, rejects; pending for signed
+    reports whose images have not arrived)."""
+    if fmt not in SIGNED and (source.startswith("dicomweb:") or (images or "").startswith("dicomweb:")):
+        raise RadcapError(f"dicomweb:URL is for the signed-report formats (hl7, fhir, dicom-sr), not {fmt.value}")
+    if fmt in SIGNED and images is None:
+        raise RadcapError("--images is needed with signed reports: a DICOM folder, or dicomweb:URL of a PACS")
+    where = _location(source, "source")
+    assert where is not None
+    image_location = _location(images, "images folder")
     _existing(views, "views CSV")
     _existing(split_file, "split file")
     from radcap.flows.ingest import ingest_reports
 
     hide_user_error_tracebacks()
-    summary = ingest_reports(fmt.value, source, out, images=images, views=views, split_file=split_file)
+    summary = ingest_reports(fmt.value, where, out, images=image_location, views=views, split_file=split_file)
     _print_summary(
         f"ingest {fmt.value} -> {out}",
         summary,
@@ -167,6 +198,7 @@ def ingest(
             "report_inputs",
             "reports",
             "report_rejects",
+            "pending",
             "images",
             "image_rejects",
             "images_found",
@@ -174,6 +206,8 @@ def ingest(
             "data_version",
         ],
     )
+    if summary.get("pending"):
+        console.print(f"{summary['pending']} reports wait for their images; see {out / 'pending.parquet'}")
     rejected = summary["report_rejects"] + summary["image_rejects"]
     if rejected:
         console.print(f"[yellow]{rejected} inputs rejected; reasons in {out / 'rejects.parquet'}[/yellow]")
@@ -578,6 +612,64 @@ def caption_inbox(
 
 
 @app.command()
+def monitor(
+    captions: Annotated[Path, typer.Option(help="Output folder of `radcap caption` (its caption history).")],
+    reports: Annotated[
+        list[Path],
+        typer.Option(help="Data directory of `radcap ingest --format hl7|fhir|dicom-sr` (repeat for several feeds)."),
+    ],
+    out: Annotated[Path | None, typer.Option(help="Where the tables go (default CAPTIONS/monitor).")] = None,
+    model: Annotated[str | None, typer.Option(help="Registered model to watch (default: the newest drafts').")] = None,
+    now: Annotated[str | None, typer.Option(help="End of the window, ISO time (default: the newest draft).")] = None,
+) -> None:
+    """Agreement of drafts with signed reports per model version and week; exit 3 when the champion drifted."""
+    _existing(captions, "captions folder")
+    for data in reports:
+        _existing(data, "reports data directory")
+    from radcap.flows.monitor import monitor_flow
+    from radcap.tasks.monitor import DriftAlarm
+
+    hide_user_error_tracebacks()
+    try:
+        summary = monitor_flow(captions, reports, out, model, now)
+    except DriftAlarm as alarm:
+        console.print(f"[red]drift alarm: {alarm}[/red]")
+        raise typer.Exit(EXIT_ALARM) from None
+    weeks = summary.pop("weeks")
+    checks = summary.pop("checks")
+    if OUTPUT["json"]:
+        import json
+
+        summary["weeks"] = json.loads(weeks.to_json(orient="records"))
+        summary["checks"] = [vars(c) for c in checks]
+        print(json.dumps(summary, default=str))
+        raise typer.Exit(EXIT_OK)
+    table = Table(title="Agreement of drafts with signed reports (interval: bootstrap over studies)")
+    for column in ("version", "week", "drafted", "signed", "OOD rate", "CIDEr-D", "clinical F1", "words kept"):
+        table.add_column(column)
+    for row in weeks.to_dict("records"):
+        table.add_row(
+            row["model_version"],
+            row["week"],
+            str(row["drafted"]),
+            str(row["signed"]),
+            f"{row['ood_rate']:.3f}",
+            *(_with_interval(row, m) for m in ("CIDEr", "clinical_F1", "words_kept")),
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # a pipe gets the whole row, not wrapped
+    _print_summary("monitor", summary, ["model", "champion_version", "drafts", "studies_with_signed_report", "status"])
+    console.print(summary["message"])
+    raise typer.Exit(EXIT_OK)
+
+
+def _with_interval(row: dict, metric: str) -> str:
+    value, low, high = row[metric], row[f"{metric}_low"], row[f"{metric}_high"]
+    if value != value:  # NaN: no study to score (or no finding named, for clinical F1)
+        return "-"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+@app.command()
 def promote(
     data: Annotated[Path, typer.Option(help="Data directory with the held-out split and features.")],
     candidate: Annotated[str | None, typer.Option(help="Version number (default: the newest version).")] = None,
@@ -615,10 +707,10 @@ def rollback(
 
 @app.command()
 def nightly(
-    source: Annotated[Path, typer.Option(help="Report collection (as for `radcap ingest`).")],
+    source: Annotated[str, typer.Option(help="Report collection (as for `radcap ingest`).")],
     workdir: Annotated[Path, typer.Option(help="Data, runs and evaluations go here.")],
     fmt: Annotated[Format, typer.Option("--format")] = Format.iu_xml,
-    images: Annotated[Path | None, typer.Option()] = None,
+    images: Annotated[str | None, typer.Option(help="As for `radcap ingest`.")] = None,
     views: Annotated[Path | None, typer.Option()] = None,
     split_file: Annotated[Path | None, typer.Option()] = None,
     encoder: Annotated[str | None, typer.Option(help="Default: latest registered radcap-encoder.")] = None,
@@ -630,16 +722,37 @@ def nightly(
             "tcp://HOST:8786 (default: RADCAP_CLUSTER; unset: in this process)."
         ),
     ] = None,
+    captions: Annotated[
+        Path | None,
+        typer.Option(help="Bulk captioning output to monitor against the signed reports (`radcap monitor`)."),
+    ] = None,
 ) -> None:
-    """One run of the `nightly_retrain` flow: ingest, incremental features, train, evaluate, promote."""
-    for path, what in ((source, "source"), (images, "images folder"), (views, "views CSV"), (split_file, "split file")):
+    """One run of the `nightly_retrain` flow: ingest, incremental features, train, evaluate, promote, and with
+    --captions monitor the champion's drafts (exit 3 on a drift alarm)."""
+    where, image_location = _location(source, "source"), _location(images, "images folder")
+    assert where is not None
+    for path, what in ((views, "views CSV"), (split_file, "split file"), (captions, "captions folder")):
         _existing(path, what)
     from radcap.flows.nightly import nightly_retrain
+    from radcap.tasks.monitor import DriftAlarm
 
     hide_user_error_tracebacks()
-    summary = nightly_retrain(
-        source, workdir, fmt.value, images, views, split_file, encoder, promote=promote, cluster=_cluster(cluster)
-    )
+    try:
+        summary = nightly_retrain(
+            where,
+            workdir,
+            fmt.value,
+            image_location,
+            views,
+            split_file,
+            encoder,
+            promote=promote,
+            cluster=_cluster(cluster),
+            captions=captions,
+        )
+    except DriftAlarm as alarm:
+        console.print(f"[red]drift alarm: {alarm}[/red]")
+        raise typer.Exit(EXIT_ALARM) from None
     _print_summary("nightly", summary, list(summary))
 
 

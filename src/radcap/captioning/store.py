@@ -307,6 +307,13 @@ def study_history(out: Path | str, study: str) -> pd.DataFrame:
     return rows.drop_duplicates([c for c in rows.columns if c != "table_version"]).reset_index(drop=True)
 
 
+def read_caption_history(out: Path | str) -> pd.DataFrame:
+    """Every report every study was given (the drafts radiologists saw), oldest first, each once."""
+    rows = delta.read_snapshot(Path(out) / "caption_history", CAPTION_HISTORY)
+    rows = rows.sort_values(["captioned_at", "table_version", "study_id"], kind="stable")
+    return rows.drop_duplicates([c for c in rows.columns if c != "table_version"]).reset_index(drop=True)
+
+
 # -- migration of a folder written before Delta tables --------------------------------------------------------
 
 

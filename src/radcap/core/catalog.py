@@ -30,6 +30,16 @@ class DataCatalog:
         return self.root / "rejects.parquet"
 
     @property
+    def pending(self) -> Path:
+        """Signed reports whose images have not arrived: tried again by the next ingestion."""
+        return self.root / "pending.parquet"
+
+    @property
+    def pacs_images(self) -> Path:
+        """Images of signed reports' studies fetched from a PACS (WADO-RS), where training reads them."""
+        return self.root / "pacs-images"
+
+    @property
     def ingest_summary(self) -> Path:
         """Written last by ingestion: counts and the data version; its presence means the tables are complete."""
         return self.root / "ingest.json"

@@ -335,6 +335,12 @@ class PromotionSettings(BaseModel):
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the held-out reports.")
     split: Literal["val", "test"] = "test"
     alias: str = "champion"
+    latest_signed_reports: int = Field(
+        200,
+        ge=1,
+        description="The promotion record shows each version's agreement with this many most recently signed "
+        "clinical reports among those compared (shown, never deciding).",
+    )
 
 
 class DomainSettings(BaseModel):
@@ -405,6 +411,47 @@ class PacsSettings(BaseModel):
     poll_minutes: int = Field(15, ge=1, description="The `pacs` deployment polls every N minutes.")
 
 
+class IngestSettings(BaseModel):
+    """Signed clinical reports in (`radcap ingest --format hl7|fhir|dicom-sr`)."""
+
+    max_pending_days: int = Field(
+        30,
+        ge=0,
+        description="A signed report whose study has no images is pending (tried again by every run) for at most "
+        "this many days, then a reject saying its images never arrived.",
+    )
+
+
+class MonitorSettings(BaseModel):
+    """Production agreement of drafts with signed reports, and the drift alarm (`radcap monitor`)."""
+
+    baseline_days: int = Field(
+        28, ge=1, description="The champion's first N days of drafts in production: what later weeks are held to."
+    )
+    window_days: int = Field(
+        14, ge=1, description="The rolling window compared with the baseline (benchmarks/drift_alarm.py chose it)."
+    )
+    min_studies: int = Field(
+        30, ge=1, description="Fewest studies with a signed report in the baseline and in the window to judge drift."
+    )
+    max_relative_drop: float = Field(
+        0.20,
+        gt=0,
+        lt=1,
+        description="Alarm when an agreement metric (CIDEr-D, clinical F1, words kept) of the window is more than "
+        "this share below the baseline and the bootstrap interval of the drop excludes zero.",
+    )
+    max_ood_rise: float = Field(
+        0.10,
+        gt=0,
+        lt=1,
+        description="Alarm when the out-of-domain rate of the window exceeds the baseline's by more than this "
+        "(absolute) and the interval of the rise excludes zero.",
+    )
+    bootstrap_samples: int = Field(1000, ge=100, description="Resamples for each interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided confidence of every interval.")
+
+
 class TrackingSettings(BaseModel):
     """MLflow experiment names, one per stage."""
 
@@ -412,6 +459,7 @@ class TrackingSettings(BaseModel):
     captioner: str = "radcap-captioner"
     retrieval: str = "radcap-retrieval"
     evaluation: str = "radcap-evaluation"
+    monitor: str = "radcap-monitor"
 
 
 class Settings(BaseSettings):
@@ -428,6 +476,8 @@ class Settings(BaseSettings):
     domain: DomainSettings = DomainSettings()
     app: AppSettings = AppSettings()
     pacs: PacsSettings = PacsSettings()
+    ingest: IngestSettings = IngestSettings()
+    monitor: MonitorSettings = MonitorSettings()
     tracking: TrackingSettings = TrackingSettings()
     cluster: str | None = Field(
         None,

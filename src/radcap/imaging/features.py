@@ -164,7 +164,8 @@ class FeatureStore:
         for part in self.parts():
             table = pq.read_table(part, columns=columns, filters=[("encoder_version", "==", encoder_version)])
             if wanted is not None:
-                table = table.filter(pa.compute.is_in(table["image_id"], pa.array(sorted(wanted))))
+                ids = pa.array(sorted(wanted), pa.string())  # typed: an empty list would be a null array
+                table = table.filter(pa.compute.is_in(table["image_id"], ids))
             if table.num_rows:
                 tables.append(table)
         if not tables:

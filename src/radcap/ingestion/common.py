@@ -17,13 +17,14 @@ class Parsed:
     """Rows as dicts; the ingest task turns them into contract tables.
 
     `inputs` counts report-level inputs (files, lines or report groups) and `image_inputs` image-level ones
-    (image references, projection rows, manifest rows): for each kind, rows + rejects add up to the inputs,
+    (image references, projection rows, manifest rows): for each kind, rows + rejects (+ pending) add up to the inputs,
     which `tasks.ingest.build_tables` checks. Each image row's `_source` says where it came from (not written).
     """
 
     reports: list[dict] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+    pending: list[dict] = field(default_factory=list)  # signed reports waiting for their images (PENDING rows)
     inputs: int = 0
     image_inputs: int = 0
 
@@ -99,6 +100,8 @@ def report_row(
         "target_section": section,
         "mesh": list(mesh or []),
         "n_images": 0,
+        "reported_at": None,
+        "report_status": None,
         "_unusable": None
         if target is not None or not placeholders
         else "placeholder text instead of a report: "

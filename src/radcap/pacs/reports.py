@@ -142,6 +142,7 @@ def diagnostic_report(study_uid: str, sr_uid: str, first: pd.Series) -> dict:
         "resourceType": "DiagnosticReport",
         "id": hashlib.sha256(sr_uid.encode()).hexdigest()[:64],
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{sr_uid}"}],
+        "meta": {"tag": [{"system": "urn:radcap", "code": "draft", "display": "radcap draft, never training data"}]},
         "status": "preliminary",
         "category": [
             {

@@ -93,3 +93,20 @@ def active_run_id() -> str:
     if run is None:
         raise RuntimeError("no MLflow run is active (open one with tracked_run)")
     return run.info.run_id
+
+
+def latest_logged_dict(experiment: str, params: dict[str, str], name: str) -> tuple[dict | list, str] | None:
+    """Artifact `name` (a JSON dict or list) of the newest run of `experiment` with these params, and the run's
+    start time; None when there is none (the Models page reads `radcap monitor`'s weekly table this way)."""
+    import mlflow
+
+    if mlflow.get_experiment_by_name(experiment) is None:
+        return None
+    where = " and ".join(f"params.{k} = '{v}'" for k, v in params.items())
+    runs = mlflow.search_runs(
+        experiment_names=[experiment], filter_string=where, order_by=["start_time DESC"], max_results=1
+    )
+    if runs.empty:
+        return None
+    run = runs.iloc[0]
+    return mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/{name}"), str(run["start_time"])

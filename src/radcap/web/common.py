@@ -51,10 +51,28 @@ def display(pixels: np.ndarray, max_side: int = 768) -> np.ndarray:
     return np.asarray(image)
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def degraded_note(model: str) -> str | None:
+    """Why the served registered version is tagged `degraded` by `radcap monitor`, or None."""
+    from radcap.registry.store import parse_model_uri, version_tags
+
+    if not model.startswith("models:/"):
+        return None
+    try:
+        tags = version_tags(*parse_model_uri(model))
+    except RadcapError:
+        return None
+    return tags.get("degraded_reason", "tagged degraded") if tags.get("degraded") == "true" else None
+
+
 def guarded(page) -> None:
     """Run a page: a user's mistake (RadcapError) is its message in the page; a fault is a message too, with the
-    traceback in the server's log (never in the browser)."""
+    traceback in the server's log (never in the browser). Every page opens with the drift alarm's banner when the
+    served model is tagged degraded."""
     try:
+        note = degraded_note(settings().app.model)
+        if note:
+            st.error(f"Drift alarm: the served model's drafts agree less with signed reports than they did. {note}")
         page()
     except RadcapError as exc:
         st.error(str(exc))

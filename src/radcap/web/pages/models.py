@@ -27,6 +27,27 @@ def models_page() -> None:
         f"{', '.join(history(name)) or '(none)'}"
     )
     st.dataframe(table, hide_index=True, key="versions")
+    agreement_trend(name)
+
+
+def agreement_trend(name: str) -> None:
+    """`radcap monitor`'s newest weekly table: drafts against the reports radiologists signed."""
+    import pandas as pd
+
+    from radcap.registry.tracking import latest_logged_dict
+
+    st.subheader("Agreement with signed reports")
+    found = latest_logged_dict(settings().tracking.monitor, {"model": name}, "weeks.json")
+    if found is None or not found[0]:
+        st.info("No `radcap monitor` run for this model yet.")
+        return
+    weeks = pd.DataFrame(found[0])
+    st.caption(f"From the monitor run of {found[1]}: per model version and week of drafting (bootstrap intervals).")
+    for metric in ("words_kept", "CIDEr", "clinical_F1", "ood_rate"):
+        chart = weeks.pivot_table(index="week", columns="model_version", values=metric)
+        st.markdown(f"**{metric}**")
+        st.line_chart(chart, height=180)
+    st.dataframe(weeks, hide_index=True, key="agreement")
 
 
 guarded(models_page)

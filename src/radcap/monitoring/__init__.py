@@ -1,0 +1,1 @@
+"""Production: how much of each draft survived into the signed report, and when a champion drifts."""
