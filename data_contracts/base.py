@@ -14,6 +14,8 @@ import pandas as pd
 import pandera.pandas as pda
 import pyarrow as pa
 
+UTC_TIME = pa.timestamp("us", tz="UTC")  # every time in every table: microseconds, UTC
+
 
 class ContractError(ValueError):
     """A table does not satisfy its contract; the message names the table and the failing cases."""

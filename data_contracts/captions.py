@@ -3,9 +3,7 @@ rejects), and one row per report a study was given (caption history). All three 
 
 import pyarrow as pa
 
-from radcap.data_contracts.base import Column, Contract
-
-UTC_TIME = pa.timestamp("us", tz="UTC")
+from radcap.data_contracts.base import UTC_TIME, Column, Contract
 
 CAPTIONS = Contract(
     name="captions",

@@ -2,13 +2,12 @@
 
 import pyarrow as pa
 
-from radcap.data_contracts.base import Column, Contract
+from radcap.data_contracts.base import UTC_TIME, Column, Contract
 
 SPLITS = ("train", "val", "test", "unassigned")
 SPLIT_SOURCES = ("r2gen", "official", "manifest", "hash", "none")
 DATASETS = ("iu-xray", "medpix2", "manifest", "hl7", "fhir", "dicom-sr")
 SIGNED_STATUSES = ("final", "amended")
-UTC_TIME = pa.timestamp("us", tz="UTC")
 VIEWS = ("frontal", "lateral", "unknown")
 
 REPORTS = Contract(

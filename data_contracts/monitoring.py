@@ -2,9 +2,7 @@
 
 import pyarrow as pa
 
-from radcap.data_contracts.base import Column, Contract
-
-UTC_TIME = pa.timestamp("us", tz="UTC")
+from radcap.data_contracts.base import UTC_TIME, Column, Contract
 
 MONITOR_STUDIES = Contract(
     name="monitor_studies",

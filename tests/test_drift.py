@@ -96,7 +96,8 @@ def test_monitor_tags_a_degraded_champion_and_fails_with_one_message(tmp_path, p
     client.create_registered_model(name)
     version = client.create_model_version(name, source=str(tmp_path)).version
     client.set_registered_model_alias(name, "champion", version)
-    frame = stream(POOL, days=42, per_day=12, seed=5, after=DEGRADED if shifted else None, shift_day=35)
+    # the default settings: a 28-day baseline, then a 14-day window (shifted throughout when `shifted`)
+    frame = stream(POOL, days=49, per_day=12, seed=5, after=DEGRADED if shifted else None, shift_day=35)
     frame["model_version"] = str(version)
     _captions_folder(tmp_path / "out", frame, name)
     _signed_reports(tmp_path / "data", frame)
@@ -115,4 +116,4 @@ def test_monitor_tags_a_degraded_champion_and_fails_with_one_message(tmp_path, p
     runs = mlflow.search_runs(experiment_names=["radcap-monitor"], filter_string=f"params.model = '{name}'")
     assert len(runs) == 1 and runs["params.status"].iloc[0] == drift["status"]
     weeks = pd.read_parquet(tmp_path / "out" / "monitor" / "weeks.parquet")
-    assert len(weeks) == 6 and weeks["signed"].sum() == len(frame)  # 42 days from a Monday
+    assert len(weeks) == 7 and weeks["signed"].sum() == len(frame)  # 49 days from a Monday
