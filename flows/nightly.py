@@ -1,4 +1,5 @@
-"""`nightly_retrain`: ingest -> incremental features -> train -> evaluate -> promote (-> monitor), as one DAG.
+"""`nightly_retrain`: ingest -> incremental features -> train -> evaluate on val -> promote (decided on val) ->
+evaluate on test (reported, never deciding) (-> monitor), as one DAG.
 
 Unchanged inputs are not recomputed: ingestion is skipped when the input files' fingerprint is the one
 recorded last time, feature extraction only encodes images whose bytes it has not stored, and training
@@ -57,8 +58,9 @@ def nightly_retrain(
     features = extract_features_flow(data, encoder, settings.encoder.batch_size, cluster=cluster)
     cfg = settings.captioner.model_copy(update={"architecture": architecture} if architecture else {})
     trained = train_flow(data, workdir / f"captioner-{cfg.architecture}", cfg, features["encoder_version"], reuse=True)
-    split = settings.promotion.split
-    evaluation = evaluate_flow(data, trained["registered"], split, workdir / f"evaluation-{split}")
+    # val decides (the candidate's evaluation, the gate); test is read only after the decision, to report.
+    decides = settings.promotion.split
+    selection = evaluate_flow(data, trained["registered"], decides, workdir / f"evaluation-{decides}")
     summary = {
         "data_version": ingested["data_version"],
         "reports": ingested["reports"],
@@ -66,13 +68,15 @@ def nightly_retrain(
         "encoder_version": features["encoder_version"],
         "captioner": trained["registered"],
         "retrained": not trained.get("reused", False),
-        f"{split}_CIDEr": evaluation["CIDEr"],
-        "report": evaluation["report"],
+        "decided_on": decides,
+        f"{decides}_CIDEr": selection["CIDEr"],
     }
     if promote:
         decision = promote_flow(data, cfg.registered_name, trained["registered"].rsplit("/", 1)[1], out=workdir)
         summary.update(promotion=decision["outcome"], promotion_reason=decision["reason"])
         summary["latest_signed_reports"] = decision.get("latest_signed_reports", {})
+    reported = evaluate_flow(data, trained["registered"], "test", workdir / "evaluation-test")
+    summary.update({"test_CIDEr": reported["CIDEr"], "report": reported["report"]})
     if captions is not None:
         try:
             watched = monitor_flow(captions, [data], model=cfg.registered_name)

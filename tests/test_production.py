@@ -98,7 +98,7 @@ def test_promotion_gate_and_rollback(data_dir: Path, bundles: dict[str, Path]):
     from radcap.flows.promote import promote_flow, rollback_flow
     from radcap.registry.store import champion, history
 
-    cfg = PromotionSettings(split="test")
+    cfg = PromotionSettings()  # decides on val
     weak = _register(bundles["untrained"], "untrained")
     first = promote_flow(data_dir, MODEL_NAME, weak, cfg)
     assert first["outcome"] == "promoted" and "first model" in first["reason"] and champion(MODEL_NAME) == weak
@@ -135,7 +135,7 @@ def champion_uri(data_dir: Path, bundles) -> str:
 
     name = f"{MODEL_NAME}-captioning"
     version = _register(bundles["trained"], "trained", name)
-    assert promote_flow(data_dir, name, version, PromotionSettings(split="test"))["outcome"] == "promoted"
+    assert promote_flow(data_dir, name, version, PromotionSettings())["outcome"] == "promoted"
     return f"models:/{name}@champion"
 
 

@@ -99,3 +99,18 @@ def test_rollback_refuses_when_the_alias_was_moved_by_hand(tmp_path):
     assert champion(name) == "3"
     client.set_registered_model_alias(name, "champion", "2")
     assert restore_previous.fn(name, "champion")["champion"] == "1" and champion(name) == "1"
+
+
+def test_promotion_on_the_test_split_is_refused_everywhere(tmp_path):
+    """The gate decides on val; a setting, an environment variable or an option that puts it on test is refused."""
+    from pydantic import ValidationError
+
+    from tests.conftest import run_cli_here
+
+    with pytest.raises(ValidationError, match="never on test"):
+        PromotionSettings(split="test")
+    (tmp_path / "reports.parquet").write_bytes(b"")
+    done = run_cli_here("promote", "--data", str(tmp_path), "--split", "test")
+    assert done.returncode == 2 and "promotion decides on val and never on test" in done.stderr, done.stderr
+    done = run_cli_here("promote", "--data", str(tmp_path), env={"RADCAP_PROMOTION__SPLIT": "test"})
+    assert done.returncode == 2 and "never on test" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -202,10 +202,31 @@ def test_signed_srs_and_their_images_straight_from_a_pacs(tmp_path, prefect_api)
 
 
 def test_nightly_retrains_on_signed_reports_shows_their_agreement_and_monitors_the_drafts(
-    tmp_path, tiny_captioner, prefect_api
+    tmp_path, tiny_captioner, prefect_api, monkeypatch
 ):
     """The nightly flow on signed HL7 reports of a DICOM folder: ingest, features, train, evaluate, promote (the
-    record shows each version's agreement with the latest signed reports), then monitor the drafts."""
+    record shows each version's agreement with the latest signed reports), then monitor the drafts. Every read of
+    a split is recorded: the test split is never read before the promotion decision is recorded."""
+    import radcap.captioning.data as caption_data
+    import radcap.registry.store as registry
+    import radcap.tasks.evaluate
+    import radcap.tasks.promote
+
+    events: list[tuple[str, str]] = []
+    load, tag = caption_data.load_caption_sets, registry.tag_version
+
+    def spy_load(data_dir, encoder_version, splits, *args, **kwargs):
+        events.extend(("read", split) for split in splits)
+        return load(data_dir, encoder_version, splits, *args, **kwargs)
+
+    def spy_tag(name, version, tags):
+        if "promotion" in tags:
+            events.append(("decided", str(tags["promotion"]["split"])))
+        return tag(name, version, tags)
+
+    for module in (caption_data, radcap.tasks.evaluate, radcap.tasks.promote):
+        monkeypatch.setattr(module, "load_caption_sets", spy_load)
+    monkeypatch.setattr(registry, "tag_version", spy_tag)
     texts = ("no acute disease.", "small left pleural effusion.", "mild cardiomegaly.", "right lower lobe opacity.")
     dicom, hl7_dir = tmp_path / "dicom", tmp_path / "hl7"
     dicom.mkdir()
@@ -244,4 +265,7 @@ def test_nightly_retrains_on_signed_reports_shows_their_agreement_and_monitors_t
     (version,) = latest["versions"]
     assert latest["reports"] >= 1 and 0.0 <= latest["versions"][version]["words_kept"] <= 1.0
     assert summary["monitor"] == "not enough data"  # a champion of one night has no baseline yet
+    decided = events.index(("decided", "val"))
+    assert ("read", "test") not in events[:decided] and ("read", "test") in events[decided:], events
+    assert ("read", "val") in events[:decided] and summary["decided_on"] == "val" and "test_CIDEr" in summary
     assert (out / "monitor" / "weeks.parquet").exists()

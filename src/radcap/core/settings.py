@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -333,7 +333,11 @@ class PromotionSettings(BaseModel):
         "primary-metric gain above zero with this confidence (one-sided).",
     )
     bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the held-out reports.")
-    split: Literal["val", "test"] = "test"
+    split: Literal["val"] = Field(
+        "val",
+        description="The split the gate decides on. Only `val`: with the carve (`split.select_on`) training never "
+        "reads it, and `test` stays the split radcap reports, which no decision touched.",
+    )
     alias: str = "champion"
     latest_signed_reports: int = Field(
         200,
@@ -341,6 +345,17 @@ class PromotionSettings(BaseModel):
         description="The promotion record shows each version's agreement with this many most recently signed "
         "clinical reports among those compared (shown, never deciding).",
     )
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _never_test(cls, value: object) -> object:
+        if value == "test":
+            raise ValueError(
+                "promotion decides on val and never on test: test is the split radcap reports, and a gate that "
+                "picks the model on it biases every number reported there (about one candidate in twenty with no "
+                "real gain passes a one-sided 95% gate)"
+            )
+        return value
 
 
 class DomainSettings(BaseModel):

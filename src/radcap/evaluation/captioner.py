@@ -128,17 +128,20 @@ class Evaluation:
 
     def selection_note(self) -> str:
         where, split = self.meta.get("select_on"), self.meta["split"]
+        promotion = " Promotion (`radcap promote`, the nightly gate) decides on `val`, never on `test`: " + (
+            "this split decided which model is champion." if split == "val" else "no decision read this split."
+        )
         if where == "carve":
             return (
                 f"Selection (early stopping, length penalty, guard threshold) happened on a carve of the train split: "
-                f"split `{split}` was never read in training."
+                f"split `{split}` was never read in training." + promotion
             )
         if where == "val" and split == "val":
             return (
                 "**Warning: this model was selected on the val split it is scored on here; these numbers "
-                "overstate what unseen reports get.**"
+                "overstate what unseen reports get.**" + promotion
             )
-        return f"Selection happened on: {where or 'not recorded (a model saved before radcap 0.2)'}."
+        return f"Selection happened on: {where or 'not recorded (a model saved before radcap 0.2)'}." + promotion
 
     def comparison_markdown(self) -> str:
         if not self.against_best_baseline:
