@@ -178,19 +178,33 @@ def top_k(values: np.ndarray, k: int) -> np.ndarray:
 
 def _block_repeats(logp: np.ndarray, sequences: np.ndarray, n: int, finished: np.ndarray) -> None:
     """Set -inf on tokens that would complete an n-gram already present in the same beam, or repeat the phrase
-    of 1..n-1 tokens just written ("lobe consolidation lobe consolidation" has no repeated 3-gram)."""
+    of 1..n-1 tokens just written ("lobe consolidation lobe consolidation" has no repeated 3-gram).
+
+    All beams at once: every window of n-1 tokens is compared with the beam's last n-1 (a sliding-window view),
+    and the token that followed each matching window is banned; a step costs a few array operations, not a
+    Python loop over beams and positions (tests/test_captioner.py checks it against that loop)."""
     if n < 1:
         return
     batch, width, length = sequences.shape
-    for b in range(batch):
-        for k in range(width):
-            if finished[b, k]:
-                continue
-            seq = sequences[b, k].tolist()
-            prefix = tuple(seq[length - n + 1 :]) if n > 1 else ()
-            for i in range(length - n + 1):
-                if tuple(seq[i : i + n - 1]) == prefix:
-                    logp[b, k, seq[i + n - 1]] = -np.inf
-            for size in range(1, n):  # phrase seq[-(2size-1):-(size-1)] would be followed by itself
-                if length >= 2 * size - 1 and seq[length - 2 * size + 1 : length - size] == seq[length - size + 1 :]:
-                    logp[b, k, seq[length - size]] = -np.inf
+    if length == 0:
+        return
+    rows = sequences.reshape(batch * width, length)
+    live = ~finished.reshape(-1)
+
+    def ban(beam: np.ndarray, token: np.ndarray) -> None:
+        logp[beam // width, beam % width, token] = -np.inf
+
+    if n == 1:  # every token already written
+        beam, position = np.nonzero(np.broadcast_to(live[:, None], rows.shape))
+        ban(beam, rows[beam, position])
+        return
+    if length >= n:  # windows seq[i:i+n-1] for i in 0..length-n, each followed by seq[i+n-1]
+        windows = np.lib.stride_tricks.sliding_window_view(rows[:, : length - 1], n - 1, axis=1)
+        match = (windows == rows[:, None, length - n + 1 :]).all(axis=2) & live[:, None]
+        beam, start = np.nonzero(match)
+        ban(beam, rows[beam, start + n - 1])
+    for size in range(1, n):  # phrase seq[-(2size-1):-(size-1)] would be followed by itself
+        if length >= 2 * size - 1:
+            same = (rows[:, length - 2 * size + 1 : length - size] == rows[:, length - size + 1 :]).all(axis=1) & live
+            beam = np.flatnonzero(same)
+            ban(beam, rows[beam, length - size])

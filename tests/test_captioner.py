@@ -158,3 +158,41 @@ def test_top_k_is_the_stable_argsorts_first_k(rows, columns, k, seed):
     values = rng.integers(-3, 3, (rows, columns)).astype(float)  # many ties
     values[rng.random(values.shape) < 0.3] = -np.inf
     np.testing.assert_array_equal(top_k(values, k), np.argsort(-values, axis=1, kind="stable")[:, :k])
+
+
+def _block_repeats_loop(logp, sequences, n, finished):
+    """The per-beam Python loop `_block_repeats` replaced (radcap 0.3), kept as the reference it must equal."""
+    if n < 1:
+        return
+    batch, width, length = sequences.shape
+    for b in range(batch):
+        for k in range(width):
+            if finished[b, k]:
+                continue
+            seq = sequences[b, k].tolist()
+            prefix = tuple(seq[length - n + 1 :]) if n > 1 else ()
+            for i in range(length - n + 1):
+                if tuple(seq[i : i + n - 1]) == prefix:
+                    logp[b, k, seq[i + n - 1]] = -np.inf
+            for size in range(1, n):
+                if length >= 2 * size - 1 and seq[length - 2 * size + 1 : length - size] == seq[length - size + 1 :]:
+                    logp[b, k, seq[length - size]] = -np.inf
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(0, 12)),
+    vocab=st.integers(2, 6),
+    n=st.integers(0, 5),
+    seed=st.integers(0, 2**16),
+)
+def test_vectorized_repeat_blocking_bans_exactly_what_the_loop_did(shape, vocab, n, seed):
+    from radcap.models.decoding import _block_repeats
+
+    rng = np.random.default_rng(seed)
+    sequences = rng.integers(0, vocab, shape)  # a small vocabulary: many repeats to find
+    finished = rng.random(shape[:2]) < 0.3
+    expected, got = np.zeros((*shape[:2], vocab)), np.zeros((*shape[:2], vocab))
+    _block_repeats_loop(expected, sequences, n, finished)
+    _block_repeats(got, sequences, n, finished)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))

@@ -26,9 +26,11 @@ from radcap.text.vocab import tokenize
 METRICS = ("CIDEr", "clinical_F1", "words_kept")
 
 
-def words_kept(draft: str, final: str) -> float:
-    """Share of the draft's tokens found, in order, in the final report (1.0: signed as drafted)."""
-    draft_tokens, final_tokens = tokenize(draft), tokenize(final)
+def words_kept(draft: str | list[str], final: str | list[str]) -> float:
+    """Share of the draft's tokens found, in order, in the final report (1.0: signed as drafted); texts or their
+    tokens."""
+    draft_tokens = tokenize(draft) if isinstance(draft, str) else draft
+    final_tokens = tokenize(final) if isinstance(final, str) else final
     if not draft_tokens:
         return 0.0
     matcher = SequenceMatcher(None, draft_tokens, final_tokens, autojunk=False)
@@ -44,12 +46,14 @@ def score_studies(pairs: pd.DataFrame) -> pd.DataFrame:
         for column in ("tp", "fp", "fn"):
             out[column] = pd.Series(dtype="int64")
         return out
-    finals = [tokenize(t) for t in out["final"]]
+    # each distinct text tokenized once: drafts of one model and short normal reports repeat a lot
+    tokens = {text: tokenize(text) for text in {*out["draft"], *out["final"]}}
+    finals = [tokens[t] for t in out["final"]]
     cider = CiderD(finals)
-    out["cider"] = [cider.score(tokenize(d), f) for d, f in zip(out["draft"], finals)]
+    out["cider"] = [cider.score(tokens[d], f) for d, f in zip(out["draft"], finals)]
     counts = clinical_counts(list(out["final"]), list(out["draft"])).sum(axis=2)  # (N, 3): tp, fp, fn
     out["tp"], out["fp"], out["fn"] = counts[:, 0], counts[:, 1], counts[:, 2]
-    out["words_kept"] = [words_kept(d, f) for d, f in zip(out["draft"], out["final"])]
+    out["words_kept"] = [words_kept(tokens[d], f) for d, f in zip(out["draft"], finals)]
     return out
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radcap.core.pseudonyms import Pseudonyms
-from radcap.pacs.dicomweb import Pacs, PacsError, StudyFound, is_image, valid_uid
+from radcap.pacs.dicomweb import Pacs, PacsError, StudyFound, is_image, safe_url, valid_uid
 from radcap.pacs.exports import view_of
 
 
@@ -157,12 +157,14 @@ def structured_reports(pacs: Pacs) -> Iterator[tuple[str, bytes | PacsError]]:
     try:
         items = pacs.client.search_for_instances(search_filters={"Modality": "SR"})
     except Exception as exc:
-        raise PacsError(f"QIDO-RS for structured reports failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        raise PacsError(
+            f"QIDO-RS for structured reports failed: {type(exc).__name__}: {safe_url(str(exc))[:200]}"
+        ) from exc
     if not isinstance(items, list):
         raise PacsError(f"QIDO-RS for structured reports answered a {type(items).__name__}, not a list of instances")
     for item in items:
         uids = [_first(item, tag) for tag in ("0020000D", "0020000E", "00080018")]
-        source = f"{pacs.url}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+        source = f"{safe_url(pacs.url)}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
         if None in uids:
             yield source, PacsError("QIDO-RS entry without valid study, series and SOP Instance UIDs")
             continue
@@ -172,7 +174,7 @@ def structured_reports(pacs: Pacs) -> Iterator[tuple[str, bytes | PacsError]]:
             ds.save_as(buffer, enforce_file_format=True)
             yield source, buffer.getvalue()
         except Exception as exc:
-            yield source, PacsError(f"WADO-RS failed: {type(exc).__name__}: {str(exc)[:200]}")
+            yield source, PacsError(f"WADO-RS failed: {type(exc).__name__}: {safe_url(str(exc))[:200]}")
 
 
 def _first(item: object, tag: str) -> str | None:
