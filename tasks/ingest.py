@@ -57,7 +57,8 @@ def read_source(
 def read_signed(fmt: str, source: Path | str, settings: Settings, images: Path | str | None, out: Path) -> Parsed:
     """Signed clinical reports paired with their images (a DICOM folder or `dicomweb:URL`); the pending reports
     of the previous run are tried again. See radcap.ingestion.signed.pairing."""
-    keys = Pseudonyms(out)
+    key = settings.ingest.pseudonym_salt
+    keys = Pseudonyms(out, key.get_secret_value() if key is not None else "")
     pacs_settings = settings.pacs
     if images is None:
         raise RadcapError("--images is needed with signed reports: a DICOM folder or dicomweb:URL of a PACS")

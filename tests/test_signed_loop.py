@@ -253,6 +253,9 @@ def test_nightly_retrains_on_signed_reports_shows_their_agreement_and_monitors_t
         "RADCAP_CAPTIONER__BEAM_WIDTH": "1",
         "RADCAP_CAPTIONER__REGISTERED_NAME": "radcap-captioner-signedtest",
         "RADCAP_SPLIT__SELECT_FRACTION": "0.3",
+        # a deployment's key: the same pseudonyms, so the same splits, on every machine (a data directory's own
+        # random key would split these 32 patients differently on each run of the test)
+        "RADCAP_INGEST__PSEUDONYM_SALT": "radcap-test-key",
     }
     done = run_cli_here(
         "--json", "nightly", "--format", "hl7", "--source", str(hl7_dir), "--images", str(dicom),

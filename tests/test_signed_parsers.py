@@ -326,3 +326,15 @@ def test_any_qido_answer_for_srs_or_studies_is_inputs_or_reasons(answer, tmp_pat
         assert isinstance(source, str) and isinstance(data, bytes | PacsError)
     index = PacsStudyIndex(_Pacs(answer), tmp_path / "cache", Pseudonyms(tmp_path))  # type: ignore[arg-type]
     assert index.find(UID, None, "ACC-1") is None  # nothing fetched: the report stays pending
+
+
+def test_pseudonyms_are_keyed_and_a_deployment_key_makes_them_the_same_everywhere(tmp_path):
+    from radcap.core.pseudonyms import Pseudonyms
+
+    one, two = Pseudonyms(tmp_path / "a"), Pseudonyms(tmp_path / "b")
+    assert one("patient", "MRN-1") == Pseudonyms(tmp_path / "a")("patient", "MRN-1")  # the folder keeps its key
+    assert one("patient", "MRN-1") != two("patient", "MRN-1")  # another folder, another key
+    keyed = [Pseudonyms(tmp_path / d, "hospital-key")("patient", "MRN-1") for d in ("c", "d")]
+    assert keyed[0] == keyed[1] != one("patient", "MRN-1") and "MRN" not in keyed[0]
+    assert one("patient", "MRN-1") != one("accession", "MRN-1") and one("patient", None) is None
+    assert not (tmp_path / "c").exists()  # a deployment key writes no key file

@@ -12,10 +12,15 @@ SALT_FILE = ".pseudonym_salt"
 
 
 class Pseudonyms:
-    """HMAC-SHA-256 (first 32 hex digits) with a salt made once per data directory (readable by its owner only),
-    so the same patient gets the same split group on every run, and no one without the folder can recompute it."""
+    """HMAC-SHA-256 (first 32 hex digits) keyed with `salt` (a deployment's secret: the same pseudonyms, hence the
+    same splits, on every machine), else with a key made once per data directory (readable by its owner only): the
+    same patient gets the same split group on every run, and no one without the key can recompute it (an unkeyed
+    hash of a medical record number could be, by trying every number)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, salt: str = ""):
+        if salt:
+            self.salt = salt.encode()
+            return
         path = Path(data_dir) / SALT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

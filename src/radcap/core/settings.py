@@ -435,6 +435,12 @@ class IngestSettings(BaseModel):
         description="A signed report whose study has no images is pending (tried again by every run) for at most "
         "this many days, then a reject saying its images never arrived.",
     )
+    pseudonym_salt: SecretStr | None = Field(
+        None,
+        description="Key of the patient and accession pseudonyms (RADCAP_INGEST__PSEUDONYM_SALT); the patient's "
+        "pseudonym is the split group, so one key gives the same splits on every machine and data directory. "
+        "Unset: a random key made once per data directory (DATA/.pseudonym_salt): splits stable there only.",
+    )
 
 
 class MonitorSettings(BaseModel):
