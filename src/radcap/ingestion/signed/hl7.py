@@ -79,8 +79,10 @@ def read_hl7_file(path: Path, data: bytes) -> Iterator[tuple[str, SignedReport |
 
 
 def _pid(message: str) -> list[str]:
-    """The patient segment's field values (what a reason must never quote)."""
-    return [line[4:] for line in message.split("\r") if line.startswith("PID")]
+    """What a reason must never quote: the fields of every segment but the report's own (MSH, ORC, OBR, OBX, NTE,
+    ZDS), so PID, PD1, PV1, NK1 and any segment whose name a damaged file garbled are all covered."""
+    report = ("MSH", "ORC", "OBR", "OBX", "NTE", "ZDS")
+    return [line[4:] for line in message.split("\r") if line[:3] not in report]
 
 
 def _unescape(value: str, escape: str) -> str:
