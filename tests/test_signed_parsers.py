@@ -338,3 +338,11 @@ def test_pseudonyms_are_keyed_and_a_deployment_key_makes_them_the_same_everywher
     assert keyed[0] == keyed[1] != one("patient", "MRN-1") and "MRN" not in keyed[0]
     assert one("patient", "MRN-1") != one("accession", "MRN-1") and one("patient", None) is None
     assert not (tmp_path / "c").exists()  # a deployment key writes no key file
+
+
+def test_hl7_fields_split_on_the_messages_own_repetition_character():
+    """A message may declare other encoding characters (MSH-2): '#' here repeats a field, not '~'."""
+    message = hl7_message(UID, "Lungs clear.", "No acute disease.").replace("MSH|^~\\&", "MSH|^#\\&")
+    message = message.replace(f"ZDS|{UID}^RIS", f"ZDS|{UID}#1.2.3^RIS")
+    (report,) = hl7(message)
+    assert report.study_uid == UID and report.impression == "No acute disease."

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -109,8 +110,9 @@ def _fields(segment: str, separator: str) -> list[str]:
     return [parts[0], separator, *parts[1:]] if parts[0] == "MSH" else parts
 
 
-def _component(field: str, components: str, index: int = 0) -> str:
-    return field.split("~", 1)[0].split(components)[index] if field else ""
+def _component(field: str, components: str, repetition: str) -> str:
+    """The first component of the field's first repetition (with the message's own separators)."""
+    return field.split(repetition, 1)[0].split(components)[0] if field else ""
 
 
 def _section(identifier: str, sub_id: str, components: str) -> str:
@@ -186,12 +188,12 @@ def parse_message(message: str, source: str) -> SignedReport:
         raise NotAReport("no report text (no TX, FT or ST observation with text)")
     study_uid = None
     for name, fields in segments:
-        if name == "ZDS" and _component(field(fields, 1), components):
-            study_uid = _component(field(fields, 1), components)
+        if name == "ZDS" and _component(field(fields, 1), components, repetition):
+            study_uid = _component(field(fields, 1), components, repetition)
         elif name == "OBX" and any(i in field(fields, 3).lower() for i in STUDY_UID_IDS) and field(fields, 5):
-            study_uid = study_uid or _component(field(fields, 5), components)
+            study_uid = study_uid or _component(field(fields, 5), components, repetition)
     pid = next((fields for name, fields in segments if name == "PID"), [])
-    accession = _component(field(obr, 18), components) or _component(field(obr, 3), components)
+    accession = _component(field(obr, 18), components, repetition) or _component(field(obr, 3), components, repetition)
     return SignedReport(
         source=source,
         item=field(msh, 10)[:64] or None,
@@ -199,7 +201,7 @@ def parse_message(message: str, source: str) -> SignedReport:
         status=status,
         study_uid=study_uid.strip() or None if study_uid else None,
         accession=accession.strip() or None,
-        patient=_component(field(pid, 3), components).strip() or None,
+        patient=_component(field(pid, 3), components, repetition).strip() or None,
         findings=findings,
         impression=impression,
         issued=hl7_time(field(obr, 22) or field(obr, 7) or field(msh, 7)),
@@ -218,8 +220,6 @@ def hl7_time(value: str) -> str | None:
     zone = f"{offset.group(1)}{offset.group(2)}:{offset.group(3)}" if offset else "+00:00"
     iso = f"{year}-{month}-{day}T{hour}:{minute}:{second}{zone}"
     try:
-        from datetime import datetime
-
         datetime.fromisoformat(iso)
     except ValueError:
         return None
