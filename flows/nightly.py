@@ -21,6 +21,7 @@ from radcap.flows.ingest import ingest_reports
 from radcap.flows.monitor import monitor_flow
 from radcap.flows.promote import promote_flow
 from radcap.flows.train import train_flow
+from radcap.pacs.dicomweb import is_dicomweb
 from radcap.tasks.monitor import DriftAlarm
 from radcap.tasks.nightly import ingest_is_current, ingest_summary, input_fingerprint, record_ingest
 
@@ -45,7 +46,7 @@ def nightly_retrain(
     apply_offline_defaults()  # a deployment's entry point
     settings = get_settings()
     data = workdir / "data"
-    local = [p for p in (source, images) if not str(p or "").startswith("dicomweb:")]
+    local = [p for p in (source, images) if not is_dicomweb(p or "")]
     fingerprint = input_fingerprint(
         [*(Path(p) if p is not None else None for p in local), views, split_file],
         {"format": fmt, "text": settings.text.model_dump(), "split": settings.split.model_dump()},

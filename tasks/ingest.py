@@ -57,6 +57,7 @@ def read_source(
 def read_signed(fmt: str, source: Path | str, settings: Settings, images: Path | str | None, out: Path) -> Parsed:
     """Signed clinical reports paired with their images (a DICOM folder or `dicomweb:URL`); the pending reports
     of the previous run are tried again. See radcap.ingestion.signed.pairing."""
+    catalog = DataCatalog(out)
     key = settings.ingest.pseudonym_salt
     keys = Pseudonyms(out, key.get_secret_value() if key is not None else "")
     pacs_settings = settings.pacs
@@ -66,7 +67,7 @@ def read_signed(fmt: str, source: Path | str, settings: Settings, images: Path |
     if is_dicomweb(str(images)):
         image_pacs = Pacs(str(images), pacs_settings)
         image_pacs.check()  # a PACS that is down is one line, not every report pending
-        index = PacsStudyIndex(image_pacs, DataCatalog(out).pacs_images, keys)
+        index = PacsStudyIndex(image_pacs, catalog.pacs_images, keys)
     else:
         index = DicomFolderIndex(Path(images), keys)
     if is_dicomweb(str(source)):
@@ -77,11 +78,8 @@ def read_signed(fmt: str, source: Path | str, settings: Settings, images: Path |
         inputs = parse_inputs(fmt, structured_reports(pacs))
     else:
         inputs = parse_inputs(fmt, source_files(Path(source)))
-    catalog = DataCatalog(out)
     previous = read_table(catalog.pending, PENDING) if catalog.pending.exists() else PENDING.empty()
-    pairing = pair_reports(inputs, previous, index, keys, settings.text, settings.ingest.max_pending_days)
-    pairing.parsed.pending = pairing.pending
-    return pairing.parsed
+    return pair_reports(inputs, previous, index, keys, settings.text, settings.ingest.max_pending_days)
 
 
 @uncached

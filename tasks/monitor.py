@@ -24,6 +24,11 @@ from radcap.pacs.exports import identifiers
 from radcap.tasks import registry_task, uncached
 
 
+def _registered(model: str) -> bool:
+    """A registered model name, not a bundle folder (the captions table's `model` holds either)."""
+    return "/" not in model and not model.startswith(".")
+
+
 class DriftAlarm(RadcapError):
     """The champion's drafts agree less with signed reports than in its first weeks (or are flagged more often)."""
 
@@ -69,7 +74,7 @@ def champion_version(agreement: Agreement, model: str | None) -> tuple[str | Non
         return None, None
     name = model or str(drafts.sort_values("captioned_at")["model"].iloc[-1])
     version = None
-    if not name.startswith(("/", ".")) and "/" not in name:
+    if _registered(name):
         try:
             version = champion(name)
         except RadcapError:
@@ -118,7 +123,7 @@ def record_night(agreement: Agreement, drift: DriftReport, name: str | None, set
         log_dict(drift.to_json(), "drift.json")
         if not agreement.weekly.empty:
             log_figure(trend_figure(agreement.weekly), "agreement_trend.png")
-    if drift.status == "degraded" and name and "/" not in name:
+    if drift.status == "degraded" and name and _registered(name):
         try:
             tag_version(name, drift.version, {"degraded": "true", "degraded_reason": drift.message[:4000]})
         except RadcapError as exc:

@@ -289,7 +289,7 @@ qido_item = st.dictionaries(
 @given(st.lists(qido_item, max_size=6) | json_values)
 @settings(max_examples=300, deadline=None)
 def test_any_qido_answer_parses_to_valid_studies_or_reasons(answer):
-    from radcap.pacs.dicomweb import UID
+    from radcap.core.uids import UID
 
     studies, problems = parse_studies(answer)
     for study in studies:

@@ -147,8 +147,14 @@ def _finish(title: str, summary: dict, what: str, rejects: Path | str, incomplet
 
 
 def _location(value: str | None, what: str) -> Path | str | None:
-    """A folder or file that must exist, or `dicomweb:URL` (a PACS), kept as text."""
-    if value is None or value.startswith("dicomweb:"):
+    """A folder or file that must exist, or `dicomweb:URL` (a PACS) kept as text: a missing folder or a
+    malformed address is one line, before any work."""
+    from radcap.pacs.dicomweb import base_url, is_dicomweb
+
+    if value is None:
+        return None
+    if is_dicomweb(value):
+        base_url(value)
         return value
     return _existing(Path(value), what)
 
@@ -178,7 +184,9 @@ def ingest(
 ) -> None:
     """Parse a report collection into validated Parquet tables (reports, images, rejects; pending for signed
     reports whose images have not arrived)."""
-    if fmt not in SIGNED and (source.startswith("dicomweb:") or (images or "").startswith("dicomweb:")):
+    from radcap.pacs.dicomweb import is_dicomweb
+
+    if fmt not in SIGNED and (is_dicomweb(source) or is_dicomweb(images or "")):
         raise RadcapError(f"dicomweb:URL is for the signed-report formats (hl7, fhir, dicom-sr), not {fmt.value}")
     if fmt in SIGNED and images is None:
         raise RadcapError("--images is needed with signed reports: a DICOM folder, or dicomweb:URL of a PACS")
@@ -518,12 +526,9 @@ def caption(
     ] = None,
 ) -> None:
     """Caption every image under INPUT, one report per study; re-runs caption only new or changed files."""
-    from radcap.pacs.dicomweb import base_url, is_dicomweb
+    from radcap.pacs.dicomweb import is_dicomweb
 
-    if is_dicomweb(input):
-        base_url(input)  # a malformed address is one line
-    else:
-        _existing(Path(input), "input")
+    _location(input, "input")
     if store is not None and not is_dicomweb(store):
         raise RadcapError(f"--store {store}: give a PACS as dicomweb:http://HOST:PORT/dicom-web")
     from radcap.flows.caption import caption_flow

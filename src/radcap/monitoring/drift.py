@@ -88,8 +88,8 @@ def check_drift(
             f"{cfg.baseline_days}-day baseline ends ({baseline_end.date()})"
         )
         return report
-    signed_at = pd.to_datetime(scored["captioned_at"], utc=True)
-    in_baseline, in_window = signed_at < baseline_end, (signed_at > window_start) & (signed_at <= end)
+    scored_at = pd.to_datetime(scored["captioned_at"], utc=True)  # when the draft was written, as for `drafts`
+    in_baseline, in_window = scored_at < baseline_end, (scored_at > window_start) & (scored_at <= end)
     base, win = scored[in_baseline.to_numpy()], scored[in_window.to_numpy()]
     drafted_base = drafts[(drafted_at < baseline_end).to_numpy()]
     drafted_win = drafts[((drafted_at > window_start) & (drafted_at <= end)).to_numpy()]

@@ -24,9 +24,9 @@ import requests
 
 from radcap.core.errors import RadcapError
 from radcap.core.settings import PacsSettings
+from radcap.core.uids import valid_uid
 
 SCHEME = "dicomweb:"
-UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # PS3.5 9.1: digits and dots, at most 64 characters
 RETRY_STATUS = {429, 500, 502, 503, 504}
 PAGE = 500  # QIDO results per request
 
@@ -49,11 +49,6 @@ def base_url(location: str) -> str:
 def safe_url(url: str) -> str:
     """The URL without any user:password part, for messages and logs."""
     return re.sub(r"//[^/@]*@", "//", url)
-
-
-def valid_uid(value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text if len(text) <= 64 and UID.match(text) else None
 
 
 class BodyError(Exception):

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radcap.core.runtime import workspace_salt
+from radcap.core.uids import valid_uid
 from radcap.imaging.decode import ImageRejected, check_dicom_header, quiet_pydicom, read_bytes, sniff
 
 FRONTAL, LATERAL = {"PA", "AP", "PA_ERECT", "AP_SUPINE"}, {"LL", "RL", "LAT", "LATERAL", "RLD", "LLD"}
 _HEADER_TAGS = ["StudyInstanceUID", "SOPInstanceUID", "ViewPosition", "Modality"]
 _MODALITY = re.compile(r"^[A-Z]{2,4}$")
-_UID = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
 
 
 @dataclass(frozen=True)
@@ -155,12 +155,6 @@ def view_of(view_position: object) -> str:
     return "frontal" if value in FRONTAL else "lateral" if value in LATERAL else "unknown"
 
 
-def uid_or_none(value: object) -> str | None:
-    """A DICOM UID as it is, or None when the value is not one (missing, multi-valued, garbage)."""
-    text = value.strip() if isinstance(value, str) else ""
-    return text if 0 < len(text) <= 64 and _UID.match(text) else None
-
-
 class Identifiers:
     """DICOM UIDs as they are, or salted SHA-256 (first 32 hex digits) when `mode == "hash"`."""
 
@@ -232,8 +226,8 @@ def dicom_identity(data: bytes) -> tuple[str | None, str | None, str, str | None
         modality.strip().upper() if isinstance(modality, str) and _MODALITY.match(modality.strip().upper()) else None
     )
     return (
-        uid_or_none(header.get("StudyInstanceUID")),
-        uid_or_none(header.get("SOPInstanceUID")),
+        valid_uid(header.get("StudyInstanceUID")),
+        valid_uid(header.get("SOPInstanceUID")),
         view_of(header.get("ViewPosition")),
         modality,
     )

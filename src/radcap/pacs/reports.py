@@ -25,7 +25,8 @@ from pathlib import Path
 import pandas as pd
 
 from radcap.core.io import atomic_path
-from radcap.pacs.dicomweb import Pacs, PacsError, valid_uid
+from radcap.core.uids import valid_uid
+from radcap.pacs.dicomweb import Pacs, PacsError
 
 NOT_DICOM = "not a DICOM study"
 SERIES_NUMBER = 7701  # radcap's report series in a study

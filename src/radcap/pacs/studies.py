@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radcap.core.pseudonyms import Pseudonyms
-from radcap.pacs.dicomweb import Pacs, PacsError, StudyFound, is_image, safe_url, valid_uid
+from radcap.core.uids import valid_uid
+from radcap.pacs.dicomweb import Pacs, PacsError, StudyFound, is_image, safe_url
 from radcap.pacs.exports import view_of
 
 

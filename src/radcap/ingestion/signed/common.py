@@ -77,7 +77,7 @@ def split_sections(text: str | None) -> tuple[str | None, str | None]:
 
 
 def looks_like_radcap_draft(*texts: str | None) -> bool:
-    """A text that names radcap as its author or says it is radcap's machine-generated draft."""
+    """A text that names radcap and says it is a machine-generated draft (what radcap's drafts say)."""
     joined = " ".join(t for t in texts if t).lower()
     return RADCAP_NAME in joined and DRAFT_PHRASE in joined
 

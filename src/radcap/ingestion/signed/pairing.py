@@ -6,17 +6,15 @@ amendment): the last signed wins, the others are rejects naming it. A report who
 pending: a row of `pending.parquet` that the next run tries again (from the table: the source file may be
 gone by then), until `max_pending_days` have passed, when it becomes a reject saying so.
 
-Privacy: the accession number and the patient id are replaced by keyed hashes (HMAC-SHA-256 with the data
-directory's own salt, `.pseudonym_salt`) before anything is kept: the patient's hash is the split group (a
+Privacy: the accession number and the patient id are replaced by keyed hashes (`radcap.core.pseudonyms`: the
+deployment's key, else the data directory's own) before anything is kept: the patient's hash is the split group (a
 patient's studies never span two splits), the accession's hash lets a pending report pair on a later run.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -25,10 +23,9 @@ import pandas as pd
 
 from radcap.core.pseudonyms import Pseudonyms
 from radcap.core.settings import TextRules
+from radcap.core.uids import valid_uid
 from radcap.ingestion.common import Parsed, image_row, natural_key, report_row
 from radcap.ingestion.signed.common import NotAReport, SignedReport
-
-_UID = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
 
 
 class StudyImage(Protocol):
@@ -85,12 +82,6 @@ def _time(value: str | None) -> pd.Timestamp | None:
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
-@dataclass
-class Pairing:
-    parsed: Parsed
-    pending: list[dict]
-
-
 def pair_reports(
     inputs: Iterable[tuple[str, SignedReport | NotAReport]],
     previous_pending: pd.DataFrame,
@@ -98,8 +89,9 @@ def pair_reports(
     keys: Pseudonyms,
     rules: TextRules,
     max_pending_days: int,
-) -> Pairing:
-    """Every input a report row (with its images), a reject or a pending row; see the module doc."""
+) -> Parsed:
+    """Every input a report row (with its images), a reject or a pending row (`Parsed.pending`); see the module
+    doc."""
     parsed = Parsed()
     candidates: list[dict] = []
     seen: set[str] = set()
@@ -121,12 +113,11 @@ def pair_reports(
             parsed.inputs += 1
             seen.add(row["report_key"])
             candidates.append({**row, "reason": None})
-    pending: list[dict] = []
     by_study: dict[str, list[tuple[dict, Study]]] = {}
     now = datetime.now(UTC)
     for row in candidates:
         uid = row["study_uid"]
-        if uid is not None and not (len(uid) <= 64 and _UID.match(uid)):
+        if uid is not None and valid_uid(uid) != uid:
             parsed.reject(row["source"], f"Study Instance UID '{uid[:70]}' is not a DICOM UID", item=row["item"])
             continue
         if uid is None and row["accession_key"] is None:
@@ -144,7 +135,7 @@ def pair_reports(
                 )
             else:
                 what = f"study {uid}" if uid else "the study of its accession number"
-                pending.append({**row, "reason": f"no images of {what} yet"})
+                parsed.pending.append({**row, "reason": f"no images of {what} yet"})
             continue
         by_study.setdefault(study.uid, []).append((row, study))
     for uid in sorted(by_study):
@@ -154,7 +145,7 @@ def pair_reports(
             parsed.reject(row["source"], f"superseded by the later report {winner['source']}", item=row["item"])
         row, study = ordered[-1]
         _add_report(parsed, row, study, keys, rules)
-    return Pairing(parsed, pending)
+    return parsed
 
 
 def _signing_order(entry: tuple[dict, Study]) -> tuple:
