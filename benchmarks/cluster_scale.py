@@ -148,7 +148,8 @@ def feature_parts(images: int, tmp: Path) -> dict:
         items = [ImageItem(f"i{b}-{k}", f"/x/{b}-{k}.png", "s") for k in range(32)]
         # ReLU outputs: about half zeros, as real DenseNet features are (random dense data would not compress).
         grid = np.maximum(rng.normal(0, 1, (32, 7, 7, 1024)), 0).astype(np.float32)
-        table = features_table(items, grid.mean((1, 2)), grid, "enc", "v")
+        early = np.concatenate([grid.mean((1, 2)), grid.std((1, 2))], 1)[:, :1536]  # the size the store keeps
+        table = features_table(items, grid.mean((1, 2)), grid, "enc", "v", early)
         start = time.perf_counter()
         writer.append(table)
         seconds += time.perf_counter() - start

@@ -16,12 +16,20 @@ Each setup runs for every `--seeds` value (the pretraining seed; for random, the
 Prints, per setup and captioner, the share of studies flagged: by the combined score, by each signal alone (at
 its own out-of-fold threshold), and with the modality and colour rules; `--json` keeps every number.
 
-    .venv/bin/python benchmarks/domain_guard.py --setups random own --seeds 0 1 2 --json out/bench/ood.json
+Which signals to combine (`domain.signals`): every subset of the guard's signals is fitted again on the same
+training studies (the same out-of-fold calibration) and measured. The chest X-rays are split by patient into two
+halves (`xrays-select`, `xrays-report`): the default is the subset with the highest mean share of `xrays-select`
+flagged over every setup and seed of the MedPix captioner, and the tables report `xrays-report`, which no choice
+touched. The last table gives the mean and range over seeds.
+
+    .venv/bin/python benchmarks/domain_guard.py --setups random own both --seeds 0 1 2 --json out/bench/ood.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -150,6 +158,7 @@ def run_setup(dirs: dict[str, Path], sources: dict[str, Path], out: Path, encode
         )
         quality = json.loads((out / f"evaluation-{trained_on}" / "metrics.json").read_text())["domain_guard"]
         quality["encoder"] = versions[trained_on]
+        quality["subsets"] = signal_subsets(dirs, trained_on, split, versions)
         quality["captioned"] = {}
         # The guard as `radcap caption` applies it (score, modality and colour rules) on the picture folders.
         for name, folder in sources.items():
@@ -163,6 +172,85 @@ def run_setup(dirs: dict[str, Path], sources: dict[str, Path], out: Path, encode
             }
         results[trained_on] = quality
     return results
+
+
+def xray_half(patient: str) -> str:
+    """The half of the chest X-ray patients a patient is in: `select` (chooses the signals) or `report`."""
+    return "select" if int(hashlib.sha256(patient.encode()).hexdigest()[:8], 16) % 2 == 0 else "report"
+
+
+def signal_subsets(dirs: dict[str, Path], trained_on: str, split: str, versions: dict[str, str]) -> dict:
+    """Every subset of the guard's signals, fitted on the captioner's training studies (train and selection carve,
+    as training fits it) and measured on its held-out studies and the other directories' studies."""
+    from radcap.captioning.data import CaptionSet, load_caption_sets, training_sets
+    from radcap.core.catalog import DataCatalog
+    from radcap.core.io import read_table
+    from radcap.core.settings import get_settings
+    from radcap.data_contracts import IMAGES, REPORTS
+    from radcap.domain.guard import SIGNALS, domain_guard
+    from radcap.evaluation.captioner import guard_quality, guarded_set
+    from radcap.imaging.features import FeatureStore
+
+    settings = get_settings()
+    version = versions[trained_on]
+
+    def guarded(name: str, splits: tuple[str, ...] | None = None, keep=None):
+        catalog = DataCatalog(dirs[name])
+        images, reports = read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS)
+        splits = splits or tuple(sorted(set(reports["split"])))
+        found = load_caption_sets(dirs[name], version, splits, settings.captioner.max_views, min_size=0)
+        data = CaptionSet.concat(list(found.values()))
+        if keep is not None:
+            data = data.subset([r for r, g in zip(data.report_ids, data.group_ids) if keep(g)])
+        return guarded_set(data, images, FeatureStore(catalog.features), version)
+
+    catalog = DataCatalog(dirs[trained_on])
+    sets = training_sets(dirs[trained_on], version, settings.split, settings.captioner.max_views)
+    images, reports = read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS)
+    held_out = guarded(trained_on, (split,))
+    others = {name: guarded(name) for name in dirs if name not in (trained_on, "covid")}
+    if trained_on != "covid":
+        for half in ("select", "report"):
+            others[f"xrays-{half}"] = guarded("covid", keep=lambda g, h=half: xray_half(g) == h)
+    out = {}
+    for size in range(1, len(SIGNALS) + 1):
+        for subset in itertools.combinations(SIGNALS, size):
+            cfg = settings.domain.model_copy(update={"signals": list(subset)})
+            guard = domain_guard(
+                [sets["train"], sets["val"]], images, reports, cfg, FeatureStore(catalog.features), version
+            )
+            quality = guard_quality(guard, held_out, others)
+            out["+".join(subset)] = {
+                "held_out": quality["held_out"]["flagged_by_score"],
+                "calibration_flagged": guard.calibration.get("flagged"),
+                **{name: o["flagged_by_score"] for name, o in quality["out_of_domain"].items()},
+            }
+    return out
+
+
+def subset_tables(runs: list[dict]) -> None:
+    """The signal choice (on xrays-select) and, per subset, mean and range over seeds of every share."""
+    medpix = [(run["setup"], run["seed"], run["results"]["medpix"]["subsets"]) for run in runs]
+    names = list(medpix[0][2])
+    chosen = max(names, key=lambda n: np.mean([subsets[n]["xrays-select"] for _, _, subsets in medpix]))
+    print(f"\nsignals chosen on xrays-select (mean over {len(medpix)} runs): {chosen}\n")
+    columns = ["held_out", "xrays-report", "xrays-select", "phantoms", "nonmedical"]
+    for trained_on in ("medpix", "covid"):
+        print(f"\n{trained_on} captioner: share flagged, mean (min..max) over seeds\n")
+        cols = [c for c in columns if c in runs[0]["results"][trained_on]["subsets"][names[0]]]
+        if trained_on == "covid":
+            cols = ["held_out", "medpix", "phantoms", "nonmedical"]
+        print("| setup | signals | " + " | ".join(cols) + " |")
+        print("|---|---|" + "---|" * len(cols))
+        for setup in dict.fromkeys(run["setup"] for run in runs):
+            for name in names:
+                values = [run["results"][trained_on]["subsets"][name] for run in runs if run["setup"] == setup]
+                cells = []
+                for c in cols:
+                    v = [x[c] for x in values]
+                    cells.append(f"{np.mean(v):.1%} ({min(v):.1%}..{max(v):.1%})")
+                mark = " (default)" if name == chosen else ""
+                print(f"| {setup} | {name}{mark} | " + " | ".join(cells) + " |")
 
 
 def print_table(runs: list[dict]) -> None:
@@ -202,7 +290,7 @@ def main() -> None:
     from radcap.flows.ingest import ingest_reports
     from radcap.ingestion.phantoms import write_sample
 
-    settings, out = get_settings(), args.out
+    settings, out = get_settings(), args.out.resolve()  # manifests name their files by absolute path
     dirs = {name: out / name for name in ("medpix", "covid", "phantoms", "nonmedical")}
     ingest_reports("medpix2", DATA / "medpix2", dirs["medpix"], settings=settings)
     ingest_reports("manifest", covid_manifest(out / "sources" / "covid"), dirs["covid"], settings=settings)
@@ -218,9 +306,12 @@ def main() -> None:
     pictures = nonmedical_manifest(out / "sources" / "nonmedical")
     ingest_reports("manifest", pictures, dirs["nonmedical"], settings=settings)
     sources = {"nonmedical": out / "sources" / "nonmedical", "phantoms": sample / "images"}
-    runs = []
-    for setup in args.setups:
-        for seed in args.seeds:
+    # `--json` also resumes: the (setup, seed) runs it already holds are kept and not run again.
+    runs = json.loads(args.json.read_text()) if args.json and args.json.exists() else []
+    for seed in args.seeds:  # every setup of a seed before the next seed: a cut-short run still compares them
+        for setup in args.setups:
+            if any(run["setup"] == setup and run["seed"] == seed for run in runs):
+                continue
             folder = out / f"{setup}-seed{seed}"
             epochs, size = args.pretrain_epochs, args.pretrain_size
             if setup == "random":
@@ -241,7 +332,9 @@ def main() -> None:
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(runs, indent=2))
+            print(f"done: {setup} seed {seed}", flush=True)
     print_table(runs)
+    subset_tables(runs)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ POOLED_DIM = 1024
 GRID_SIDE = 7  # DenseNet-121 at 224 px
 GRID_CELLS = GRID_SIDE * GRID_SIDE
 GRID_SIZE = GRID_CELLS * POOLED_DIM
+EARLY_DIM = 2 * (256 + 512)  # mean and std of each channel of DenseNet-121's pool2_relu and pool3_relu
 
 FEATURES = Contract(
     name="features",
@@ -26,6 +27,13 @@ FEATURES = Contract(
             pa.list_(pa.float16(), GRID_SIZE),
             nullable=False,
             doc="7x7x1,024 spatial grid (row-major, channels last), float16, for attention decoders.",
+        ),
+        Column(
+            "early",
+            pa.list_(pa.float32(), EARLY_DIM),
+            doc="Early-layer statistics (each channel's mean and standard deviation over positions in DenseNet-121's "
+            "pool2_relu and pool3_relu), for the out-of-domain guard. Null in rows written before radcap 0.4; such "
+            "rows are encoded again by the next `radcap features` run.",
         ),
     ),
 )

@@ -15,6 +15,11 @@ import numpy as np
 import tensorflow as tf
 
 FEATURE_LAYER = "relu"  # DenseNet-121's last BN+ReLU: 7x7x1024 at 224 px
+# The out-of-domain guard's early-layer signal: the inputs of DenseNet-121's first two transitions (56x56x256 and
+# 28x28x512 at 224 px). Early layers keep the image statistics the last one discards: measured on MedPix 2.0 vs real
+# chest X-rays (benchmarks/domain_guard.py), their channel statistics separate the two where the last layer's
+# cannot, with an untrained encoder as with one that never saw an X-ray.
+EARLY_LAYERS = ("pool2_relu", "pool3_relu")
 CHEXNET_OUTPUTS = 14  # the published CheXNet head: the 14 ChestX-ray14 observations (radcap.imaging.labels.CHESTXRAY14)
 
 
@@ -45,19 +50,27 @@ def _glorot_from(model: keras.Model, seed: int) -> None:
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """(pooled 1024-d, spatial grid HxWx1024) from the encoder's last convolutional block."""
+    """(pooled 1024-d, spatial grid HxWx1024) from the encoder's last convolutional block, and the early-layer
+    statistics (the mean and standard deviation over positions of each channel of `EARLY_LAYERS`, 1,536-d)."""
     spatial = model.get_layer(FEATURE_LAYER).output
     pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(spatial)
-    return keras.Model(model.input, [pooled, spatial], name="chexnet_features")
+    early = keras.ops.concatenate([_channel_moments(model.get_layer(n).output) for n in EARLY_LAYERS], axis=-1)
+    return keras.Model(model.input, [pooled, spatial, early], name="chexnet_features")
+
+
+def _channel_moments(maps):
+    """(N,H,W,C) -> (N,2C): each channel's mean and standard deviation over positions."""
+    ops = keras.ops
+    return ops.concatenate([ops.mean(maps, axis=(1, 2)), ops.std(maps, axis=(1, 2))], axis=-1)
 
 
 def uint8_feature_model(model: keras.Model, input_size: int) -> keras.Model:
-    """uint8 letterboxed squares (N,S,S) -> (pooled, grid): the whole inference graph in one Keras model, for
-    export to other runtimes (standardization included, so they are fed what the TensorFlow path is fed)."""
+    """uint8 letterboxed squares (N,S,S) -> (pooled, grid, early): the whole inference graph in one Keras model,
+    for export to other runtimes (standardization included, so they are fed what the TensorFlow path is fed)."""
     extractor = feature_extractor(model)
     images = keras.Input((input_size, input_size), dtype="uint8", name="images")
-    pooled, grid = extractor(keras.layers.Lambda(standardize, name="standardize")(images))
-    return keras.Model(images, [pooled, grid], name="chexnet_uint8_features")
+    pooled, grid, early = extractor(keras.layers.Lambda(standardize, name="standardize")(images))
+    return keras.Model(images, [pooled, grid, early], name="chexnet_uint8_features")
 
 
 def standardize(images_uint8: tf.Tensor) -> tf.Tensor:

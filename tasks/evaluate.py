@@ -25,6 +25,7 @@ from radcap.evaluation.captioner import (
     save_evaluation,
     score_systems,
 )
+from radcap.imaging.features import FeatureStore
 from radcap.registry.store import LoadedModel
 from radcap.retrieval import retriever as retrievers
 from radcap.retrieval.retriever import retrieved_captions
@@ -92,8 +93,12 @@ def check_guard(
                 f"{folder}: no studies with features for encoder {config.encoder_version} (run `radcap "
                 f"features --data {folder} --encoder {config.encoder_spec or config.encoder_version}`)"
             )
-        sets[folder.name] = guarded_set(data, images)
-    quality = guard_quality(guard, guarded_set(evaluated, read_table(DataCatalog(data_dir).images, IMAGES)), sets)
+        sets[folder.name] = guarded_set(data, images, FeatureStore(catalog.features), config.encoder_version)
+    catalog = DataCatalog(data_dir)
+    own = guarded_set(
+        evaluated, read_table(catalog.images, IMAGES), FeatureStore(catalog.features), config.encoder_version
+    )
+    quality = guard_quality(guard, own, sets)
     get_run_logger().info("out-of-domain guard: %s", quality)
     return quality
 

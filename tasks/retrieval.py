@@ -17,6 +17,7 @@ from radcap.core.settings import BulkCaptioningSettings, DomainSettings, Retriev
 from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
 from radcap.domain.guard import domain_guard, guard_summary
 from radcap.imaging.encoders import at_precision, encoder_for
+from radcap.imaging.features import FeatureStore
 from radcap.imaging.precision import require_precision
 from radcap.operations.cluster import dask_client
 from radcap.pacs.exports import identifiers, scan
@@ -81,7 +82,12 @@ def fit_domain_guard(
     """The retriever's out-of-domain guard, fitted and calibrated (out of fold) on its training split's images."""
     catalog = DataCatalog(data_dir)
     guard = domain_guard(
-        [sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg
+        [sets["train"], sets["val"]],
+        read_table(catalog.images, IMAGES),
+        read_table(catalog.reports, REPORTS),
+        cfg,
+        FeatureStore(catalog.features),
+        training.bundle.config.encoder_version,
     )
     training.bundle.domain = guard
     summary = guard_summary(guard)

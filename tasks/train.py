@@ -146,7 +146,12 @@ def fit_domain_guard(result: CaptionTraining, sets: dict[str, CaptionSet], data_
     split's images; saved with the bundle."""
     catalog = DataCatalog(data_dir)
     guard = domain_guard(
-        [sets["train"], sets["val"]], read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS), cfg
+        [sets["train"], sets["val"]],
+        read_table(catalog.images, IMAGES),
+        read_table(catalog.reports, REPORTS),
+        cfg,
+        FeatureStore(catalog.features),
+        result.bundle.config.encoder_version,
     )
     result.bundle.domain = guard
     summary = guard_summary(guard)

@@ -29,7 +29,9 @@ def test_views_are_ordered_masked_and_missing_features_rejected(tmp_path):
     store = FeatureStore(tmp_path)
     stored = [ImageItem(i, f"/x/{i}.png", "0" * 64) for i in ("r1-lat", "r1-front", "r2-only")]
     pooled = np.arange(3, dtype=np.float32)[:, None] * np.ones((3, 1024), np.float32)
-    store.write_part(features_table(stored, pooled, np.zeros((3, 7, 7, 1024)), "enc", "v1"), "run", 0)
+    store.write_part(
+        features_table(stored, pooled, np.zeros((3, 7, 7, 1024)), "enc", "v1", np.zeros((3, 1536))), "run", 0
+    )
 
     data = build_caption_set(reports, images, store, "v1", "train", grid=True)
     assert data.report_ids == ["r1", "r2"] and data.texts == ["a.", "b."] and data.group_ids == ["p1", "p2"]

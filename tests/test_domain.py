@@ -85,6 +85,75 @@ def test_pixel_statistics_catch_what_the_features_do_not_see():
     np.testing.assert_allclose(guard.score_images(intruders[0], unknown), by_features, rtol=1e-6)
 
 
+def test_early_layers_catch_what_the_last_layer_and_the_pixels_do_not(tmp_path):
+    """Intruders whose pooled features and pixel statistics are in domain but whose early-layer statistics are
+    not (an encoder whose last layer maps them among its training images): the layers signal flags them, the
+    other two alone flag their usual ~5%; the guard saved and loaded judges the same; a path that gives no
+    early-layer statistics (an optimized build from before them) is refused, never judged on the other signals."""
+    from radcap.core.errors import RadcapError
+
+    rng = np.random.default_rng(7)
+    bases = rng.normal(size=(8, 64)), rng.normal(size=(4, 30)), rng.normal(size=(6, 48))
+
+    def sample(n, layer_shift=0.0):
+        return (
+            latent(rng, n, basis=bases[0]),
+            latent(rng, n, dim=30, factors=4, basis=bases[1]),
+            latent(rng, n, dim=48, factors=6, basis=bases[2], shift=layer_shift),
+        )
+
+    pooled, statistics, layers = sample(1500)
+    guard = fit(pooled, statistics, layers=layers)
+    assert set(guard.densities) == {"features", "layers", "image"} and guard.needs_layers
+    inside, intruders = sample(1000), sample(500, layer_shift=2.0)
+    assert 0.03 < np.mean(guard.score_images(*inside) > guard.threshold) < 0.08
+    assert np.mean(guard.score_images(*intruders) > guard.threshold) > 0.95
+    mask = np.ones((500, 1), np.float32)
+    alone = study_signal_scores(guard, intruders[0][:, None], mask, intruders[1][:, None], intruders[2][:, None])
+    assert np.mean(alone["layers"] > 1.0) > 0.95
+    assert np.mean(alone["features"] > 1.0) < 0.1 and np.mean(alone["image"] > 1.0) < 0.1
+    guard.save(tmp_path)
+    again = DomainGuard.load(tmp_path)
+    assert again is not None and again.needs_layers
+    np.testing.assert_allclose(again.score_images(*intruders), guard.score_images(*intruders), rtol=1e-5)
+    with pytest.raises(RadcapError, match="optimize-encoder"):
+        guard.score_images(*intruders[:2])
+    without = fit(pooled, statistics, layers=layers, signals=("features", "image"))
+    assert set(without.densities) == {"features", "image"}  # `domain.signals` leaves the layers out
+    assert np.mean(without.score_images(*intruders[:2]) > without.threshold) < 0.1
+
+
+def test_one_signal_far_outside_is_enough_when_the_others_are_in_domain(tmp_path):
+    """Surprise keeps growing past the highest training score (an exponential tail), so an image that one signal
+    sees far outside and the others see inside is flagged by the sum of three; a guard saved before the tail
+    (format 2) loads and judges with the empirical p alone, as it was calibrated."""
+    import json
+
+    from radcap.domain.guard import surprise
+
+    reference = np.sort(np.random.default_rng(8).gamma(2.0, 1.0, 1000))
+    far = surprise(np.array([reference[-1], 2 * reference[-1], 4 * reference[-1]]), reference)
+    assert far[0] < far[1] < far[2] and far[1] > np.log(1001)  # the empirical p stops at 1/(n+1)
+    capped = surprise(np.array([2 * reference[-1], 4 * reference[-1]]), reference, tail=False)
+    np.testing.assert_allclose(capped, np.log(1001))
+
+    rng = np.random.default_rng(9)
+    bases = rng.normal(size=(8, 64)), rng.normal(size=(4, 30)), rng.normal(size=(6, 48))
+    train = [latent(rng, 1500, dim=b.shape[1], factors=len(b), basis=b) for b in bases]
+    guard = fit(train[0], train[1], layers=train[2])
+    intruders = [latent(rng, 200, dim=b.shape[1], factors=len(b), basis=b) for b in bases]
+    intruders[1] = intruders[1] + 12.0  # pixels far outside, features and early layers inside (the phantoms)
+    assert np.mean(guard.score_images(*intruders) > guard.threshold) > 0.95
+    guard.save(tmp_path)
+    meta = json.loads((tmp_path / "domain.json").read_text())
+    assert meta["format"] == 3 and meta["tail"] is True
+    meta.pop("tail")
+    (tmp_path / "domain.json").write_text(json.dumps({**meta, "format": 2}))
+    old = DomainGuard.load(tmp_path)
+    assert old is not None and old.tail is False
+    assert np.all(old.signal_scores(*intruders)["image"] <= np.log(len(old.references["image"]) + 1) + 1e-9)
+
+
 def test_a_guard_saved_by_radcap_0_2_loads_and_judges_as_it_did(tmp_path):
     """Format 1 (pooled features only, a per-image threshold): no pixel statistics needed, the same scores."""
     import json
@@ -146,17 +215,19 @@ def _pixels(folder: Path, n: int, size: int = 128) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def guarded_captioner(tmp_path_factory, shared_data: Path) -> Path:
-    """The tiny captioner with a guard fitted on 96 chest X-rays (random:0 encoder features, and the pixel
-    statistics of the 128-pixel files the test exports)."""
+    """The tiny captioner with a guard fitted on 96 chest X-rays (random:0 encoder features and early-layer
+    statistics, and the pixel statistics of the 128-pixel files the test exports)."""
     from radcap.imaging.encoders import resolve_encoder
     from radcap.imaging.statistics import image_statistics
 
     encoder = resolve_encoder("random:0")
     forward = encoder.forward_fn()
     xrays = _pixels(shared_data / "covid_cxr" / "images", 96, 224)
-    pooled = np.concatenate([forward(np.stack(xrays[i : i + 32]))[0] for i in range(0, 96, 32)])
+    outputs = [forward(np.stack(xrays[i : i + 32])) for i in range(0, 96, 32)]
+    pooled, layers = np.concatenate([o[0] for o in outputs]), np.concatenate([o[2] for o in outputs])
     statistics = np.stack([image_statistics(x / 255.0) for x in _pixels(shared_data / "covid_cxr" / "images", 96)])
-    guard = fit(pooled, statistics, percentile=95, modalities=["CR"])
+    guard = fit(pooled, statistics, percentile=95, modalities=["CR"], layers=layers)
+    assert set(guard.densities) == {"features", "layers", "image"}
     return make_tiny_captioner(tmp_path_factory.mktemp("guarded") / "captioner", domain=guard)
 
 
@@ -255,7 +326,7 @@ def test_a_colour_picture_is_not_a_radiograph(tmp_path, shared_data):
 
 def same_verdict_everywhere(captioner: Path, export: Path, captions: pd.DataFrame) -> None:
     """The REST endpoint's model (the pyfunc) and the page's reader judge a study as bulk captioning did: the
-    same score (features and pixel statistics) and verdict, for in- and out-of-domain files alike."""
+    same score (features, early layers and pixel statistics) and verdict, for in- and out-of-domain files alike."""
     from types import SimpleNamespace
 
     from radcap.captioning.bundle import load_bundle
@@ -350,6 +421,7 @@ def test_chest_xrays_are_flagged_for_a_medpix_model_whose_encoder_never_saw_one(
         captions = read_captions(root / f"captions-{name}")
         assert captions["ood_score"].notna().all()
         shares[name] = float((~captions["in_domain"].astype(bool)).mean())
-    # Measured on this tiny setup (120 training images, 1 epoch at 64 px): 45% of the X-rays, 5% of dev. Far
-    # from the issue's 95% (benchmarks/domain_guard.py has the full-size numbers), but well apart.
-    assert shares["xrays"] >= 0.35 and shares["dev"] <= 0.2 and shares["xrays"] >= 3 * shares["dev"], shares
+    # Measured on this tiny setup (120 training images, 1 epoch at 64 px): 85% of the X-rays, 5% of dev with the
+    # default signals (early layers and pixel statistics); 45% of the X-rays with the last layer's features and the
+    # pixel statistics (radcap 0.3's guard), which this bound fails. benchmarks/domain_guard.py has the full size.
+    assert shares["xrays"] >= 0.7 and shares["dev"] <= 0.2 and shares["xrays"] >= 4 * shares["dev"], shares

@@ -71,9 +71,10 @@ def test_resolve_encoder_from_h5_gives_a_content_version(tmp_path, chexnet_pair)
     save_chexnet_h5_keras2_layout(chexnet_pair[0], path)
     encoder = resolve_encoder(str(path))
     assert encoder.version.startswith("h5-") and encoder.version == resolve_encoder(str(path)).version
-    pooled, grid = encoder.forward_fn()(np.zeros((2, 224, 224), np.uint8))
-    assert pooled.shape == (2, 1024) and grid.shape == (2, 7, 7, 1024)
+    pooled, grid, early = encoder.forward_fn()(np.zeros((2, 224, 224), np.uint8))
+    assert pooled.shape == (2, 1024) and grid.shape == (2, 7, 7, 1024) and early.shape == (2, 1536)
     np.testing.assert_allclose(pooled, grid.mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+    assert np.all(early[:, 256:512] >= 0) and np.all(early[:, 1024:] >= 0)  # the spreads of pool2 and pool3
 
 
 def test_masked_weighted_bce_ignores_unannotated_units():

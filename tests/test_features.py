@@ -24,7 +24,8 @@ def fake_forward(calls: list, fail_on_call: int | None = None):
             raise KeyboardInterrupt("killed mid-run")
         pooled = np.zeros((len(batch), 1024), np.float32)
         pooled[:, 0] = batch.reshape(len(batch), -1).mean(axis=1)
-        return pooled, np.zeros((len(batch), 7, 7, 1024), np.float32)
+        early = np.repeat(pooled[:, :1], 1536, axis=1)
+        return pooled, np.zeros((len(batch), 7, 7, 1024), np.float32), early
 
     return forward
 
@@ -207,3 +208,45 @@ def test_an_image_that_breaks_the_encoder_is_its_own_reject(tmp_path, images):
             input_size=64,
             progress=False,
         )
+
+
+def test_rows_stored_before_the_early_layer_statistics_are_encoded_again_once(tmp_path, images):
+    """A store written before radcap 0.4 (parts without the `early` column): reading asks for early-layer
+    statistics and gets NaN rows, not an error; the next features run encodes those images again, once, and
+    reading then gives each image's new row; a forward pass without early outputs (an optimized build from
+    before them) cannot write rows the guard would miss."""
+    import pyarrow.parquet as pq
+
+    from radcap.core.errors import RadcapError
+    from radcap.data_contracts import FEATURES
+
+    good = [i for i in images if i.image_id not in ("zero", "report")]
+    store = FeatureStore(tmp_path / "features")
+    extract_features(good[:4], fake_forward([]), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
+    (part,) = store.parts()
+    old = pq.read_table(part).drop_columns(["early"])  # as radcap 0.3 wrote it
+    assert "early" in FEATURES.column_names and "early" not in old.column_names
+    part.unlink()
+    pq.write_table(old, part.with_name("part-00000000000000000001-old-00000.parquet"))
+
+    loaded = store.load("v1", early=True)
+    assert loaded["early"].shape == (4, 1536) and np.isnan(loaded["early"]).all()
+    todo, skipped, _ = store.plan(
+        pd.DataFrame({"image_id": [i.image_id for i in good], "path": [i.path for i in good]}), "v1"
+    )
+    assert skipped == 0 and len(todo) == len(good)  # old rows count as not stored
+
+    extract_features(todo, fake_forward([]), store, "fake", "v1", batch_size=4, input_size=64, progress=False)
+    loaded = store.load("v1", {i.image_id: i.sha256 for i in good}, early=True)
+    assert len(loaded["image_id"]) == len(good) and not np.isnan(loaded["early"]).any()
+    np.testing.assert_allclose(loaded["early"][:, 0], loaded["pooled"][:, 0])  # each image's own row
+    todo, skipped, _ = store.plan(
+        pd.DataFrame({"image_id": [i.image_id for i in good], "path": [i.path for i in good]}), "v1"
+    )
+    assert skipped == len(good) and not todo
+
+    def two_outputs(batch):
+        return fake_forward([])(batch)[:2]
+
+    with pytest.raises(RadcapError, match="optimize-encoder"):
+        extract_features(good[:2], two_outputs, FeatureStore(tmp_path / "other"), "fake", "v2", 2, 64, progress=False)

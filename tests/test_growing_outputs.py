@@ -26,7 +26,8 @@ def test_feature_parts_are_large_without_rewrites_and_a_crash_loses_only_the_ope
 
     def forward(batch):
         n = len(batch)
-        return batch.reshape(n, -1)[:, :1024].astype(np.float32), np.ones((n, 7, 7, 1024), np.float32)
+        pooled = batch.reshape(n, -1)[:, :1024].astype(np.float32)
+        return pooled, np.ones((n, 7, 7, 1024), np.float32), np.tile(pooled[:, :768], 2)
 
     store = FeatureStore(tmp_path / "features")
     done = extract_features(

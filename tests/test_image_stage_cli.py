@@ -232,7 +232,7 @@ def test_train_evaluate_and_reload_the_registered_captioner(featured_data: Path)
     # to float noise (batch composition changes oneDNN's rounding).
     from radcap.captioning.data import VIEW_ORDER
 
-    pooled, grid, _, _ = model.unwrap_python_model()._image_features(
+    pooled, grid, *_ = model.unwrap_python_model()._image_features(
         [Path(p) for p in frame["image_path"]], frame["image_path"].tolist()
     )
     order = sorted(range(len(frame)), key=lambda r: (VIEW_ORDER.get(frame["view"].iloc[r], 2), r))

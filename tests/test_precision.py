@@ -84,10 +84,12 @@ def test_each_precision_matches_fp32_on_real_images(precision, int8_data, xrays)
     _, folder = found
     assert {p.name for p in folder.iterdir()} == {"encoder.xml", "encoder.bin", "optimized.json"}
     held_out = np.stack([prepare(p, 224) for p in xrays[CALIBRATION:]])
-    reference_pooled, reference_grid = encoder.forward_fn()(held_out)
-    pooled, grid = openvino_forward(folder, precision)(held_out)
+    reference_pooled, reference_grid, reference_early = encoder.forward_fn()(held_out)
+    pooled, grid, early = openvino_forward(folder, precision)(held_out)
     assert pooled.shape == reference_pooled.shape and grid.shape == reference_grid.shape
+    assert early is not None and early.shape == reference_early.shape == (len(held_out), 1536)
     assert cosine(pooled, reference_pooled).mean() >= 0.99
+    assert cosine(early, reference_early).mean() >= 0.99
     flat, reference_flat = grid.reshape(len(grid) * 49, -1), reference_grid.reshape(len(grid) * 49, -1)
     assert np.nanmean(cosine(flat, reference_flat)) >= 0.98
 

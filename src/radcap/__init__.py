@@ -5,7 +5,7 @@ telemetry off, local MLflow store, Keras home) are applied by the entry points t
 the deployed flows and the MLflow pyfunc loaders, through `radcap.core.runtime.apply_offline_defaults`.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def read_captions(out, as_of=None):

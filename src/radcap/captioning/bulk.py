@@ -134,13 +134,14 @@ def judge_studies(
     studies: list[list[int]],
     modalities: list[str | None],
     chroma: list[float],
+    layers: np.ndarray | None = None,
 ) -> list[tuple]:
-    """(ood_score, in_domain, reason) per study: its highest image score (pooled features and pixel statistics,
-    one row per image), its DICOM modality and its most colourful image. Every path that captions, retrieves or
-    serves judges with this one function, so a study gets the same verdict everywhere."""
+    """(ood_score, in_domain, reason) per study: its highest image score (pooled features, pixel statistics and
+    early-layer statistics, one row per image), its DICOM modality and its most colourful image. Every path that
+    captions, retrieves or serves judges with this one function, so a study gets the same verdict everywhere."""
     if guard is None:
         return [(None, None, None)] * len(studies)
-    image_scores = guard.score_images(pooled, statistics)
+    image_scores = guard.score_images(pooled, statistics, layers)
     out = []
     for rows, modality, colour in zip(studies, modalities, chroma):
         score = float(image_scores[rows].max())
@@ -193,7 +194,7 @@ def caption_images(
             modalities = [next((flat[k].modality for k in keys if flat[k].modality), None) for keys in members]
             colours = [max(batch.chroma[k] for k in keys) for keys in members]
             verdicts = judge_studies(
-                bundle.domain, encoded.pooled, batch.encoded_statistics(), studies, modalities, colours
+                bundle.domain, encoded.pooled, batch.encoded_statistics(), studies, modalities, colours, encoded.early
             )
             stamp = now_utc()
             for s, (caption, keys, (score, in_domain, reason)) in enumerate(zip(captions, members, verdicts)):

@@ -7,6 +7,10 @@ The guard a captioner (or a retriever) carries:
   - `features`: the encoder's pooled CheXNet features, by a probabilistic-PCA distance (`Density`: the
     Mahalanobis distance on the principal components that explain 95% of their variance plus the scaled
     distance to that subspace, over the square root of the dimension);
+  - `layers`: the encoder's early layers (each channel's mean and spread in DenseNet-121's pool2_relu and
+    pool3_relu, `radcap.models.encoder.EARLY_LAYERS`), by the same distance on 99% of their variance. Early
+    layers keep what the last one discards (texture, contrast, the field of view), so they separate images the
+    encoder was never trained to tell apart: an untrained encoder, or one that never saw a chest X-ray;
   - `image`: the image's pixel statistics (`radcap.imaging.statistics`: histogram, black field, field-of-view
     shape, edges, symmetry), by the distance to the nearest training images (`Neighbours`), for what the
     features do not separate: an encoder that never saw a chest X-ray, or an untrained one, maps X-rays close
@@ -14,18 +18,19 @@ The guard a captioner (or a retriever) carries:
 * calibration per study, out of fold, on the training split only (never a reported split): its images are split
   into 5 folds by patient or case, and density models fitted without each fold score it. Those out-of-fold
   scores are each signal's reference: a new image's score on a signal becomes its surprise, -log p, p the share
-  of reference scores at least as high. An image's combined score is the sum of its signals' surprises
-  (Fisher's method: evidence from independent signals adds up; the largest of them instead flagged fewer
-  intruders at the same in-domain rate, 74% of chest X-rays against 83% for a MedPix model with the untrained
-  encoder, because the two signals flag different in-domain images). A study's score is its highest image
-  score, as captioning judges a study by its worst view, and the threshold is the `percentile` (95th) of the
-  out-of-fold study scores: about 5% of in-domain studies are flagged, two-view studies included (a per-image
-  threshold flags up to 1 - 0.95² of them).
+  of reference scores at least as high (beyond their 90th percentile, an exponential tail fitted to them, so
+  that the surprise keeps growing past the highest reference score). An image's combined score is the sum of
+  its signals' surprises (Fisher's method: evidence from independent signals adds up; the largest of them
+  instead flagged fewer intruders at the same in-domain rate, 74% of chest X-rays against 83% for a MedPix
+  model with the untrained encoder, because the two signals flag different in-domain images). A study's score
+  is its highest image score, as captioning judges a study by its worst view, and the threshold is the
+  `percentile` (95th) of the out-of-fold study scores: about 5% of in-domain studies are flagged, two-view
+  studies included (a per-image threshold flags up to 1 - 0.95² of them).
 A study is out of domain when its score is above the threshold, when a DICOM's Modality is outside the
 training modalities, or when an image is in colour (chroma above `max_chroma`: radiographs, CT and MR are
 grayscale), whatever the score. Saved as `domain.json` (threshold, calibration, metadata) and `domain.npz`
-(arrays, loaded with `allow_pickle=False`); a guard saved by radcap 0.2 (one signal, a per-image threshold)
-still loads and judges as it did.
+(arrays, loaded with `allow_pickle=False`); a guard saved by radcap 0.2 (one signal, a per-image threshold) or 0.3
+(no tail) still loads and judges as it did.
 """
 
 from __future__ import annotations
@@ -39,12 +44,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from radcap.core.errors import RadcapError
 from radcap.core.io import atomic_path, write_json
+from radcap.data_contracts.features import EARLY_DIM
 from radcap.imaging.statistics import STATISTICS_DIM
 
 log = logging.getLogger(__name__)
 DOMAIN_JSON, DOMAIN_ARRAYS = "domain.json", "domain.npz"
-SIGNALS = ("features", "image")
+SIGNALS = ("features", "layers", "image")
+LAYERS_EXPLAINED = 0.99  # early-layer statistics: their rarer directions are where intruders differ (measured:
+# benchmarks/domain_guard.py; 95% kept too little of what separates a chest X-ray from a CT or MR slice)
 # DICOM Modality codes and dataset spellings of one family of images.
 MODALITY_FAMILIES = {
     "CT": "CT",
@@ -164,9 +173,12 @@ class Neighbours:
 
 
 def fit_signal(name: str, train: np.ndarray, explained: float) -> Density | Neighbours:
-    """The density model of one signal: the encoder's features are many correlated channels, which PCA
-    summarizes; the pixel statistics are few, and their training images form clusters (see Neighbours)."""
-    return Neighbours.fit(train) if name == "image" else Density.fit(train, explained)
+    """The density model of one signal: the encoder's features and early-layer statistics are many correlated
+    channels, which PCA summarizes; the pixel statistics are few, and their training images form clusters (see
+    Neighbours)."""
+    if name == "image":
+        return Neighbours.fit(train)
+    return Density.fit(train, LAYERS_EXPLAINED if name == "layers" else explained)
 
 
 def _folds(groups: np.ndarray, folds: int) -> np.ndarray:
@@ -182,12 +194,29 @@ def _study_max(image_scores: np.ndarray, study: np.ndarray, studies: int) -> np.
     return np.where(np.isfinite(out), out, np.nan)
 
 
-def surprise(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def surprise(scores: np.ndarray, reference: np.ndarray, tail: bool = True) -> np.ndarray:
     """-log p of each score, p the share of in-domain reference scores (sorted, out of fold) at least as high,
-    counted with one pseudo-observation so that p > 0; a score that could not be computed (NaN) says nothing: 0."""
+    counted with one pseudo-observation so that p > 0; a score that could not be computed (NaN) says nothing: 0.
+
+    Beyond the reference's 90th percentile, p follows an exponential tail fitted to the reference scores above it
+    (peaks over a threshold): without it p stops at 1/(n+1) past the highest reference score, so a signal that
+    sees an image far outside the training domain adds no more evidence than one that sees it barely outside,
+    and a sum over three signals could miss what one of them alone would flag (measured: 0% of the phantoms
+    flagged by the three signals together, 100% by the pixel statistics alone, benchmarks/domain_guard.py).
+    `tail=False`: the empirical p alone (guards saved before radcap 0.4 were calibrated with it)."""
     scores = np.asarray(scores, np.float64)
-    above = len(reference) - np.searchsorted(reference, np.nan_to_num(scores, nan=-np.inf), side="left")
-    return np.where(np.isnan(scores), 0.0, -np.log((above + 1.0) / (len(reference) + 1.0)))
+    known = np.nan_to_num(scores, nan=-np.inf)
+    above = len(reference) - np.searchsorted(reference, known, side="left")
+    p = (above + 1.0) / (len(reference) + 1.0)
+    if tail and len(reference) >= 20:
+        start = float(np.quantile(reference, 0.9))
+        excess = reference[reference > start] - start
+        scale = float(excess.mean()) if len(excess) and excess.mean() > 0 else 0.0
+        if scale > 0:
+            share = (np.sum(reference > start) + 1.0) / (len(reference) + 1.0)
+            beyond = known > start
+            p = np.where(beyond, share * np.exp(-np.maximum(known - start, 0.0) / scale), p)
+    return np.where(np.isnan(scores), 0.0, -np.log(p))
 
 
 @dataclass
@@ -200,6 +229,7 @@ class DomainGuard:
     regions: list[str] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)  # per: study | image, counts, out-of-fold flag rates
     max_chroma: float | None = 0.05  # an image more colourful than this is not a radiograph (None: no rule)
+    tail: bool = True  # surprises with an exponential tail (False: a guard saved before radcap 0.4)
 
     @classmethod
     def fit(
@@ -215,12 +245,16 @@ class DomainGuard:
         folds: int = 5,
         max_chroma: float | None = 0.05,
         signals: tuple[str, ...] = SIGNALS,
+        layers: np.ndarray | None = None,
     ) -> DomainGuard:
         """From training images: pooled features (N,D), pixel statistics (N,K; NaN rows for images no longer
-        readable; None: no image signal), each image's study index (N,) and group (N,), calibrated per study out
-        of fold (see the module doc)."""
+        readable; None: no image signal), early-layer statistics (N,E; NaN rows where unknown; None: no layers
+        signal), each image's study index (N,) and group (N,), calibrated per study out of fold (see the module
+        doc)."""
         values = {"features": np.asarray(features, np.float32)}
-        if statistics is not None and "image" in signals:
+        if layers is not None:
+            values["layers"] = np.asarray(layers, np.float32)
+        if statistics is not None:
             values["image"] = np.asarray(statistics, np.float32)
         values = {name: v for name, v in values.items() if name in signals}
         if not values:
@@ -237,7 +271,7 @@ class DomainGuard:
                 if held.any() and fitting.sum() > 2:
                     out_of_fold[name][held] = fit_signal(name, v[fitting], explained).score(v[held])
         references = {name: np.sort(s[np.isfinite(s)]) for name, s in out_of_fold.items()}
-        surprises = {name: surprise(out_of_fold[name], references[name]) for name in values}
+        surprises = {name: surprise(out_of_fold[name], references[name], tail=True) for name in values}
         combined = _study_max(np.sum(list(surprises.values()), axis=0), study, studies)
         finite = np.isfinite(combined)
         threshold = float(np.percentile(combined[finite], percentile)) if finite.any() else float("inf")
@@ -257,12 +291,19 @@ class DomainGuard:
                 for name, a in alone.items()
             },
             "images_without_statistics": int((~known["image"]).sum()) if "image" in known else None,
+            "images_without_layers": int((~known["layers"]).sum()) if "layers" in known else None,
         }
         if calibration["images_without_statistics"]:
             log.warning(
                 "%d training images could not be read again for their pixel statistics; the guard learnt that "
                 "signal without them",
                 calibration["images_without_statistics"],
+            )
+        if calibration["images_without_layers"]:
+            log.warning(
+                "%d training images have no early-layer statistics in the feature store (stored before radcap "
+                "0.4; `radcap features` adds them); the guard learnt that signal without them",
+                calibration["images_without_layers"],
             )
         return cls(
             {name: fit_signal(name, v[known[name]], explained) for name, v in values.items()},
@@ -279,24 +320,40 @@ class DomainGuard:
     def needs_statistics(self) -> bool:
         return "image" in self.densities
 
-    def signal_scores(self, pooled: np.ndarray, statistics: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    @property
+    def needs_layers(self) -> bool:
+        return "layers" in self.densities
+
+    def signal_scores(
+        self, pooled: np.ndarray, statistics: np.ndarray | None = None, layers: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Each signal's (N,) image scores: its surprise, -log p against its out-of-fold training scores (radcap
         0.2's guard: the raw distance). NaN where a signal could not be computed."""
         if self.needs_statistics and statistics is None:
             raise ValueError("this guard judges the images' pixel statistics too: pass them (Decoded.statistics)")
-        values = {"features": pooled, "image": statistics}
+        if self.needs_layers and layers is None:
+            raise RadcapError(
+                "this model's out-of-domain guard judges the encoder's early layers, which this encoder does not "
+                "give (an optimized build made before radcap 0.4): build it again with `radcap optimize-encoder`"
+            )
+        values = {"features": pooled, "image": statistics, "layers": layers}
         out = {}
         for name, density in self.densities.items():
             raw = density.score(np.asarray(values[name]))
             out[name] = (
-                np.where(np.isnan(raw), np.nan, surprise(raw, self.references[name])) if self.references else raw
+                np.where(np.isnan(raw), np.nan, surprise(raw, self.references[name], self.tail))
+                if self.references
+                else raw
             )
         return out
 
-    def score_images(self, pooled: np.ndarray, statistics: np.ndarray | None = None) -> np.ndarray:
-        """(N,D) pooled features and (N,K) pixel statistics -> (N,) combined scores: the sum of the signals'
-        surprises (Fisher's method: independent evidence adds up; a signal that could not be computed adds 0)."""
-        return np.nansum(np.stack(list(self.signal_scores(pooled, statistics).values())), axis=0)
+    def score_images(
+        self, pooled: np.ndarray, statistics: np.ndarray | None = None, layers: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(N,D) pooled features, (N,K) pixel statistics and (N,E) early-layer statistics -> (N,) combined scores:
+        the sum of the signals' surprises (Fisher's method: independent evidence adds up; a signal that could not
+        be computed adds 0)."""
+        return np.nansum(np.stack(list(self.signal_scores(pooled, statistics, layers).values())), axis=0)
 
     def judge(self, score: float, modality: str | None = None, chroma: float = 0.0) -> tuple[bool, str | None]:
         """(in_domain, reason when not) for a study's score, its DICOM modality when known, and its most colourful
@@ -324,7 +381,8 @@ class DomainGuard:
             np.savez(handle, **arrays)  # type: ignore[arg-type]
         write_json(
             {
-                "format": 2,
+                "format": 3,
+                "tail": self.tail,
                 "signals": list(self.densities),
                 "kinds": {name: type(d).__name__ for name, d in self.densities.items()},
                 "neighbours": {name: d.k for name, d in self.densities.items() if isinstance(d, Neighbours)},
@@ -369,6 +427,7 @@ class DomainGuard:
             list(meta["regions"]),
             calibration,
             meta.get("max_chroma"),
+            bool(meta.get("tail", False)),  # format 2 (radcap 0.3): the empirical p alone
         )
 
 
@@ -386,27 +445,36 @@ def guard_summary(guard: DomainGuard) -> dict:
 
 
 def study_scores(
-    guard: DomainGuard, pooled: np.ndarray, view_mask: np.ndarray, statistics: np.ndarray | None = None
+    guard: DomainGuard,
+    pooled: np.ndarray,
+    view_mask: np.ndarray,
+    statistics: np.ndarray | None = None,
+    layers: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(S,V,D) study features and (S,V,K) statistics -> (S,) combined scores: each study's highest image score."""
-    return per_study(guard.score_images(*_flat(pooled, statistics)), view_mask)
+    """(S,V,D) study features, (S,V,K) pixel and (S,V,E) early-layer statistics -> (S,) combined scores: each
+    study's highest image score."""
+    return per_study(guard.score_images(*_flat(pooled, statistics, layers)), view_mask)
 
 
 def study_signal_scores(
-    guard: DomainGuard, pooled: np.ndarray, view_mask: np.ndarray, statistics: np.ndarray | None = None
+    guard: DomainGuard,
+    pooled: np.ndarray,
+    view_mask: np.ndarray,
+    statistics: np.ndarray | None = None,
+    layers: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Each signal alone, per study (S,): its highest image surprise over the signal's own threshold (the same
     percentile of its out-of-fold study scores), so above 1 flags at that signal's own threshold."""
     limits = guard.calibration.get("alone_thresholds", {})
     return {
         name: per_study(np.nan_to_num(scores, nan=-np.inf), view_mask) / limits.get(name, guard.threshold)
-        for name, scores in guard.signal_scores(*_flat(pooled, statistics)).items()
+        for name, scores in guard.signal_scores(*_flat(pooled, statistics, layers)).items()
     }
 
 
-def _flat(pooled: np.ndarray, statistics: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _flat(pooled: np.ndarray, *others: np.ndarray | None) -> tuple:
     flat = pooled.reshape(-1, pooled.shape[-1])
-    return flat, None if statistics is None else statistics.reshape(len(flat), -1)
+    return flat, *(None if o is None else o.reshape(len(flat), -1) for o in others)
 
 
 def per_study(image_scores: np.ndarray, view_mask: np.ndarray) -> np.ndarray:
@@ -433,19 +501,46 @@ def set_statistics(image_ids: list[list[str]], view_mask: np.ndarray, images: pd
     return out
 
 
-def domain_guard(sets: list, images: pd.DataFrame, reports: pd.DataFrame, cfg) -> DomainGuard:
+def set_layers(
+    image_ids: list[list[str]], view_mask: np.ndarray, images: pd.DataFrame, store, encoder_version: str
+) -> np.ndarray:
+    """(S,V,E) early-layer statistics of a caption set's images (in its view slots), from the feature store
+    (`radcap.imaging.features.FeatureStore`) rows of the encoder its features came from, for the images' current
+    files (`images` table paths), as the set's own features were chosen; NaN where a row predates them."""
+    from radcap.imaging.features import current_sha256
+
+    path_of = dict(zip(images["image_id"], images["path"]))
+    wanted = {i for ids in image_ids for i in ids}
+    shas = {i: current_sha256(path_of[i]) if isinstance(path_of.get(i), str) else None for i in wanted}
+    loaded = store.load(encoder_version, shas, early=True)
+    row_of = {image_id: k for k, image_id in enumerate(loaded["image_id"])}
+    out = np.full((*view_mask.shape, EARLY_DIM), np.nan, np.float32)
+    for s, ids in enumerate(image_ids):
+        for v, image_id in enumerate(ids[: view_mask.shape[1]]):
+            if image_id in row_of:
+                out[s, v] = loaded["early"][row_of[image_id]]
+    return out
+
+
+def domain_guard(
+    sets: list, images: pd.DataFrame, reports: pd.DataFrame, cfg, store=None, encoder_version: str | None = None
+) -> DomainGuard:
     """The guard of a model trained on the caption sets `sets` (its fitting and selection sets: the train
-    split), with the images' modalities and regions from the images table, their groups from the reports and
-    their pixel statistics from their files."""
+    split), with the images' modalities and regions from the images table, their groups from the reports,
+    their pixel statistics from their files and their early-layer statistics from the feature store `store`
+    (rows of `encoder_version`; None: no layers signal)."""
     group_of = dict(zip(reports["report_id"], reports["group_id"]))
     signals = tuple(getattr(cfg, "signals", SIGNALS))
-    features, statistics, study, groups = [], [], [], []
+    with_layers = "layers" in signals and store is not None and encoder_version is not None
+    features, statistics, layers, study, groups = [], [], [], [], []
     offset = 0
     for s in sets:
         present = s.view_mask > 0
         features.append(s.pooled[present])
         if "image" in signals:
             statistics.append(set_statistics(s.image_ids, s.view_mask, images)[present])
+        if with_layers:
+            layers.append(set_layers(s.image_ids, s.view_mask, images, store, str(encoder_version))[present])
         index = np.broadcast_to(np.arange(len(s))[:, None], present.shape)[present]
         study.append(index + offset)
         groups += [group_of[s.report_ids[i]] for i in index]
@@ -463,4 +558,5 @@ def domain_guard(sets: list, images: pd.DataFrame, reports: pd.DataFrame, cfg) -
         regions=rows["location_category"].dropna().tolist(),
         max_chroma=cfg.max_chroma,
         signals=signals,
+        layers=np.concatenate(layers) if layers else None,
     )

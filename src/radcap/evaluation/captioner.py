@@ -19,7 +19,7 @@ from radcap.captioning.data import CaptionSet, mean_view
 from radcap.core.catalog import RunFolder
 from radcap.core.io import atomic_path, write_json
 from radcap.core.reporting import markdown_table, metrics_figure, write_text
-from radcap.domain.guard import set_statistics, study_scores, study_signal_scores
+from radcap.domain.guard import set_layers, set_statistics, study_scores, study_signal_scores
 from radcap.imaging.statistics import STATISTICS
 from radcap.metrics.scores import CAPTION_METRICS, ReportScores, paired_bootstrap, score_reports
 from radcap.registry import tracking
@@ -250,20 +250,28 @@ def study_modalities(data: CaptionSet, images: pd.DataFrame) -> list[str | None]
 
 @dataclass
 class GuardedSet:
-    """Studies the guard is measured on: their features, pixel statistics (S,V,K), modalities and colour."""
+    """Studies the guard is measured on: their features, pixel statistics (S,V,K), early-layer statistics
+    (S,V,E), modalities and colour."""
 
     data: CaptionSet
     statistics: np.ndarray
     modalities: list[str | None]
     chroma: list[float]
+    layers: np.ndarray | None = None
 
 
-def guarded_set(data: CaptionSet, images) -> GuardedSet:
+def guarded_set(data: CaptionSet, images, store=None, encoder_version: str | None = None) -> GuardedSet:
     """A caption set with what the guard reads beyond its features: pixel statistics (from the image files),
-    modalities and each study's most colourful image."""
+    early-layer statistics (from the feature store `store`, rows of `encoder_version`), modalities and each
+    study's most colourful image."""
     statistics = set_statistics(data.image_ids, data.view_mask, images)
     colour = np.nan_to_num(statistics[..., STATISTICS.index("chroma")], nan=0.0).max(axis=1)
-    return GuardedSet(data, statistics, study_modalities(data, images), colour.tolist())
+    layers = (
+        None
+        if store is None or encoder_version is None
+        else set_layers(data.image_ids, data.view_mask, images, store, encoder_version)
+    )
+    return GuardedSet(data, statistics, study_modalities(data, images), colour.tolist(), layers)
 
 
 def guard_quality(guard, evaluated: GuardedSet, out_of_domain: dict[str, GuardedSet]) -> dict:
@@ -273,8 +281,8 @@ def guard_quality(guard, evaluated: GuardedSet, out_of_domain: dict[str, Guarded
 
     def shares(guarded: GuardedSet) -> dict:
         data = guarded.data
-        scores = study_scores(guard, data.pooled, data.view_mask, guarded.statistics)
-        alone = study_signal_scores(guard, data.pooled, data.view_mask, guarded.statistics)
+        scores = study_scores(guard, data.pooled, data.view_mask, guarded.statistics, guarded.layers)
+        alone = study_signal_scores(guard, data.pooled, data.view_mask, guarded.statistics, guarded.layers)
         judged = [not guard.judge(float(s), m, c)[0] for s, m, c in zip(scores, guarded.modalities, guarded.chroma)]
         two_views = data.view_mask.sum(axis=1) > 1
         return {

@@ -61,7 +61,8 @@ class Encoder:
         return store_version(self.version, self.precision)
 
     def forward_fn(self):
-        """uint8 (B,S,S) numpy -> (pooled (B,1024), grid (B,7,7,1024)) numpy, compiled once per shape."""
+        """uint8 (B,S,S) numpy -> (pooled (B,1024), grid (B,7,7,1024), early-layer statistics (B,1536)) numpy,
+        compiled once per shape."""
         if self.optimized is not None:
             from radcap.imaging.precision import openvino_forward
 
@@ -77,8 +78,8 @@ class Encoder:
             return extractor(standardize(batch), training=False)
 
         def forward(batch: np.ndarray):
-            pooled, grid = run(tf.convert_to_tensor(batch))
-            return pooled.numpy(), grid.numpy()
+            pooled, grid, early = run(tf.convert_to_tensor(batch))
+            return pooled.numpy(), grid.numpy(), early.numpy()
 
         return forward
 

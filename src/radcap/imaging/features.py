@@ -34,16 +34,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from radcap.core.errors import RadcapError
 from radcap.core.io import atomic_path, new_run_id, write_json
 from radcap.data_contracts import FEATURES
-from radcap.data_contracts.features import GRID_CELLS, GRID_SIZE, POOLED_DIM
+from radcap.data_contracts.features import EARLY_DIM, GRID_CELLS, GRID_SIZE, POOLED_DIM
 from radcap.imaging.decode import Decoded, ImageRejected, file_sha256, read_image
 from radcap.imaging.statistics import STATISTICS_DIM
 
 PART_ROWS = 2048  # rows per part file: ~130 MB with grids; 10^7 images are ~4,900 files per encoder version
 PART_SECONDS = 60.0  # a part open this long is closed anyway: a crash loses at most about a minute of encoding
 
-Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 (B,S,S) -> pooled (B,D), grid (B,h,w,D)
+# uint8 (B,S,S) -> pooled (B,D), grid (B,h,w,D)[, early-layer statistics (B,EARLY_DIM) or None]
+Forward = Callable[[np.ndarray], tuple]
 
 
 @dataclass(frozen=True)
@@ -98,16 +100,26 @@ class FeatureStore:
         return sorted(self.root.glob("part-*.parquet")) if self.root.exists() else []
 
     def index(self) -> pd.DataFrame:
-        """(image_id, sha256, encoder_version) of every stored row, without reading the vectors."""
+        """(image_id, sha256, encoder_version, has_early) of every stored row, without reading the vectors
+        (`has_early`: the row has early-layer statistics; parts written before radcap 0.4 have none)."""
         columns = ["image_id", "sha256", "encoder_version"]
-        frames = [pq.read_table(p, columns=columns).to_pandas() for p in self.parts()]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        frames = []
+        for part in self.parts():
+            table = pq.read_table(part, columns=columns + (["early"] if _has_early(part) else []))
+            frame = table.select(columns).to_pandas()
+            frame["has_early"] = (
+                table["early"].is_valid().to_numpy(zero_copy_only=False) if "early" in table.column_names else False
+            )
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "has_early"])
 
     def plan(self, images: pd.DataFrame, encoder_version: str) -> tuple[list[ImageItem], int, list[dict]]:
         """Of an images table: the images whose current content is not stored for this encoder, how many are,
         and reject rows for the files that are missing or unreadable."""
         stored = self.index()
-        mine = stored[stored["encoder_version"] == encoder_version]
+        # A row without early-layer statistics (written before radcap 0.4) is encoded again, once: the guard of a
+        # model trained on these features needs them.
+        mine = stored[(stored["encoder_version"] == encoder_version) & stored["has_early"].astype(bool)]
         done = set(zip(mine["image_id"], mine["sha256"]))
         todo, rejects, skipped = [], [], 0
         for image_id, path in zip(images["image_id"], images["path"]):
@@ -150,9 +162,14 @@ class FeatureStore:
         return self.encoder_specs().get(version) or spec_for_version(version)
 
     def load(
-        self, encoder_version: str, images: dict[str, str | None] | list[str] | None = None, grid: bool = False
+        self,
+        encoder_version: str,
+        images: dict[str, str | None] | list[str] | None = None,
+        grid: bool = False,
+        early: bool = False,
     ) -> dict:
-        """{'image_id': [...], 'pooled': (N,1024) float32, 'grid': (N,7,7,1024) float16 if asked}.
+        """{'image_id': [...], 'pooled': (N,1024) float32, 'grid': (N,7,7,1024) float16 if asked, 'early':
+        (N,1536) float32 if asked (NaN rows where a part predates them)}.
 
         `images` maps image ids to their current sha256 (None: the file is gone); each image gets the row of
         that content, newest first among identical rows, or its newest row when the sha256 is None. A list of
@@ -162,7 +179,10 @@ class FeatureStore:
         columns = ["image_id", "sha256", "encoder_version", "pooled"] + (["grid"] if grid else [])
         tables = []
         for part in self.parts():
-            table = pq.read_table(part, columns=columns, filters=[("encoder_version", "==", encoder_version)])
+            wanted_columns = columns + (["early"] if early and _has_early(part) else [])
+            table = pq.read_table(part, columns=wanted_columns, filters=[("encoder_version", "==", encoder_version)])
+            if early and "early" not in table.column_names:
+                table = table.append_column("early", pa.nulls(table.num_rows, pa.list_(pa.float32(), EARLY_DIM)))
             if wanted is not None:
                 ids = pa.array(sorted(wanted), pa.string())  # typed: an empty list would be a null array
                 table = table.filter(pa.compute.is_in(table["image_id"], ids))
@@ -173,6 +193,7 @@ class FeatureStore:
                 "image_id": [],
                 "pooled": np.zeros((0, POOLED_DIM), np.float32),
                 **({"grid": np.zeros((0, 7, 7, POOLED_DIM), np.float16)} if grid else {}),
+                **({"early": np.zeros((0, EARLY_DIM), np.float32)} if early else {}),
             }
         table = pa.concat_tables(tables)
         ids, shas = table["image_id"].to_pylist(), table["sha256"].to_pylist()
@@ -185,14 +206,32 @@ class FeatureStore:
         out = {"image_id": [ids[i] for i in keep], "pooled": _vectors(table["pooled"], POOLED_DIM)[keep]}
         if grid:
             out["grid"] = _vectors(table["grid"], GRID_SIZE)[keep].reshape(-1, 7, 7, POOLED_DIM)
+        if early:
+            out["early"] = _nullable_vectors(table["early"], EARLY_DIM)[keep]
         return out
+
+
+def _has_early(part: Path) -> bool:
+    return "early" in pq.read_schema(part).names
+
+
+def _nullable_vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    """A fixed-size list column with null rows -> (N, dim) float32, NaN rows for the nulls."""
+    column = column.combine_chunks()
+    out = np.full((len(column), dim), np.nan, np.float32)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    if valid.any():
+        out[valid] = column.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return out
 
 
 def _vectors(column: pa.ChunkedArray, dim: int) -> np.ndarray:
     return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-def features_table(items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray, name: str, version: str) -> pa.Table:
+def features_table(
+    items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray, name: str, version: str, early: np.ndarray
+) -> pa.Table:
     n = len(items)
     return pa.table(
         {
@@ -202,6 +241,7 @@ def features_table(items: list[ImageItem], pooled: np.ndarray, grid: np.ndarray,
             "encoder_version": pa.array([version] * n, pa.string()),
             "pooled": pa.FixedSizeListArray.from_arrays(pa.array(pooled.astype(np.float32).ravel()), POOLED_DIM),
             "grid": pa.FixedSizeListArray.from_arrays(pa.array(grid.astype(np.float16).ravel()), GRID_SIZE),
+            "early": pa.FixedSizeListArray.from_arrays(pa.array(early.astype(np.float32).ravel()), EARLY_DIM),
         },
         schema=FEATURES.arrow_schema,
     )
@@ -230,6 +270,7 @@ class Encoded:
     pooled: np.ndarray  # (N, D) float32; rows of failed images are zeros
     grid: np.ndarray | None  # (N, 49, D) float16 when asked
     failed: dict[int, str]  # position -> reason
+    early: np.ndarray | None = None  # (N, EARLY_DIM) float32 early-layer statistics (None: the forward gives none)
 
 
 def encode_batch(forward: Forward, arrays: list[np.ndarray], batch_size: int, grid: bool) -> Encoded:
@@ -239,28 +280,38 @@ def encode_batch(forward: Forward, arrays: list[np.ndarray], batch_size: int, gr
     n = len(arrays)
     pooled = np.zeros((n, POOLED_DIM), np.float32)
     grids = np.zeros((n, GRID_CELLS, POOLED_DIM), np.float16) if grid else None
+    early: np.ndarray | None = np.zeros((n, EARLY_DIM), np.float32)
     failed: dict[int, str] = {}
     for start in range(0, n, batch_size):
         part = arrays[start : start + batch_size]
         try:
-            p, g = forward(_pad(part, batch_size))
-            rows = [(start + k, p[k], g[k]) for k in range(len(part))]
+            p, g, e = _outputs(forward(_pad(part, batch_size)))
+            rows = [(start + k, p[k], g[k], None if e is None else e[k]) for k in range(len(part))]
         except Exception as batch_error:
             rows, errors = [], {}
             for k, array in enumerate(part):
                 try:
-                    p, g = forward(_pad([array], batch_size))
-                    rows.append((start + k, p[0], g[0]))
+                    p, g, e = _outputs(forward(_pad([array], batch_size)))
+                    rows.append((start + k, p[0], g[0], None if e is None else e[0]))
                 except Exception as exc:
                     errors[start + k] = f"the encoder failed on this image ({type(exc).__name__})"
             if not rows:
                 raise batch_error
             failed.update(errors)
-        for position, p, g in rows:
+        for position, p, g, e in rows:
             pooled[position] = p
             if grids is not None:
                 grids[position] = np.asarray(g).reshape(GRID_CELLS, -1)
-    return Encoded(pooled, grids, failed)
+            if e is None:
+                early = None  # an optimized build made before radcap 0.4: no early-layer output
+            elif early is not None:
+                early[position] = e
+    return Encoded(pooled, grids, failed, early)
+
+
+def _outputs(outputs: tuple) -> tuple:
+    """(pooled, grid, early or None) of a forward pass; a forward with two outputs gives no early statistics."""
+    return (*outputs[:2], outputs[2] if len(outputs) > 2 else None)
 
 
 Item = TypeVar("Item")  # what stream_features streams: a path, an upload, a study's image...
@@ -432,8 +483,14 @@ def extract_features(
                 positions = sorted(batch.rows)
                 kept = [ImageItem(batch.items[k].image_id, batch.items[k].path, batch.shas[k]) for k in positions]
                 rows = [batch.rows[k] for k in positions]
+                early = batch.features.early
+                if early is None:
+                    raise RadcapError(
+                        f"encoder {encoder_version} gives no early-layer statistics (an optimized build made before "
+                        "radcap 0.4): build it again with `radcap optimize-encoder`"
+                    )
                 table = features_table(
-                    kept, batch.features.pooled[rows], batch.grid_rows(rows), encoder_name, encoder_version
+                    kept, batch.features.pooled[rows], batch.grid_rows(rows), encoder_name, encoder_version, early[rows]
                 )
                 if last_write is not None:
                     last_write.result()  # at most one batch waiting to be written

@@ -109,7 +109,9 @@ def save_optimized(model, meta: OptimizedMeta, folder: Path) -> Path:
 
 
 def openvino_forward(folder: Path, precision: str):
-    """uint8 (B,S,S) numpy -> (pooled (B,1024), grid (B,7,7,1024)) numpy, as `Encoder.forward_fn` gives."""
+    """uint8 (B,S,S) numpy -> (pooled (B,1024), grid (B,7,7,1024), early (B,1536) or None) numpy, as
+    `Encoder.forward_fn` gives. A build made before radcap 0.4 has no early-layer output: None, and a guard that
+    needs it refuses the run (`radcap.domain.guard.DomainGuard.signal_scores`)."""
     ov = _openvino()
     core = ov.Core()
     hint = "bf16" if precision == "bf16" else "f32"  # int8 layers run int8 either way; the rest stays f32
@@ -118,13 +120,23 @@ def openvino_forward(folder: Path, precision: str):
         config["INFERENCE_NUM_THREADS"] = os.environ["RADCAP_WORKER_THREADS"]
     compiled = core.compile_model(str(folder / IR_FILE), "CPU", config)
     request = compiled.create_infer_request()
-    pooled_out, grid_out = sorted(compiled.outputs, key=lambda o: o.get_partial_shape().rank.get_length())
+    # By rank: the grid is the only 4-d output; of the 2-d ones, the pooled vector has 1,024 values, early 1,536.
+    ranked = sorted(compiled.outputs, key=lambda o: (o.get_partial_shape().rank.get_length(), _width(o)))
+    grid_out = ranked[-1]
+    flat = ranked[:-1]
+    pooled_out, early_out = flat[0], flat[1] if len(flat) > 1 else None
 
     def forward(batch: np.ndarray):
         out = request.infer([np.ascontiguousarray(batch, np.uint8)])
-        return np.asarray(out[pooled_out], np.float32), np.asarray(out[grid_out], np.float32)
+        early = None if early_out is None else np.asarray(out[early_out], np.float32)
+        return np.asarray(out[pooled_out], np.float32), np.asarray(out[grid_out], np.float32), early
 
     return forward
+
+
+def _width(output) -> int:
+    last = output.get_partial_shape()[-1]
+    return last.get_length() if last.is_static else 0
 
 
 # --- Which precisions a captioner accepts -----------------------------------------------------------------

@@ -367,7 +367,13 @@ def retrieve_studies(
         ]
         colours = [max(batch.chroma[k] for k in keys) for keys in studies.values()]
         verdicts = judge_studies(
-            bundle.domain, batch.features.pooled, batch.encoded_statistics(), rows, modalities, colours
+            bundle.domain,
+            batch.features.pooled,
+            batch.encoded_statistics(),
+            rows,
+            modalities,
+            colours,
+            batch.features.early,
         )
         frames.append(result_rows(queries, hits, model_name, list(studies), verdicts, encoder_version))
     return (pd.concat(frames, ignore_index=True) if frames else SEARCH_RESULTS.empty()), rejects

@@ -28,6 +28,7 @@ from radcap.captioning.bundle import load_bundle
 from radcap.captioning.data import VIEW_ORDER, pack_views
 from radcap.core.errors import RadcapError
 from radcap.core.runtime import apply_offline_defaults
+from radcap.data_contracts.features import EARLY_DIM
 from radcap.imaging.encoders import encoder_for
 from radcap.imaging.features import stream_features
 from radcap.imaging.statistics import STATISTICS_DIM
@@ -55,9 +56,10 @@ class RadcapCaptioner(PythonModel):
 
     def _image_features(
         self, images: Sequence[Path | bytes], names: list[str]
-    ) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray, np.ndarray | None]:
         encoder, forward = self._forward()
         pooled, grid, chroma, statistics = [], [], [], []
+        early: list[np.ndarray | None] = []
         # Batches are padded to one size: a request of one study pays for its own views only, not for 16 images.
         size = min(16, max(self.bundle.config.max_views, len(images)))
         for batch in stream_features(
@@ -70,7 +72,10 @@ class RadcapCaptioner(PythonModel):
             grid.append(batch.grid_rows(list(range(len(batch.items)))))
             chroma += batch.chroma
             statistics.append(batch.encoded_statistics())
-        return np.concatenate(pooled), np.concatenate(grid), chroma, np.concatenate(statistics)
+            early.append(batch.features.early)
+        known = [e for e in early if e is not None]
+        layers = np.concatenate(known) if len(known) == len(early) else None  # None: the encoder gives none
+        return np.concatenate(pooled), np.concatenate(grid), chroma, np.concatenate(statistics), layers
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:
@@ -86,15 +91,16 @@ class RadcapCaptioner(PythonModel):
         chroma = [0.0] * len(frame)
         # Rows given as features carry no pixels: the guard judges them by the signals it can compute (NaN: unknown).
         statistics = np.full((len(frame), STATISTICS_DIM), np.nan, np.float32)
+        layers: np.ndarray | None = np.full((len(frame), EARLY_DIM), np.nan, np.float32)
         grid: np.ndarray | None
         if "image_base64" in frame:
             images = [_from_base64(value, k) for k, value in enumerate(frame["image_base64"])]
-            pooled, grid, chroma, statistics = self._image_features(
+            pooled, grid, chroma, statistics, layers = self._image_features(
                 images, [f"image_base64 row {k}" for k in range(len(frame))]
             )
         elif "image_path" in frame:
             paths = frame["image_path"].astype(str).tolist()
-            pooled, grid, chroma, statistics = self._image_features([Path(p) for p in paths], paths)
+            pooled, grid, chroma, statistics, layers = self._image_features([Path(p) for p in paths], paths)
         else:
             pooled = np.stack(frame["pooled"].map(np.asarray)).astype(np.float32)
             grid = (
@@ -114,6 +120,7 @@ class RadcapCaptioner(PythonModel):
             rows,
             [None] * len(rows),
             [max(chroma[r] for r in study) for study in rows],
+            layers,
         )
         return pd.DataFrame(
             {

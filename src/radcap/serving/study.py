@@ -195,6 +195,7 @@ class StudyReader:
             rows,
             [next((i.modality for i in images if i.modality), None)],
             [max(i.image.chroma for i in images)],
+            encoded.early,
         )[0]
         seconds["decoder"] = time.perf_counter() - clock
 
