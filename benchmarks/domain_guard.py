@@ -280,11 +280,12 @@ def subset_tables(runs: list[dict]) -> None:
 
 
 def print_table(runs: list[dict]) -> None:
+    """The trained guards (the default signals) as `radcap evaluate` and `radcap caption` report them."""
     print(
-        "| encoder | captioner | held-out in-domain (two-view) | out-of-domain set | combined | features alone "
-        "| image alone | with rules | `radcap caption` |"
+        "| encoder | captioner | held-out in-domain (two-view) | out-of-domain set | combined | each signal alone "
+        "| with rules | `radcap caption` |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for run in runs:
         for trained_on, q in run["results"].items():
             held = q["held_out"]
@@ -292,10 +293,14 @@ def print_table(runs: list[dict]) -> None:
             own = f"{held['flagged_by_score']:.1%}" + (f" ({multi:.1%})" if multi is not None else "")
             for name, o in q["out_of_domain"].items():
                 captioned = q["captioned"].get(name, {}).get("flagged")
+                alone = ", ".join(
+                    f"{key[len('flagged_by_') : -len('_alone')]} {value:.1%}"
+                    for key, value in o.items()
+                    if key.startswith("flagged_by_") and key.endswith("_alone")
+                )
                 print(
                     f"| {run['setup']} seed {run['seed']} ({q['encoder']}) | {trained_on} | {own} | {name} "
-                    f"| {o['flagged_by_score']:.1%} | {o.get('flagged_by_features_alone', float('nan')):.1%} "
-                    f"| {o.get('flagged_by_image_alone', float('nan')):.1%} | {o['flagged_with_modality_rule']:.1%} "
+                    f"| {o['flagged_by_score']:.1%} | {alone} | {o['flagged_with_modality_rule']:.1%} "
                     f"| {'' if captioned is None else f'{captioned:.1%}'} |"
                 )
 
