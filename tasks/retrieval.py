@@ -14,10 +14,9 @@ from radcap.core.catalog import DataCatalog, RunFolder
 from radcap.core.io import atomic_path, new_run_id, read_table, write_json, write_table
 from radcap.core.reporting import curves_figure, write_text
 from radcap.core.settings import BulkCaptioningSettings, DomainSettings, RetrievalSettings, SplitRules, get_settings
-from radcap.data_contracts import CAPTION_REJECTS, IMAGES, REPORTS, SEARCH_RESULTS
-from radcap.domain.guard import domain_guard, guard_summary
+from radcap.data_contracts import CAPTION_REJECTS, IMAGES, SEARCH_RESULTS
+from radcap.domain.guard import fit_guard_for, guard_summary
 from radcap.imaging.encoders import at_precision, encoder_for
-from radcap.imaging.features import FeatureStore
 from radcap.imaging.precision import require_precision
 from radcap.operations.cluster import dask_client
 from radcap.pacs.exports import identifiers, scan
@@ -80,15 +79,7 @@ def fit_domain_guard(
     training: RetrieverTraining, sets: dict[str, CaptionSet], data_dir: Path, cfg: DomainSettings
 ) -> dict:
     """The retriever's out-of-domain guard, fitted and calibrated (out of fold) on its training split's images."""
-    catalog = DataCatalog(data_dir)
-    guard = domain_guard(
-        [sets["train"], sets["val"]],
-        read_table(catalog.images, IMAGES),
-        read_table(catalog.reports, REPORTS),
-        cfg,
-        FeatureStore(catalog.features),
-        training.bundle.config.encoder_version,
-    )
+    guard = fit_guard_for([sets["train"], sets["val"]], data_dir, cfg, training.bundle.config.encoder_version)
     training.bundle.domain = guard
     summary = guard_summary(guard)
     tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, str)})

@@ -21,9 +21,9 @@ from radcap.core.io import read_table, write_rejects
 from radcap.core.reporting import attention_figure, curves_figure, markdown_table
 from radcap.core.settings import DecoderSettings, DomainSettings, SplitRules
 from radcap.core.training import EpochRecord
-from radcap.data_contracts import IMAGES, REPORTS
+from radcap.data_contracts import IMAGES
 from radcap.data_contracts.features import GRID_SIDE
-from radcap.domain.guard import domain_guard, guard_summary
+from radcap.domain.guard import fit_guard_for, guard_summary
 from radcap.imaging.decode import prepare
 from radcap.imaging.features import FeatureStore
 from radcap.registry import store as registry
@@ -144,15 +144,7 @@ def _attention_maps(result: CaptionTraining, val: CaptionSet, data_dir: Path):
 def fit_domain_guard(result: CaptionTraining, sets: dict[str, CaptionSet], data_dir: Path, cfg: DomainSettings) -> dict:
     """The out-of-domain guard of the trained model, fitted and calibrated (out of fold) on its training
     split's images; saved with the bundle."""
-    catalog = DataCatalog(data_dir)
-    guard = domain_guard(
-        [sets["train"], sets["val"]],
-        read_table(catalog.images, IMAGES),
-        read_table(catalog.reports, REPORTS),
-        cfg,
-        FeatureStore(catalog.features),
-        result.bundle.config.encoder_version,
-    )
+    guard = fit_guard_for([sets["train"], sets["val"]], data_dir, cfg, result.bundle.config.encoder_version)
     result.bundle.domain = guard
     summary = guard_summary(guard)
     tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, str)})

@@ -562,3 +562,16 @@ def domain_guard(
         signals=signals,
         layers=np.concatenate(layers) if layers else None,
     )
+
+
+def fit_guard_for(sets: list, data_dir: Path, cfg, encoder_version: str) -> DomainGuard:
+    """`domain_guard` for a model trained on `sets` from the data directory `data_dir` (its images and reports
+    tables, and its feature store's rows of `encoder_version`): what training a captioner or a retriever fits."""
+    from radcap.core.catalog import DataCatalog
+    from radcap.core.io import read_table
+    from radcap.data_contracts import IMAGES, REPORTS
+    from radcap.imaging.features import FeatureStore
+
+    catalog = DataCatalog(data_dir)
+    images, reports = read_table(catalog.images, IMAGES), read_table(catalog.reports, REPORTS)
+    return domain_guard(sets, images, reports, cfg, FeatureStore(catalog.features), encoder_version)

@@ -101,15 +101,13 @@ class FeatureStore:
 
     def index(self) -> pd.DataFrame:
         """(image_id, sha256, encoder_version, has_early) of every stored row, without reading the vectors
-        (`has_early`: the row has early-layer statistics; parts written before radcap 0.4 have none)."""
+        (`has_early`: the row has early-layer statistics. Told by the part's schema: parts written before radcap 0.4
+        have no such column, and `features_table` fills it in every row since, so the vectors are never read here)."""
         columns = ["image_id", "sha256", "encoder_version"]
         frames = []
         for part in self.parts():
-            table = pq.read_table(part, columns=columns + (["early"] if _has_early(part) else []))
-            frame = table.select(columns).to_pandas()
-            frame["has_early"] = (
-                table["early"].is_valid().to_numpy(zero_copy_only=False) if "early" in table.column_names else False
-            )
+            frame = pq.read_table(part, columns=columns).to_pandas()
+            frame["has_early"] = _has_early(part)
             frames.append(frame)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "has_early"])
 
